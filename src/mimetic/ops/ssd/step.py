@@ -1,0 +1,45 @@
+"""One decoding step of the Mamba-2 recurrence, updating the state in place."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def ssd_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, math.inf),
+) -> torch.Tensor:
+    """state (batch, H, P, N) updated in place; x, z (batch, H, P); dt (batch, H);
+    A (H,); B, C (batch, G, N); D (H,) or (H, P); dt_bias (H,).
+    Returns y (batch, H, P) in x's dtype."""
+    H, G = x.shape[1], B.shape[1]
+    dt = dt.float()
+    if dt_bias is not None:
+        dt = dt + dt_bias.float()
+    if dt_softplus:
+        dt = F.softplus(dt)
+    if tuple(dt_limit) != (0.0, math.inf):
+        dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
+    Bh = B.float().repeat_interleave(H // G, dim=1)  # (batch, H, N)
+    Ch = C.float().repeat_interleave(H // G, dim=1)
+    dA = torch.exp(dt * A.float())  # (batch, H)
+    new_state = state.float() * dA[:, :, None, None] + (dt[:, :, None] * x.float())[..., None] * Bh[:, :, None, :]
+    state.copy_(new_state)
+    y = torch.einsum("bhpn,bhn->bhp", new_state, Ch)
+    if D is not None:
+        Df = D.float()
+        y = y + x.float() * (Df[:, None] if Df.dim() == 1 else Df)
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(x.dtype)

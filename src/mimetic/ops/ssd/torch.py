@@ -1,2 +1,136 @@
-"""Placeholder until the fast chunked path lands: delegates to the sequential reference."""
-from .reference import ssd_scan_ref as ssd_scan_torch  # noqa: F401
+"""Mamba-2 SSD scan, chunked, in pure PyTorch (differentiable through autograd).
+
+The sequence is cut into chunks of ``chunk_size`` steps. Per batch b, head h, chunk c,
+with a_t = dt_t * A[h] (a log-decay, <= 0 for A < 0) and its in-chunk cumulative sum
+cs_t = a_0 + ... + a_t:
+
+1. intra-chunk (quadratic, a matmul): y_i += sum_{j<=i} (C_i . B_j) exp(seg[i, j]) dt_j x_j
+   where seg[i, j] = a_{j+1} + ... + a_i, the segment sum of log-decays;
+2. chunk states: s_c = sum_j exp(seg[T-1, j]) dt_j x_j B_j^T          (P, N);
+3. state passing: S_{c+1} = exp(cs_{T-1}) S_c + s_c, from S_0 = initial state;
+4. output from states: y_i += exp(cs_i) C_i . S_c.
+
+Every exponent is a sum of log-decays over a forward segment, hence <= 0 for A < 0: we
+only ever take exp of (masked) segment sums, never exp(-cumsum), so nothing overflows
+however long the sequence or however large dt * |A|. The segment sums are built by a
+cumulative sum of masked copies of a (not as a difference of two long cumsums), so they
+keep full relative precision even when the cumsum itself is large.
+
+Half inputs are computed in float32 (float64 inputs in float64); the output has x's
+dtype and the final states are float32 (float64 for float64 inputs), like the reference.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def segsum(a: torch.Tensor) -> torch.Tensor:
+    """Segment sums of log-decays along the last dim.
+
+    a: (..., T). Returns (..., T, T) with out[..., i, j] = a[j+1] + ... + a[i] for i >= j
+    (0 on the diagonal) and -inf above the diagonal, so that exp(out) is the causal
+    decay matrix (exactly 0 above the diagonal).
+    """
+    T = a.shape[-1]
+    rep = a[..., :, None].expand(*a.shape, T)  # rep[..., i, j] = a[i]
+    strict = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)
+    seg = rep.masked_fill(~strict, 0.0).cumsum(dim=-2)  # sum over j < k <= i
+    causal = torch.ones(T, T, dtype=torch.bool, device=a.device).tril()
+    return seg.masked_fill(~causal, -math.inf)
+
+
+def ssd_scan_torch(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int = 256,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, math.inf),
+    initial_states: torch.Tensor | None = None,
+    return_final_states: bool = False,
+):
+    """Same contract as :func:`mimetic.ops.ssd.reference.ssd_scan_ref`.
+
+    Shapes: x, z (batch, L, H, P); dt (batch, L, H); A (H,); B, C (batch, L, G, N);
+    D (H,) or (H, P); dt_bias (H,); initial_states (batch, H, P, N).
+    Returns y (batch, L, H, P) in x's dtype and, if asked, the final states
+    (batch, H, P, N) in float32 (float64 for float64 inputs).
+    """
+    dtype_in = x.dtype
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    batch, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    hg = H // G  # heads per group
+    xc, dtc, Ac = x.to(compute), dt.to(compute), A.to(compute)
+    if dt_bias is not None:
+        dtc = dtc + dt_bias.to(compute)
+    if dt_softplus:
+        dtc = F.softplus(dtc)
+    if tuple(dt_limit) != (0.0, math.inf):
+        dtc = dtc.clamp(min=dt_limit[0], max=dt_limit[1])
+
+    T = max(1, min(chunk_size, L))
+    nc = max(1, -(-L // T))
+    pad = nc * T - L
+    Bc, Cc = B.to(compute), C.to(compute)
+    if pad:
+        # Padded steps have dt = 0: decay exp(0) = 1 and no input, so the state passes
+        # through them unchanged and the final state stays exact.
+        xc_p = F.pad(xc, (0, 0, 0, 0, 0, pad))
+        dtc_p = F.pad(dtc, (0, 0, 0, pad))
+        Bc = F.pad(Bc, (0, 0, 0, 0, 0, pad))
+        Cc = F.pad(Cc, (0, 0, 0, 0, 0, pad))
+    else:
+        xc_p, dtc_p = xc, dtc
+
+    # Chunked layouts, heads split as (G, hg) so B and C broadcast over a group's heads.
+    xk = xc_p.reshape(batch, nc, T, G, hg, P).permute(0, 1, 3, 4, 2, 5)  # (b, c, G, hg, T, P)
+    dtk = dtc_p.reshape(batch, nc, T, G, hg).permute(0, 1, 3, 4, 2)  # (b, c, G, hg, T)
+    Bk = Bc.reshape(batch, nc, T, G, N).permute(0, 1, 3, 2, 4).unsqueeze(3)  # (b, c, G, 1, T, N)
+    Ck = Cc.reshape(batch, nc, T, G, N).permute(0, 1, 3, 2, 4).unsqueeze(3)
+    a = dtk * Ac.reshape(G, hg, 1)  # log-decays (b, c, G, hg, T)
+    decay = torch.exp(segsum(a))  # (b, c, G, hg, T, T), 0 above the diagonal
+    xdt = xk * dtk.unsqueeze(-1)  # dt_j x_j  (b, c, G, hg, T, P)
+
+    # 1. Intra-chunk: masked, decayed C B^T as a (T, T) matrix per head, times dt x.
+    CB = Ck @ Bk.transpose(-1, -2)  # (b, c, G, 1, T, T)
+    y = (CB * decay) @ xdt  # (b, c, G, hg, T, P)
+
+    # 2. Each chunk's own contribution to the state at its end: (P, N) per head.
+    to_end = decay[..., -1, :]  # exp(a_{j+1} + ... + a_{T-1})  (b, c, G, hg, T)
+    states = (xdt * to_end.unsqueeze(-1)).transpose(-1, -2) @ Bk  # (b, c, G, hg, P, N)
+
+    # 3. State passing: a short loop over chunks (not time steps).
+    chunk_decay = torch.exp(a.sum(-1))  # (b, c, G, hg)
+    if initial_states is None:
+        S = xc.new_zeros(batch, G, hg, P, N)
+    else:
+        S = initial_states.to(compute).reshape(batch, G, hg, P, N)
+    starts = []
+    for c in range(nc):
+        starts.append(S)
+        S = chunk_decay[:, c, ..., None, None] * S + states[:, c]
+    S_start = torch.stack(starts, dim=1)  # state entering each chunk (b, c, G, hg, P, N)
+
+    # 4. Output from the carried-in states, decayed to each position: exp(cs_i) <= 1.
+    in_decay = torch.exp(a.cumsum(-1))  # (b, c, G, hg, T)
+    y = y + (Ck @ S_start.transpose(-1, -2)) * in_decay.unsqueeze(-1)
+
+    y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, nc * T, H, P)[:, :L]
+    if D is not None:
+        Dc = D.to(compute)
+        y = y + xc * (Dc[:, None] if Dc.dim() == 1 else Dc)
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    out = y.to(dtype_in)
+    if return_final_states:
+        return out, S.reshape(batch, H, P, N)
+    return out

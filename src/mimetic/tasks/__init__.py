@@ -1,0 +1,31 @@
+"""Synthetic recall tasks: copy, mqar, selective_copy, induction_heads; batches made on the fly.
+
+    task = make_task("mqar", num_kv_pairs=8, seq_len=64)
+    input_ids, targets, loss_mask = task.batch(32, torch.Generator().manual_seed(0))
+    metrics = evaluate(model, task, num_batches=4, batch_size=64, seed=0)
+
+See ``base.py`` for the conventions shared by all tasks and each task's docstring for its
+exact token format.
+"""
+from .base import TASKS, Task, derive_seed, make_generator, make_task, register_task
+from .copy import CopyTask
+from .evaluate import EVAL_STREAM, evaluate, model_logits
+from .induction_heads import InductionHeadsTask
+from .mqar import MQARTask
+from .selective_copy import SelectiveCopyTask
+
+__all__ = [
+    "TASKS",
+    "Task",
+    "CopyTask",
+    "MQARTask",
+    "SelectiveCopyTask",
+    "InductionHeadsTask",
+    "make_task",
+    "register_task",
+    "derive_seed",
+    "make_generator",
+    "evaluate",
+    "model_logits",
+    "EVAL_STREAM",
+]

@@ -1,0 +1,98 @@
+"""Held-out evaluation of a model on a task: exact-match accuracy per token and per sequence."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from .base import Task, make_generator
+
+#: Tag of the evaluation seed stream. Training batches use the tag "train" (see
+#: ``mimetic.train``), so evaluation batches come from a different seed space than any
+#: training step of any run seed.
+EVAL_STREAM = "eval"
+
+
+def model_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """``model(input_ids)`` as a (B, L, V') tensor; also accepts outputs with a ``.logits``
+    attribute (``mamba_ssm``/``transformers`` style) or a tuple whose first item is the logits.
+
+    V' may exceed the task's vocabulary (models often pad the vocabulary to a multiple of 8);
+    the extra classes simply count as wrong answers.
+    """
+    out = model(input_ids)
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"model returned {type(out).__name__}; expected logits of shape (B, L, V)")
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    task: Task,
+    num_batches: int = 8,
+    batch_size: int = 64,
+    seed: int = 0,
+    *,
+    device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Evaluate ``model`` on ``num_batches`` fresh batches of ``task``.
+
+    Batch i is drawn from a generator seeded with ``("eval", seed, i)`` (held out from the
+    training stream, which is tagged "train"), so equal arguments give the same data.
+
+    Args:
+        model: maps input_ids (B, L) long to logits (B, L, V') with V' >= task.vocab_size.
+        device: where to run; defaults to the device of the model's first parameter.
+        autocast_dtype: e.g. ``torch.bfloat16`` to evaluate under autocast (CUDA); None = off.
+
+    Returns:
+        ``{"token_acc", "seq_acc", "loss"}``: the fraction of scored tokens whose argmax is the
+        target; the fraction of sequences with every scored token right; the mean cross-entropy
+        (nats) over scored tokens. The model's train/eval mode is restored afterwards.
+    """
+    if num_batches < 1 or batch_size < 1:
+        raise ValueError(f"num_batches={num_batches} and batch_size={batch_size} must be >= 1")
+    device = torch.device(device) if device is not None else _model_device(model)
+    was_training = model.training
+    model.eval()
+    correct = scored = seq_correct = seqs = 0
+    loss_sum = 0.0
+    try:
+        for i in range(num_batches):
+            input_ids, targets, mask = task.batch(batch_size, make_generator(EVAL_STREAM, seed, i))
+            input_ids, targets, mask = input_ids.to(device), targets.to(device), mask.to(device)
+            ctx = (
+                torch.autocast(device.type, dtype=autocast_dtype)
+                if autocast_dtype is not None
+                else contextlib.nullcontext()
+            )
+            with ctx:
+                logits = model_logits(model, input_ids)
+            logits = logits.float()
+            pred = logits.argmax(dim=-1)  # (B, L)
+            hit = (pred == targets) | ~mask  # unscored positions count as right for seq_acc
+            seq_correct += int(hit.all(dim=1).sum())
+            seqs += input_ids.shape[0]
+            correct += int(((pred == targets) & mask).sum())
+            scored += int(mask.sum())
+            loss_sum += float(F.cross_entropy(logits[mask], targets[mask], reduction="sum"))
+    finally:
+        model.train(was_training)
+    return {
+        "token_acc": correct / max(scored, 1),
+        "seq_acc": seq_correct / max(seqs, 1),
+        "loss": loss_sum / max(scored, 1),
+    }

@@ -1,12 +1,19 @@
 """Causal depthwise conv1d (+ optional SiLU) and its single-step update for decoding."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from .._checks import check_float, check_same_device, check_shape
 from .._dispatch import has_kernel, resolve_backend
 from .reference import causal_conv1d_ref
+from .step import causal_conv1d_update
+
+if TYPE_CHECKING:
+    import torch
+
+# Note: this package has a submodule named `torch` (the pure-PyTorch path); importing it
+# rebinds the name `torch` in this namespace, so this file never uses the torch library
+# at run time (annotations only).
 
 __all__ = ["causal_conv1d", "causal_conv1d_update", "causal_conv1d_ref"]
 
@@ -56,26 +63,3 @@ def causal_conv1d(
     from .torch import causal_conv1d_torch
 
     return causal_conv1d_torch(x, weight, **kwargs)
-
-
-def causal_conv1d_update(
-    x: torch.Tensor,
-    conv_state: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    activation: str | None = None,
-) -> torch.Tensor:
-    """One decoding step. x: (batch, dim); conv_state: (batch, dim, width-1), the last
-    width-1 inputs, updated in place. Returns out (batch, dim)."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    batch, dim = x.shape
-    check_shape("conv_state", conv_state, (batch, dim, weight.shape[1] - 1))
-    window = torch.cat([conv_state, x.unsqueeze(-1).to(conv_state.dtype)], dim=-1)  # (b, d, W)
-    out = (window.float() * weight.float()).sum(-1)
-    if bias is not None:
-        out = out + bias.float()
-    conv_state.copy_(window[:, :, 1:])
-    if activation in ("silu", "swish"):
-        out = F.silu(out)
-    return out.to(x.dtype)

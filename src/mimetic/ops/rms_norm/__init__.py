@@ -1,11 +1,18 @@
 """RMSNorm (optionally gated, grouped, fused with the residual add)."""
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .._checks import check_float, check_same_device, check_shape
 from .._dispatch import has_kernel, resolve_backend
 from .reference import rms_norm_ref
+
+if TYPE_CHECKING:
+    import torch
+
+# Note: this package has a submodule named `torch` (the pure-PyTorch path); importing it
+# rebinds the name `torch` in this namespace, so this file never uses the torch library
+# at run time (annotations only).
 
 __all__ = ["rms_norm", "rms_norm_ref"]
 

@@ -3,11 +3,18 @@ from __future__ import annotations
 
 import math
 
-import torch
+from typing import TYPE_CHECKING
 
 from .._checks import check_float, check_same_device, check_shape
 from .._dispatch import has_kernel, resolve_backend
 from .reference import ssd_scan_ref
+
+if TYPE_CHECKING:
+    import torch
+
+# Note: this package has a submodule named `torch` (the pure-PyTorch path); importing it
+# rebinds the name `torch` in this namespace, so this file never uses the torch library
+# at run time (annotations only).
 
 __all__ = ["ssd_scan", "ssd_scan_ref"]
 

@@ -1,0 +1,103 @@
+"""Save and load checkpoints: ours (config.json + model.safetensors), ``mamba_ssm``'s
+(config.json + pytorch_model.bin) and ``transformers``' (Mamba / Mamba2 ForCausalLM)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import MambaConfig
+
+FORMAT_TAG = "mimetic"
+
+
+def save_pretrained(model, path) -> None:
+    """Write ``config.json`` (tagged ``"format": "mimetic"``) and ``model.safetensors``.
+    Tied weights are stored once (the LM head is re-tied on load)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    config = {"format": FORMAT_TAG, **model.config.to_dict()}
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def _read_config(path: Path) -> dict:
+    cfg_file = path / "config.json"
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"no config.json in {path}")
+    try:
+        return json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+
+
+def load_state_into(model, state: dict, source: str) -> None:
+    """Copy ``state`` into ``model`` with clear errors for missing, unexpected and
+    wrongly shaped tensors (``source`` names the file in messages)."""
+    own = model.state_dict()
+    tied = model.config.tie_embeddings
+    missing = [k for k in own if k not in state and not (tied and k == "lm_head.weight")]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise ValueError(f"{source}: weights do not match the config: missing {missing[:8]}"
+                         f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
+                         f"{'...' if len(unexpected) > 8 else ''}")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise ValueError(f"{source}: {k} has shape {tuple(v.shape)}, the config expects "
+                             f"{tuple(own[k].shape)}")
+    model.load_state_dict(state, strict=False)
+    if tied:
+        model.lm_head.weight = model.backbone.embedding.weight
+
+
+def load_pretrained(cls, path, device=None, dtype=None):
+    """Detect the checkpoint format in directory ``path`` and build the model."""
+    path = Path(path)
+    raw = _read_config(path)
+    if raw.get("format") == FORMAT_TAG:
+        cfg = dict(raw)
+        cfg.pop("format")
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"no model.safetensors in {path}")
+        config = MambaConfig.from_dict(cfg)
+        # Loaded weights replace the init, so build with the cheap default init.
+        model = cls(_with_default_init(config), device=device, dtype=dtype)
+        model.config = config
+        load_state_into(model, load_file(str(weights)), str(weights))
+        return model
+    if raw.get("model_type") in ("mamba", "mamba2"):
+        from .hf_convert import load_transformers_checkpoint
+
+        return load_transformers_checkpoint(cls, path, raw, device=device, dtype=dtype)
+    if "d_model" in raw and "n_layer" in raw:
+        return _load_mamba_ssm(cls, path, raw, device=device, dtype=dtype)
+    raise ValueError(f"{path / 'config.json'}: unrecognized checkpoint format (expected ours, "
+                     "mamba_ssm's or transformers' Mamba/Mamba2)")
+
+
+def _with_default_init(config: MambaConfig) -> MambaConfig:
+    d = config.to_dict()
+    d["init"], d["init_cfg"] = "default", {}
+    return MambaConfig.from_dict(d)
+
+
+def _load_mamba_ssm(cls, path: Path, raw: dict, device=None, dtype=None):
+    """``mamba_ssm`` format: its MambaConfig fields in config.json, weights with the same
+    names as ours in pytorch_model.bin (read with ``weights_only=True``)."""
+    config = MambaConfig.from_dict(raw)
+    weights = path / "pytorch_model.bin"
+    if not weights.is_file():
+        raise FileNotFoundError(f"no pytorch_model.bin in {path}")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model = cls(config, device=device, dtype=dtype)
+    load_state_into(model, state, str(weights))
+    return model

@@ -1,0 +1,60 @@
+"""Sampling and the generate loop (prefill with the parallel path, then step)."""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 1, top_p: float = 0.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """logits (batch, vocab) -> next token ids (batch,).
+
+    ``top_k == 1`` or ``temperature == 0``: greedy. Otherwise softmax(logits / temperature)
+    restricted to the ``top_k`` best tokens (0: no limit) and to the smallest set whose
+    mass reaches ``top_p`` (0 or 1: no limit)."""
+    if top_k < 0 or not 0.0 <= top_p <= 1.0 or temperature < 0:
+        raise ValueError(f"need top_k >= 0, 0 <= top_p <= 1, temperature >= 0; got "
+                         f"top_k={top_k}, top_p={top_p}, temperature={temperature}")
+    if top_k == 1 or temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if 0.0 < top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the mass before it already reaches top_p (the best always stays).
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int = 1, top_p: float = 0.0, eos_token_id: int | None = None,
+             generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+    """See :meth:`mimetic.models.MambaLM.generate`. input_ids (batch, L) -> (batch, L + n)."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if max_new_tokens == 0:
+        return input_ids
+    batch, L = input_ids.shape
+    if L == 0:
+        raise ValueError("generate needs a prompt of at least one token")
+    cache = model.allocate_cache(batch, L + max_new_tokens)
+    logits = model(input_ids, cache=cache, num_last_tokens=1)[:, -1]
+    out = [input_ids]
+    finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    for i in tqdm(range(max_new_tokens), desc="generate", disable=not progress):
+        token = sample_next(logits, temperature, top_k, top_p, generator)
+        if eos_token_id is not None:
+            token = token.masked_fill(finished, eos_token_id)
+            finished |= token == eos_token_id
+        out.append(token[:, None])
+        if (eos_token_id is not None and bool(finished.all())) or i == max_new_tokens - 1:
+            break
+        logits = model.step(token[:, None], cache)[:, -1]
+    return torch.cat(out, dim=1)

@@ -1,0 +1,159 @@
+"""MambaLM: embedding -> N x Block(mixer) -> final norm -> tied LM head."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..init import init_lm_weights_, mimetic_init_
+from ..modules import MHA, Block, GatedMLP, RMSNorm
+from .cache import InferenceCache, KVState, SSMState
+from .config import LAYER_TYPES, MambaConfig
+
+
+def _make_norm(config: MambaConfig, **factory) -> nn.Module:
+    if config.rms_norm:
+        return RMSNorm(config.d_model, eps=1e-5, **factory)
+    return nn.LayerNorm(config.d_model, eps=1e-5, **factory)
+
+
+def _make_block(config: MambaConfig, layer_idx: int, **factory) -> Block:
+    if layer_idx in config.attn_layer_idx:
+        mixer = MHA(config.d_model, layer_idx=layer_idx, **config.attn_cfg, **factory)
+    else:
+        mixer_cls = LAYER_TYPES[config.layer_type]
+        mixer = mixer_cls(config.d_model, layer_idx=layer_idx, **config.mixer_kwargs(), **factory)
+    mlp = norm2 = None
+    if config.d_intermediate > 0:
+        mlp = GatedMLP(config.d_model, config.d_intermediate, **factory)
+        norm2 = _make_norm(config, **factory)
+    return Block(config.d_model, mixer, _make_norm(config, **factory), mlp=mlp, norm2=norm2,
+                 residual_in_fp32=config.residual_in_fp32)
+
+
+class MixerModel(nn.Module):
+    """The backbone: ``embedding``, ``layers``, ``norm_f`` (names as in ``mamba_ssm``)."""
+
+    def __init__(self, config: MambaConfig, device=None, dtype=None):
+        super().__init__()
+        factory = dict(device=device, dtype=dtype)
+        self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model, **factory)
+        self.layers = nn.ModuleList(_make_block(config, i, **factory) for i in range(config.n_layer))
+        self.norm_f = _make_norm(config, **factory)
+        self.residual_in_fp32 = config.residual_in_fp32
+
+    def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None) -> torch.Tensor:
+        """input_ids (batch, L) -> final hidden states (batch, L, d_model)."""
+        hidden, residual = self.embedding(input_ids), None
+        for i, layer in enumerate(self.layers):
+            hidden, residual = layer(hidden, residual, cache=None if cache is None else cache.layers[i])
+        if isinstance(self.norm_f, RMSNorm):
+            return self.norm_f(hidden, residual=residual)
+        return self.norm_f((hidden + residual).to(self.norm_f.weight.dtype))
+
+
+class MambaLM(nn.Module):
+    """A language model of Mamba-1 / Mamba-2 / attention blocks.
+
+    ``model(input_ids)`` maps token ids (batch, L) to logits (batch, L, vocab_size) (the
+    padding rows of the embedding are cut off). Decoding: :meth:`allocate_cache`,
+    :meth:`step`, :meth:`generate`. Checkpoints: :meth:`save_pretrained`,
+    :meth:`from_pretrained` (also reads ``mamba_ssm`` and ``transformers`` checkpoints).
+    """
+
+    def __init__(self, config: MambaConfig, device=None, dtype=None):
+        super().__init__()
+        self.config = config
+        self.backbone = MixerModel(config, device=device, dtype=dtype)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False,
+                                 device=device, dtype=dtype)
+        self.apply_init()
+        if config.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+
+    def apply_init(self) -> None:
+        """(Re)apply the configured initialization: ``mamba_ssm``'s, then mimetic if asked."""
+        n_res = 1 if self.config.d_intermediate == 0 else 2
+        init_lm_weights_(self, self.config.n_layer, n_residuals_per_layer=n_res)
+        if self.config.init == "mimetic" and len(self.config.attn_layer_idx) < self.config.n_layer:
+            mimetic_init_(self, **self.config.init_cfg)
+
+    def _check_ids(self, input_ids: torch.Tensor) -> None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.device.type == "cpu" and input_ids.numel() and (
+                input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got "
+                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+
+    def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None,
+                num_last_tokens: int = 0) -> torch.Tensor:
+        """input_ids (batch, L) -> logits (batch, L, vocab_size), or of the last
+        ``num_last_tokens`` positions only. With ``cache``, the layers' states are filled
+        (prefill) and the cache advanced by L."""
+        self._check_ids(input_ids)
+        hidden = self.backbone(input_ids, cache=cache)
+        if cache is not None:
+            cache.advance(input_ids.shape[1])
+        if num_last_tokens > 0:
+            hidden = hidden[:, -num_last_tokens:]
+        return self.lm_head(hidden)[..., : self.config.vocab_size]
+
+    # ---- decoding -------------------------------------------------------------------------
+
+    def allocate_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> InferenceCache:
+        """A fresh cache for ``batch_size`` sequences of up to ``max_seqlen`` tokens."""
+        cache = InferenceCache(batch_size=batch_size, max_seqlen=max_seqlen)
+        for layer in self.backbone.layers:
+            mixer = layer.mixer
+            if isinstance(mixer, MHA):
+                cache.layers.append(KVState(*mixer.allocate_state(batch_size, max_seqlen, dtype=dtype)))
+            else:
+                cache.layers.append(SSMState(*mixer.allocate_state(batch_size, dtype=dtype)))
+        return cache
+
+    def step(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        """Advance ``cache`` by one token: input_ids (batch, 1) -> logits (batch, 1, vocab)."""
+        if input_ids.dim() != 2 or input_ids.shape[1] != 1:
+            raise ValueError(f"step takes input_ids of shape (batch, 1), got {tuple(input_ids.shape)}")
+        if input_ids.shape[0] != cache.batch_size:
+            raise ValueError(f"cache was allocated for batch {cache.batch_size}, got {input_ids.shape[0]}")
+        if cache.seqlen_offset >= cache.max_seqlen:
+            raise ValueError(f"cache is full ({cache.max_seqlen} tokens)")
+        # On an empty cache this is a length-1 prefill; on a warm one, a recurrent step.
+        return self.forward(input_ids, cache=cache)
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int = 1, top_p: float = 0.0, eos_token_id: int | None = None,
+                 generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+        """Continue each prompt: input_ids (batch, L) -> (batch, L + n) with n <=
+        ``max_new_tokens`` (fewer when every sequence has emitted ``eos_token_id``; finished
+        sequences are padded with it). ``top_k=1`` is greedy; otherwise sample at
+        ``temperature`` from the ``top_k`` most likely tokens (0: all) and/or the nucleus of
+        mass ``top_p`` (0: off). The prompt is consumed by one parallel forward (prefill),
+        then the model steps one token at a time."""
+        from .generation import generate
+
+        return generate(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                        top_p=top_p, eos_token_id=eos_token_id, generator=generator,
+                        progress=progress)
+
+    # ---- checkpoints ----------------------------------------------------------------------
+
+    def save_pretrained(self, path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` under directory ``path``."""
+        from .checkpoint import save_pretrained
+
+        save_pretrained(self, path)
+
+    @classmethod
+    def from_pretrained(cls, path, device=None, dtype=None) -> "MambaLM":
+        """Load from a local directory in our format, ``mamba_ssm``'s (``config.json`` +
+        ``pytorch_model.bin``) or ``transformers``' (``MambaForCausalLM`` /
+        ``Mamba2ForCausalLM``)."""
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(cls, path, device=device, dtype=dtype)
+

@@ -1,0 +1,154 @@
+"""Mamba-2 layer (SSD), with ``mamba_ssm``'s constructor and parameter names."""
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from ..ops import causal_conv1d, causal_conv1d_update, ssd_scan, ssd_state_update
+from .norm import RMSNormGated
+
+
+class Mamba2(nn.Module):
+    """State space dual layer (Dao & Gu 2024).
+
+    One in_proj gives [z, x, B, C, dt]; a causal depthwise conv + SiLU runs over (x, B, C);
+    the SSD scan uses a scalar decay A_h = -exp(A_log_h) per head of ``headdim`` channels,
+    with B and C shared within each of ``ngroups`` groups; a gated RMSNorm (gate SiLU(z))
+    precedes out_proj.
+
+    Input and output: (batch, length, d_model).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 128,
+        d_conv: int = 4,
+        conv_init: float | None = None,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        A_init_range: tuple[float, float] = (1, 16),
+        D_has_hdim: bool = False,
+        rmsnorm: bool = True,
+        norm_before_gate: bool = False,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        dt_limit: tuple[float, float] = (0.0, float("inf")),
+        bias: bool = False,
+        conv_bias: bool = True,
+        chunk_size: int = 256,
+        use_mem_eff_path: bool = True,  # accepted for mamba_ssm compatibility
+        layer_idx: int | None = None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        factory = dict(device=device, dtype=dtype)
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = int(expand * d_model)
+        if self.d_inner % headdim != 0:
+            raise ValueError(f"d_inner = expand * d_model = {self.d_inner} must be a multiple "
+                             f"of headdim={headdim}")
+        self.headdim, self.nheads, self.ngroups = headdim, self.d_inner // headdim, ngroups
+        if self.nheads % ngroups != 0:
+            raise ValueError(f"ngroups={ngroups} must divide nheads={self.nheads}")
+        self.D_has_hdim, self.rmsnorm = D_has_hdim, rmsnorm
+        self.dt_limit, self.chunk_size, self.layer_idx = tuple(dt_limit), chunk_size, layer_idx
+        self.conv_init = conv_init
+        self.dt_init_cfg = dict(dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor,
+                                A_init_range=tuple(A_init_range))
+
+        d_in_proj = 2 * self.d_inner + 2 * ngroups * d_state + self.nheads
+        self.in_proj = nn.Linear(d_model, d_in_proj, bias=bias, **factory)
+        self.conv_dim = self.d_inner + 2 * ngroups * d_state
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim,
+                                padding=d_conv - 1, bias=conv_bias, **factory)
+        self.dt_bias = nn.Parameter(torch.empty(self.nheads, device=device))
+        self.A_log = nn.Parameter(torch.empty(self.nheads, device=device))
+        self.D = nn.Parameter(torch.empty(self.d_inner if D_has_hdim else self.nheads, device=device))
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True
+        if rmsnorm:
+            self.norm = RMSNormGated(self.d_inner, eps=1e-5, norm_before_gate=norm_before_gate,
+                                     group_size=self.d_inner // ngroups, **factory)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+        from ..init import default_init_mamba2_
+
+        default_init_mamba2_(self)
+
+    @property
+    def A(self) -> torch.Tensor:
+        """Per-head decay rate (nheads,), negative."""
+        return -torch.exp(self.A_log.float())
+
+    def _D(self) -> torch.Tensor:
+        return self.D.float().view(self.nheads, self.headdim) if self.D_has_hdim else self.D.float()
+
+    def _split_proj(self, zxbcdt: torch.Tensor):
+        return zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+
+    def _split_xbc(self, xBC: torch.Tensor):
+        gn = self.ngroups * self.d_state
+        return xBC.split([self.d_inner, gn, gn], dim=-1)
+
+    def _gate_and_project(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if self.rmsnorm:
+            y = self.norm(y, z)
+        return self.out_proj(y)
+
+    def forward(self, u: torch.Tensor, cache=None) -> torch.Tensor:
+        """u (batch, L, d_model) -> (batch, L, d_model); ``cache`` as in :class:`Mamba`."""
+        if cache is not None and cache.seqlen_offset > 0:
+            if u.shape[1] != 1:
+                raise ValueError("a warm cache can only be advanced one token at a time")
+            return self.step(u, cache)
+        batch, L, _ = u.shape
+        z, xBC, dt = self._split_proj(self.in_proj(u))
+        xBC = causal_conv1d(rearrange(xBC, "b l d -> b d l"),
+                            rearrange(self.conv1d.weight, "d 1 w -> d w"), self.conv1d.bias,
+                            activation="silu", return_final_states=cache is not None)
+        if cache is not None:
+            xBC, cache.conv_state = xBC
+        x, B, C = self._split_xbc(rearrange(xBC, "b d l -> b l d"))
+        y = ssd_scan(
+            rearrange(x, "b l (h p) -> b l h p", p=self.headdim), dt, self.A,
+            rearrange(B, "b l (g n) -> b l g n", g=self.ngroups),
+            rearrange(C, "b l (g n) -> b l g n", g=self.ngroups),
+            chunk_size=self.chunk_size, D=self._D(),
+            z=None if self.rmsnorm else rearrange(z, "b l (h p) -> b l h p", p=self.headdim),
+            dt_bias=self.dt_bias.float(), dt_softplus=True, dt_limit=self.dt_limit,
+            return_final_states=cache is not None,
+        )
+        if cache is not None:
+            y, cache.ssm_state = y
+        return self._gate_and_project(rearrange(y, "b l h p -> b l (h p)"), z)
+
+    def step(self, u: torch.Tensor, cache) -> torch.Tensor:
+        """One decoding step: u (batch, 1, d_model) -> (batch, 1, d_model)."""
+        z, xBC, dt = self._split_proj(self.in_proj(u.squeeze(1)))
+        xBC = causal_conv1d_update(xBC, cache.conv_state,
+                                   rearrange(self.conv1d.weight, "d 1 w -> d w"),
+                                   self.conv1d.bias, activation="silu")
+        x, B, C = self._split_xbc(xBC)
+        y = ssd_state_update(
+            cache.ssm_state, rearrange(x, "b (h p) -> b h p", p=self.headdim), dt, self.A,
+            rearrange(B, "b (g n) -> b g n", g=self.ngroups),
+            rearrange(C, "b (g n) -> b g n", g=self.ngroups), D=self._D(),
+            z=None if self.rmsnorm else rearrange(z, "b (h p) -> b h p", p=self.headdim),
+            dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit,
+        )
+        return self._gate_and_project(rearrange(y, "b h p -> b (h p)"), z).unsqueeze(1)
+
+    def allocate_state(self, batch_size: int, device=None, dtype=None):
+        """Zero conv state (batch, conv_dim, d_conv-1) and SSM state (batch, H, P, N)."""
+        device = device or self.out_proj.weight.device
+        dtype = dtype or self.conv1d.weight.dtype
+        conv = torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype)
+        ssm = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
+                          dtype=torch.float32)
+        return conv, ssm

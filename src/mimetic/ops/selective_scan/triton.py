@@ -1,0 +1,418 @@
+"""Mamba-1 selective scan as Triton kernels (forward and backward).
+
+Math (see ``reference.py``), per batch b, channel d, state n, step t:
+
+    delta_t = softplus(delta_raw_t + bias[d])                  (both optional)
+    a_t     = exp(delta_t * A[d, n]),   b_t = delta_t * u_t * B_t[n]
+    h_t     = a_t * h_{t-1} + b_t
+    y_t     = sum_n C_t[n] * h_t + D[d] * u_t,   out_t = y_t * silu(z_t)
+
+Kernel layout. One program owns a block of ``BLOCK_D`` channels of one batch row and
+walks the sequence in chunks of ``BLOCK_T`` steps; the state h (BLOCK_D, N) stays in
+registers between chunks. Inside a chunk every step is computed at once on a
+(BLOCK_D, N, BLOCK_T) tile: the recurrence is an associative scan of the affine maps
+x -> a_t x + b_t (``tl.associative_scan``), then the carried state enters as
+h_t = (prod a) * h_in + (scanned b). Loads and stores are (BLOCK_D, BLOCK_T) tiles,
+contiguous along time, so every byte of u, delta, z, out is touched once.
+
+Backward (``torch.autograd.Function``). The forward stores only the state entering each
+chunk (batch, n_chunks, dim, N) in float32 when a gradient is needed -- never per-step
+states. The backward walks chunks in reverse: it recomputes the chunk's states from its
+stored entry state with the same forward scan, then runs the adjoint recurrence
+
+    dh_t = C_t * dy_t + a_{t+1} * dh_{t+1}
+
+as a reverse associative scan, carrying dh across chunks in registers. With
+a_t h_{t-1} = h_t - b_t (no division, no stored h_{t-1}) the gradients are
+
+    du_t     = delta_t * sum_n dh_t B_t + D dy_t
+    ddelta_t = sum_n dh_t (B_t u_t + A (h_t - b_t))       (times sigmoid for softplus)
+    dA       = sum_t dh_t delta_t (h_t - b_t)
+    dB_t     = sum_d dh_t delta_t u_t,     dC_t = sum_d dy_t h_t
+    dh_init  = a_0 dh_0
+
+dB and dC sum over the channels of a group, which several programs share: each program
+reduces its own channels and adds into a float32 buffer with atomics. dA, dD and
+d(bias) sum over batch: each program writes its own row, summed afterwards in PyTorch.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["selective_scan_triton"]
+
+_LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------- helpers
+
+@triton.jit
+def _affine_fwd(a1, b1, a2, b2):
+    # Compose x -> a1 x + b1 (earlier step) then x -> a2 x + b2 (later step).
+    return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def _softplus(x):
+    # log(1 + e^x) without overflow and without losing small values to 1 + e^-|x| == 1:
+    # for tiny e, log(1 + e) ~ e - e^2/2 (next term e^3/3 is below fp32 resolution).
+    e = tl.exp(-tl.abs(x))
+    log1p_e = tl.where(e < 1e-3, e * (1.0 - 0.5 * e), tl.log(1.0 + e))
+    return tl.maximum(x, 0.0) + log1p_e
+
+
+@triton.jit
+def _load_delta(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Returns (delta after bias/softplus, pre-softplus value), both float32, 0 where masked."""
+    raw = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw = raw + bias[:, None]
+    dt = raw
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    # Masked (padding) steps must be exact identities of the recurrence: delta 0 gives
+    # a = 1 and b = 0 whatever A, B, u are.
+    dt = tl.where(mask, dt, 0.0)
+    return dt, raw
+
+
+# ----------------------------------------------------------------------------- forward
+
+@triton.jit
+def _ss_fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+    out_ptr, hlast_ptr, ckpt_ptr,
+    dim, L, N, dim_per_group, n_chunks,
+    s_x_b, s_x_d,            # u, delta, z, out share one (b, d, L) contiguous layout
+    s_bc_b, s_bc_g, s_bc_n,  # B and C: (b, g, n, L) contiguous
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, STORE_LAST: tl.constexpr,
+    STORE_CKPT: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_tl = tl.arange(0, BLOCK_T)
+    mask_d = offs_d < dim
+    mask_n = offs_n < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    # All channels of a block share one group (the wrapper makes BLOCK_D divide dim/groups).
+    group = (pid_d * BLOCK_D) // dim_per_group
+
+    # exp(delta*A) is evaluated as exp2(delta * A*log2(e)): one hardware ex2 per element.
+    A2 = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0)
+    A2 = A2.to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+
+    state_offs = offs_d[:, None] * N + offs_n[None, :]          # (BLOCK_D, BLOCK_N) in (d, n)
+    if HAS_H0:
+        h = tl.load(h0_ptr + pid_b * dim * N + state_offs, mask=mask_dn, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+
+    x_base = pid_b * s_x_b + offs_d[:, None] * s_x_d                 # (BLOCK_D, 1)
+    bc_base = pid_b * s_bc_b + group * s_bc_g + offs_n[:, None] * s_bc_n  # (BLOCK_N, 1)
+    for c in range(0, n_chunks):
+        offs_t = c * BLOCK_T + offs_tl
+        mask_t = offs_t < L
+        m_dt = mask_d[:, None] & mask_t[None, :]
+        m_nt = mask_n[:, None] & mask_t[None, :]
+        if STORE_CKPT:
+            tl.store(ckpt_ptr + (pid_b * n_chunks + c) * dim * N + state_offs, h, mask=mask_dn)
+        x_offs = x_base + offs_t[None, :]
+        dt, _ = _load_delta(delta_ptr, x_offs, m_dt, bias, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + x_offs, mask=m_dt, other=0.0).to(tl.float32)
+        Bt = tl.load(B_ptr + bc_base + offs_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + bc_base + offs_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
+
+        a = tl.exp2(dt[:, None, :] * A2[:, :, None])                 # (BD, BN, BT)
+        b = (dt * u)[:, None, :] * Bt[None, :, :]
+        acum, bcum = tl.associative_scan((a, b), axis=2, combine_fn=_affine_fwd)
+        hs = acum * h[:, :, None] + bcum
+        y = tl.sum(hs * Ct[None, :, :], axis=1)                       # (BD, BT)
+        if HAS_D:
+            y += Dv[:, None] * u
+        if HAS_Z:
+            zz = tl.load(z_ptr + x_offs, mask=m_dt, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + x_offs, y.to(out_ptr.dtype.element_ty), mask=m_dt)
+        # Padding steps are identities, so the last column is the state after step L-1.
+        h = tl.sum(tl.where(offs_tl[None, None, :] == BLOCK_T - 1, hs, 0.0), axis=2)
+    if STORE_LAST:
+        tl.store(hlast_ptr + pid_b * dim * N + state_offs, h, mask=mask_dn)
+
+
+# ----------------------------------------------------------------------------- backward
+
+@triton.jit
+def _ss_bwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr,
+    dout_ptr, dhlast_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    dim, L, N, dim_per_group, n_chunks,
+    s_x_b, s_x_d, s_bc_b, s_bc_g, s_bc_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_DHLAST: tl.constexpr, STORE_DH0: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_tl = tl.arange(0, BLOCK_T)
+    mask_d = offs_d < dim
+    mask_n = offs_n < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    group = (pid_d * BLOCK_D) // dim_per_group
+
+    A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+
+    state_offs = offs_d[:, None] * N + offs_n[None, :]
+    if HAS_DHLAST:
+        dh_carry = tl.load(dhlast_ptr + pid_b * dim * N + state_offs, mask=mask_dn, other=0.0)
+        dh_carry = dh_carry.to(tl.float32)
+    else:
+        dh_carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+
+    x_base = pid_b * s_x_b + offs_d[:, None] * s_x_d
+    bc_base = pid_b * s_bc_b + group * s_bc_g + offs_n[:, None] * s_bc_n
+    for ci in range(0, n_chunks):
+        c = n_chunks - 1 - ci
+        offs_t = c * BLOCK_T + offs_tl
+        mask_t = offs_t < L
+        m_dt = mask_d[:, None] & mask_t[None, :]
+        m_nt = mask_n[:, None] & mask_t[None, :]
+        x_offs = x_base + offs_t[None, :]
+        dt, raw = _load_delta(delta_ptr, x_offs, m_dt, bias, HAS_BIAS, SOFTPLUS)
+        # a_{t+1}: the decay that carries dh_{t+1} back to step t. Past the end it is 1 so
+        # that the incoming d(last state) reaches step L-1 unchanged.
+        m_next = mask_d[:, None] & (offs_t[None, :] + 1 < L)
+        dt_next, _ = _load_delta(delta_ptr, x_offs + 1, m_next, bias, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + x_offs, mask=m_dt, other=0.0).to(tl.float32)
+        Bt = tl.load(B_ptr + bc_base + offs_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + bc_base + offs_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
+        dout = tl.load(dout_ptr + x_offs, mask=m_dt, other=0.0).to(tl.float32)
+        h_in = tl.load(ckpt_ptr + (pid_b * n_chunks + c) * dim * N + state_offs, mask=mask_dn,
+                       other=0.0)
+
+        # Recompute this chunk's states from its stored entry state.
+        a = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        b = (dt * u)[:, None, :] * Bt[None, :, :]
+        acum, bcum = tl.associative_scan((a, b), axis=2, combine_fn=_affine_fwd)
+        hs = acum * h_in[:, :, None] + bcum
+
+        if HAS_Z:
+            zz = tl.load(z_ptr + x_offs, mask=m_dt, other=0.0).to(tl.float32)
+            y = tl.sum(hs * Ct[None, :, :], axis=1) + Dv[:, None] * u
+            sz = tl.sigmoid(zz)
+            dy = dout * zz * sz
+            dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
+            tl.store(dz_ptr + x_offs, dz.to(dz_ptr.dtype.element_ty), mask=m_dt)
+        else:
+            dy = dout
+
+        # Reverse scan: dh_t = g_t + a_{t+1} dh_{t+1}, i.e. the affine maps applied from the
+        # right; composing them in reverse order is the forward combine on flipped time.
+        g = Ct[None, :, :] * dy[:, None, :]
+        a_next = tl.exp2(dt_next[:, None, :] * A2[:, :, None])
+        pcum, gcum = tl.associative_scan((a_next, g), axis=2, combine_fn=_affine_fwd,
+                                         reverse=True)
+        dh = pcum * dh_carry[:, :, None] + gcum
+        dh_carry = tl.sum(tl.where(offs_tl[None, None, :] == 0, dh, 0.0), axis=2)
+
+        hb = hs - b                                   # a_t h_{t-1}
+        dhB = dh * Bt[None, :, :]
+        du = dt * tl.sum(dhB, axis=1) + Dv[:, None] * dy
+        ddt = tl.sum(dhB * u[:, None, :] + dh * A[:, :, None] * hb, axis=1)
+        ddt = tl.where(m_dt, ddt, 0.0)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(raw)
+        dbias_acc += tl.sum(ddt, axis=1)
+        dA_acc += tl.sum(dh * hb * dt[:, None, :], axis=2)
+        dD_acc += tl.sum(dy * u, axis=1)
+        tl.store(du_ptr + x_offs, du.to(du_ptr.dtype.element_ty), mask=m_dt)
+        tl.store(ddelta_ptr + x_offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_dt)
+
+        dBt = tl.sum(dh * (dt * u)[:, None, :], axis=0)          # (BN, BT)
+        dCt = tl.sum(hs * dy[:, None, :], axis=0)
+        tl.atomic_add(dB_ptr + bc_base + offs_t[None, :], dBt, mask=m_nt)
+        tl.atomic_add(dC_ptr + bc_base + offs_t[None, :], dCt, mask=m_nt)
+
+    part = pid_b * dim + offs_d
+    tl.store(dA_ptr + pid_b * dim * N + state_offs, dA_acc, mask=mask_dn)
+    if HAS_D:
+        tl.store(dD_ptr + part, dD_acc, mask=mask_d)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + part, dbias_acc, mask=mask_d)
+    if STORE_DH0:
+        # d h_init = a_0 * dh_0.
+        m0 = mask_d[:, None] & (offs_tl[None, :] == 0) & (offs_tl[None, :] < L)
+        dt0, _ = _load_delta(delta_ptr, x_base + offs_tl[None, :], m0, bias, HAS_BIAS, SOFTPLUS)
+        dt0 = tl.sum(dt0, axis=1)
+        a0 = tl.exp2(dt0[:, None] * A2)
+        tl.store(dh0_ptr + pid_b * dim * N + state_offs, a0 * dh_carry, mask=mask_dn)
+
+
+# ----------------------------------------------------------------------------- launch
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _config(dim_per_group: int, n: int, backward: bool):
+    """Block sizes: BLOCK_D must divide the channels of a group (one group per program);
+    the (BLOCK_D, BLOCK_N, BLOCK_T) tile is kept near 4096 (forward) or 2048 (backward)
+    elements so that the several live tiles of a step fit in registers."""
+    block_n = max(_next_pow2(n), 2)
+    block_t = 32 if block_n <= 32 else 16
+    budget = (2048 if backward else 4096) // (block_n * block_t)
+    block_d = 1
+    while block_d * 2 <= max(budget, 1) and dim_per_group % (block_d * 2) == 0 and block_d < 64:
+        block_d *= 2
+    num_warps = 4 if block_d * block_n * block_t >= 4096 else 2 if block_d * block_n * block_t >= 1024 else 1
+    return block_d, block_n, block_t, num_warps
+
+
+# Chunk length shared by forward and backward (the stored chunk-entry states depend on it).
+def _chunk_t(n: int) -> int:
+    return 32 if max(_next_pow2(n), 2) <= 32 else 16
+
+
+def _prep(u, delta, B, C, z):
+    def c(t):
+        return None if t is None else (t if t.is_contiguous() else t.contiguous())
+    u, delta, z = c(u), c(delta), c(z)
+    Bg = B.unsqueeze(1) if B.dim() == 3 else B   # (b, g, n, L)
+    Cg = C.unsqueeze(1) if C.dim() == 3 else C
+    return u, delta, c(Bg), c(Cg), z
+
+
+class _SelectiveScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                return_last_state):
+        b_in, c_in = B, C
+        u, delta, Bg, Cg, z = _prep(u, delta, B, C, z)
+        A = A.contiguous()
+        batch, dim, L = u.shape
+        G, N = Bg.shape[1], Bg.shape[2]
+        dpg = dim // G
+        block_t = _chunk_t(N)
+        n_chunks = triton.cdiv(L, block_t)
+        block_d, block_n, _, num_warps = _config(dpg, N, backward=False)
+        need_grad = ctx.needs_input_grad is not None and any(ctx.needs_input_grad[:9])
+        out = torch.empty_like(u)
+        hlast = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) \
+            if return_last_state else out
+        ckpt = torch.empty(batch, n_chunks, dim, N, device=u.device, dtype=torch.float32) \
+            if need_grad else out
+        h0 = initial_state.contiguous() if initial_state is not None else None
+        grid = (batch, triton.cdiv(dim, block_d))
+        _ss_fwd_kernel[grid](
+            u, delta, A, Bg, Cg, D if D is not None else u, z if z is not None else u,
+            delta_bias if delta_bias is not None else u, h0 if h0 is not None else u,
+            out, hlast, ckpt,
+            dim, L, N, dpg, n_chunks,
+            u.stride(0), u.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None,
+            STORE_LAST=bool(return_last_state), STORE_CKPT=need_grad,
+            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=num_warps,
+        )
+        if need_grad:
+            ctx.save_for_backward(u, delta, A, Bg, Cg, D, z, delta_bias, initial_state, ckpt)
+            ctx.softplus = bool(delta_softplus)
+            ctx.shapes = (b_in.shape, c_in.shape, b_in.dtype, c_in.dtype)
+        if return_last_state:
+            return out, hlast
+        return out
+
+    @staticmethod
+    def backward(ctx, dout, *rest):
+        u, delta, A, Bg, Cg, D, z, delta_bias, initial_state, ckpt = ctx.saved_tensors
+        dhlast = rest[0] if rest else None
+        batch, dim, L = u.shape
+        G, N = Bg.shape[1], Bg.shape[2]
+        dpg = dim // G
+        block_t = _chunk_t(N)
+        n_chunks = ckpt.shape[1]
+        block_d, block_n, _, num_warps = _config(dpg, N, backward=True)
+        dout = dout.contiguous()
+        du = torch.empty_like(u)
+        ddelta = torch.empty_like(delta)
+        dz = torch.empty_like(z) if z is not None else None
+        dA = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
+        dB = torch.zeros(Bg.shape, device=u.device, dtype=torch.float32)
+        dC = torch.zeros(Cg.shape, device=u.device, dtype=torch.float32)
+        dD = torch.empty(batch, dim, device=u.device, dtype=torch.float32) if D is not None else None
+        dbias = torch.empty(batch, dim, device=u.device, dtype=torch.float32) \
+            if delta_bias is not None else None
+        dh0 = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) \
+            if initial_state is not None else None
+        if dhlast is not None:
+            dhlast = dhlast.contiguous()
+        grid = (batch, triton.cdiv(dim, block_d))
+        _ss_bwd_kernel[grid](
+            u, delta, A, Bg, Cg, D if D is not None else u, z if z is not None else u,
+            delta_bias if delta_bias is not None else u, ckpt,
+            dout, dhlast if dhlast is not None else u,
+            du, ddelta, dz if dz is not None else u, dA, dB, dC,
+            dD if dD is not None else dA, dbias if dbias is not None else dA,
+            dh0 if dh0 is not None else dA,
+            dim, L, N, dpg, n_chunks,
+            u.stride(0), u.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=ctx.softplus, HAS_DHLAST=dhlast is not None, STORE_DH0=dh0 is not None,
+            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=num_warps,
+        )
+        b_shape, c_shape, b_dtype, c_dtype = ctx.shapes
+        dB = dB.reshape(b_shape).to(b_dtype)
+        dC = dC.reshape(c_shape).to(c_dtype)
+        dA = dA.sum(0).to(A.dtype)
+        dD = dD.sum(0).to(D.dtype) if D is not None else None
+        dbias = dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
+        dh0 = dh0.to(initial_state.dtype) if dh0 is not None else None
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, None, None
+
+
+def selective_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    initial_state: torch.Tensor | None = None,
+):
+    """Triton selective scan; same arguments and results as :func:`selective_scan_ref`.
+
+    Shapes: u, delta, z (batch, dim, L); A (dim, n); B, C (batch, n, L) or
+    (batch, groups, n, L); D, delta_bias (dim,); initial_state (batch, dim, n).
+    Returns out (batch, dim, L) in u's dtype and, with ``return_last_state``, the last
+    state (batch, dim, n) in float32. Differentiable in every tensor argument.
+    """
+    return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                  delta_softplus, return_last_state)

@@ -1,0 +1,162 @@
+"""Triton selective scan vs the sequential reference: forward, last state and every gradient.
+
+Runs on CUDA when present, else on the CPU through the Triton interpreter; run it with
+``TRITON_INTERPRET=1`` on machines without a GPU (the variable must be set before triton
+compiles anything, i.e. in the environment of the pytest process). On the interpreter the
+sizes stay tiny (it executes every tile op in numpy); on a GPU larger sizes are added.
+
+The oracle is the sequential reference evaluated in float64 on the *same* (possibly
+bf16/fp16-rounded) inputs, so the tolerances only cover the kernel's own float32
+arithmetic and the rounding of its outputs to the input dtype.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+CUDA = torch.cuda.is_available()
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if not (CUDA or INTERPRET):
+    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+
+from mimetic.ops.selective_scan import selective_scan, selective_scan_ref  # noqa: E402
+
+DEVICE = "cuda" if CUDA else "cpu"
+# Relative error bounds, ||got - ref|| / ||ref||, per input dtype. float32 covers the
+# kernel's fp32 arithmetic (exp2, reassociated scan, atomics); low precision covers one
+# rounding of each output to that dtype (bf16 has 8 mantissa bits: ~4e-3 per element).
+TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    got, ref = got.double().cpu(), ref.double().cpu()
+    assert torch.isfinite(got).all(), "non-finite values"
+    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(batch, dim, L, n, groups, dtype, *, D=True, z=True, bias=True, h0=False,
+                seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(DEVICE)
+
+    bc_shape = (batch, n, L) if groups is None else (batch, groups, n, L)
+    t = dict(
+        u=rnd(batch, dim, L).to(dtype),
+        # Raw delta around softplus^-1 of [1e-3, 1e-1]-ish values, plus spread.
+        delta=(rnd(batch, dim, L, scale=0.5) - 1.0).to(dtype),
+        # A = -exp(A_log): decays between mild and strong.
+        A=-torch.exp(rnd(dim, n, scale=0.5)),
+        B=rnd(*bc_shape).to(dtype),
+        C=rnd(*bc_shape).to(dtype),
+        D=rnd(dim) if D else None,
+        z=rnd(batch, dim, L).to(dtype) if z else None,
+        delta_bias=(rnd(dim, scale=0.3) - 1.0) if bias else None,
+        initial_state=rnd(batch, dim, n) if h0 else None,
+    )
+    return t
+
+
+def run(fn_backend, t, softplus, last, dout, dlast):
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in t.items() if v is not None}
+    args = {k: leaves.get(k) for k in t}
+    res = selective_scan(args["u"], args["delta"], args["A"], args["B"], args["C"],
+                         D=args["D"], z=args["z"], delta_bias=args["delta_bias"],
+                         delta_softplus=softplus, return_last_state=last,
+                         initial_state=args["initial_state"], backend=fn_backend)
+    out, hlast = (res if last else (res, None))
+    loss = (out.double() * dout).sum()
+    if last:
+        loss = loss + (hlast.double() * dlast).sum()
+    loss.backward()
+    return out, hlast, {k: v.grad for k, v in leaves.items()}
+
+
+def reference(t, softplus, last, dout, dlast):
+    t64 = {k: (None if v is None else v.detach().double()) for k, v in t.items()}
+    leaves = {k: v.clone().requires_grad_(True) for k, v in t64.items() if v is not None}
+    args = {k: leaves.get(k) for k in t}
+    res = selective_scan_ref(args["u"], args["delta"], args["A"], args["B"], args["C"],
+                             D=args["D"], z=args["z"], delta_bias=args["delta_bias"],
+                             delta_softplus=softplus, return_last_state=last,
+                             initial_state=args["initial_state"])
+    out, hlast = (res if last else (res, None))
+    loss = (out * dout).sum()
+    if last:
+        loss = loss + (hlast * dlast).sum()
+    loss.backward()
+    return out, hlast, {k: v.grad for k, v in leaves.items()}
+
+
+def check(batch, dim, L, n, groups, dtype, *, softplus=True, last=False, seed=0, **kw):
+    t = make_inputs(batch, dim, L, n, groups, dtype, seed=seed, **kw)
+    g = torch.Generator().manual_seed(seed + 1)
+    dout = torch.randn(batch, dim, L, generator=g, dtype=torch.float64).to(DEVICE)
+    dlast = torch.randn(batch, dim, n, generator=g, dtype=torch.float64).to(DEVICE)
+    out, hlast, grads = run("triton", t, softplus, last, dout, dlast)
+    r_out, r_last, r_grads = reference(t, softplus, last, dout, dlast)
+    tol = TOL[dtype]
+    assert out.dtype == dtype and out.shape == (batch, dim, L)
+    errors = {"out": rel_err(out, r_out)}
+    if last:
+        assert hlast.dtype == torch.float32
+        errors["last_state"] = rel_err(hlast, r_last)
+    for k, ref_g in r_grads.items():
+        assert grads[k] is not None, k
+        assert grads[k].shape == ref_g.shape and grads[k].dtype == t[k].dtype, k
+        errors["d" + k] = rel_err(grads[k], ref_g)
+    bad = {k: v for k, v in errors.items() if not v < tol}
+    assert not bad, f"tolerance {tol:g} exceeded: {bad} (all: {errors})"
+
+
+# (batch, dim, L, n, groups): odd lengths, lengths that are not a multiple of the
+# 32-step chunk (and shorter than one), batch 1, small and large d_state, grouped B/C.
+SMALL = [
+    (2, 4, 37, 16, None),
+    (1, 3, 5, 4, None),
+    (1, 8, 70, 5, 2),
+    (2, 4, 19, 64, 4),
+]
+LARGE = [
+    (2, 256, 1000, 16, None),
+    (1, 96, 777, 128, 3),
+    (3, 64, 4099, 16, 2),
+]
+SHAPES = SMALL + (LARGE if CUDA else [])
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:4])) + f"g{s[4]}")
+def test_forward_backward_fp32(shape):
+    check(*shape, dtype=torch.float32, last=True, h0=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision(dtype):
+    check(2, 4, 45, 16, None, dtype, last=True, h0=True, seed=3)
+    if CUDA:
+        check(2, 512, 2048, 16, None, dtype, seed=4)
+
+
+@pytest.mark.parametrize("opts", [
+    dict(D=False, z=False, bias=False, softplus=False),
+    dict(D=True, z=False, bias=True, softplus=True),
+    dict(D=False, z=True, bias=False, softplus=True, h0=True),
+], ids=["plain", "no_z", "no_D"])
+def test_optional_arguments(opts):
+    opts = dict(opts)
+    softplus = opts.pop("softplus")
+    check(1, 4, 33, 8, None, torch.float32, softplus=softplus, **opts)
+
+
+def test_dispatch_picks_triton_on_cuda():
+    if not CUDA:
+        pytest.skip("auto picks Triton only for CUDA tensors")
+    t = make_inputs(1, 8, 16, 4, None, torch.float32)
+    out = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], backend="auto")
+    ref = selective_scan_ref(t["u"], t["delta"], t["A"], t["B"], t["C"])
+    assert rel_err(out, ref) < TOL[torch.float32]

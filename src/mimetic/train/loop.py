@@ -1,0 +1,249 @@
+"""The training loop: ``train(model, task, config) -> TrainResult``."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..tasks import Task, evaluate, make_generator, model_logits
+from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .metrics import MetricsLogger
+from .optim import build_optimizer, lr_at
+
+#: Seed-stream tag of training batches (evaluation uses ``mimetic.tasks.EVAL_STREAM``).
+TRAIN_STREAM = "train"
+RESULT_FILE = "result.json"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the loss (or gradient norm) is NaN/inf; the message names the step."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or interrupted) ``train`` call returns.
+
+    ``final``/``best``: the last eval record and the one with the highest token accuracy
+    (keys: step, loss, token_acc, seq_acc, train_loss, lr, tokens_per_s, elapsed);
+    ``steps_to_target``: first eval step with token_acc >= target_acc (None if never or no
+    target); ``history``: every eval record.
+    """
+
+    step: int
+    final: dict[str, Any] | None
+    best: dict[str, Any] | None
+    steps_to_target: int | None
+    stopped_early: bool
+    interrupted: bool
+    elapsed: float
+    tokens: int
+    n_params: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainResult":
+        return cls(**d)
+
+
+def batch_for_step(task: Task, config: TrainConfig, step: int) -> tuple[torch.Tensor, ...]:
+    """The training batch of ``step``: a pure function of (task, config.seed, step)."""
+    return task.batch(config.batch_size, make_generator(TRAIN_STREAM, config.seed, step))
+
+
+def masked_loss_and_acc(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor):
+    """Mean cross-entropy over scored positions (fp32) and the token accuracy there.
+
+    logits (B, L, V), targets (B, L) long, mask (B, L) bool -> (loss scalar, acc scalar tensor).
+    """
+    scored_logits = logits[mask].float()
+    scored_targets = targets[mask]
+    loss = F.cross_entropy(scored_logits, scored_targets)
+    acc = (scored_logits.argmax(-1) == scored_targets).float().mean()
+    return loss, acc
+
+
+def _resolve_device(config: TrainConfig) -> torch.device:
+    if config.device is not None:
+        return torch.device(config.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResult:
+    """Train ``model`` on ``task`` with ``config``; see ``TrainConfig`` for every behaviour.
+
+    ``model(input_ids (B, L) long) -> logits (B, L, V)`` (V >= task.vocab_size). The model is
+    moved to the device and trained in place. Reproducible: the same model init, task and
+    config give the same losses; an interrupted run resumed with ``resume=True`` ends with the
+    same parameters as an uninterrupted one (same batches, optimizer state and RNG).
+
+    Raises ``NonFiniteLossError`` naming the step if the loss or gradient norm is NaN/inf;
+    parameters are not updated by that step and the newest checkpoint on disk stays the last
+    good one. Raises ValueError if ``out_dir`` already holds checkpoints and ``resume`` is off.
+    """
+    device = _resolve_device(config)
+    use_amp = config.amp if config.amp is not None else device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp else None
+    out = Path(config.out_dir) if config.out_dir is not None else None
+
+    if out is not None and config.resume and (out / RESULT_FILE).exists():
+        return TrainResult.from_dict(json.loads((out / RESULT_FILE).read_text()))
+    if out is not None and not config.resume and list_checkpoints(out):
+        raise ValueError(f"{out} already holds checkpoints; pass resume=True or use a fresh out_dir")
+
+    model.to(device)
+    torch.manual_seed(config.seed)  # global RNG: dropout and anything else stochastic in the model
+    optimizer = build_optimizer(model, config)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    step, elapsed, tokens = 0, 0.0, 0
+    history: list[dict[str, Any]] = []
+    steps_to_target: int | None = None
+    ckpt = latest_checkpoint(out) if (out is not None and config.resume) else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model, device)
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step, elapsed, tokens = state["step"], state["elapsed"], state["tokens"]
+        history, steps_to_target = state["history"], state["steps_to_target"]
+        if state["data"]["seed"] != config.seed:
+            raise ValueError(f"checkpoint {ckpt} was made with seed {state['data']['seed']}, not {config.seed}")
+    logger = MetricsLogger(out, tensorboard=config.tensorboard, fresh=ckpt is None)
+    logger.truncate_after(step)
+
+    ckpt_every = config.checkpoint_every or config.eval_every
+    eval_bs = config.eval_batch_size or config.batch_size
+    last_saved = step if ckpt is not None else -1
+    stopped_early = interrupted = False
+
+    def save(at_step: int) -> None:
+        nonlocal last_saved
+        if out is None or at_step == last_saved:
+            return
+        state = {
+            "format": 1,
+            "step": at_step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": {"kind": "warmup_cosine", "step": at_step},
+            "rng": rng_state(),
+            "data": {"stream": TRAIN_STREAM, "seed": config.seed, "next_step": at_step},
+            "elapsed": elapsed,
+            "tokens": tokens,
+            "history": history,
+            "steps_to_target": steps_to_target,
+            "config": config.to_dict(),
+        }
+        save_checkpoint(out, at_step, model, state, keep=config.keep_checkpoints)
+        last_saved = at_step
+
+    pbar = tqdm(total=config.steps, initial=step, disable=not config.progress, desc=task.name, leave=False)
+    window_tokens, window_time, window_loss, window_n = 0, 0.0, 0.0, 0
+    model.train()
+    try:
+        while step < config.steps:
+            t0 = time.perf_counter()
+            input_ids, targets, mask = (t.to(device, non_blocking=True) for t in batch_for_step(task, config, step))
+            lr = lr_at(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+            with ctx:
+                logits = model_logits(model, input_ids)
+            loss, acc = masked_loss_and_acc(logits, targets, mask)
+            loss_value = loss.item()
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(_nonfinite_message("loss", loss_value, step, out))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                if not torch.isfinite(gnorm):
+                    raise NonFiniteLossError(_nonfinite_message("gradient norm", float(gnorm), step, out))
+            optimizer.step()
+            step += 1
+
+            dt = time.perf_counter() - t0
+            elapsed += dt
+            n_tok = input_ids.numel()
+            tokens += n_tok
+            window_tokens, window_time = window_tokens + n_tok, window_time + dt
+            window_loss, window_n = window_loss + loss_value, window_n + 1
+            pbar.update(1)
+            pbar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{acc.item():.3f}", tok_s=f"{n_tok / max(dt, 1e-9):.0f}")
+
+            if step % config.eval_every == 0 or step == config.steps:
+                metrics = evaluate(
+                    model, task, num_batches=config.eval_batches, batch_size=eval_bs,
+                    seed=config.eval_seed, device=device, autocast_dtype=amp_dtype,
+                )
+                record = {
+                    "step": step,
+                    "loss": metrics["loss"],
+                    "token_acc": metrics["token_acc"],
+                    "seq_acc": metrics["seq_acc"],
+                    "train_loss": window_loss / max(window_n, 1),
+                    "lr": lr,
+                    "tokens_per_s": window_tokens / max(window_time, 1e-9),
+                    "elapsed": elapsed,  # training seconds, evaluation time excluded
+                }
+                window_tokens, window_time, window_loss, window_n = 0, 0.0, 0.0, 0
+                history.append(record)
+                logger.log(record)
+                if config.progress:
+                    pbar.write(
+                        f"[{task.name}] step {step}: eval loss {record['loss']:.4f} "
+                        f"token_acc {record['token_acc']:.4f} seq_acc {record['seq_acc']:.4f}"
+                    )
+                target = config.target_acc
+                if target is not None and steps_to_target is None and record["token_acc"] >= target:
+                    steps_to_target = step
+                    stopped_early = config.early_stop and step < config.steps
+
+            if stopped_early or step == config.steps or step % ckpt_every == 0:
+                save(step)
+            if stopped_early:
+                break
+            if config.interrupt_after is not None and step >= config.interrupt_after and step < config.steps:
+                save(step)
+                interrupted = True
+                break
+    finally:
+        pbar.close()
+        logger.close()
+
+    best = max(history, key=lambda r: (r["token_acc"], r["seq_acc"], -r["step"])) if history else None
+    result = TrainResult(
+        step=step,
+        final=history[-1] if history else None,
+        best=best,
+        steps_to_target=steps_to_target,
+        stopped_early=stopped_early,
+        interrupted=interrupted,
+        elapsed=elapsed,
+        tokens=tokens,
+        n_params=n_params,
+        history=history,
+    )
+    if out is not None and not interrupted:
+        tmp = out / (RESULT_FILE + ".tmp")
+        tmp.write_text(json.dumps(result.to_dict(), indent=1))
+        os.replace(tmp, out / RESULT_FILE)
+    return result
+
+
+def _nonfinite_message(what: str, value: float, step: int, out: Path | None) -> str:
+    last = latest_checkpoint(out) if out is not None else None
+    where = f"; last good checkpoint: {last}" if last is not None else "; no checkpoint saved yet"
+    return f"non-finite {what} ({value}) at step {step}; training stopped{where}"

@@ -1,0 +1,64 @@
+"""Metric sinks: a JSONL file (one line per evaluation) and, if installed, TensorBoard."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """All records of ``<out_dir>/metrics.jsonl`` (empty list if there is none)."""
+    path = Path(out_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsLogger:
+    """Append eval records to ``<out_dir>/metrics.jsonl`` and optionally TensorBoard.
+
+    With ``out_dir=None`` it only keeps nothing (the trainer keeps the history in memory).
+    ``truncate_after(step)`` drops records past ``step``: after resuming from a checkpoint at
+    ``step``, lines a crashed run wrote beyond it would otherwise appear twice.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike | None, tensorboard: bool = False, fresh: bool = True):
+        self.path = Path(out_dir) / METRICS_FILE if out_dir is not None else None
+        self.tb = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if fresh and self.path.exists():
+                self.path.unlink()
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError:  # tensorboard is optional
+                    warnings.warn("tensorboard=True but TensorBoard is not installed; skipping it")
+                else:
+                    self.tb = SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        if self.path is None or not self.path.exists():
+            return
+        keep = [r for r in read_metrics(self.path.parent) if r["step"] <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, self.path)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

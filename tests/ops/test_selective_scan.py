@@ -1,0 +1,274 @@
+"""Mamba-1 selective scan: the fast torch path against the sequential reference.
+
+The oracle is ``selective_scan_ref`` run in float64 on the *same* inputs (bf16/fp16
+inputs are rounded first, then upcast), so the tolerances below only cover the fast
+path's own float32 arithmetic and the final rounding of its outputs and gradients to
+the input dtype. Errors are relative in norm: ||got - ref|| / ||ref||.
+"""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mimetic.ops.selective_scan import selective_scan, selective_scan_ref
+from mimetic.ops.selective_scan.step import selective_state_update
+from mimetic.ops.selective_scan.torch import selective_scan_torch
+
+# ``mimetic.ops.selective_scan`` the attribute is the function; get the module itself.
+fast = importlib.import_module("mimetic.ops.selective_scan.torch")
+
+# fp32: float32 arithmetic only. bf16/fp16: one rounding of each result to the input
+# dtype, whose unit roundoff is 2^-8 (bf16) / 2^-11 (fp16); we allow twice that.
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    assert got.shape == ref.shape
+    assert torch.isfinite(got).all(), "non-finite values"
+    got, ref = got.double(), ref.double()
+    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(batch, dim, L, n, groups=None, dtype=torch.float32, *, D=True, z=True,
+                bias=True, h0=True, seed=0, delta_scale=0.5, A_scale=0.5):
+    """Random inputs in the ranges Mamba produces (decays from mild to strong)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    bc = (batch, n, L) if groups is None else (batch, groups, n, L)
+    t = dict(
+        u=rnd(batch, dim, L), delta=rnd(batch, dim, L, scale=delta_scale) - 1.0,
+        A=-torch.exp(rnd(dim, n, scale=A_scale)), B=rnd(*bc), C=rnd(*bc),
+        D=rnd(dim) if D else None, z=rnd(batch, dim, L) if z else None,
+        delta_bias=rnd(dim, scale=0.3) - 1.0 if bias else None,
+        initial_state=rnd(batch, dim, n) if h0 else None,
+    )
+    return {k: None if v is None else v.to(dtype) for k, v in t.items()}
+
+
+def run(fn, inputs, softplus, weights):
+    """Forward + backward of ``fn`` on leaf copies of ``inputs``.
+
+    Returns (out, last_state, grads) with grads by input name; the loss weighs both
+    outputs by fixed random weights so every gradient path is exercised."""
+    leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    out, last = fn(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"],
+                   D=leaves["D"], z=leaves["z"], delta_bias=leaves["delta_bias"],
+                   delta_softplus=softplus, return_last_state=True,
+                   initial_state=leaves["initial_state"])
+    loss = (out.double() * weights[0].double()).sum() + (last.double() * weights[1].double()).sum()
+    loss.backward()
+    grads = {k: v.grad for k, v in leaves.items() if v is not None}
+    return out, last, grads
+
+
+def check_against_reference(inputs, softplus=True):
+    """Run the torch path on ``inputs`` and the float64 reference on the same values."""
+    dtype = inputs["u"].dtype
+    batch, dim, _ = inputs["u"].shape
+    # Same upstream gradient for both: the one the low-precision output can carry.
+    g = torch.Generator().manual_seed(1)
+    w = (torch.randn(inputs["u"].shape, generator=g).to(dtype),
+         torch.randn(batch, dim, inputs["A"].shape[1], generator=g))
+    out, last, grads = run(selective_scan_torch, inputs, softplus, weights=w)
+    ref64 = {k: None if v is None else v.double() for k, v in inputs.items()}
+    r_out, r_last, r_grads = run(selective_scan_ref, ref64, softplus, weights=w)
+
+    assert out.dtype == dtype
+    assert last.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    tol = TOL[dtype]
+    assert rel_err(out, r_out) < tol
+    assert rel_err(last, r_last) < TOL[torch.float64 if dtype == torch.float64 else torch.float32]
+    assert grads.keys() == r_grads.keys()
+    for name in grads:
+        assert grads[name].dtype == inputs[name].dtype, name
+        err = rel_err(grads[name], r_grads[name])
+        assert err < tol, f"grad of {name}: relative error {err:.2e} >= {tol:.0e}"
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Force several chunks (and a ragged last one) even at test sizes."""
+    def set_elems(elems):
+        monkeypatch.setattr(fast, "_CHUNK_ELEMS", elems)
+    return set_elems
+
+
+@pytest.mark.parametrize("batch,dim,L,n,groups", [
+    (2, 4, 1, 3, None),      # a single step
+    (1, 3, 7, 5, None),      # batch 1, odd sizes
+    (2, 6, 33, 1, None),     # d_state 1
+    (2, 4, 65, 16, 2),       # groups
+    (1, 8, 40, 128, 8),      # d_state 128, one channel per group
+    (2, 5, 257, 4, None),    # long-ish, prime-ish length
+])
+@pytest.mark.parametrize("chunk_elems", [1 << 20, 100])
+def test_matches_reference_fp32(batch, dim, L, n, groups, chunk_elems, small_chunks):
+    small_chunks(chunk_elems)
+    check_against_reference(make_inputs(batch, dim, L, n, groups))
+
+
+@pytest.mark.parametrize("D,z,bias,h0,softplus", [
+    (False, False, False, False, False),
+    (True, False, False, False, True),
+    (False, True, True, False, True),
+    (False, False, False, True, False),
+    (True, True, True, True, True),
+])
+def test_optional_inputs(D, z, bias, h0, softplus, small_chunks):
+    small_chunks(64)  # chunks of a few steps
+    inputs = make_inputs(2, 4, 19, 3, D=D, z=z, bias=bias, h0=h0)
+    if not softplus:
+        inputs["delta"] = inputs["delta"].abs()  # raw delta must be >= 0 to decay
+    check_against_reference(inputs, softplus=softplus)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("groups", [None, 2])
+def test_other_dtypes(dtype, groups, small_chunks):
+    small_chunks(200)
+    check_against_reference(make_inputs(2, 4, 29, 6, groups, dtype=dtype))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.integers(1, 3), dim_per_group=st.integers(1, 4), groups=st.sampled_from([None, 1, 2]),
+    L=st.integers(1, 40), n=st.integers(1, 9), chunk_elems=st.sampled_from([1, 37, 1 << 20]),
+    D=st.booleans(), z=st.booleans(), bias=st.booleans(), h0=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_configurations(batch, dim_per_group, groups, L, n, chunk_elems, D, z, bias,
+                               h0, seed):
+    dim = dim_per_group * (groups or 1)
+    old = fast._CHUNK_ELEMS
+    fast._CHUNK_ELEMS = chunk_elems  # hypothesis does not mix with function fixtures
+    try:
+        check_against_reference(make_inputs(batch, dim, L, n, groups, D=D, z=z, bias=bias,
+                                            h0=h0, seed=seed))
+    finally:
+        fast._CHUNK_ELEMS = old
+
+
+def test_no_overflow_with_huge_decay_and_long_sequences(small_chunks):
+    """delta * |A| up to ~1e4 and 600 steps: decays underflow to exactly 0, never inf/NaN
+    (a cumulative sum of log-decays reaches ~-1e5 here, so exp(-cumsum) would overflow)."""
+    small_chunks(4096)
+    inputs = make_inputs(1, 3, 600, 4, delta_scale=4.0, A_scale=2.0, bias=False)
+    inputs["delta"] = inputs["delta"] + 5.0  # softplus(delta) up to ~20, |A| up to ~500
+    check_against_reference(inputs)
+
+
+def test_zero_length():
+    inputs = make_inputs(2, 3, 0, 4)
+    out, last = selective_scan_torch(inputs["u"], inputs["delta"], inputs["A"], inputs["B"],
+                                     inputs["C"], initial_state=inputs["initial_state"],
+                                     return_last_state=True)
+    assert out.shape == (2, 3, 0)
+    torch.testing.assert_close(last, inputs["initial_state"])
+
+
+def test_public_entry_uses_fast_path_on_cpu():
+    inputs = make_inputs(2, 4, 10, 3)
+    kw = dict(D=inputs["D"], z=inputs["z"], delta_bias=inputs["delta_bias"], delta_softplus=True)
+    args = [inputs[k] for k in ("u", "delta", "A", "B", "C")]
+    torch.testing.assert_close(selective_scan(*args, **kw), selective_scan_torch(*args, **kw),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(selective_scan(*args, backend="reference", **kw),
+                               selective_scan_ref(*args, **kw), rtol=0, atol=0)
+
+
+def test_reference_gradcheck():
+    inputs = make_inputs(2, 3, 5, 2, groups=None, dtype=torch.float64)
+    names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
+
+    def f(*args):
+        kw = dict(zip(names, args))
+        return selective_scan_ref(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"], D=kw["D"],
+                                  z=kw["z"], delta_bias=kw["delta_bias"], delta_softplus=True,
+                                  return_last_state=True, initial_state=kw["initial_state"])
+
+    args = [inputs[k].requires_grad_() for k in names]
+    assert torch.autograd.gradcheck(f, args)
+    grouped = make_inputs(1, 4, 4, 2, groups=2, dtype=torch.float64, D=False, z=False, bias=False,
+                          h0=False)
+    args = [grouped[k].requires_grad_() for k in ("u", "delta", "A", "B", "C")]
+    assert torch.autograd.gradcheck(lambda *a: selective_scan_ref(*a), args)
+
+
+def test_fast_path_gradcheck(small_chunks):
+    """The hand-written backward is exact: gradcheck it in float64 across chunks."""
+    small_chunks(12)
+    inputs = make_inputs(2, 4, 6, 3, groups=2, dtype=torch.float64)
+
+    def f(u, delta, A, B, C, h0):
+        return selective_scan_torch(u, delta, A, B, C, delta_softplus=True,
+                                    return_last_state=True, initial_state=h0)
+
+    args = [inputs[k].requires_grad_() for k in ("u", "delta", "A", "B", "C", "initial_state")]
+    assert torch.autograd.gradcheck(f, args)
+
+
+# ---------------------------------------------------------------- decoding step
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_state_update_steps_match_scan(dtype):
+    batch, dim, L, n = 2, 5, 9, 4
+    t = make_inputs(batch, dim, L, n, dtype=dtype)
+    ref, ref_last = selective_scan_ref(
+        t["u"].double(), t["delta"].double(), t["A"].double(), t["B"].double(), t["C"].double(),
+        D=t["D"].double(), z=t["z"].double(), delta_bias=t["delta_bias"].double(),
+        delta_softplus=True, return_last_state=True, initial_state=t["initial_state"].double())
+    state = t["initial_state"].float().clone()
+    ys = []
+    for i in range(L):
+        ys.append(selective_state_update(
+            state, t["u"][:, :, i], t["delta"][:, :, i], t["A"], t["B"][:, :, i], t["C"][:, :, i],
+            D=t["D"], z=t["z"][:, :, i], dt_bias=t["delta_bias"], dt_softplus=True))
+    y = torch.stack(ys, dim=-1)
+    assert y.dtype == dtype
+    assert rel_err(y, ref) < TOL[dtype]
+    assert rel_err(state, ref_last) < TOL[torch.float32]
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _valid():
+    return make_inputs(2, 4, 6, 3)
+
+
+@pytest.mark.parametrize("mutate,error,match", [
+    (lambda t: t.update(u=t["u"][0]), ValueError, "u must have shape"),
+    (lambda t: t.update(delta=t["delta"][:, :, :5]), ValueError, "delta must have shape"),
+    (lambda t: t.update(A=t["A"][:3]), ValueError, "A must have shape"),
+    (lambda t: t.update(B=t["B"][:, :2]), ValueError, "B must have shape"),
+    (lambda t: t.update(C=t["C"].unsqueeze(1).expand(-1, 3, -1, -1)), ValueError, "groups"),
+    (lambda t: t.update(B=t["B"][0]), ValueError, "B must be"),
+    (lambda t: t.update(D=t["D"][:2]), ValueError, "D must have shape"),
+    (lambda t: t.update(z=t["z"][:1]), ValueError, "z must have shape"),
+    (lambda t: t.update(initial_state=t["initial_state"][:, :, :2]), ValueError, "initial_state"),
+    (lambda t: t.update(u=t["u"].long()), TypeError, "u must be a floating"),
+    (lambda t: t.update(B=t["B"].int()), TypeError, "B must be a floating"),
+    (lambda t: t.update(A=t["A"].to(torch.complex64)), TypeError, "A must be"),
+    (lambda t: t.update(C=t["C"].to("meta")), ValueError, "one device"),
+])
+def test_validation_errors(mutate, error, match):
+    t = _valid()
+    mutate(t)
+    with pytest.raises(error, match=match):
+        selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"],
+                       initial_state=t["initial_state"])
+
+
+def test_unknown_backend():
+    t = _valid()
+    with pytest.raises(ValueError, match="backend"):
+        selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], backend="cuda")

@@ -157,11 +157,11 @@ def test_random_configurations(batch, dim_per_group, groups, L, n, chunk_elems, 
 
 
 def test_no_overflow_with_huge_decay_and_long_sequences(small_chunks):
-    """delta * |A| up to ~1e4 and 600 steps: decays underflow to exactly 0, never inf/NaN
-    (a cumulative sum of log-decays reaches ~-1e5 here, so exp(-cumsum) would overflow)."""
+    """delta * |A| up to ~200 and 600 steps: decays underflow to exactly 0, never inf/NaN
+    (cumulative sums of log-decays reach -3e4 here, so exp(-cumsum) would overflow)."""
     small_chunks(4096)
     inputs = make_inputs(1, 3, 600, 4, delta_scale=4.0, A_scale=2.0, bias=False)
-    inputs["delta"] = inputs["delta"] + 5.0  # softplus(delta) up to ~20, |A| up to ~500
+    inputs["delta"] = inputs["delta"] + 5.0  # delta * |A| up to ~200 (measured)
     check_against_reference(inputs)
 
 

@@ -1,0 +1,170 @@
+"""The ``mimetic`` command: demo, train, sweep, attn, generate.
+
+Every user error (bad flag value, unknown task, impossible length, missing file) ends in
+one line ``mimetic: error: ...`` and exit status 2, never a traceback (set
+``MIMETIC_DEBUG=1`` to see the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _kv_pairs(items: list[str]) -> dict:
+    """``["copy_len=32", "vocab=16"]`` -> {"copy_len": 32, "vocab": 16} (ints/floats parsed)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        out[key] = value
+    return out
+
+
+def cmd_demo(args) -> None:
+    from .demo import DemoSettings, run_demo, summary_table
+
+    s = DemoSettings(steps=args.steps, layer=args.layer, copy_len=args.copy_len, seed=args.seed)
+    print(f"Training a {s.n_layer}-layer {s.layer} (d_model={s.d_model}, d_state={s.d_state}) on "
+          f"the copy task (copy_len={s.copy_len}, vocab={s.vocab}) for {s.steps} steps, on CPU: "
+          "default init, then mimetic init.")
+    results = run_demo(s, args.out, progress=not args.no_progress)
+    print()
+    print(summary_table(results, s.target_acc))
+    print(f"\nplot: {Path(args.out) / 'demo.png'}   metrics: {Path(args.out)}/<init>/metrics.jsonl")
+
+
+def cmd_train(args) -> None:
+    import torch
+
+    from .models import MambaConfig, MambaLM
+    from .tasks import make_task
+    from .train import TrainConfig, train
+
+    task = make_task(args.task, **_kv_pairs(args.task_arg))
+    ssm = {"layer": args.layer, "d_state": args.d_state}
+    if args.layer == "Mamba2":
+        ssm["headdim"] = args.headdim
+    config = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=task.vocab_size,
+                         ssm_cfg=ssm, init=args.init)
+    torch.manual_seed(args.seed)
+    model = MambaLM(config)
+    result = train(model, task, TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        eval_every=args.eval_every, target_acc=args.target_acc, out_dir=args.out,
+        resume=args.resume, device=args.device))
+    model.save_pretrained(Path(args.out) / "model")
+    final = result.final or {}
+    print(f"step {result.step}: token_acc={final.get('token_acc', float('nan')):.3f} "
+          f"seq_acc={final.get('seq_acc', float('nan')):.3f}; model saved to {Path(args.out) / 'model'}")
+
+
+def cmd_sweep(args) -> None:
+    from .train.sweep import run_sweep
+
+    run_sweep(args.config, args.out)
+
+
+def cmd_attn(args) -> None:
+    from .analysis import attn_command
+
+    attn_command(args.checkpoint, args.input, args.out, layers=args.layers, log_scale=not args.linear)
+
+
+def cmd_generate(args) -> None:
+    import torch
+
+    from .models import MambaLM
+
+    model = MambaLM.from_pretrained(args.checkpoint).eval()
+    ids = torch.tensor([[int(t) for t in args.prompt.split()]])
+    out = model.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p)
+    print(" ".join(str(t) for t in out[0].tolist()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mimetic", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="default vs mimetic init on the copy task, on CPU (a few minutes)")
+    d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    d.add_argument("--steps", type=int, default=300)
+    d.add_argument("--layer", choices=["Mamba1", "Mamba2"], default="Mamba2")
+    d.add_argument("--copy-len", type=int, default=32)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train one model on one task")
+    t.add_argument("--task", default="copy")
+    t.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="task knob, repeatable (e.g. copy_len=64)")
+    t.add_argument("--layer", choices=["Mamba1", "Mamba2"], default="Mamba2")
+    t.add_argument("--init", choices=["default", "mimetic"], default="mimetic")
+    t.add_argument("--d-model", type=int, default=64)
+    t.add_argument("--n-layer", type=int, default=2)
+    t.add_argument("--d-state", type=int, default=16)
+    t.add_argument("--headdim", type=int, default=16)
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--eval-every", type=int, default=100)
+    t.add_argument("--target-acc", type=float, default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default=None)
+    t.add_argument("--out", default="runs/train")
+    t.add_argument("--resume", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sweep", help="run a grid of experiments from a TOML file")
+    s.add_argument("config")
+    s.add_argument("--out", default=None, help="output directory (default: runs/<config name>)")
+    s.set_defaults(func=cmd_sweep)
+
+    a = sub.add_parser("attn", help="draw the implicit attention maps of a checkpoint")
+    a.add_argument("checkpoint")
+    a.add_argument("--input", required=True,
+                   help="space-separated token ids, or a task name (e.g. copy) to draw a batch from")
+    a.add_argument("--out", default="attention_maps.png")
+    a.add_argument("--layers", type=int, nargs="*", default=None)
+    a.add_argument("--linear", action="store_true", help="linear colour scale (default: log)")
+    a.set_defaults(func=cmd_attn)
+
+    g = sub.add_parser("generate", help="continue a prompt of token ids with a checkpoint")
+    g.add_argument("checkpoint")
+    g.add_argument("--prompt", required=True, help="space-separated token ids")
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=1)
+    g.add_argument("--top-p", type=float, default=0.0)
+    g.set_defaults(func=cmd_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, NotImplementedError) as e:
+        if os.environ.get("MIMETIC_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"mimetic: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mimetic: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

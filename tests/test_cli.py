@@ -1,0 +1,58 @@
+"""The `mimetic` command: small end-to-end runs and one-line errors for bad input."""
+import json
+
+import pytest
+
+from mimetic.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_unknown_task_is_one_line_error(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--task", "copyy", "--out", str(tmp_path))
+    assert code == 2
+    assert err.startswith("mimetic: error:") and "copyy" in err and err.count("\n") == 1
+
+
+def test_impossible_task_setting_is_one_line_error(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--task", "copy", "--task-arg", "vocab=1",
+                           "--out", str(tmp_path))
+    assert code == 2 and "vocab" in err and err.count("\n") == 1
+
+
+def test_bad_task_arg_syntax(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--task-arg", "copy_len", "--out", str(tmp_path))
+    assert code == 2 and "KEY=VALUE" in err
+
+
+def test_missing_checkpoint(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "generate", str(tmp_path / "nope"), "--prompt", "1 2")
+    assert code == 2 and "not found" in err
+
+
+def test_train_then_generate_end_to_end(capsys, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "train", "--task", "copy", "--task-arg", "copy_len=4",
+                                "--task-arg", "vocab=5", "--d-model", "16", "--d-state", "4",
+                                "--headdim", "8", "--steps", "6", "--eval-every", "3",
+                                "--batch-size", "4", "--out", str(out), "--device", "cpu")
+    assert code == 0, err
+    assert "token_acc=" in stdout
+    lines = (out / "metrics.jsonl").read_text().strip().splitlines()
+    assert [json.loads(l)["step"] for l in lines] == [3, 6]
+    code, stdout, err = run_cli(capsys, "generate", str(out / "model"), "--prompt", "5 0 1 2 3 6",
+                                "--max-new-tokens", "4")
+    assert code == 0, err
+    tokens = stdout.split()
+    assert len(tokens) == 10 and tokens[:6] == ["5", "0", "1", "2", "3", "6"]
+    assert all(0 <= int(t) < 7 for t in tokens)
+
+
+def test_argparse_rejects_unknown_layer(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--layer", "Mamba3"])
+    assert e.value.code == 2

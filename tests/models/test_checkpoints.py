@@ -179,10 +179,27 @@ def test_transformers_mamba2(tmp_path, transformers, case):
     theirs.save_pretrained(tmp_path)
     ours = MambaLM.from_pretrained(tmp_path).eval()
     assert ours.config.layer_type == "Mamba2"
-    assert ours.config.ssm_cfg["dt_limit"] == tuple(theirs.config.time_step_limit)
+    assert tuple(ours.config.ssm_cfg["dt_limit"]) == tuple(theirs.config.time_step_limit)
     assert_same_logits(ours, theirs, random_ids())
     if case != "time_step_limit":  # transformers' decoding step ignores time_step_limit
         assert_same_greedy_generation(ours, theirs, random_ids(length=9, seed=1))
+
+
+@pytest.mark.parametrize("layer", ["mamba1", "mamba2"])
+def test_transformers_then_own_format(tmp_path, transformers, layer):
+    """A converted model saves in our format and loads back unchanged."""
+    if layer == "mamba1":
+        theirs = make_hf_mamba(transformers)
+    else:  # its default time_step_limit (0, inf) must survive our JSON config
+        theirs = make_hf_mamba2(transformers)
+    theirs.save_pretrained(tmp_path / "hf")
+    ours = MambaLM.from_pretrained(tmp_path / "hf").eval()
+    ours.save_pretrained(tmp_path / "ours")
+    again = MambaLM.from_pretrained(tmp_path / "ours").eval()
+    assert again.config == ours.config
+    ids = random_ids()
+    with torch.no_grad():
+        assert torch.equal(again(ids), ours(ids))
 
 
 def test_transformers_sharded_safetensors(tmp_path, transformers):

@@ -202,7 +202,8 @@ def _mamba2_config(raw: dict, source: str) -> MambaConfig:
     ssm_cfg = dict(
         layer="Mamba2", d_state=f.positive_int("state_size"), d_conv=f.positive_int("conv_kernel"),
         expand=expand, headdim=headdim, ngroups=ngroups,
-        dt_limit=(float(limit[0]), float(limit[1])), chunk_size=f.positive_int("chunk_size"),
+        # A list, as JSON gives it back: the config then survives our save/load unchanged.
+        dt_limit=[float(limit[0]), float(limit[1])], chunk_size=f.positive_int("chunk_size"),
         conv_bias=f.get("use_conv_bias", bool), bias=f.get("use_bias", bool),
         rmsnorm=True, norm_before_gate=False,
         dt_min=f.get("time_step_min", (int, float)), dt_max=f.get("time_step_max", (int, float)),

@@ -1,0 +1,109 @@
+"""Paper-style plots of sweep results: accuracy vs length and vs state size, default vs mimetic.
+
+Every point is the mean over seeds with an error bar of one standard deviation (population
+std; 0 with a single seed). SSM layer types get one panel each; colour = init (default blue,
+mimetic orange); marker/line style = the other axis' value (d_state or length); attention
+points (if any) are the black dashed baseline in every panel.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ...tasks import TASKS  # noqa: E402
+from .config import ATTENTION, SSM_LAYERS  # noqa: E402
+
+INIT_COLORS = {"default": "tab:blue", "mimetic": "tab:orange"}
+STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--")]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (sum((v - mean) ** 2 for v in values) / n) ** 0.5
+
+
+def _series(rows: list[dict[str, Any]], x_key: str, metric: str) -> tuple[list, list, list]:
+    by_x: dict[Any, list[float]] = {}
+    for r in rows:
+        if r.get(metric) is not None:
+            by_x.setdefault(r[x_key], []).append(float(r[metric]))
+    xs = sorted(by_x)
+    stats = [_mean_std(by_x[x]) for x in xs]
+    return xs, [m for m, _ in stats], [s for _, s in stats]
+
+
+def _plot_axis(
+    rows: list[dict[str, Any]], task: str, x_key: str, group_key: str, metric: str, path: Path, title: str
+) -> Path:
+    task_rows = [r for r in rows if r["task"] == task]
+    layers = [x for x in SSM_LAYERS if any(r["layer"] == x for r in task_rows)]
+    attn = [r for r in task_rows if r["layer"] == ATTENTION]
+    panels = layers or [ATTENTION]
+    groups = sorted({r[group_key] for r in task_rows if r["layer"] != ATTENTION and r[group_key] is not None})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False, sharey=True)
+    x_label = TASKS[task].length_knob if x_key == "length" else "state size (d_state)"
+    g_label = TASKS[task].length_knob if group_key == "length" else "d_state"
+    for ax, layer in zip(axes[0], panels):
+        for init, color in INIT_COLORS.items():
+            for gi, g in enumerate(groups):
+                sel = [r for r in task_rows if r["layer"] == layer and r["init"] == init and r[group_key] == g]
+                if not sel:
+                    continue
+                xs, ms, ss = _series(sel, x_key, metric)
+                marker, ls = STYLES[gi % len(STYLES)]
+                label = init if len(groups) == 1 else f"{init}, {g_label}={g}"
+                ax.errorbar(xs, ms, yerr=ss, color=color, marker=marker, ls=ls, capsize=3, label=label)
+        if attn:
+            if x_key == "length":
+                xs, ms, ss = _series(attn, "length", metric)
+                ax.errorbar(xs, ms, yerr=ss, color="black", marker="x", ls="--", capsize=3, label="attention")
+            else:  # attention has no state: a horizontal line per length
+                for gi, g in enumerate(groups):
+                    _, ms, _ = _series([r for r in attn if r["length"] == g], "length", metric)
+                    if ms:
+                        ax.axhline(ms[0], color="black", ls=STYLES[gi % len(STYLES)][1], lw=1,
+                                   label=f"attention, {g_label}={g}" if len(groups) > 1 else "attention")
+        all_x = sorted({r[x_key] for r in task_rows if r[x_key] is not None})
+        if len(all_x) > 1 and all_x[-1] / max(all_x[0], 1) >= 8:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(all_x, [str(x) for x in all_x])  # ticks at the swept values only
+        ax.minorticks_off()
+        ax.set_title(layer)
+        ax.set_xlabel(x_label)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(metric.replace("_", " "))
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    if handles:
+        axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{title}: {task}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(
+    rows: list[dict[str, Any]], out_dir: str | Path, metric: str = "final_token_acc", title: str = "sweep"
+) -> list[Path]:
+    """Draw ``<task>_acc_vs_length.png`` and ``<task>_acc_vs_d_state.png`` into ``out_dir`` for
+    each task with at least two lengths / two state sizes. ``rows`` are results.csv rows (as
+    dicts: task, init, layer, d_state, length, seed, and ``metric``). Returns the files."""
+    out = Path(out_dir)
+    paths = []
+    for task in sorted({r["task"] for r in rows}):
+        task_rows = [r for r in rows if r["task"] == task]
+        lengths = {r["length"] for r in task_rows}
+        d_states = {r["d_state"] for r in task_rows if r["d_state"] is not None}
+        if len(lengths) >= 2:
+            paths.append(_plot_axis(rows, task, "length", "d_state", metric, out / f"{task}_acc_vs_length.png", title))
+        if len(d_states) >= 2:
+            paths.append(_plot_axis(rows, task, "d_state", "length", metric, out / f"{task}_acc_vs_d_state.png", title))
+    return paths

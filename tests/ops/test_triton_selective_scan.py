@@ -121,6 +121,8 @@ SMALL = [
     (1, 3, 5, 4, None),
     (1, 8, 70, 5, 2),
     (2, 4, 19, 64, 4),
+    (1, 32, 21, 16, None),   # channels a multiple of 32: the per-step forward kernel
+    (2, 64, 43, 8, 2),
 ]
 LARGE = [
     (2, 256, 1000, 16, None),
@@ -151,6 +153,17 @@ def test_optional_arguments(opts):
     opts = dict(opts)
     softplus = opts.pop("softplus")
     check(1, 4, 33, 8, None, torch.float32, softplus=softplus, **opts)
+
+
+@pytest.mark.parametrize("variant", ["seq", "tile"])
+def test_forward_variants(variant, monkeypatch):
+    """Both forward kernels (the per-step one needs 32-channel blocks) agree with the oracle."""
+    import importlib
+
+    mod = importlib.import_module("mimetic.ops.selective_scan.triton")
+    monkeypatch.setattr(mod, "FORWARD_VARIANT", variant)
+    check(2, 64, 29, 16, 2, torch.float32, last=True, h0=True, seed=7)
+    check(1, 32, 17, 16, None, torch.bfloat16, seed=8)
 
 
 def test_dispatch_picks_triton_on_cuda():

@@ -151,6 +151,128 @@ def _ss_fwd_kernel(
         tl.store(hlast_ptr + pid_b * dim * N + state_offs, h, mask=mask_dn)
 
 
+# ------------------------------------------------------------- forward, per-step variant
+
+@triton.jit
+def _unpack8(x, BLOCK_D: tl.constexpr):
+    """(BLOCK_D, 8) -> its 8 columns (BLOCK_D,), by splitting in registers (no memory)."""
+    x = tl.reshape(x, (BLOCK_D, 2, 2, 2))           # column t = 4i + 2j + k -> [i, j, k]
+    k0, k1 = tl.split(x)
+    k0j0, k0j1 = tl.split(k0)
+    k1j0, k1j1 = tl.split(k1)
+    x0, x4 = tl.split(k0j0)
+    x2, x6 = tl.split(k0j1)
+    x1, x5 = tl.split(k1j0)
+    x3, x7 = tl.split(k1j1)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _pack8(x0, x1, x2, x3, x4, x5, x6, x7, BLOCK_D: tl.constexpr):
+    """Inverse of _unpack8: 8 columns (BLOCK_D,) -> (BLOCK_D, 8)."""
+    k0 = tl.join(tl.join(x0, x4), tl.join(x2, x6))   # [d, i, j] for k = 0
+    k1 = tl.join(tl.join(x1, x5), tl.join(x3, x7))
+    return tl.reshape(tl.join(k0, k1), (BLOCK_D, 8))
+
+
+@triton.jit
+def _seq_step(h, A2, u, dt, bc_ptr, t, N, offs_n, zero_d, L, s_n):
+    """One recurrence step on the (BLOCK_N, BLOCK_D) state, n along registers and d along
+    threads: the sum over n for y stays inside each thread. B_t, C_t come from the
+    time-major copies (b, g, L, n); C sits N*L elements after B."""
+    # B and C are interleaved, (.., t, n, {B, C}): the n offsets have stride 2, so Triton
+    # does not see them as contiguous and keeps n in registers (were they contiguous it
+    # would spread n across threads to vectorize this load, and the whole per-step state
+    # would follow, turning the sum over n into shuffles); being compile-time constants
+    # they also fold into the load instructions. No mask: the copy is float32, zero-padded
+    # in n (to BLOCK_N) and in time (to a multiple of 8), so every address exists.
+    n_offs = offs_n[:, None] * 2 + zero_d[None, :]
+    Bt = tl.load(bc_ptr + t * (2 * N) + n_offs)
+    Ct = tl.load(bc_ptr + t * (2 * N) + 1 + n_offs)
+    a = tl.exp2(dt[None, :] * A2)
+    h = a * h + (dt * u)[None, :] * Bt
+    y = tl.sum(h * Ct, axis=0)
+    return h, y
+
+
+@triton.jit(do_not_specialize=["s_bc_n"])
+def _ss_fwd_seq_kernel(
+    u_ptr, delta_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+    out_ptr, hlast_ptr, ckpt_ptr,
+    dim, L, N, dim_per_group, n_ckpt, BC_L,
+    s_x_b, s_x_d, s_bc_b, s_bc_g, s_bc_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, STORE_LAST: tl.constexpr,
+    STORE_CKPT: tl.constexpr, CKPT_T: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Forward with the state of one channel per thread and steps taken one at a time.
+
+    BC_ptr holds B and C time-major in float32, interleaved: (b, g, L8, BLOCK_N, 2) with
+    L8 = L rounded up to 8, zero-padded, so that a step's B_t, C_t are one small block.
+    Time advances in sub-chunks of 8 steps: u, delta, z are loaded and out stored as
+    (BLOCK_D, 8) tiles (8 consecutive steps of a channel per thread, one vector access),
+    and split into per-step columns in registers.
+    """
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_8 = tl.arange(0, 8)
+    zero_d = tl.zeros([BLOCK_D], dtype=tl.int32)
+    mask_d = offs_d < dim
+    mask_nd = (offs_n[:, None] < N) & mask_d[None, :]
+    group = (pid_d * BLOCK_D) // dim_per_group
+
+    # (BLOCK_N, BLOCK_D) offsets into (d, n) states; n scaled by the run-time s_bc_n (== 1)
+    # for the layout reason given in _seq_step.
+    state_offs = offs_d[None, :] * N + offs_n[:, None] * s_bc_n
+    A2 = tl.load(A_ptr + state_offs, mask=mask_nd, other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_H0:
+        h = tl.load(h0_ptr + pid_b * dim * N + state_offs, mask=mask_nd, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    x_base = pid_b * s_x_b + offs_d[:, None] * s_x_d
+    bc = BC_ptr + pid_b * s_bc_b + group * s_bc_g
+    for c in range(0, tl.cdiv(L, 8)):
+        t0 = c * 8
+        if STORE_CKPT:
+            if t0 % CKPT_T == 0:
+                tl.store(ckpt_ptr + (pid_b * n_ckpt + t0 // CKPT_T) * dim * N + state_offs, h,
+                         mask=mask_nd)
+        offs_t = t0 + offs_8
+        m_dt = mask_d[:, None] & (offs_t[None, :] < L)
+        x_offs = x_base + offs_t[None, :]
+        dt, _ = _load_delta(delta_ptr, x_offs, m_dt, bias, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + x_offs, mask=m_dt, other=0.0).to(tl.float32)
+        u0, u1, u2, u3, u4, u5, u6, u7 = _unpack8(u, BLOCK_D)
+        d0, d1, d2, d3, d4, d5, d6, d7 = _unpack8(dt, BLOCK_D)
+        h, y0 = _seq_step(h, A2, u0, d0, bc, t0 + 0, BLOCK_N, offs_n, zero_d, BC_L, s_bc_n)
+        h, y1 = _seq_step(h, A2, u1, d1, bc, t0 + 1, BLOCK_N, offs_n, zero_d, BC_L, s_bc_n)
+        h, y2 = _seq_step(h, A2, u2, d2, bc, t0 + 2, BLOCK_N, offs_n, zero_d, BC_L, s_bc_n)
+        h, y3 = _seq_step(h, A2, u3, d3, bc, t0 + 3, BLOCK_N, offs_n, zero_d, BC_L, s_bc_n)
+        h, y4 = _seq_step(h, A2, u4, d4, bc, t0 + 4, BLOCK_N, offs_n, zero_d, BC_L, s_bc_n)
+        h, y5 = _seq_step(h, A2, u5, d5, bc, t0 + 5, BLOCK_N, offs_n, zero_d, BC_L, s_bc_n)
+        h, y6 = _seq_step(h, A2, u6, d6, bc, t0 + 6, BLOCK_N, offs_n, zero_d, BC_L, s_bc_n)
+        h, y7 = _seq_step(h, A2, u7, d7, bc, t0 + 7, BLOCK_N, offs_n, zero_d, BC_L, s_bc_n)
+        y = _pack8(y0, y1, y2, y3, y4, y5, y6, y7, BLOCK_D)
+        if HAS_D:
+            y += Dv[:, None] * u
+        if HAS_Z:
+            zz = tl.load(z_ptr + x_offs, mask=m_dt, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + x_offs, y.to(out_ptr.dtype.element_ty), mask=m_dt)
+    if STORE_LAST:
+        tl.store(hlast_ptr + pid_b * dim * N + state_offs, h, mask=mask_nd)
+
+
 # ----------------------------------------------------------------------------- backward
 
 @triton.jit
@@ -292,6 +414,25 @@ def _config(dim_per_group: int, n: int, backward: bool):
     return block_d, block_n, block_t, num_warps
 
 
+# Forward kernel choice: "seq" (per-step, state in registers, one channel per thread)
+# where it applies, else "tile" (chunk-parallel associative scan). Benchmarks flip it.
+FORWARD_VARIANT = "seq"
+SEQ_WARPS = 1
+SEQ_CHANNELS = 1   # channels per thread in the per-step kernel
+
+
+def _seq_warps(dim_per_group: int, n: int) -> int:
+    """Warps per program of the per-step kernel (32 * SEQ_CHANNELS channels each), 0 if it
+    does not apply: a program must stay inside one group, and the state (n per channel and
+    thread) must fit in registers."""
+    if FORWARD_VARIANT != "seq" or n * SEQ_CHANNELS > 32:
+        return 0
+    for w in (SEQ_WARPS, 1):
+        if dim_per_group % (32 * w * SEQ_CHANNELS) == 0:
+            return w
+    return 0
+
+
 # Chunk length shared by forward and backward (the stored chunk-entry states depend on it).
 def _chunk_t(n: int) -> int:
     return 32 if max(_next_pow2(n), 2) <= 32 else 16
@@ -326,18 +467,38 @@ class _SelectiveScanFn(torch.autograd.Function):
         ckpt = torch.empty(batch, n_chunks, dim, N, device=u.device, dtype=torch.float32) \
             if need_grad else out
         h0 = initial_state.contiguous() if initial_state is not None else None
-        grid = (batch, triton.cdiv(dim, block_d))
-        _ss_fwd_kernel[grid](
-            u, delta, A, Bg, Cg, D if D is not None else u, z if z is not None else u,
-            delta_bias if delta_bias is not None else u, h0 if h0 is not None else u,
-            out, hlast, ckpt,
-            dim, L, N, dpg, n_chunks,
-            u.stride(0), u.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None,
-            STORE_LAST=bool(return_last_state), STORE_CKPT=need_grad,
-            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=num_warps,
-        )
+        seq_warps = _seq_warps(dpg, N)
+        if seq_warps:
+            # Per-step kernel: B and C time-major (b, g, 2, L, n) so a step reads one vector.
+            L8 = triton.cdiv(L, 8) * 8
+            BC = torch.zeros(batch, G, L8, block_n, 2, device=u.device, dtype=torch.float32)
+            BC[:, :, :L, :N, 0] = Bg.transpose(-1, -2)
+            BC[:, :, :L, :N, 1] = Cg.transpose(-1, -2)
+            seq_d = 32 * seq_warps * SEQ_CHANNELS
+            _ss_fwd_seq_kernel[(batch, triton.cdiv(dim, seq_d))](
+                u, delta, A, BC, D if D is not None else u, z if z is not None else u,
+                delta_bias if delta_bias is not None else u, h0 if h0 is not None else u,
+                out, hlast, ckpt,
+                dim, L, N, dpg, n_chunks, L8,
+                u.stride(0), u.stride(1), BC.stride(0), BC.stride(1), BC.stride(-1),
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None,
+                STORE_LAST=bool(return_last_state), STORE_CKPT=need_grad, CKPT_T=block_t,
+                BLOCK_D=seq_d, BLOCK_N=block_n, num_warps=seq_warps,
+            )
+        else:
+            grid = (batch, triton.cdiv(dim, block_d))
+            _ss_fwd_kernel[grid](
+                u, delta, A, Bg, Cg, D if D is not None else u, z if z is not None else u,
+                delta_bias if delta_bias is not None else u, h0 if h0 is not None else u,
+                out, hlast, ckpt,
+                dim, L, N, dpg, n_chunks,
+                u.stride(0), u.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2),
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None,
+                STORE_LAST=bool(return_last_state), STORE_CKPT=need_grad,
+                BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=num_warps,
+            )
         if need_grad:
             ctx.save_for_backward(u, delta, A, Bg, Cg, D, z, delta_bias, initial_state, ckpt)
             ctx.softplus = bool(delta_softplus)

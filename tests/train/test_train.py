@@ -174,3 +174,54 @@ def test_config_validation():
         TrainConfig(steps=0)
     with pytest.raises(ValueError, match="unknown TrainConfig key.*stepz"):
         TrainConfig.from_dict({"stepz": 3})
+
+
+@pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
+def test_mambalm_end_to_end_resume_is_exact(tmp_path, layer):
+    # The real model: tied embeddings (shared tensors in safetensors), A_log/D/dt_bias groups.
+    from mimetic import MambaConfig, MambaLM
+    from mimetic.train import wants_decay
+
+    task = make_task("copy", vocab=6, copy_len=4)
+    ssm = {"layer": layer, "d_state": 4, **({"headdim": 8, "chunk_size": 16} if layer == "Mamba2" else {})}
+
+    def model():
+        torch.manual_seed(0)
+        return MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=task.vocab_size, ssm_cfg=ssm, init="mimetic"))
+
+    names = {n for n, p in model().named_parameters() if not wants_decay(n, p)}
+    assert any(n.endswith("A_log") for n in names) and any(n.endswith(".D") for n in names)
+
+    c = dict(steps=8, eval_every=4, checkpoint_every=2, batch_size=8)
+    ref = model()
+    train(ref, task, cfg(out_dir=str(tmp_path / "ref"), **c))
+    train(model(), task, cfg(out_dir=str(tmp_path / "split"), interrupt_after=5, **c))
+    resumed = MambaLM(ref.config)
+    res = train(resumed, task, cfg(out_dir=str(tmp_path / "split"), resume=True, **c))
+    assert res.step == 8
+    pr, p2 = params(ref), params(resumed)
+    assert all(torch.equal(pr[k], p2[k]) for k in pr)
+    assert resumed.lm_head.weight is resumed.backbone.embedding.weight, "tying survives loading"
+
+
+def test_resume_of_finished_run_loads_final_weights(tmp_path):
+    task = make_task("copy", **COPY)
+    trained = TinyLM(task.vocab_size)
+    train(trained, task, cfg(out_dir=str(tmp_path)))
+    fresh = TinyLM(task.vocab_size, seed=5)
+    train(fresh, task, cfg(out_dir=str(tmp_path), resume=True))
+    pt, pf = params(trained), params(fresh)
+    assert all(torch.equal(pt[k], pf[k]) for k in pt)
+
+
+def test_tensorboard_optional(tmp_path):
+    task = make_task("copy", **COPY)
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.warns(UserWarning, match="TensorBoard is not installed"):
+            train(TinyLM(task.vocab_size), task, cfg(out_dir=str(tmp_path), tensorboard=True, steps=8))
+    else:
+        train(TinyLM(task.vocab_size), task, cfg(out_dir=str(tmp_path), tensorboard=True, steps=8))
+        assert any((tmp_path / "tensorboard").iterdir())
+    assert (tmp_path / "metrics.jsonl").exists()

@@ -89,6 +89,9 @@ def train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResul
     config give the same losses; an interrupted run resumed with ``resume=True`` ends with the
     same parameters as an uninterrupted one (same batches, optimizer state and RNG).
 
+    With ``resume=True`` on a finished run (``result.json`` in ``out_dir``), nothing is
+    trained: the final checkpoint is loaded into ``model`` and the stored result returned.
+
     Raises ``NonFiniteLossError`` naming the step if the loss or gradient norm is NaN/inf;
     parameters are not updated by that step and the newest checkpoint on disk stays the last
     good one. Raises ValueError if ``out_dir`` already holds checkpoints and ``resume`` is off.
@@ -99,6 +102,11 @@ def train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResul
     out = Path(config.out_dir) if config.out_dir is not None else None
 
     if out is not None and config.resume and (out / RESULT_FILE).exists():
+        # Finished before: hand back the stored result and the final weights, train nothing.
+        model.to(device)
+        last = latest_checkpoint(out)
+        if last is not None:
+            load_checkpoint(last, model, device)
         return TrainResult.from_dict(json.loads((out / RESULT_FILE).read_text()))
     if out is not None and not config.resume and list_checkpoints(out):
         raise ValueError(f"{out} already holds checkpoints; pass resume=True or use a fresh out_dir")

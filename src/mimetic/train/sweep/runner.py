@@ -13,7 +13,6 @@ from typing import Any, Callable
 import torch
 
 from ...tasks import Task, derive_seed, evaluate
-from ..checkpoint import latest_checkpoint, load_checkpoint
 from ..config import TrainConfig
 from ..loop import train
 from .config import ATTENTION, GRID_KEYS, GridPoint, SweepConfig, load_sweep
@@ -97,11 +96,8 @@ def run_point(
     )
     lengths = cfg.eval.get("lengths", [])
     if lengths:
-        # The final weights are in the last checkpoint; load them in case train() returned a
-        # stored result without training (a point finished before a crash in this step).
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is not None:
-            load_checkpoint(ckpt, model, next(model.parameters()).device)
+        # train() leaves the final weights in `model`, also when it returned a stored result
+        # (a point whose training finished before a crash in this length evaluation).
         for n in lengths:
             m = evaluate(
                 model, task.with_length(n),

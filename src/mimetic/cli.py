@@ -70,13 +70,20 @@ def cmd_train(args) -> None:
 def cmd_sweep(args) -> None:
     from .train.sweep import run_sweep
 
-    run_sweep(args.config, args.out)
+    result = run_sweep(args.config, args.out, workers=args.workers, device=args.device,
+                       progress=not args.no_progress, dry_run=args.dry_run)
+    print(f"{len(result.rows)} runs ({result.skipped} already done)")
+    for path in (result.csv_path, result.summary_path, *result.plots):
+        if path is not None:
+            print(f"  {path}")
 
 
 def cmd_attn(args) -> None:
     from .analysis import attn_command
 
-    attn_command(args.checkpoint, args.input, args.out, layers=args.layers, log_scale=not args.linear)
+    attn_command(args.checkpoint, args.input, args.out, layers=args.layers, log_scale=not args.linear,
+                 seed=args.seed, task_kwargs=_kv_pairs(args.task_arg) or None)
+    print(f"attention maps written to {args.out}")
 
 
 def cmd_generate(args) -> None:
@@ -128,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="run a grid of experiments from a TOML file")
     s.add_argument("config")
     s.add_argument("--out", default=None, help="output directory (default: runs/<config name>)")
+    s.add_argument("--workers", type=int, default=1, help="parallel runs (processes)")
+    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    s.add_argument("--dry-run", action="store_true", help="list the grid points and stop")
+    s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_sweep)
 
     a = sub.add_parser("attn", help="draw the implicit attention maps of a checkpoint")
@@ -137,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", default="attention_maps.png")
     a.add_argument("--layers", type=int, nargs="*", default=None)
     a.add_argument("--linear", action="store_true", help="linear colour scale (default: log)")
+    a.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="task knob when --input names a task (e.g. copy_len=16)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the task sequence")
     a.set_defaults(func=cmd_attn)
 
     g = sub.add_parser("generate", help="continue a prompt of token ids with a checkpoint")

@@ -9,8 +9,9 @@ language model, d_model 128, batch 16, length 256, vocab 256:
 * Mamba-2 (d_state 64, headdim 64, one group, chunk 256): ours vs ``transformers``
   ``Mamba2ForCausalLM`` (its torch chunked path).
 
-Each time is the median of ``--reps`` steps after ``--warmup`` untimed ones. The load
-average is printed beside every row because the machine may be shared.
+Each time is the median of ``--reps`` steps after ``--warmup`` untimed ones; the models
+take turns (one step each per round) so that load changes on a shared machine affect
+all rows alike. The load average is printed beside every row.
 
     python benchmarks/cpu.py [--skip-slow] [--reps 5] [--warmup 2] [--json out.json]
 """
@@ -21,6 +22,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 import warnings
 
@@ -99,24 +101,46 @@ def train_step(model, ids):
     return loss.item()
 
 
-def measure(build, ids, warmup: int, reps: int) -> dict:
-    torch.manual_seed(0)
-    model = build().train()
-    for _ in range(warmup):
-        train_step(model, ids)
-    times, loads = [], []
-    for _ in range(reps):
-        loads.append(os.getloadavg()[0])
-        t0 = time.perf_counter()
-        train_step(model, ids)
-        times.append(time.perf_counter() - t0)
-    return dict(median_s=statistics.median(times), times_s=times, load1=max(loads))
+def timed_step(model, ids) -> float:
+    t0 = time.perf_counter()
+    train_step(model, ids)
+    return time.perf_counter() - t0
+
+
+def measure_interleaved(models: dict, slow: set, ids, warmup: int, reps: int,
+                        slow_reps: int) -> dict:
+    """Time every model once per round, ``reps`` rounds, so that a load change on this
+    shared machine hits all rows alike and the ratios stay fair. Slow models run in the
+    first ``slow_reps`` rounds only, without warm-up (first-call overhead is negligible
+    next to their ~40 s)."""
+    for name, model in models.items():
+        for _ in range(0 if name in slow else warmup):
+            train_step(model, ids)
+    times = {name: [] for name in models}
+    loads = {name: [] for name in models}
+    for r in range(reps):
+        for name, model in models.items():
+            if name in slow and r >= slow_reps:
+                continue
+            loads[name].append(os.getloadavg()[0])
+            times[name].append(timed_step(model, ids))
+            print(f"  round {r}: {name} {times[name][-1]:.3f} s (load {loads[name][-1]:.2f})",
+                  flush=True)
+    return {name: dict(median_s=statistics.median(times[name]), times_s=times[name],
+                       load1_min=min(loads[name]), load1_max=max(loads[name]))
+            for name in models}
 
 
 def versions() -> dict:
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(),
            "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
            "cores": os.cpu_count()}
+    try:  # which commit of mimetic was measured
+        out["mimetic_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except OSError:
+        out["mimetic_commit"] = None
     for name in ("mimetic", "transformers", "mambapy"):
         try:
             from importlib.metadata import version
@@ -158,22 +182,21 @@ def main(argv=None) -> dict:
     print(f"shape {SHAPE}; Mamba-1 d_state {MAMBA1_D_STATE}; Mamba-2 d_state {MAMBA2_D_STATE}, "
           f"headdim {MAMBA2_HEADDIM}")
     print("versions:", ", ".join(f"{k} {v}" for k, v in info.items()))
-    results = {}
-    for name, build, _, slow in rows:
-        if args.only and name not in args.only:
-            continue
-        if slow and args.skip_slow:
+    models, slow = {}, set()
+    for name, build, _, is_slow in rows:
+        if (args.only and name not in args.only) or (is_slow and args.skip_slow):
             continue
         try:
-            r = measure(build, ids, warmup=0 if slow else args.warmup,
-                        reps=args.slow_reps if slow else args.reps)
+            torch.manual_seed(0)
+            models[name] = build().train()
         except ImportError as e:
             print(f"{name}: skipped ({e})")
             continue
-        results[name] = r
-        print(f"  measured {name}: {r['median_s']:.3f} s (load {r['load1']:.2f})", flush=True)
+        if is_slow:
+            slow.add(name)
+    results = measure_interleaved(models, slow, ids, args.warmup, args.reps, args.slow_reps)
 
-    print(f"\n| model | fwd+bwd s (median) | vs mimetic | load (1 min) |")
+    print(f"\n| model | fwd+bwd s (median) | time / mimetic's | load (1 min, min-max) |")
     print("|---|---|---|---|")
     for name, _, base, _ in rows:
         if name not in results:
@@ -181,9 +204,10 @@ def main(argv=None) -> dict:
         r = results[name]
         ratio = ""
         if base in results:
-            ratio = f"{r['median_s'] / results[base]['median_s']:.1f}x slower"
+            ratio = f"{r['median_s'] / results[base]['median_s']:.2f}x"
             r["ratio_vs_mimetic"] = r["median_s"] / results[base]["median_s"]
-        print(f"| {name} | {r['median_s']:.3f} | {ratio} | {r['load1']:.2f} |")
+        print(f"| {name} | {r['median_s']:.3f} | {ratio} | "
+              f"{r['load1_min']:.2f}-{r['load1_max']:.2f} |")
     out = {"shape": SHAPE, "versions": info, "results": results}
     if args.json:
         with open(args.json, "w") as fh:

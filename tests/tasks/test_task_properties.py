@@ -1,0 +1,53 @@
+"""Property tests: the format invariants hold for any valid knobs, not only the ones we chose."""
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mimetic.tasks import CopyTask, InductionHeadsTask, MQARTask, SelectiveCopyTask
+
+from .oracles import oracle_predictions
+
+
+def check(task, seed):
+    x, y, m = task.batch(4, torch.Generator().manual_seed(seed))
+    assert x.shape == (4, task.seq_len)
+    assert 0 <= int(x.min()) and int(x.max()) < task.vocab_size
+    assert torch.equal(oracle_predictions(task, x)[m], y[m])
+    return x, y, m
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    P=st.integers(1, 12), extra=st.integers(0, 20), vocab_extra=st.integers(0, 40),
+    q_frac=st.floats(0.01, 1.0), power_a=st.sampled_from([0.01, 0.5, 1.0]),
+    random_fill=st.booleans(), seed=st.integers(0, 2**31),
+)
+def test_mqar_any_valid_knobs(P, extra, vocab_extra, q_frac, power_a, random_fill, seed):
+    Q = max(1, int(P * q_frac))
+    task = MQARTask(num_kv_pairs=P, seq_len=2 * P + 2 * Q + extra, vocab_size=2 * (P + 1) + vocab_extra,
+                    num_queries=Q, power_a=power_a, random_non_queries=random_fill)
+    x, y, m = check(task, seed)
+    assert (m.sum(1) == Q).all()
+    keys, values = x[:, 0:2 * P:2], x[:, 1:2 * P:2]
+    half = task.vocab_size // 2
+    assert ((keys >= 1) & (keys < half)).all() and (values >= half).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(M=st.integers(1, 10), extra=st.integers(0, 30), V=st.integers(3, 20), seed=st.integers(0, 2**31))
+def test_selective_copy_any_valid_knobs(M, extra, V, seed):
+    check(SelectiveCopyTask(seq_len=2 * M + extra, num_tokens=M, vocab_size=V), seed)
+
+
+@settings(max_examples=30, deadline=None)
+@given(L=st.integers(3, 40), V=st.integers(3, 20), seed=st.integers(0, 2**31))
+def test_induction_heads_any_valid_knobs(L, V, seed):
+    x, _, _ = check(InductionHeadsTask(seq_len=L, vocab_size=V), seed)
+    assert ((x == V - 1).sum(1) == 2).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 30), V=st.integers(2, 30), seed=st.integers(0, 2**31))
+def test_copy_any_valid_knobs(n, V, seed):
+    x, y, m = check(CopyTask(vocab=V, copy_len=n), seed)
+    assert (m.sum(1) == n).all()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -83,7 +84,10 @@ def plot_attention_maps(maps: Mapping, path: str | os.PathLike, log_scale: bool 
     nrows = len(arrays)
     # Fixed margins in inches rather than constrained layout, which measures every tick
     # label of every panel and takes seconds for a few maps.
-    left, right, bottom, top = 0.75, 0.75, 0.7, 0.35 + 0.3 * bool(title)
+    if title:  # wrap to the figure's width (~12 characters per inch at this font size)
+        width_in = 1.5 + ncols * (panel_size + 0.15) + 0.12
+        title = "\n".join(textwrap.wrap(title, max(20, int(width_in * 11))))
+    left, right, bottom, top = 0.75, 0.75, 0.7, 0.35 + 0.1 + 0.2 * (title.count("\n") + 1) if title else 0.35
     bar, gap_w, gap_h = 0.12, 0.15, 0.4  # colorbar width, gaps between panels (inches)
     grid_w = ncols * (panel_size + gap_w) + bar
     grid_h = nrows * panel_size + (nrows - 1) * gap_h
@@ -135,7 +139,7 @@ def plot_attention_maps(maps: Mapping, path: str | os.PathLike, log_scale: bool 
         bar_ax.tick_params(labelsize=6)
         bar_ax.yaxis.label.set_size(8)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=dpi)

@@ -136,9 +136,9 @@ def selective_scan_map(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C:
             so a plain mean cancels); ``"mean"`` the signed mean; ``"none"`` every channel
             as its own head (d_inner heads).
         channels: channel indices to return as heads, unreduced (overrides ``reduce``).
-        tile_size: query rows per tile, also the key chunk length (None: 16, a balance
-            between the direct diagonal blocks, cost ~ N L tile_size per channel, and the
-            per-chunk query factors, ~ N L^2 / tile_size).
+        tile_size: query rows per tile, also the key chunk length (None: 16 to 64 by L, a
+            balance between the direct diagonal blocks, cost ~ N L tile_size per channel,
+            and the per-chunk query factors, ~ N L^2 / tile_size).
 
     Returns:
         (batch, heads, L, L) float32 (float64 for float64 inputs), zero above the diagonal;
@@ -167,7 +167,9 @@ def selective_scan_map(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C:
     out = torch.zeros(batch, heads, L, L, dtype=out_dtype, device=delta.device)
     if L == 0:
         return out
-    Q = _query_tile(0, L, tile_size if tile_size is not None else 16, work_bytes)
+    if tile_size is None:  # measured on CPU: 16 is fastest up to L ~ 512, then 32, 64
+        tile_size = 16 if L <= 512 else 32 if L <= 2048 else 64
+    Q = _query_tile(0, L, tile_size, work_bytes)
     nq = -(-L // Q)
     # Scratch per channel: cum and k (float64 + out dtype, n x L), the q factors (n x Q x nq),
     # the diagonal block (n x Q x Q) and one row block of the map (Q x L).

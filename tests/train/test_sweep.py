@@ -167,6 +167,10 @@ DELETE = object()
         (dict(train__steps=0), "steps=0"),
         (dict(tasks__copy__vocab=1), "vocab=1 too small"),
         (dict(eval__sizes=[3]), r"\[eval\]: unknown key\(s\) sizes"),
+        (dict(grid__init=["no_tie"]), r"unknown init.*\[inits.<name>\]"),
+        (dict(inits={"v": {"init": "mimetic", "cfg": {}}}), r"\[inits.v\]: unknown key\(s\) cfg"),
+        (dict(inits={"v": {"init": "xavier"}}), r"\[inits.v\]: init must be one of"),
+        (dict(inits={"v": {"init": "mimetic", "init_cfg": {"dt": -1.0}}}), "dt must be positive"),
     ],
 )
 def test_config_validation_errors_are_one_line(changes, match):
@@ -175,7 +179,21 @@ def test_config_validation_errors_are_one_line(changes, match):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("name", ["smoke.toml", "copy_length.toml", "mqar.toml"])
+def test_named_init_variants_reach_the_model():
+    from mimetic.train.sweep import build_model
+
+    data = mutate(grid__init=["default", "no_tie"])
+    data["inits"] = {"no_tie": {"init": "mimetic", "init_cfg": {"tie_bc": False}}}
+    cfg = parse_sweep(data)
+    point = next(p for p in cfg.points() if p.init == "no_tie")
+    assert cfg.init_for(point) == ("mimetic", {"tie_bc": False})
+    model_cfg = {"d_model": 16, "n_layer": 1, "ssm_cfg": {"Mamba2": {"headdim": 8}}}
+    model = build_model(model_cfg, cfg.task_for(point), point, cfg.init_for(point))
+    assert model.config.init == "mimetic" and model.config.init_cfg == {"tie_bc": False}
+    assert model.config.ssm_cfg == {"headdim": 8, "layer": "Mamba2", "d_state": point.d_state}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXPERIMENTS.glob("*.toml")))
 def test_shipped_experiment_files_are_valid(name):
     cfg = load_sweep(EXPERIMENTS / name)
     assert cfg.points()

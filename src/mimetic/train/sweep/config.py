@@ -18,6 +18,10 @@ A sweep file has these tables (``[grid]``, ``[model]``, ``[train]`` required)::
     [tasks.copy]                 # optional, fixed knobs per task (any but the length knob)
     vocab = 26
 
+    [inits.no_tie]               # optional, named init variants usable in grid.init (ablations):
+    init = "mimetic"             # the base init ("default" or "mimetic") ...
+    init_cfg = { tie_bc = false }  # ... and MambaConfig.init_cfg (mimetic_init_ knobs)
+
     [model]                      # MambaConfig fields, except those the grid sets
     d_model = 64                 # (vocab_size, init, attn_layer_idx, ssm_cfg.layer/d_state)
     n_layer = 2
@@ -54,7 +58,7 @@ from ...tasks import TASKS, make_task
 from ..config import TrainConfig
 
 GRID_KEYS = ("task", "init", "layer", "d_state", "length", "seed")
-TOP_KEYS = {"sweep", "grid", "tasks", "model", "train", "eval"}
+TOP_KEYS = {"sweep", "grid", "tasks", "inits", "model", "train", "eval"}
 REQUIRED_TOP = ("grid", "model", "train")
 SWEEP_KEYS = {"name", "description", "metric"}
 EVAL_KEYS = {"lengths", "batches", "batch_size"}
@@ -96,6 +100,7 @@ class SweepConfig:
     model: dict[str, Any]
     train: dict[str, Any]
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inits: dict[str, dict[str, Any]] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     metric: str = "final_token_acc"
@@ -110,6 +115,13 @@ class SweepConfig:
                 init, d_state = "default", None
             seen.setdefault(GridPoint(task, init, layer, d_state, length, seed), None)
         return list(seen)
+
+    def init_for(self, point: GridPoint) -> tuple[str, dict[str, Any]]:
+        """(MambaConfig.init, MambaConfig.init_cfg) of a grid point's init name."""
+        if point.init in self.inits:
+            variant = self.inits[point.init]
+            return variant["init"], dict(variant.get("init_cfg", {}))
+        return point.init, {}
 
     def task_for(self, point: GridPoint):
         """The ``Task`` of a grid point (fixed knobs + the length knob)."""
@@ -153,9 +165,16 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
     bad = [t for t in grid["task"] if t not in TASKS]
     if bad:
         raise _one_line(f"{where}: unknown task(s) {bad} in grid.task; valid: {sorted(TASKS)}")
-    bad = [i for i in grid["init"] if i not in INITS]
+    inits = data.get("inits", {})
+    for iname, variant in inits.items():
+        _check_keys(f"{where} [inits.{iname}]", set(variant), {"init", "init_cfg"}, ("init",))
+        if variant["init"] not in INITS:
+            raise _one_line(f"{where} [inits.{iname}]: init must be one of {list(INITS)}, got {variant['init']!r}")
+    bad = [i for i in grid["init"] if i not in INITS and i not in inits]
     if bad:
-        raise _one_line(f"{where}: unknown init(s) {bad} in grid.init; valid: {list(INITS)}")
+        raise _one_line(
+            f"{where}: unknown init(s) {bad} in grid.init; valid: {[*INITS, *inits]} (add [inits.<name>] for variants)"
+        )
     bad = [x for x in grid["layer"] if x not in (*SSM_LAYERS, ATTENTION)]
     if bad:
         raise _one_line(f"{where}: unknown layer(s) {bad} in grid.layer; valid: {[*SSM_LAYERS, ATTENTION]}")
@@ -187,12 +206,17 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
         model=model,
         train=train,
         tasks=tasks,
+        inits=inits,
         eval=ev,
         description=meta.get("description", ""),
         metric=meta.get("metric", "final_token_acc"),
     )
     # Build every task and the train config once, so that bad values fail now, not mid-sweep.
     try:
+        from ...init import MimeticConfig
+
+        for variant in inits.values():
+            MimeticConfig(**variant.get("init_cfg", {}))
         TrainConfig(**train)
         for point in cfg.points():
             task = cfg.task_for(point)

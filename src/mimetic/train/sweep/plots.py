@@ -2,7 +2,7 @@
 
 Every point is the mean over seeds with an error bar of one standard deviation (population
 std; 0 with a single seed). SSM layer types get one panel each; colour = init (default blue,
-mimetic orange); marker/line style = the other axis' value (d_state or length); attention
+mimetic orange, named variants other colours); marker/line style = the other axis' value (d_state or length); attention
 points (if any) are the black dashed baseline in every panel.
 """
 from __future__ import annotations
@@ -19,6 +19,15 @@ from ...tasks import TASKS  # noqa: E402
 from .config import ATTENTION, SSM_LAYERS  # noqa: E402
 
 INIT_COLORS = {"default": "tab:blue", "mimetic": "tab:orange"}
+EXTRA_COLORS = ["tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+
+
+def _init_colors(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """default/mimetic keep their colours; named init variants (ablations) get the next ones."""
+    names = [n for n in INIT_COLORS if any(r["init"] == n for r in rows)]
+    names += sorted({r["init"] for r in rows} - set(INIT_COLORS))
+    extra = iter(EXTRA_COLORS * 4)
+    return {n: INIT_COLORS.get(n) or next(extra) for n in names}
 STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--")]
 
 
@@ -50,7 +59,7 @@ def _plot_axis(
     x_label = TASKS[task].length_knob if x_key == "length" else "state size (d_state)"
     g_label = TASKS[task].length_knob if group_key == "length" else "d_state"
     for ax, layer in zip(axes[0], panels):
-        for init, color in INIT_COLORS.items():
+        for init, color in _init_colors([r for r in task_rows if r["layer"] != ATTENTION]).items():
             for gi, g in enumerate(groups):
                 sel = [r for r in task_rows if r["layer"] == layer and r["init"] == init and r[group_key] == g]
                 if not sel:

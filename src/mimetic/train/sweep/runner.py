@@ -24,8 +24,13 @@ SUMMARY_CSV = "summary.csv"
 ModelFactory = Callable[[dict, Task, GridPoint], torch.nn.Module]
 
 
-def build_model(model_cfg: dict[str, Any], task: Task, point: GridPoint) -> torch.nn.Module:
+def build_model(
+    model_cfg: dict[str, Any], task: Task, point: GridPoint, init_spec: tuple[str, dict] | None = None
+) -> torch.nn.Module:
     """The default model factory: a ``MambaLM`` for the grid point.
+
+    ``init_spec`` = (init, init_cfg) resolves named init variants (``[inits.<name>]``);
+    None = ``point.init`` with no knobs.
 
     ``model_cfg`` is the sweep's ``[model]`` table. ``ssm_cfg`` entries whose value is a table
     named after a layer type ("Mamba1"/"Mamba2") apply to that type only. Attention points
@@ -41,7 +46,8 @@ def build_model(model_cfg: dict[str, Any], task: Task, point: GridPoint) -> torc
         ssm.update(model_cfg.get("ssm_cfg", {}).get(point.layer, {}))
         cfg["ssm_cfg"] = {**ssm, "layer": point.layer, "d_state": point.d_state}
         cfg.pop("attn_cfg", None)  # pure SSM: attention settings only matter for baselines
-    return MambaLM(MambaConfig(**cfg, vocab_size=task.vocab_size, init=point.init))
+    init, init_cfg = init_spec if init_spec is not None else (point.init, {})
+    return MambaLM(MambaConfig(**cfg, vocab_size=task.vocab_size, init=init, init_cfg=init_cfg))
 
 
 @dataclass
@@ -72,7 +78,10 @@ def run_point(
     run_dir.mkdir(parents=True, exist_ok=True)
     task = cfg.task_for(point)
     torch.manual_seed(derive_seed("init", point.seed))
-    model = (model_factory or build_model)(cfg.model, task, point)
+    if model_factory is None:
+        model = build_model(cfg.model, task, point, cfg.init_for(point))
+    else:
+        model = model_factory(cfg.model, task, point)
     tcfg = TrainConfig(
         **cfg.train, seed=point.seed, out_dir=str(run_dir), resume=True, device=device, progress=progress
     )

@@ -69,29 +69,28 @@ def _as_steps(M: torch.Tensor) -> torch.Tensor:
 def _to_steps(t: torch.Tensor) -> torch.Tensor:
     """(b, d, L) -> (L, b, d), contiguous, so that one time step is one contiguous slab.
 
-    Written as a 2-D transpose of (b*d, L), which torch copies with its blocked
-    transpose kernel: 2x faster here than ``permute(2, 0, 1).contiguous()``.
+    Inside Mamba, u, delta and z usually come as transposed views of (b, L, d) tensors
+    (the output of a Linear): then this is a cheap copy of contiguous rows. For a truly
+    (b, d, L)-contiguous tensor it is a 2-D transpose of (b*d, L), which torch does with
+    its blocked transpose kernel (2x faster here than a permuted copy).
     """
     b, d, L = t.shape
+    if t.stride(1) == 1 or not t.is_contiguous():
+        return t.permute(2, 0, 1).contiguous()
     return t.reshape(b * d, L).t().contiguous().view(L, b, d)
-
-
-def _from_steps(t: torch.Tensor) -> torch.Tensor:
-    """(L, b, d) -> (b, d, L), contiguous (the inverse of :func:`_to_steps`)."""
-    L, b, d = t.shape
-    return t.reshape(L, b * d).t().contiguous().view(b, d, L)
 
 
 class _SelectiveScan(torch.autograd.Function):
     """The whole scan, elementwise pre/post-processing included, in the compute dtype.
 
-    delta's bias/softplus, the D skip and the z gate are fused in here rather than left
-    to autograd, which would allocate a fresh (b, d, L) tensor per intermediate and per
-    gradient.
+    Everything runs in step-major layout (L, b, d): delta's bias/softplus, the D skip and
+    the z gate are fused in here rather than left to autograd, which would allocate a
+    fresh tensor per intermediate and per gradient and transpose back and forth.
 
     Inputs: u, delta, z (b, d, L); A (d, n); B, C (b, g, n, L); D, delta_bias (d,);
-    h0 (b, d, n); any of z, D, delta_bias, h0 may be None. Outputs: out (b, d, L),
-    h_last (b, d, n).
+    h0 (b, d, n); any of z, D, delta_bias, h0 may be None. Outputs: out (b, d, L), a
+    view of (b, L, d) memory (what Mamba's out_proj consumes), and h_last (b, d, n).
+    Gradients of u, delta, z come back as views of (L, b, d) memory.
     """
 
     @staticmethod
@@ -99,9 +98,12 @@ class _SelectiveScan(torch.autograd.Function):
         b, d, L = u.shape
         n = A.shape[1]
         g = B.shape[1]
-        x = delta if delta_bias is None else delta + delta_bias[:, None]
-        dt = F.softplus(x) if softplus else x
-        dtu = dt * u
+        uT = _to_steps(u)  # (L, b, d)
+        xT = _to_steps(delta)
+        if delta_bias is not None:
+            xT = xT + delta_bias  # not in place: _to_steps may return delta itself
+        dtT = F.softplus(xT) if softplus else xT
+        dtuT = dtT * uT
         Bs, Cs = _as_steps(B), _as_steps(C)  # (L, b, g, n)
         # exp(x) = exp2(x log2 e), and exp2 is 1.5x faster than exp in torch on CPU.
         A2 = A * _LOG2E
@@ -110,7 +112,6 @@ class _SelectiveScan(torch.autograd.Function):
         h = u.new_zeros(b, d, n) if h0 is None else h0.clone()
         starts = u.new_empty(nchunks, b, d, n)  # state entering each chunk, for backward
         yT = u.new_empty(L, b, d)
-        dtT, dtuT = _to_steps(dt), _to_steps(dtu)  # (L, b, d)
         dA_buf = u.new_empty(T, b, d, n)
         H_buf = u.new_empty(T, b, d, n)
         for k in range(nchunks):
@@ -120,43 +121,48 @@ class _SelectiveScan(torch.autograd.Function):
             _scan_forward(dA, H, h)
             h = H[-1].clone()
             yT[t0:t1] = _contract_n(Cs[t0:t1], H, g).view(t1 - t0, b, d)
-        y = _from_steps(yT)
         if D is not None:
-            y.addcmul_(u, D[:, None])
-        out = y if z is None else y * F.silu(z)
-        ctx.save_for_backward(u, x if softplus else None, dt, dtT, dtuT, A, A2, Bs, Cs, starts, D, z,
-                              y if z is not None else None)
+            yT.addcmul_(uT, D)
+        out = u.new_empty(b, L, d)
+        zT = None
+        if z is None:
+            out.copy_(yT.transpose(0, 1))
+        else:
+            zT = _to_steps(z)
+            torch.mul(yT.transpose(0, 1), F.silu(zT).transpose(0, 1), out=out)
+        ctx.save_for_backward(uT, xT if softplus else None, dtT, dtuT, A, A2, Bs, Cs, starts,
+                              D, zT, yT if z is not None else None)
         ctx.dims = (b, d, L, n, g, T, nchunks)
         ctx.flags = (delta_bias is not None, h0 is not None)
-        return out, h
+        return out.transpose(1, 2), h
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gout, gh_last):
-        u, x, dt, dtT, dtuT, A, A2, Bs, Cs, starts, D, z, y = ctx.saved_tensors
+        uT, xT, dtT, dtuT, A, A2, Bs, Cs, starts, D, zT, yT = ctx.saved_tensors
         b, d, L, n, g, T, nchunks = ctx.dims
         has_bias, has_h0 = ctx.flags
         dg = d // g
-        gz = None
-        if z is None:
-            gy = gout
+        gT = _to_steps(gout)  # (L, b, d)
+        gzT = None
+        if zT is None:
+            gyT = gT
         else:
-            s = torch.sigmoid(z)
+            s = torch.sigmoid(zT)
             # out = y * z * s(z):  d/dy = z s ;  d/dz = y s (1 + z (1 - s))
-            gy = gout * z * s
-            gz = (1 - s).mul_(z).add_(1).mul_(s).mul_(y).mul_(gout)
-        gD = None if D is None else (gy * u).sum((0, 2))
+            gyT = gT * zT * s
+            gzT = (1 - s).mul_(zT).add_(1).mul_(s).mul_(yT).mul_(gT)
+        gD = None if D is None else (gyT * uT).sum((0, 1))
 
         carry = gh_last.clone()
-        gyT = _to_steps(gy)
-        g_dtT = u.new_empty(L, b, d)  # d loss / d delta (after bias/softplus)
-        g_dtuT = u.new_empty(L, b, d)  # d loss / d (delta * u), through x_t only
+        g_dtT = uT.new_empty(L, b, d)  # d loss / d delta (after bias/softplus)
+        g_dtuT = uT.new_empty(L, b, d)  # d loss / d (delta * u), through x_t only
         gA = torch.zeros_like(A)
-        gB = u.new_empty(L, b, g, n)
-        gC = u.new_empty(L, b, g, n)
-        dA_buf = u.new_empty(T, b, d, n)
-        H_buf = u.new_empty(T, b, d, n)
-        G_buf = u.new_empty(T, b, d, n)
+        gB = uT.new_empty(L, b, g, n)
+        gC = uT.new_empty(L, b, g, n)
+        dA_buf = uT.new_empty(T, b, d, n)
+        H_buf = uT.new_empty(T, b, d, n)
+        G_buf = uT.new_empty(T, b, d, n)
         for k in reversed(range(nchunks)):
             t0, t1 = k * T, min(L, (k + 1) * T)
             Tk = t1 - t0
@@ -183,25 +189,28 @@ class _SelectiveScan(torch.autograd.Function):
             # buffer (no longer needed) so no second exp and no new allocation.
             dA[1:].mul_(H[:-1])
             dA[0].mul_(starts[k])
-            P = dA.mul_(G)  # (Tk, b, d, n)
+            P = dA.mul_(G).view(Tk * b, d, n)
             # d/d delta_t = sum_n A P, as a (1, n) @ (n, t*b) matmul per channel (BLAS
             # reads P's strides; 3x faster than a mul + sum here) ...
-            Ps = P.view(Tk * b, d, n)
-            g_dtT[t0:t1] = torch.bmm(A.unsqueeze(1), Ps.permute(1, 2, 0)).view(d, Tk, b).permute(1, 2, 0)
-            # ... and d/dA = sum_{t, b} delta_t P (a mul + sum beat bmm/einsum here).
-            gA += (dtc.view(Tk * b, d, 1) * Ps).sum(0)
-        g_dt, g_dtu = _from_steps(g_dtT), _from_steps(g_dtuT)
+            g_dtT[t0:t1] = torch.bmm(A.unsqueeze(1), P.permute(1, 2, 0)).view(d, Tk, b).permute(1, 2, 0)
+            # ... and d/dA = sum_{t, b} delta_t P (a mul into a spare buffer, then a sum,
+            # beat bmm and einsum here).
+            dtP = torch.mul(dtc.reshape(Tk * b, d, 1), P, out=H.view(Tk * b, d, n))
+            gA += dtP.sum(0)
         # u enters through delta * u and the skip; delta through its decay and delta * u.
-        gu = g_dtu * dt
+        guT = g_dtuT * dtT
         if D is not None:
-            gu.addcmul_(gy, D[:, None])
-        g_dt.addcmul_(g_dtu, u)
-        if x is not None:
-            g_dt.mul_(torch.sigmoid(x))  # softplus' = sigmoid
-        g_bias = g_dt.sum((0, 2)) if has_bias else None
-        return (gu, g_dt, gA, gB.permute(1, 2, 3, 0).contiguous(),
-                gC.permute(1, 2, 3, 0).contiguous(), gD, gz, g_bias,
-                carry if has_h0 else None, None)
+            guT.addcmul_(gyT, D)
+        g_dtT.addcmul_(g_dtuT, uT)
+        if xT is not None:
+            g_dtT.mul_(torch.sigmoid(xT))  # softplus' = sigmoid
+        g_bias = g_dtT.sum((0, 1)) if has_bias else None
+
+        def back(t):  # (L, b, d) -> (b, d, L) view
+            return None if t is None else t.permute(1, 2, 0)
+
+        return (back(guT), back(g_dtT), gA, gB.permute(1, 2, 3, 0), gC.permute(1, 2, 3, 0),
+                gD, back(gzT), g_bias, carry if has_h0 else None, None)
 
 
 def _chunk_inputs(dt, dtu, A2, Bs, dA_buf, X_buf, g):

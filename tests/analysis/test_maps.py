@@ -80,17 +80,25 @@ def test_map_reproduces_reference_scan_and_layer_output(layer, init):
         torch.testing.assert_close(out, mixer(u), atol=1e-5, rtol=1e-4)
 
 
-def test_attention_layer_map_is_the_softmax_that_the_layer_uses():
+@pytest.mark.parametrize("attn_cfg", [{"num_heads": 2},
+                                      {"num_heads": 4, "num_heads_kv": 2, "rotary_emb_dim": 4}])
+def test_attention_layer_map_is_the_softmax_that_the_layer_uses(attn_cfg):
     model = make_model("Mamba2", "mimetic", n_layer=2, attn=(1,))
+    if attn_cfg["num_heads"] != 2:  # grouped KV heads and rotary embeddings
+        torch.manual_seed(0)
+        model = MambaLM(MambaConfig(d_model=32, n_layer=2, vocab_size=VOCAB, attn_layer_idx=[1],
+                                    attn_cfg=attn_cfg, ssm_cfg={"layer": "Mamba2", "headdim": 16}))
     ids = torch.randint(0, VOCAB, (2, 21), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         u = mixer_input(model, ids, 1)
         mixer = model.backbone.layers[1].mixer
         P = mixer_attention_map(mixer, u, tile_size=4)
-        assert P.shape == (2, 2, 21, 21)
-        torch.testing.assert_close(P.sum(-1), torch.ones(2, 2, 21))
+        H = attn_cfg["num_heads"]
+        assert P.shape == (2, H, 21, 21)
+        torch.testing.assert_close(P.sum(-1), torch.ones(2, H, 21))
         assert (P.triu(1) == 0).all()
         _, _, v = mixer._qkv(u, 0)
+        v = v.repeat_interleave(H // v.shape[2], dim=2)
         out = torch.einsum("bhts,bshd->bthd", P, v).flatten(2)
         torch.testing.assert_close(mixer.out_proj(out), mixer(u), atol=1e-5, rtol=1e-4)
 
@@ -106,6 +114,12 @@ def test_attention_maps_hooks_capture_the_right_inputs():
             expected = mixer_attention_map(model.backbone.layers[i].mixer, mixer_input(model, ids, i))
             torch.testing.assert_close(maps[i], expected)
     assert all(not m._forward_pre_hooks for m in model.modules())  # hooks removed
+    # Layers after the last one asked for are not run.
+    ran = []
+    handle = model.backbone.layers[2].register_forward_hook(lambda *a: ran.append(True))
+    attention_maps(model, ids, layers=1)
+    handle.remove()
+    assert not ran
     # (L,) input, negative index, and one int
     one = attention_maps(model, ids[0], layers=-1)
     torch.testing.assert_close(one[2], maps[2][:1])
@@ -154,6 +168,37 @@ def test_long_fast_decaying_sequences_stay_finite_and_exact():
     assert torch.isfinite(M1).all()
     torch.testing.assert_close(apply_map("Mamba1", M1, u), selective_scan_ref(u, delta, A1, B1, C1),
                                atol=1e-4, rtol=1e-4)
+
+
+def test_working_memory_is_bounded_by_tiles(monkeypatch):
+    """The largest decay block stays within work_bytes, however long the sequence."""
+    from mimetic.analysis import maps as maps_module
+
+    sizes = []
+    real = maps_module._decay
+
+    def recording(*args):
+        out = real(*args)
+        sizes.append(out.numel() * out.element_size())
+        return out
+
+    monkeypatch.setattr(maps_module, "_decay", recording)
+    g = torch.Generator().manual_seed(7)
+    L, H, work = 512, 2, 1 << 20
+    dt = torch.rand(1, L, H, generator=g)
+    B, C = torch.randn(1, L, 1, 4, generator=g), torch.randn(1, L, 1, 4, generator=g)
+    M = ssd_map(dt, -torch.ones(H), B, C, work_bytes=work)
+    assert len(sizes) > 1 and max(sizes) <= work  # several tiles, each within budget
+    assert map_bytes_of(M) > work
+    sizes.clear()
+    delta = torch.rand(1, 4, L, generator=g)
+    selective_scan_map(delta, -torch.rand(4, 4, generator=g), B[:, :, 0].mT, C[:, :, 0].mT,
+                       work_bytes=work)
+    assert max(sizes) <= work
+
+
+def map_bytes_of(M: torch.Tensor) -> int:
+    return M.numel() * M.element_size()
 
 
 def reach(M: torch.Tensor, k: int) -> float:

@@ -7,6 +7,7 @@ import torch
 
 from mimetic import MambaConfig, MambaLM
 from mimetic.analysis import MapMemoryError, attention_maps, attn_command, plot_attention_maps
+from mimetic.analysis.command import _parse_inputs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -33,11 +34,10 @@ def test_plot_grid_mamba_and_attention(tmp_path):
     assert maps[0].shape[1] == 4 and maps[1].shape[1] == 2
     wide = plot_attention_maps(maps, tmp_path / "sub" / "log.png", tokens=[f"t{i}" for i in range(20)],
                                title="log", marks=[5], batch_index=1)
-    narrow = plot_attention_maps(maps, tmp_path / "one_head.png", max_heads=1, log_scale=False)
-    signed = plot_attention_maps(maps, tmp_path / "signed.png", log_scale=False, signed=True)
+    narrow = plot_attention_maps(maps, tmp_path / "one_head.png", max_heads=1, log_scale=False,
+                                 signed=True)
     w4, h4 = png_size(wide)
     w1, h1 = png_size(narrow)
-    png_size(signed)
     assert w1 < w4 * 0.6  # one column instead of four
     assert abs(h1 - h4) < 0.1 * h4  # same two rows (layers)
 
@@ -74,8 +74,10 @@ def test_attn_command_from_checkpoint_with_task_and_ids(tmp_path):
 
     ids = attn_command(model, "3, 1 4 1 5", tmp_path / "ids.png", layers=[-1], log_scale=False)
     assert ids.input_ids.tolist() == [[3, 1, 4, 1, 5]] and list(ids.maps) == [1]
-    listed = attn_command(model, [3, 1, 4], tmp_path / "list.png")
-    assert listed.input_ids.shape == (1, 3)
+    ids, labels, marks, task = _parse_inputs([[3, 1, 4]], vocab_size=40, seed=0, task_kwargs=None)
+    assert ids.tolist() == [[3, 1, 4]] and labels == ["3", "1", "4"] and task is None
+    ids, labels, marks, task = _parse_inputs("copy", 40, 0, {"copy_len": 4, "vocab": 5})
+    assert labels[0] == "BOS" and labels[5] == "SEP" and marks == [5]
 
 
 def test_attn_command_errors(tmp_path):

@@ -329,7 +329,9 @@ def mixer_attention_map(mixer: nn.Module, hidden_states: torch.Tensor, reduce: s
         channels: Mamba-1 channel indices, or Mamba-2 / attention head indices, to return
             as heads (None: all heads, or the reduced Mamba-1 map).
         max_bytes: limit on the returned map's size; :class:`MapMemoryError` above it.
-        tile_size: query rows per tile (None: chosen from ``work_bytes``).
+        tile_size: query rows per tile (None: Mamba-1 picks 16-64 by length; Mamba-2 and
+            attention as many rows as fit in ``work_bytes``). Results do not depend on it.
+        work_bytes: scratch memory to aim for per tile (default 64 MiB).
 
     Returns:
         (batch, heads, L, L) float32: M (Mamba-1/2, signed, without D and gate) or softmax

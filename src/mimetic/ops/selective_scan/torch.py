@@ -80,6 +80,11 @@ def _to_steps(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(b * d, L).t().contiguous().view(L, b, d)
 
 
+def _owns(t: torch.Tensor, src: torch.Tensor) -> bool:
+    """True when t is a fresh copy, not sharing memory with the caller's tensor src."""
+    return t.untyped_storage().data_ptr() != src.untyped_storage().data_ptr()
+
+
 class _SelectiveScan(torch.autograd.Function):
     """The whole scan, elementwise pre/post-processing included, in the compute dtype.
 
@@ -101,7 +106,9 @@ class _SelectiveScan(torch.autograd.Function):
         uT = _to_steps(u)  # (L, b, d)
         xT = _to_steps(delta)
         if delta_bias is not None:
-            xT = xT + delta_bias  # not in place: _to_steps may return delta itself
+            # In place only on our own copy: _to_steps returns delta itself when delta
+            # is already step-major.
+            xT = xT.add_(delta_bias) if _owns(xT, delta) else xT + delta_bias
         dtT = F.softplus(xT) if softplus else xT
         dtuT = dtT * uT
         Bs, Cs = _as_steps(B), _as_steps(C)  # (L, b, g, n)
@@ -150,8 +157,8 @@ class _SelectiveScan(torch.autograd.Function):
         else:
             s = torch.sigmoid(zT)
             # out = y * z * s(z):  d/dy = z s ;  d/dz = y s (1 + z (1 - s))
-            gyT = gT * zT * s
-            gzT = (1 - s).mul_(zT).add_(1).mul_(s).mul_(yT).mul_(gT)
+            gyT = torch.mul(gT, zT).mul_(s)
+            gzT = torch.rsub(s, 1).mul_(zT).add_(1).mul_(s).mul_(yT).mul_(gT)
         gD = None if D is None else (gyT * uT).sum((0, 1))
 
         carry = gh_last.clone()
@@ -197,11 +204,11 @@ class _SelectiveScan(torch.autograd.Function):
             # beat bmm and einsum here).
             dtP = torch.mul(dtc.reshape(Tk * b, d, 1), P, out=H.view(Tk * b, d, n))
             gA += dtP.sum(0)
-        # u enters through delta * u and the skip; delta through its decay and delta * u.
-        guT = g_dtuT * dtT
+        # delta enters through its decay and delta * u; u through delta * u and the skip.
+        g_dtT.addcmul_(g_dtuT, uT)
+        guT = g_dtuT.mul_(dtT)
         if D is not None:
             guT.addcmul_(gyT, D)
-        g_dtT.addcmul_(g_dtuT, uT)
         if xT is not None:
             g_dtT.mul_(torch.sigmoid(xT))  # softplus' = sigmoid
         g_bias = g_dtT.sum((0, 1)) if has_bias else None

@@ -159,8 +159,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--slow-reps", type=int, default=2, help="reps for transformers Mamba-1")
     ap.add_argument("--only", nargs="*", help="run only these rows (by name)")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     try:  # transformers warns loudly on every call that the CUDA kernels are absent
         import transformers

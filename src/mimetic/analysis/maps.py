@@ -109,6 +109,13 @@ def _query_tile(per_query_bytes: int, L: int, tile_size: int | None, work_bytes:
     return max(1, min(L, work_bytes // max(per_query_bytes, 1)))
 
 
+def _exp_(x: torch.Tensor) -> torch.Tensor:
+    """exp(x) in place, for a fresh x <= 0, with results below the dtype's smallest normal
+    number set to 0. Why: exp landing in the subnormal range runs 10-30x slower on CPUs,
+    and far-decayed entries (< 1e-38 in float32) carry no information."""
+    return x.masked_fill_(x < math.log(torch.finfo(x.dtype).tiny), -math.inf).exp_()
+
+
 def _decay(cum: torch.Tensor, t0: int, t1: int, dtype: torch.dtype) -> torch.Tensor:
     """exp(cum[..., t] - cum[..., s]) for queries t in [t0, t1) and keys s in [0, t1),
     zero where s > t. cum (..., L) float64 -> (..., t1 - t0, t1) in ``dtype``."""
@@ -118,7 +125,7 @@ def _decay(cum: torch.Tensor, t0: int, t1: int, dtype: torch.dtype) -> torch.Ten
     t = torch.arange(t0, t1, device=cum.device)[:, None]
     s = torch.arange(t1, device=cum.device)[None, :]
     # Mask before the exp: above the diagonal diff > 0 can be huge and would overflow.
-    return diff.masked_fill(s > t, -math.inf).exp()
+    return _exp_(diff.masked_fill_(s > t, -math.inf))
 
 
 def selective_scan_map(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -136,19 +143,21 @@ def selective_scan_map(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C:
             so a plain mean cancels); ``"mean"`` the signed mean; ``"none"`` every channel
             as its own head (d_inner heads).
         channels: channel indices to return as heads, unreduced (overrides ``reduce``).
-        tile_size: query rows per tile, also the key chunk length (None: 16 to 64 by L, a
-            balance between the direct diagonal blocks, cost ~ N L tile_size per channel,
-            and the per-chunk query factors, ~ N L^2 / tile_size).
+        tile_size: query rows per tile (None: 32, a balance between the direct diagonal
+            blocks, cost ~ N L tile_size per channel, and the keys decayed to each tile's
+            start, ~ N L^2 / (2 tile_size)).
 
     Returns:
         (batch, heads, L, L) float32 (float64 for float64 inputs), zero above the diagonal;
         heads = 1 for ``mean_abs`` / ``mean``, d_inner for ``none``, len(channels) otherwise.
 
     Method: the decay depends on the state n, so M_d[t, s] = sum_n q_t[n] k_s[n] needs the
-    decay split between the two sides. Keys are cut in chunks of ``tile_size``; for a key
-    chunk ending at e before the query tile, q_t = C_t exp(cum[t] - cum[e]) and
-    k_s = B_s exp(cum[e] - cum[s]) (both exponents <= 0: no overflow), and the block is a
-    matmul over n. The diagonal block is computed directly with masked differences.
+    decay split between the two sides at a point e with s <= e <= t. For a tile of queries
+    starting at t0 and the keys before it, e = t0 - 1: q_t = C_t exp(cum[t] - cum[e]) and
+    k_s = B_s exp(cum[e] - cum[s]), both exponents <= 0 (no overflow; a factor that
+    underflows belongs to an entry that is below float precision anyway), and the block is
+    one matmul over n. The diagonal block (s, t in the tile) is computed directly with
+    masked differences.
     """
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
@@ -167,32 +176,27 @@ def selective_scan_map(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C:
     out = torch.zeros(batch, heads, L, L, dtype=out_dtype, device=delta.device)
     if L == 0:
         return out
-    if tile_size is None:  # measured on CPU: 16 is fastest up to L ~ 512, then 32, 64
-        tile_size = 16 if L <= 512 else 32 if L <= 2048 else 64
+    if tile_size is None:
+        tile_size = 32
     Q = _query_tile(0, L, tile_size, work_bytes)
     nq = -(-L // Q)
-    # Scratch per channel: cum and k (float64 + out dtype, n x L), the q factors (n x Q x nq),
-    # the diagonal block (n x Q x Q) and one row block of the map (Q x L).
-    per_channel = batch * (N * L * 24 + N * Q * nq * 12 + N * Q * Q * 12 + Q * L * 8)
+    # Scratch per channel: cum (float64, N x L), the keys decayed to the tile start (float64
+    # difference + out dtype, N x L), the diagonal block (N x Q x Q) and one row block (Q x L).
+    per_channel = batch * (N * L * 20 + N * Q * Q * 12 + Q * L * 8)
     dc = max(1, min(idx.numel(), work_bytes // max(per_channel, 1)))
     Bc, Cc = B.to(out_dtype), C.to(out_dtype)
-    ends = torch.arange(nq, device=delta.device) * Q + Q - 1
-    chunk_end = ends.clamp(max=L - 1)[torch.arange(L, device=delta.device) // Q]  # e(s)
     for c0 in range(0, idx.numel(), dc):
         ch = idx[c0:c0 + dc]
         dl = delta[:, ch].double()  # (batch, dc, L)
         cum = torch.cumsum(dl[:, :, None, :] * A[ch].double()[None, :, :, None], dim=-1)
-        # Keys decayed to the end of their own chunk: (batch, dc, N, L).
-        k = Bc[:, None] * (cum[..., chunk_end] - cum).to(out_dtype).exp()
         for j in range(nq):
             t0, t1 = j * Q, min(L, (j + 1) * Q)
             M = torch.empty(batch, len(ch), t1 - t0, t1, dtype=out_dtype, device=delta.device)
-            if j > 0:  # keys before the tile, one reference point e per key chunk
-                q = Cc[:, None, :, t0:t1, None] * (
-                    cum[..., t0:t1, None] - cum[..., None, ends[:j]]).to(out_dtype).exp()
-                kj = rearrange(k[..., :t0], "b d n (j s) -> b d j n s", s=Q)
-                off = rearrange(q, "b d n t j -> b d j t n") @ kj  # (batch, dc, j, tq, Q)
-                M[..., :t0] = rearrange(off, "b d j t s -> b d t (j s)")
+            if j > 0:  # keys before the tile, through the reference point e = t0 - 1
+                e = cum[..., t0 - 1:t0]
+                q = Cc[:, None, :, t0:t1] * _exp_((cum[..., t0:t1] - e).to(out_dtype))
+                k = Bc[:, None, :, :t0] * _exp_((e - cum[..., :t0]).to(out_dtype))
+                M[..., :t0] = q.transpose(-1, -2) @ k  # (batch, dc, tq, N) @ (batch, dc, N, t0)
             decay = _decay(cum[..., t0:t1], 0, t1 - t0, out_dtype)  # (batch, dc, N, tq, tq)
             CB = Cc[:, :, t0:t1, None] * Bc[:, :, None, t0:t1]  # (batch, N, tq, tq)
             M[..., t0:t1] = (decay * CB[:, None]).sum(2)

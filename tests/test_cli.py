@@ -56,3 +56,20 @@ def test_argparse_rejects_unknown_layer(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--layer", "Mamba3"])
     assert e.value.code == 2
+
+
+def test_attn_on_trained_checkpoint(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--task-arg", "copy_len=4", "--task-arg", "vocab=5", "--d-model", "16",
+                 "--d-state", "4", "--headdim", "8", "--steps", "2", "--eval-every", "2",
+                 "--batch-size", "2", "--out", str(out), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    png = tmp_path / "maps.png"
+    code, stdout, err = run_cli(capsys, "attn", str(out / "model"), "--input", "copy",
+                                "--task-arg", "copy_len=4", "--task-arg", "vocab=5", "--out", str(png))
+    assert code == 0, err
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert "layer 0" in stdout and "layer 1" in stdout
+    code, _, err = run_cli(capsys, "attn", str(out / "model"), "--input", "copy", "--layers", "7",
+                           "--out", str(png))
+    assert code != 0 and "7" in err

@@ -81,9 +81,12 @@ def cmd_sweep(args) -> None:
 def cmd_attn(args) -> None:
     from .analysis import attn_command
 
-    attn_command(args.checkpoint, args.input, args.out, layers=args.layers, log_scale=not args.linear,
-                 seed=args.seed, task_kwargs=_kv_pairs(args.task_arg) or None)
-    print(f"attention maps written to {args.out}")
+    result = attn_command(args.checkpoint, args.input, args.out, layers=args.layers,
+                          log_scale=not args.linear, reduce=args.reduce, max_heads=args.max_heads,
+                          seed=args.seed, task_kwargs=_kv_pairs(args.task_arg) or None)
+    for line in result.lines():
+        print(line)
+    print(f"attention maps written to {result.path}")
 
 
 def cmd_generate(args) -> None:
@@ -146,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--input", required=True,
                    help="space-separated token ids, or a task name (e.g. copy) to draw a batch from")
     a.add_argument("--out", default="attention_maps.png")
-    a.add_argument("--layers", type=int, nargs="*", default=None)
+    a.add_argument("--layers", type=int, nargs="+", default=None, help="layer indices (default: all)")
+    a.add_argument("--reduce", choices=["mean_abs", "mean", "none"], default="mean_abs",
+                   help="Mamba-1: how to reduce the per-channel maps")
+    a.add_argument("--max-heads", type=int, default=4, help="heads drawn per layer")
     a.add_argument("--linear", action="store_true", help="linear colour scale (default: log)")
     a.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="task knob when --input names a task (e.g. copy_len=16)")

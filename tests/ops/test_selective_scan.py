@@ -192,6 +192,13 @@ def test_backward_twice_with_retain_graph():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_thread_setting_restored():
+    before = torch.get_num_threads()
+    t = {k: None if v is None else v.requires_grad_() for k, v in make_inputs(1, 4, 5, 2).items()}
+    selective_scan_torch(t["u"], t["delta"], t["A"], t["B"], t["C"]).sum().backward()
+    assert torch.get_num_threads() == before
+
+
 def test_zero_length():
     inputs = make_inputs(2, 3, 0, 4)
     out, last = selective_scan_torch(inputs["u"], inputs["delta"], inputs["A"], inputs["B"],

@@ -43,6 +43,7 @@ that regime is cheap in absolute terms.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -53,6 +54,11 @@ from torch.autograd.function import once_differentiable
 # work is amortized, small enough that the ~3 chunk buffers stay in cache.
 _CHUNK_ELEMS = 1 << 20
 _LOG2E = math.log2(math.e)
+# Intra-op threads for the scan (None: leave torch's setting). The scan issues ~30 ops
+# per step-chunk and one per time step; with an OpenMP team per op, a CPU shared with
+# other busy processes made it 3-30x slower (each op waits for a descheduled thread),
+# while one thread costs at most the second core. See the module docstring.
+SCAN_THREADS: int | None = 1
 
 
 def _chunk_len(L: int, slab: int) -> int:
@@ -80,6 +86,20 @@ def _to_steps(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(b * d, L).t().contiguous().view(L, b, d)
 
 
+@contextlib.contextmanager
+def _scan_threads():
+    """Run the scan's ops on ``SCAN_THREADS`` intra-op threads (None: torch's setting)."""
+    before = torch.get_num_threads()
+    if SCAN_THREADS is None or SCAN_THREADS == before:
+        yield
+        return
+    torch.set_num_threads(SCAN_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _owns(t: torch.Tensor, src: torch.Tensor) -> bool:
     """True when t is a fresh copy, not sharing memory with the caller's tensor src."""
     return t.untyped_storage().data_ptr() != src.untyped_storage().data_ptr()
@@ -99,7 +119,18 @@ class _SelectiveScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus):
+    def forward(ctx, *args):
+        with _scan_threads():
+            return _SelectiveScan._forward(ctx, *args)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        with _scan_threads():
+            return _SelectiveScan._backward(ctx, *grads)
+
+    @staticmethod
+    def _forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus):
         b, d, L = u.shape
         n = A.shape[1]
         g = B.shape[1]
@@ -144,8 +175,7 @@ class _SelectiveScan(torch.autograd.Function):
         return out.transpose(1, 2), h
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, gout, gh_last):
+    def _backward(ctx, gout, gh_last):
         uT, xT, dtT, dtuT, A, A2, Bs, Cs, starts, D, zT, yT = ctx.saved_tensors
         b, d, L, n, g, T, nchunks = ctx.dims
         has_bias, has_h0 = ctx.flags

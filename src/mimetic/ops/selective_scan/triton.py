@@ -273,6 +273,197 @@ def _ss_fwd_seq_kernel(
         tl.store(hlast_ptr + pid_b * dim * N + state_offs, h, mask=mask_nd)
 
 
+# ------------------------------------------------------------- forward, time-across-lanes
+
+@triton.jit
+def _ss_fwd_lane_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    out_ptr, ckpt_ptr,
+    dim, L, N, dim_per_group, n_chunks,
+    s_x_b, s_x_d, s_bc_b, s_bc_g, s_bc_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """Forward with time spread over the lanes of a warp, one channel per warp.
+
+    A (BLOCK_D, BLOCK_T) tile holds BLOCK_T consecutive steps of each channel, several
+    consecutive steps per thread (one vector load). The states are handled one n at a
+    time (a loop over n): for each n the affine maps of the tile are scanned along time --
+    sequentially inside each thread, then across lanes -- so the cross-lane part is paid
+    once per thread, not once per step, and only 2-D tiles live in registers.
+
+    The carried state goes through ``ckpt`` (b, n_chunks + 1, dim, N), float32: chunk c
+    reads its entry state from slot c and writes its exit state to slot c + 1 (slot 0 is
+    the initial state, filled by the caller). Those slots are exactly the chunk-entry
+    states the backward needs, and the last one is the final state. A barrier per chunk
+    orders the writes of one chunk before the reads of the next (they are made by
+    different lanes of the same warp).
+    """
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_tl = tl.arange(0, BLOCK_T)
+    zero_d = tl.zeros([BLOCK_D], dtype=tl.int32)
+    mask_d = offs_d < dim
+    group = (pid_d * BLOCK_D) // dim_per_group
+
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+
+    x_base = pid_b * s_x_b + offs_d[:, None] * s_x_d
+    bc_base = pid_b * s_bc_b + group * s_bc_g
+    for c in range(0, n_chunks):
+        offs_t = c * BLOCK_T + offs_tl
+        mask_t = offs_t < L
+        m_dt = mask_d[:, None] & mask_t[None, :]
+        # B/C rows are loaded through a (BLOCK_D, BLOCK_T) pointer tile (the same row for
+        # every channel) so they arrive in the layout of u/delta with no shuffling.
+        m_bc = (zero_d[:, None] == 0) & mask_t[None, :]
+        x_offs = x_base + offs_t[None, :]
+        dt, _ = _load_delta(delta_ptr, x_offs, m_dt, bias, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + x_offs, mask=m_dt, other=0.0).to(tl.float32)
+        dtu = dt * u
+        y = Dv[:, None] * u
+        st_in = ckpt_ptr + ((pid_b * (n_chunks + 1) + c) * dim + offs_d) * N
+        st_out = st_in + dim * N
+        for n in range(0, N):
+            a2 = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32)
+            bc_offs = bc_base + n * s_bc_n + offs_t[None, :] + zero_d[:, None]
+            Bn = tl.load(B_ptr + bc_offs, mask=m_bc, other=0.0).to(tl.float32)
+            Cn = tl.load(C_ptr + bc_offs, mask=m_bc, other=0.0).to(tl.float32)
+            a = tl.exp2(dt * (a2 * 1.4426950408889634)[:, None])
+            acum, bcum = tl.associative_scan((a, dtu * Bn), axis=1, combine_fn=_affine_fwd)
+            h_in = tl.load(st_in + n, mask=mask_d, other=0.0)
+            hs = acum * h_in[:, None] + bcum
+            y += hs * Cn
+            # Padding steps are identities, so the last column is the state after step L-1.
+            h_last = tl.sum(tl.where(offs_tl[None, :] == BLOCK_T - 1, hs, 0.0), axis=1)
+            tl.store(st_out + n, h_last, mask=mask_d)
+        if HAS_Z:
+            zz = tl.load(z_ptr + x_offs, mask=m_dt, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + x_offs, y.to(out_ptr.dtype.element_ty), mask=m_dt)
+        tl.debug_barrier()
+
+
+@triton.jit
+def _ss_bwd_lane_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr,
+    dout_ptr, dh_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    dim, L, N, dim_per_group, n_chunks,
+    s_x_b, s_x_d, s_bc_b, s_bc_g, s_bc_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """Backward in the layout of :func:`_ss_fwd_lane_kernel`, chunks in reverse order.
+
+    Per chunk and state n: recompute the chunk's states from the stored entry state
+    (forward scan), run the adjoint dh_t = C_t dy_t + a_{t+1} dh_{t+1} as a reverse scan
+    from the carried dh (``dh_ptr`` (b, dim, N) float32: holds d(last state) on entry,
+    dh at step 0 on exit), and accumulate the gradients (see the module docstring).
+    dA rows are private to a program (plain atomics on unique addresses); dB, dC sum
+    over the channels of a group: reduced over the program's channels, then atomics.
+    """
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_tl = tl.arange(0, BLOCK_T)
+    zero_d = tl.zeros([BLOCK_D], dtype=tl.int32)
+    mask_d = offs_d < dim
+    group = (pid_d * BLOCK_D) // dim_per_group
+
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+
+    x_base = pid_b * s_x_b + offs_d[:, None] * s_x_d
+    bc_base = pid_b * s_bc_b + group * s_bc_g
+    dh_row = dh_ptr + (pid_b * dim + offs_d) * N
+    dA_row = dA_ptr + (pid_b * dim + offs_d) * N
+    for ci in range(0, n_chunks):
+        c = n_chunks - 1 - ci
+        offs_t = c * BLOCK_T + offs_tl
+        mask_t = offs_t < L
+        m_dt = mask_d[:, None] & mask_t[None, :]
+        m_bc = (zero_d[:, None] == 0) & mask_t[None, :]
+        x_offs = x_base + offs_t[None, :]
+        dt, raw = _load_delta(delta_ptr, x_offs, m_dt, bias, HAS_BIAS, SOFTPLUS)
+        # delta_{t+1}: its decay carries dh_{t+1} back to t; 0 past the end (decay 1) so
+        # that d(last state) reaches step L-1 unchanged.
+        m_next = mask_d[:, None] & (offs_t[None, :] + 1 < L)
+        dt_next, _ = _load_delta(delta_ptr, x_offs + 1, m_next, bias, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + x_offs, mask=m_dt, other=0.0).to(tl.float32)
+        dout = tl.load(dout_ptr + x_offs, mask=m_dt, other=0.0).to(tl.float32)
+        dtu = dt * u
+        if HAS_Z:
+            zz = tl.load(z_ptr + x_offs, mask=m_dt, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(zz)
+            dy = dout * zz * sz
+        else:
+            dy = dout
+        y = Dv[:, None] * u
+        du_acc = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+        ddt_acc = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+        st_in = ckpt_ptr + ((pid_b * (n_chunks + 1) + c) * dim + offs_d) * N
+        for n in range(0, N):
+            A_n = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32)
+            A2_n = (A_n * 1.4426950408889634)[:, None]
+            bc_offs = bc_base + n * s_bc_n + offs_t[None, :] + zero_d[:, None]
+            Bn = tl.load(B_ptr + bc_offs, mask=m_bc, other=0.0).to(tl.float32)
+            Cn = tl.load(C_ptr + bc_offs, mask=m_bc, other=0.0).to(tl.float32)
+            # States of this chunk, from its entry state.
+            b = dtu * Bn
+            acum, bcum = tl.associative_scan((tl.exp2(dt * A2_n), b), axis=1,
+                                             combine_fn=_affine_fwd)
+            h_in = tl.load(st_in + n, mask=mask_d, other=0.0)
+            hs = acum * h_in[:, None] + bcum
+            y += hs * Cn
+            # Adjoint, right to left.
+            pcum, gcum = tl.associative_scan((tl.exp2(dt_next * A2_n), Cn * dy), axis=1,
+                                             combine_fn=_affine_fwd, reverse=True)
+            dh_in = tl.load(dh_row + n, mask=mask_d, other=0.0)
+            dh = pcum * dh_in[:, None] + gcum
+            dh_first = tl.sum(tl.where(offs_tl[None, :] == 0, dh, 0.0), axis=1)
+            tl.store(dh_row + n, dh_first, mask=mask_d)
+
+            hb = hs - b                                   # a_t h_{t-1}
+            dhB = dh * Bn
+            du_acc += dhB
+            ddt_acc += dhB * u + dh * hb * A_n[:, None]
+            tl.atomic_add(dA_row + n, tl.sum(dh * hb * dt, axis=1), mask=mask_d)
+            bc_t = bc_base + n * s_bc_n + offs_t
+            tl.atomic_add(dB_ptr + bc_t, tl.sum(dh * dtu, axis=0), mask=mask_t)
+            tl.atomic_add(dC_ptr + bc_t, tl.sum(hs * dy, axis=0), mask=mask_t)
+        du = dt * du_acc + Dv[:, None] * dy
+        ddt = tl.where(m_dt, ddt_acc, 0.0)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(raw)
+        dbias_acc += tl.sum(ddt, axis=1)
+        dD_acc += tl.sum(dy * u, axis=1)
+        tl.store(du_ptr + x_offs, du.to(du_ptr.dtype.element_ty), mask=m_dt)
+        tl.store(ddelta_ptr + x_offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_dt)
+        if HAS_Z:
+            dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
+            tl.store(dz_ptr + x_offs, dz.to(dz_ptr.dtype.element_ty), mask=m_dt)
+        tl.debug_barrier()
+    if HAS_D:
+        tl.store(dD_ptr + pid_b * dim + offs_d, dD_acc, mask=mask_d)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + pid_b * dim + offs_d, dbias_acc, mask=mask_d)
+
+
 # ----------------------------------------------------------------------------- backward
 
 @triton.jit
@@ -416,7 +607,62 @@ def _config(dim_per_group: int, n: int, backward: bool):
 
 # Forward kernel choice: "seq" (per-step, state in registers, one channel per thread)
 # where it applies, else "tile" (chunk-parallel associative scan). Benchmarks flip it.
-FORWARD_VARIANT = "seq"
+FORWARD_VARIANT = "lane"
+LANE_WARPS = 4     # lane kernels: channels (= warps) per program
+LANE_T = 256       # lane kernels: steps per tile (8 per thread)
+
+
+def _lane_d(dim_per_group: int) -> int:
+    """Channels per program of the lane kernels: a power of two dividing dim/groups."""
+    d = LANE_WARPS
+    while dim_per_group % d:
+        d //= 2
+    return d
+
+
+def _lane_backward(ctx, dout, dhlast):
+    u, delta, A, Bg, Cg, D, z, delta_bias, initial_state, ckpt = ctx.saved_tensors
+    batch, dim, L = u.shape
+    G, N = Bg.shape[1], Bg.shape[2]
+    dpg = dim // G
+    lane_d = _lane_d(dpg)
+    nc = ckpt.shape[1] - 1
+    dout = dout.contiguous()
+    dev = u.device
+    du = torch.empty_like(u)
+    ddelta = torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else None
+    dA = torch.zeros(batch, dim, N, device=dev, dtype=torch.float32)
+    dB = torch.zeros(Bg.shape, device=dev, dtype=torch.float32)
+    dC = torch.zeros(Cg.shape, device=dev, dtype=torch.float32)
+    dD = torch.empty(batch, dim, device=dev, dtype=torch.float32) if D is not None else None
+    dbias = torch.empty(batch, dim, device=dev, dtype=torch.float32) if delta_bias is not None else None
+    dh = (dhlast.to(torch.float32).contiguous().clone() if dhlast is not None
+          else torch.zeros(batch, dim, N, device=dev, dtype=torch.float32))
+    _ss_bwd_lane_kernel[(batch, triton.cdiv(dim, lane_d))](
+        u, delta, A, Bg, Cg, D if D is not None else u, z if z is not None else u,
+        delta_bias if delta_bias is not None else u, ckpt, dout, dh,
+        du, ddelta, dz if dz is not None else u, dA, dB, dC,
+        dD if dD is not None else dA, dbias if dbias is not None else dA,
+        dim, L, N, dpg, nc,
+        u.stride(0), u.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=ctx.softplus, BLOCK_D=lane_d, BLOCK_T=LANE_T, num_warps=lane_d,
+    )
+    dh0 = None
+    if initial_state is not None:
+        # d h_init = a_0 * dh_0, with a_0 = exp(delta_0 * A): one step, done in PyTorch.
+        d0 = delta[:, :, 0].float()
+        if delta_bias is not None:
+            d0 = d0 + delta_bias.float()
+        if ctx.softplus:
+            d0 = torch.nn.functional.softplus(d0)
+        dh0 = (torch.exp(d0[:, :, None] * A.float()) * dh).to(initial_state.dtype)
+    b_shape, c_shape, b_dtype, c_dtype = ctx.shapes
+    return (du, ddelta, dA.sum(0).to(A.dtype), dB.reshape(b_shape).to(b_dtype),
+            dC.reshape(c_shape).to(c_dtype), dD.sum(0).to(D.dtype) if D is not None else None,
+            dz, dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
+            dh0, None, None)
 SEQ_WARPS = 1
 SEQ_CHANNELS = 1   # channels per thread in the per-step kernel
 
@@ -465,10 +711,29 @@ class _SelectiveScanFn(torch.autograd.Function):
         hlast = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) \
             if return_last_state else out
         ckpt = torch.empty(batch, n_chunks, dim, N, device=u.device, dtype=torch.float32) \
-            if need_grad else out
+            if need_grad and FORWARD_VARIANT != "lane" else out
         h0 = initial_state.contiguous() if initial_state is not None else None
         seq_warps = _seq_warps(dpg, N)
-        if seq_warps:
+        if FORWARD_VARIANT == "lane":
+            lane_d = _lane_d(dpg)
+            nc = triton.cdiv(L, LANE_T)
+            ckpt = torch.empty(batch, nc + 1, dim, N, device=u.device, dtype=torch.float32)
+            if h0 is not None:
+                ckpt[:, 0] = h0
+            else:
+                ckpt[:, 0] = 0
+            _ss_fwd_lane_kernel[(batch, triton.cdiv(dim, lane_d))](
+                u, delta, A, Bg, Cg, D if D is not None else u, z if z is not None else u,
+                delta_bias if delta_bias is not None else u, out, ckpt,
+                dim, L, N, dpg, nc,
+                u.stride(0), u.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2),
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                SOFTPLUS=bool(delta_softplus), BLOCK_D=lane_d, BLOCK_T=LANE_T,
+                num_warps=lane_d,
+            )
+            if return_last_state:
+                hlast = ckpt[:, nc].clone()
+        elif seq_warps:
             # Per-step kernel: B and C time-major (b, g, 2, L, n) so a step reads one vector.
             L8 = triton.cdiv(L, 8) * 8
             BC = torch.zeros(batch, G, L8, block_n, 2, device=u.device, dtype=torch.float32)
@@ -502,6 +767,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         if need_grad:
             ctx.save_for_backward(u, delta, A, Bg, Cg, D, z, delta_bias, initial_state, ckpt)
             ctx.softplus = bool(delta_softplus)
+            ctx.lane = FORWARD_VARIANT == "lane"
             ctx.shapes = (b_in.shape, c_in.shape, b_in.dtype, c_in.dtype)
         if return_last_state:
             return out, hlast
@@ -509,6 +775,8 @@ class _SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *rest):
+        if ctx.lane:
+            return _lane_backward(ctx, dout, rest[0] if rest else None)
         u, delta, A, Bg, Cg, D, z, delta_bias, initial_state, ckpt = ctx.saved_tensors
         dhlast = rest[0] if rest else None
         batch, dim, L = u.shape

@@ -73,3 +73,14 @@ def test_attn_on_trained_checkpoint(capsys, tmp_path):
     code, _, err = run_cli(capsys, "attn", str(out / "model"), "--input", "copy", "--layers", "7",
                            "--out", str(png))
     assert code != 0 and "7" in err
+
+
+def test_demo_runs_small_and_writes_table_and_plot(capsys, tmp_path):
+    code, stdout, err = run_cli(capsys, "demo", "--steps", "4", "--copy-len", "4",
+                                "--out", str(tmp_path), "--no-progress")
+    assert code == 0, err
+    assert "default" in stdout and "mimetic" in stdout and "steps to 50%" in stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) == {"default", "mimetic"}
+    assert all(r["step"] == 4 for r in results.values())
+    assert (tmp_path / "demo.png").read_bytes()[:4] == b"\x89PNG"

@@ -133,7 +133,7 @@ SMALL = [
     (1, 8, 70, 5, 2),
     (2, 4, 19, 64, 4),
     (1, 32, 21, 16, None),   # channels a multiple of 32: the per-step forward kernel
-    (2, 64, 43, 8, 2),
+    (1, 64, 23, 8, 2),
 ]
 LARGE = [
     (2, 256, 1000, 16, None),
@@ -173,8 +173,9 @@ def test_forward_variants(variant, monkeypatch):
 
     mod = importlib.import_module("mimetic.ops.selective_scan.triton")
     monkeypatch.setattr(mod, "FORWARD_VARIANT", variant)
-    check(2, 64, 29, 16, 2, torch.float32, last=True, h0=True, seed=7)
-    check(1, 32, 17, 16, None, torch.bfloat16, seed=8)
+    check(1, 64, 29, 16, 2, torch.float32, last=True, h0=True, seed=7)
+    if CUDA:
+        check(2, 256, 1500, 16, 2, torch.bfloat16, seed=8)
 
 
 def test_dispatch_picks_triton_on_cuda():

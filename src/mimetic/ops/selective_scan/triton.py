@@ -282,7 +282,7 @@ def _ss_fwd_lane_kernel(
     dim, L, N, dim_per_group, n_chunks,
     s_x_b, s_x_d, s_bc_b, s_bc_g, s_bc_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, STORE_CKPT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """Forward with time spread over the lanes of a warp, one channel per warp.
@@ -293,12 +293,14 @@ def _ss_fwd_lane_kernel(
     sequentially inside each thread, then across lanes -- so the cross-lane part is paid
     once per thread, not once per step, and only 2-D tiles live in registers.
 
-    The carried state goes through ``ckpt`` (b, n_chunks + 1, dim, N), float32: chunk c
-    reads its entry state from slot c and writes its exit state to slot c + 1 (slot 0 is
-    the initial state, filled by the caller). Those slots are exactly the chunk-entry
-    states the backward needs, and the last one is the final state. A barrier per chunk
-    orders the writes of one chunk before the reads of the next (they are made by
-    different lanes of the same warp).
+    The state carried between chunks lives in a tile ``hc`` of the same shape and layout
+    as the data (column j holds state n = j; needs BLOCK_T >= N), so reading and writing
+    one state n are register selects plus one in-warp reduction: no memory round trip,
+    no layout conversion, no barrier inside the loop over n.
+
+    ``ckpt`` (b, n_chunks + 1, dim, N) float32: slot 0 holds the initial state (filled by
+    the caller); with STORE_CKPT slot c + 1 receives the state after chunk c -- the
+    chunk-entry states the backward needs, the last slot being the final state.
     """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -306,6 +308,7 @@ def _ss_fwd_lane_kernel(
     offs_tl = tl.arange(0, BLOCK_T)
     zero_d = tl.zeros([BLOCK_D], dtype=tl.int32)
     mask_d = offs_d < dim
+    mask_dn = mask_d[:, None] & (offs_tl[None, :] < N)
     group = (pid_d * BLOCK_D) // dim_per_group
 
     bias = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -314,6 +317,8 @@ def _ss_fwd_lane_kernel(
     Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    slot = ckpt_ptr + (pid_b * (n_chunks + 1) * dim + offs_d[:, None]) * N + offs_tl[None, :]
+    hc = tl.load(slot, mask=mask_dn, other=0.0)
 
     x_base = pid_b * s_x_b + offs_d[:, None] * s_x_d
     bc_base = pid_b * s_bc_b + group * s_bc_g
@@ -329,8 +334,7 @@ def _ss_fwd_lane_kernel(
         u = tl.load(u_ptr + x_offs, mask=m_dt, other=0.0).to(tl.float32)
         dtu = dt * u
         y = Dv[:, None] * u
-        st_in = ckpt_ptr + ((pid_b * (n_chunks + 1) + c) * dim + offs_d) * N
-        st_out = st_in + dim * N
+        hc_next = hc
         for n in range(0, N):
             a2 = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32)
             bc_offs = bc_base + n * s_bc_n + offs_t[None, :] + zero_d[:, None]
@@ -338,17 +342,20 @@ def _ss_fwd_lane_kernel(
             Cn = tl.load(C_ptr + bc_offs, mask=m_bc, other=0.0).to(tl.float32)
             a = tl.exp2(dt * (a2 * 1.4426950408889634)[:, None])
             acum, bcum = tl.associative_scan((a, dtu * Bn), axis=1, combine_fn=_affine_fwd)
-            h_in = tl.load(st_in + n, mask=mask_d, other=0.0)
+            col = offs_tl[None, :] == n
+            h_in = tl.sum(tl.where(col, hc, 0.0), axis=1)
             hs = acum * h_in[:, None] + bcum
             y += hs * Cn
             # Padding steps are identities, so the last column is the state after step L-1.
             h_last = tl.sum(tl.where(offs_tl[None, :] == BLOCK_T - 1, hs, 0.0), axis=1)
-            tl.store(st_out + n, h_last, mask=mask_d)
+            hc_next = tl.where(col, h_last[:, None], hc_next)
+        hc = hc_next
         if HAS_Z:
             zz = tl.load(z_ptr + x_offs, mask=m_dt, other=0.0).to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
         tl.store(out_ptr + x_offs, y.to(out_ptr.dtype.element_ty), mask=m_dt)
-        tl.debug_barrier()
+        if STORE_CKPT:
+            tl.store(slot + (c + 1) * dim * N, hc, mask=mask_dn)
 
 
 @triton.jit
@@ -366,10 +373,11 @@ def _ss_bwd_lane_kernel(
 
     Per chunk and state n: recompute the chunk's states from the stored entry state
     (forward scan), run the adjoint dh_t = C_t dy_t + a_{t+1} dh_{t+1} as a reverse scan
-    from the carried dh (``dh_ptr`` (b, dim, N) float32: holds d(last state) on entry,
-    dh at step 0 on exit), and accumulate the gradients (see the module docstring).
-    dA rows are private to a program (plain atomics on unique addresses); dB, dC sum
-    over the channels of a group: reduced over the program's channels, then atomics.
+    from the carried dh, and accumulate the gradients (see the module docstring). The dh
+    carry and the dA sums live in registers as (BLOCK_D, BLOCK_T) tiles, column j for
+    state j (like ``hc`` in the forward). ``dh_ptr`` (b, dim, N) float32 holds
+    d(last state) on entry and receives dh at step 0. dB and dC sum over the channels
+    of a group: reduced over the program's channels (one joint reduction), then atomics.
     """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -377,6 +385,7 @@ def _ss_bwd_lane_kernel(
     offs_tl = tl.arange(0, BLOCK_T)
     zero_d = tl.zeros([BLOCK_D], dtype=tl.int32)
     mask_d = offs_d < dim
+    mask_dn = mask_d[:, None] & (offs_tl[None, :] < N)
     group = (pid_d * BLOCK_D) // dim_per_group
 
     bias = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -387,11 +396,12 @@ def _ss_bwd_lane_kernel(
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    state_tile = (pid_b * dim + offs_d[:, None]) * N + offs_tl[None, :]
+    dhc = tl.load(dh_ptr + state_tile, mask=mask_dn, other=0.0)
+    dAc = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
 
     x_base = pid_b * s_x_b + offs_d[:, None] * s_x_d
     bc_base = pid_b * s_bc_b + group * s_bc_g
-    dh_row = dh_ptr + (pid_b * dim + offs_d) * N
-    dA_row = dA_ptr + (pid_b * dim + offs_d) * N
     for ci in range(0, n_chunks):
         c = n_chunks - 1 - ci
         offs_t = c * BLOCK_T + offs_tl
@@ -417,9 +427,11 @@ def _ss_bwd_lane_kernel(
         du_acc = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
         ddt_acc = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
         st_in = ckpt_ptr + ((pid_b * (n_chunks + 1) + c) * dim + offs_d) * N
+        dhc_next = dhc
         for n in range(0, N):
             A_n = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32)
             A2_n = (A_n * 1.4426950408889634)[:, None]
+            h_in = tl.load(st_in + n, mask=mask_d, other=0.0)
             bc_offs = bc_base + n * s_bc_n + offs_t[None, :] + zero_d[:, None]
             Bn = tl.load(B_ptr + bc_offs, mask=m_bc, other=0.0).to(tl.float32)
             Cn = tl.load(C_ptr + bc_offs, mask=m_bc, other=0.0).to(tl.float32)
@@ -427,25 +439,29 @@ def _ss_bwd_lane_kernel(
             b = dtu * Bn
             acum, bcum = tl.associative_scan((tl.exp2(dt * A2_n), b), axis=1,
                                              combine_fn=_affine_fwd)
-            h_in = tl.load(st_in + n, mask=mask_d, other=0.0)
             hs = acum * h_in[:, None] + bcum
             y += hs * Cn
-            # Adjoint, right to left.
+            # Adjoint, right to left, from the dh carried in column n of dhc.
+            col = offs_tl[None, :] == n
             pcum, gcum = tl.associative_scan((tl.exp2(dt_next * A2_n), Cn * dy), axis=1,
                                              combine_fn=_affine_fwd, reverse=True)
-            dh_in = tl.load(dh_row + n, mask=mask_d, other=0.0)
+            dh_in = tl.sum(tl.where(col, dhc, 0.0), axis=1)
             dh = pcum * dh_in[:, None] + gcum
             dh_first = tl.sum(tl.where(offs_tl[None, :] == 0, dh, 0.0), axis=1)
-            tl.store(dh_row + n, dh_first, mask=mask_d)
+            dhc_next = tl.where(col, dh_first[:, None], dhc_next)
 
             hb = hs - b                                   # a_t h_{t-1}
             dhB = dh * Bn
             du_acc += dhB
             ddt_acc += dhB * u + dh * hb * A_n[:, None]
-            tl.atomic_add(dA_row + n, tl.sum(dh * hb * dt, axis=1), mask=mask_d)
+            dAc += tl.where(col, tl.sum(dh * hb * dt, axis=1)[:, None], 0.0)
+            # dB and dC: one joint reduction over the program's channels.
+            dBC = tl.sum(tl.join(dh * dtu, hs * dy), axis=0)          # (BLOCK_T, 2)
+            dBt, dCt = tl.split(dBC)
             bc_t = bc_base + n * s_bc_n + offs_t
-            tl.atomic_add(dB_ptr + bc_t, tl.sum(dh * dtu, axis=0), mask=mask_t)
-            tl.atomic_add(dC_ptr + bc_t, tl.sum(hs * dy, axis=0), mask=mask_t)
+            tl.atomic_add(dB_ptr + bc_t, dBt, mask=mask_t, sem="relaxed")
+            tl.atomic_add(dC_ptr + bc_t, dCt, mask=mask_t, sem="relaxed")
+        dhc = dhc_next
         du = dt * du_acc + Dv[:, None] * dy
         ddt = tl.where(m_dt, ddt_acc, 0.0)
         if SOFTPLUS:
@@ -457,7 +473,8 @@ def _ss_bwd_lane_kernel(
         if HAS_Z:
             dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
             tl.store(dz_ptr + x_offs, dz.to(dz_ptr.dtype.element_ty), mask=m_dt)
-        tl.debug_barrier()
+    tl.store(dh_ptr + state_tile, dhc, mask=mask_dn)
+    tl.store(dA_ptr + state_tile, dAc, mask=mask_dn)
     if HAS_D:
         tl.store(dD_ptr + pid_b * dim + offs_d, dD_acc, mask=mask_d)
     if HAS_BIAS:
@@ -567,8 +584,8 @@ def _ss_bwd_kernel(
 
         dBt = tl.sum(dh * (dt * u)[:, None, :], axis=0)          # (BN, BT)
         dCt = tl.sum(hs * dy[:, None, :], axis=0)
-        tl.atomic_add(dB_ptr + bc_base + offs_t[None, :], dBt, mask=m_nt)
-        tl.atomic_add(dC_ptr + bc_base + offs_t[None, :], dCt, mask=m_nt)
+        tl.atomic_add(dB_ptr + bc_base + offs_t[None, :], dBt, mask=m_nt, sem="relaxed")
+        tl.atomic_add(dC_ptr + bc_base + offs_t[None, :], dCt, mask=m_nt, sem="relaxed")
 
     part = pid_b * dim + offs_d
     tl.store(dA_ptr + pid_b * dim * N + state_offs, dA_acc, mask=mask_dn)
@@ -620,6 +637,12 @@ def _lane_d(dim_per_group: int) -> int:
     return d
 
 
+def _lane_t(n: int) -> int:
+    """Steps per tile of the lane kernels; at least d_state (the carried states are held
+    one per column of a tile)."""
+    return max(LANE_T, _next_pow2(n))
+
+
 def _lane_backward(ctx, dout, dhlast):
     u, delta, A, Bg, Cg, D, z, delta_bias, initial_state, ckpt = ctx.saved_tensors
     batch, dim, L = u.shape
@@ -632,7 +655,7 @@ def _lane_backward(ctx, dout, dhlast):
     du = torch.empty_like(u)
     ddelta = torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else None
-    dA = torch.zeros(batch, dim, N, device=dev, dtype=torch.float32)
+    dA = torch.empty(batch, dim, N, device=dev, dtype=torch.float32)
     dB = torch.zeros(Bg.shape, device=dev, dtype=torch.float32)
     dC = torch.zeros(Cg.shape, device=dev, dtype=torch.float32)
     dD = torch.empty(batch, dim, device=dev, dtype=torch.float32) if D is not None else None
@@ -647,7 +670,7 @@ def _lane_backward(ctx, dout, dhlast):
         dim, L, N, dpg, nc,
         u.stride(0), u.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=ctx.softplus, BLOCK_D=lane_d, BLOCK_T=LANE_T, num_warps=lane_d,
+        SOFTPLUS=ctx.softplus, BLOCK_D=lane_d, BLOCK_T=_lane_t(N), num_warps=lane_d,
     )
     dh0 = None
     if initial_state is not None:
@@ -716,7 +739,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         seq_warps = _seq_warps(dpg, N)
         if FORWARD_VARIANT == "lane":
             lane_d = _lane_d(dpg)
-            nc = triton.cdiv(L, LANE_T)
+            lane_t = _lane_t(N)
+            nc = triton.cdiv(L, lane_t)
             ckpt = torch.empty(batch, nc + 1, dim, N, device=u.device, dtype=torch.float32)
             if h0 is not None:
                 ckpt[:, 0] = h0
@@ -728,8 +752,8 @@ class _SelectiveScanFn(torch.autograd.Function):
                 dim, L, N, dpg, nc,
                 u.stride(0), u.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2),
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                SOFTPLUS=bool(delta_softplus), BLOCK_D=lane_d, BLOCK_T=LANE_T,
-                num_warps=lane_d,
+                SOFTPLUS=bool(delta_softplus), STORE_CKPT=need_grad or bool(return_last_state),
+                BLOCK_D=lane_d, BLOCK_T=lane_t, num_warps=lane_d,
             )
             if return_last_state:
                 hlast = ckpt[:, nc].clone()

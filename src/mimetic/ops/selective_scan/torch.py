@@ -5,41 +5,58 @@ The recurrence, per batch b, channel d, state n (see ``reference.py``):
     h_t = dA_t * h_{t-1} + x_t,    dA_t = exp(delta_t * A),   x_t = delta_t * u_t * B_t
     y_t = sum_n C_t * h_t
 
-Design (numbers measured on the 2-core CPU this project runs CI on, fp32, at the
-benchmark shape batch 16, dim 256, L 256, d_state 16; see the table below):
+Design:
 
-* Time is cut into chunks of ``T`` steps. All per-step tensors of a chunk are laid out
-  (T, batch, dim, n) so that one step is one contiguous slab, and the chunk's buffers
-  (decays, inputs/states, adjoints) stay in cache. Whole-sequence (b, d, L, n) tensors
-  are never materialized: on this machine a fresh 67 MB tensor costs more in page faults
-  than the arithmetic on it (``x * x`` takes 33 ms fresh vs 6 ms into a reused buffer).
-* Inside a chunk the recurrence runs as one fused multiply-add per step,
-  ``h_t = x_t.addcmul_(dA_t, h_{t-1})``, in place. Only exp(delta * A) <= 1 is ever
-  formed, never exp(-cumsum(delta * A)), so long sequences and huge delta * |A| cannot
-  overflow: decays just underflow to 0, which is the exact answer.
-* The backward (a ``torch.autograd.Function``) stores only the state entering each
-  chunk (b, d, n) and recomputes the chunk's states, then runs the adjoint recurrence
-  g_t = C_t gy_t + dA_{t+1} g_{t+1} backwards the same way. Contractions over n or over
-  the channels of a group are batched matmuls. The gradients of A and delta reuse the
-  chunk's decays, so the backward takes one exp per element, like the forward.
+* Time is cut into chunks of ``T`` steps (``T * b * d * n`` about ``_CHUNK_ELEMS``). A
+  chunk's per-step tensors are laid out (T, b, d, n), so one step is one contiguous
+  slab and the chunk's buffers (decays, inputs/states, adjoints) are reused and stay in
+  cache. Whole-sequence (b, d, L, n) tensors are never materialized: on this machine a
+  fresh 67 MB tensor costs more in page faults than the arithmetic on it (``x * x``:
+  33 ms into a fresh tensor, 6 ms into a reused one).
+* Inside a chunk the recurrence is one fused multiply-add per step,
+  ``x_t.addcmul_(dA_t, h_{t-1})``, in place. Only exp(delta * A) <= 1 is ever formed,
+  never exp(-cumsum(delta * A)), so long sequences and huge delta * |A| cannot
+  overflow: decays underflow to 0, which is the exact answer.
+* The backward (a ``torch.autograd.Function``) keeps only the state entering each chunk
+  (b, d, n), recomputes the chunk's states, and runs the adjoint recurrence
+  G_t = C_t gy_t + dA_{t+1} G_{t+1} backwards the same way. Contractions over n or over
+  a group's channels are batched matmuls; delta's bias/softplus, the D skip and the z
+  gate are fused in (no autograd temporaries), all in step-major (L, b, d) layout.
+* The scan runs on one intra-op thread (``SCAN_THREADS``). It issues one op per time
+  step and ~30 per chunk; with an OpenMP team per op, a CPU shared with other busy
+  processes stalls every op on a descheduled thread.
 
-Why a per-step loop inside the chunk: the issue asked for a formulation with no Python
-loop over time steps. We measured the loop-free in-chunk alternatives against it, scan
-only, fwd+bwd at (16, 256, 256, 16), fp32:
+Measurements (fp32, batch 16, dim 256, L 256, d_state 16, z/D/bias/softplus, inputs laid
+out as in Mamba; this 2-core AMD EPYC VM, torch 2.13; other developers' jobs kept the
+1-min load average at 3.5-4.3, so wall times are min / median of 5 interleaved rounds):
 
-=========================================================  =============
-in-chunk method                                            fwd+bwd
-=========================================================  =============
-per-step fused multiply-add (this file)                    see RESULTS
-Hillis-Steele log-step scan in chunk (log2 T passes)       see RESULTS
-decay matrix exp(segsum) (b, d, n, T, T) per chunk         see RESULTS
-=========================================================  =============
+=============================================  ==============  ==================
+scan of one layer                              fwd ms          fwd+bwd ms
+=============================================  ==============  ==================
+this file (``SCAN_THREADS = 1``)               47 / 60         179 / 236
+this file, 2 OpenMP threads per op             1597 / 3068     1559 / 9468
+``mambapy`` parallel scan (pscan)              623 / 785       2212 / 2338
+sequential reference (2 rounds)                945 / 7685      81051 / 83716
+=============================================  ==============  ==================
 
-The loop-free versions are work-inefficient (log2 T or T times more memory traffic) and
-this CPU is memory bound, so they lose although they make fewer Python calls; each
-step here is a 65536-element slab, so per-call overhead is small next to the work.
-For tiny problems (few channels, one batch) the per-step overhead dominates instead;
-that regime is cheap in absolute terms.
+Thread CPU time on one thread (robust to the load; same machine, same shape) was 45-55
+ms forward and 160-200 ms fwd+bwd for this file, against 1706 ms fwd+bwd for mambapy's
+scan.
+
+Why a per-step loop inside the chunk, although the issue asked for none: the loop-free
+in-chunk formulations are work-inefficient on a memory-bound CPU. Forward in-chunk scan
+alone (exp included), one thread, thread CPU time, same shape:
+
+==================================================  ======  ======  ======
+in-chunk method                                     T = 4   T = 8   T = 16
+==================================================  ======  ======  ======
+per-step fused multiply-add (this file)             --      49 ms   63 ms
+Hillis-Steele log-step scan (log2 T passes)         --      80 ms   116 ms
+decay matrix exp(segsum), (T, T, b, d, n) / chunk   464 ms  942 ms  4114 ms
+==================================================  ======  ======  ======
+
+Each step here is a 65536-element slab, so the per-call overhead is small next to the
+work; only for tiny problems (one batch, few channels) does it dominate.
 """
 from __future__ import annotations
 
@@ -54,10 +71,9 @@ from torch.autograd.function import once_differentiable
 # work is amortized, small enough that the ~3 chunk buffers stay in cache.
 _CHUNK_ELEMS = 1 << 20
 _LOG2E = math.log2(math.e)
-# Intra-op threads for the scan (None: leave torch's setting). The scan issues ~30 ops
-# per step-chunk and one per time step; with an OpenMP team per op, a CPU shared with
-# other busy processes made it 3-30x slower (each op waits for a descheduled thread),
-# while one thread costs at most the second core. See the module docstring.
+# Intra-op threads for the scan (None: leave torch's setting). On a busy shared CPU the
+# 2-thread version was 9-40x slower (each of its ~1000 ops waits for a descheduled
+# thread; table above); one thread costs at most the second core on an idle machine.
 SCAN_THREADS: int | None = 1
 
 

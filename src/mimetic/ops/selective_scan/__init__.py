@@ -18,7 +18,8 @@ __all__ = ["selective_scan", "selective_scan_ref"]
 
 
 def _validate(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
-    for name, t in dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias).items():
+    for name, t in dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                        initial_state=initial_state).items():
         check_float(name, t)
     check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
                       initial_state=initial_state)

@@ -20,7 +20,8 @@ __all__ = ["ssd_scan", "ssd_scan_ref"]
 
 
 def _validate(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states) -> None:
-    for name, t in dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias).items():
+    for name, t in dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
+                        initial_states=initial_states).items():
         check_float(name, t)
     check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
                       initial_states=initial_states)

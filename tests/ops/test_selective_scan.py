@@ -292,6 +292,7 @@ def _valid():
     (lambda t: t.update(initial_state=t["initial_state"][:, :, :2]), ValueError, "initial_state"),
     (lambda t: t.update(u=t["u"].long()), TypeError, "u must be a floating"),
     (lambda t: t.update(B=t["B"].int()), TypeError, "B must be a floating"),
+    (lambda t: t.update(initial_state=t["initial_state"].long()), TypeError, "initial_state must be"),
     (lambda t: t.update(A=t["A"].to(torch.complex64)), TypeError, "A must be"),
     (lambda t: t.update(C=t["C"].to("meta")), ValueError, "one device"),
 ])

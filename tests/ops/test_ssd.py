@@ -238,6 +238,7 @@ def test_state_update_steps_match_scan(dtype, D):
     (lambda t: t.update(initial_states=t["initial_states"][..., :1]), ValueError, "initial_states"),
     (lambda t: t.update(x=t["x"].long()), TypeError, "x must be a floating"),
     (lambda t: t.update(dt=t["dt"].int()), TypeError, "dt must be a floating"),
+    (lambda t: t.update(initial_states=t["initial_states"].long()), TypeError, "initial_states must be"),
     (lambda t: t.update(B=t["B"].to("meta")), ValueError, "one device"),
 ])
 def test_validation_errors(mutate, error, match):

@@ -115,6 +115,17 @@ def test_matches_reference_fp32(batch, dim, L, n, groups, chunk_elems, small_chu
     check_against_reference(make_inputs(batch, dim, L, n, groups))
 
 
+@pytest.mark.parametrize("batch,groups", [(2, None), (5, 2)])
+def test_batch_split_across_threads(batch, groups, small_chunks, monkeypatch):
+    """Force the batch to be split over worker threads (uneven slices for batch 5)."""
+    small_chunks(150)
+    monkeypatch.setattr(fast, "SCAN_WORKERS", 3)
+    monkeypatch.setattr(fast, "_MIN_WORK_PER_WORKER", 1)
+    check_against_reference(make_inputs(batch, 4, 23, 3, groups))
+    inputs = make_inputs(batch, 4, 23, 3, groups, h0=False)
+    check_against_reference(inputs)
+
+
 @pytest.mark.parametrize("D,z,bias,h0,softplus", [
     (False, False, False, False, False),
     (True, False, False, False, True),

@@ -60,8 +60,10 @@ work; only for tiny problems (one batch, few channels) does it dominate.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +77,10 @@ _LOG2E = math.log2(math.e)
 # 2-thread version was 9-40x slower (each of its ~1000 ops waits for a descheduled
 # thread; table above); one thread costs at most the second core on an idle machine.
 SCAN_THREADS: int | None = 1
+# Batch slices scanned concurrently on Python threads (torch releases the GIL inside
+# ops), and the least work (b * L * d * n elements) worth a thread.
+SCAN_WORKERS = min(2, os.cpu_count() or 1)
+_MIN_WORK_PER_WORKER = 1 << 21
 
 
 def _chunk_len(L: int, slab: int) -> int:
@@ -136,6 +142,9 @@ class _SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *args):
+        # As many batch slices as torch has threads (up to SCAN_WORKERS), read before
+        # _scan_threads lowers the count.
+        ctx.workers = min(SCAN_WORKERS, torch.get_num_threads())
         with _scan_threads():
             return _SelectiveScan._forward(ctx, *args)
 
@@ -162,19 +171,17 @@ class _SelectiveScan(torch.autograd.Function):
         # exp(x) = exp2(x log2 e), and exp2 is 1.5x faster than exp in torch on CPU.
         A2 = A * _LOG2E
         T = _chunk_len(L, b * d * n)
-        nchunks = -(-L // T)
-        h = u.new_zeros(b, d, n) if h0 is None else h0.clone()
-        starts = u.new_empty(nchunks, b, d, n)  # state entering each chunk, for backward
-        yT = u.new_empty(L, b, d)
-        dA_buf = u.new_empty(T, b, d, n)
-        H_buf = u.new_empty(T, b, d, n)
-        for k in range(nchunks):
-            t0, t1 = k * T, min(L, (k + 1) * T)
-            starts[k] = h
-            dA, H = _chunk_inputs(dtT[t0:t1], dtuT[t0:t1], A2, Bs[t0:t1], dA_buf, H_buf, g)
-            _scan_forward(dA, H, h)
-            h = H[-1].clone()
-            yT[t0:t1] = _contract_n(Cs[t0:t1], H, g).view(t1 - t0, b, d)
+        ctx.flags = (delta_bias is not None, h0 is not None)
+        h0 = u.new_zeros(b, d, n) if h0 is None else h0
+
+        def run(b0, b1):  # the scan of batch rows b0..b1-1
+            return _forward_loop(_rows(dtT, b0, b1), _rows(dtuT, b0, b1), A2, _rows(Bs, b0, b1),
+                                 _rows(Cs, b0, b1), h0[b0:b1], T)
+
+        parts = _by_batch(run, b, L * d * n, ctx.workers)
+        yT = torch.cat([p[0] for p in parts], dim=1)  # (L, b, d)
+        starts = torch.cat([p[1] for p in parts], dim=1)  # (nchunks, b, d, n)
+        h = torch.cat([p[2] for p in parts], dim=0)
         if D is not None:
             yT.addcmul_(uT, D)
         out = u.new_empty(b, L, d)
@@ -186,16 +193,14 @@ class _SelectiveScan(torch.autograd.Function):
             torch.mul(yT.transpose(0, 1), F.silu(zT).transpose(0, 1), out=out)
         ctx.save_for_backward(uT, xT if softplus else None, dtT, dtuT, A, A2, Bs, Cs, starts,
                               D, zT, yT if z is not None else None)
-        ctx.dims = (b, d, L, n, g, T, nchunks)
-        ctx.flags = (delta_bias is not None, h0 is not None)
+        ctx.dims = (b, d, L, n, g, T)
         return out.transpose(1, 2), h
 
     @staticmethod
     def _backward(ctx, gout, gh_last):
         uT, xT, dtT, dtuT, A, A2, Bs, Cs, starts, D, zT, yT = ctx.saved_tensors
-        b, d, L, n, g, T, nchunks = ctx.dims
+        b, d, L, n, g, T = ctx.dims
         has_bias, has_h0 = ctx.flags
-        dg = d // g
         gT = _to_steps(gout)  # (L, b, d)
         gzT = None
         if zT is None:
@@ -207,49 +212,16 @@ class _SelectiveScan(torch.autograd.Function):
             gzT = torch.rsub(s, 1).mul_(zT).add_(1).mul_(s).mul_(yT).mul_(gT)
         gD = None if D is None else (gyT * uT).sum((0, 1))
 
-        carry = gh_last.clone()
-        g_dtT = uT.new_empty(L, b, d)  # d loss / d delta (after bias/softplus)
-        g_dtuT = uT.new_empty(L, b, d)  # d loss / d (delta * u), through x_t only
-        gA = torch.zeros_like(A)
-        gB = uT.new_empty(L, b, g, n)
-        gC = uT.new_empty(L, b, g, n)
-        dA_buf = uT.new_empty(T, b, d, n)
-        H_buf = uT.new_empty(T, b, d, n)
-        G_buf = uT.new_empty(T, b, d, n)
-        for k in reversed(range(nchunks)):
-            t0, t1 = k * T, min(L, (k + 1) * T)
-            Tk = t1 - t0
-            dtc, dtuc, gyc = dtT[t0:t1], dtuT[t0:t1], gyT[t0:t1]
-            dA, H = _chunk_inputs(dtc, dtuc, A2, Bs[t0:t1], dA_buf, H_buf, g)
-            _scan_forward(dA, H, starts[k])
-            H5 = H.view(Tk, b, g, dg, n)
-            # gC_t[g, n] = sum_{d in g} gy_t[d] H_t[d, n]
-            gC[t0:t1] = (gyc.view(Tk, b, g, 1, dg) @ H5).view(Tk, b, g, n)
-            # Adjoint of the states: G_t = C_t gy_t + dA_{t+1} G_{t+1}, G_last += carry.
-            G = G_buf[:Tk]
-            torch.mul(gyc.view(Tk, b, g, dg, 1), Cs[t0:t1, :, :, None, :],
-                      out=G.view(Tk, b, g, dg, n))
-            G[-1] += carry
-            for t in range(Tk - 2, -1, -1):
-                G[t].addcmul_(dA[t + 1], G[t + 1])
-            torch.mul(dA[0], G[0], out=carry)  # adjoint of the state entering this chunk
-            G5 = G.view(Tk, b, g, dg, n)
-            # gB_t[g, n] = sum_{d in g} G_t[d, n] delta_t u_t
-            gB[t0:t1] = (dtuc.view(Tk, b, g, 1, dg) @ G5).view(Tk, b, g, n)
-            # Through x_t = (delta u)_t B_t: d/d(delta u)_t = sum_n G_t B_t.
-            g_dtuT[t0:t1] = _contract_n(Bs[t0:t1], G, g).view(Tk, b, d)
-            # Through dA_t = exp(delta_t A): P = G_t * dA_t * h_{t-1}, formed in dA's
-            # buffer (no longer needed) so no second exp and no new allocation.
-            dA[1:].mul_(H[:-1])
-            dA[0].mul_(starts[k])
-            P = dA.mul_(G).view(Tk * b, d, n)
-            # d/d delta_t = sum_n A P, as a (1, n) @ (n, t*b) matmul per channel (BLAS
-            # reads P's strides; 3x faster than a mul + sum here) ...
-            g_dtT[t0:t1] = torch.bmm(A.unsqueeze(1), P.permute(1, 2, 0)).view(d, Tk, b).permute(1, 2, 0)
-            # ... and d/dA = sum_{t, b} delta_t P (a mul into a spare buffer, then a sum,
-            # beat bmm and einsum here).
-            dtP = torch.mul(dtc.reshape(Tk * b, d, 1), P, out=H.view(Tk * b, d, n))
-            gA += dtP.sum(0)
+
+        def run(b0, b1):
+            return _backward_loop(_rows(dtT, b0, b1), _rows(dtuT, b0, b1), _rows(gyT, b0, b1), A,
+                                  A2, _rows(Bs, b0, b1), _rows(Cs, b0, b1), starts[:, b0:b1],
+                                  gh_last[b0:b1], T)
+
+        parts = _by_batch(run, b, L * d * n, ctx.workers)
+        g_dtT, g_dtuT, gB, gC = (torch.cat([p[i] for p in parts], dim=1) for i in range(4))
+        gA = sum(p[4] for p in parts)
+        carry = torch.cat([p[5] for p in parts], dim=0)
         # delta enters through its decay and delta * u; u through delta * u and the skip.
         g_dtT.addcmul_(g_dtuT, uT)
         guT = g_dtuT.mul_(dtT)
@@ -264,6 +236,115 @@ class _SelectiveScan(torch.autograd.Function):
 
         return (back(guT), back(g_dtT), gA, gB.permute(1, 2, 3, 0), gC.permute(1, 2, 3, 0),
                 gD, back(gzT), g_bias, carry if has_h0 else None, None)
+
+
+def _forward_loop(dtT, dtuT, A2, Bs, Cs, h, T):
+    """The chunked forward scan. dtT, dtuT (L, b, d); A2 (d, n); Bs, Cs (L, b, g, n);
+    h (b, d, n) the initial state. Returns yT (L, b, d), the state entering each chunk
+    (nchunks, b, d, n) and the last state (b, d, n)."""
+    L, b, d = dtT.shape
+    n, g = A2.shape[1], Bs.shape[2]
+    nchunks = -(-L // T)
+    starts = dtT.new_empty(nchunks, b, d, n)
+    yT = dtT.new_empty(L, b, d)
+    dA_buf = dtT.new_empty(T, b, d, n)
+    H_buf = dtT.new_empty(T, b, d, n)
+    for k in range(nchunks):
+        t0, t1 = k * T, min(L, (k + 1) * T)
+        starts[k] = h
+        dA, H = _chunk_inputs(dtT[t0:t1], dtuT[t0:t1], A2, Bs[t0:t1], dA_buf, H_buf, g)
+        _scan_forward(dA, H, h)
+        h = H[-1].clone()
+        yT[t0:t1] = _contract_n(Cs[t0:t1], H, g).view(t1 - t0, b, d)
+    return yT, starts, h
+
+
+def _backward_loop(dtT, dtuT, gyT, A, A2, Bs, Cs, starts, carry, T):
+    """The chunked backward scan, chunks in reverse, recomputing each chunk's states.
+
+    Shapes as in :func:`_forward_loop`; gyT (L, b, d) is d loss / d y, carry (b, d, n)
+    d loss / d last state. Returns d loss / d delta and / d (delta u) (L, b, d), gB, gC
+    (L, b, g, n), gA (d, n) and d loss / d initial state (b, d, n).
+    """
+    L, b, d = dtT.shape
+    n, g = A.shape[1], Bs.shape[2]
+    dg = d // g
+    carry = carry.clone()
+    g_dtT = dtT.new_empty(L, b, d)  # d loss / d delta (after bias/softplus)
+    g_dtuT = dtT.new_empty(L, b, d)  # d loss / d (delta * u), through x_t only
+    gA = torch.zeros_like(A)
+    gB = dtT.new_empty(L, b, g, n)
+    gC = dtT.new_empty(L, b, g, n)
+    dA_buf = dtT.new_empty(T, b, d, n)
+    H_buf = dtT.new_empty(T, b, d, n)
+    G_buf = dtT.new_empty(T, b, d, n)
+    for k in reversed(range(starts.shape[0])):
+        t0, t1 = k * T, min(L, (k + 1) * T)
+        Tk = t1 - t0
+        dtc, dtuc, gyc = dtT[t0:t1], dtuT[t0:t1], gyT[t0:t1]
+        dA, H = _chunk_inputs(dtc, dtuc, A2, Bs[t0:t1], dA_buf, H_buf, g)
+        _scan_forward(dA, H, starts[k])
+        H5 = H.view(Tk, b, g, dg, n)
+        # gC_t[g, n] = sum_{d in g} gy_t[d] H_t[d, n]
+        gC[t0:t1] = (gyc.view(Tk, b, g, 1, dg) @ H5).view(Tk, b, g, n)
+        # Adjoint of the states: G_t = C_t gy_t + dA_{t+1} G_{t+1}, G_last += carry.
+        G = G_buf[:Tk]
+        torch.mul(gyc.view(Tk, b, g, dg, 1), Cs[t0:t1, :, :, None, :],
+                  out=G.view(Tk, b, g, dg, n))
+        G[-1] += carry
+        for t in range(Tk - 2, -1, -1):
+            G[t].addcmul_(dA[t + 1], G[t + 1])
+        torch.mul(dA[0], G[0], out=carry)  # adjoint of the state entering this chunk
+        G5 = G.view(Tk, b, g, dg, n)
+        # gB_t[g, n] = sum_{d in g} G_t[d, n] delta_t u_t
+        gB[t0:t1] = (dtuc.view(Tk, b, g, 1, dg) @ G5).view(Tk, b, g, n)
+        # Through x_t = (delta u)_t B_t: d/d(delta u)_t = sum_n G_t B_t.
+        g_dtuT[t0:t1] = _contract_n(Bs[t0:t1], G, g).view(Tk, b, d)
+        # Through dA_t = exp(delta_t A): P = G_t * dA_t * h_{t-1}, formed in dA's
+        # buffer (no longer needed) so no second exp and no new allocation.
+        dA[1:].mul_(H[:-1])
+        dA[0].mul_(starts[k])
+        P = dA.mul_(G).view(Tk * b, d, n)
+        # d/d delta_t = sum_n A P, as a (1, n) @ (n, t*b) matmul per channel (BLAS
+        # reads P's strides; 3x faster than a mul + sum here) ...
+        g_dtT[t0:t1] = torch.bmm(A.unsqueeze(1), P.permute(1, 2, 0)).view(d, Tk, b).permute(1, 2, 0)
+        # ... and d/dA = sum_{t, b} delta_t P (a mul into a spare buffer, then a sum,
+        # beat bmm and einsum here).
+        dtP = torch.mul(dtc.reshape(Tk * b, d, 1), P, out=H.view(Tk * b, d, n))
+        gA += dtP.sum(0)
+    return g_dtT, g_dtuT, gB, gC, gA, carry
+
+
+def _rows(t: torch.Tensor, b0: int, b1: int) -> torch.Tensor:
+    """Batch rows b0..b1-1 of a step-major (L, b, ...) tensor, contiguous."""
+    return t if (b0, b1) == (0, t.shape[1]) else t[:, b0:b1].contiguous()
+
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _by_batch(run, batch: int, work_per_row: int, workers: int) -> list:
+    """run(b0, b1) over slices of the batch, concurrently on up to ``workers`` threads.
+
+    Each slice is an independent scan; a worker runs its whole slice, ~1000 ops, without
+    waiting for the others, unlike an OpenMP team that meets at every op. The calling
+    thread takes the first slice.
+    """
+    workers = min(workers, batch, max(1, batch * work_per_row // _MIN_WORK_PER_WORKER))
+    if workers <= 1:
+        return [run(0, batch)]
+    global _POOL
+    if _POOL is None or _POOL._max_workers < workers - 1:
+        _POOL = concurrent.futures.ThreadPoolExecutor(workers - 1, "mimetic-scan")
+    bounds = [batch * i // workers for i in range(workers + 1)]
+
+    def job(b0, b1):  # worker threads have their own grad mode and OpenMP settings
+        with torch.no_grad(), _scan_threads():
+            return run(b0, b1)
+
+    futures = [_POOL.submit(job, bounds[i], bounds[i + 1]) for i in range(1, workers)]
+    first = run(bounds[0], bounds[1])
+    return [first] + [f.result() for f in futures]
 
 
 def _chunk_inputs(dt, dtu, A2, Bs, dA_buf, X_buf, g):

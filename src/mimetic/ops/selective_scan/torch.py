@@ -321,6 +321,7 @@ def _rows(t: torch.Tensor, b0: int, b1: int) -> torch.Tensor:
 
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_PID = -1
 
 
 def _by_batch(run, batch: int, work_per_row: int, workers: int) -> list:
@@ -333,9 +334,11 @@ def _by_batch(run, batch: int, work_per_row: int, workers: int) -> list:
     workers = min(workers, batch, max(1, batch * work_per_row // _MIN_WORK_PER_WORKER))
     if workers <= 1:
         return [run(0, batch)]
-    global _POOL
-    if _POOL is None or _POOL._max_workers < workers - 1:
+    global _POOL, _POOL_PID
+    # A new pool after a fork too: the child inherits the executor but not its threads.
+    if _POOL is None or _POOL._max_workers < workers - 1 or _POOL_PID != os.getpid():
         _POOL = concurrent.futures.ThreadPoolExecutor(workers - 1, "mimetic-scan")
+        _POOL_PID = os.getpid()
     bounds = [batch * i // workers for i in range(workers + 1)]
 
     def job(b0, b1):  # worker threads have their own grad mode and OpenMP settings

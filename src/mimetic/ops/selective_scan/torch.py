@@ -22,24 +22,30 @@ Design:
   G_t = C_t gy_t + dA_{t+1} G_{t+1} backwards the same way. Contractions over n or over
   a group's channels are batched matmuls; delta's bias/softplus, the D skip and the z
   gate are fused in (no autograd temporaries), all in step-major (L, b, d) layout.
-* The scan runs on one intra-op thread (``SCAN_THREADS``). It issues one op per time
-  step and ~30 per chunk; with an OpenMP team per op, a CPU shared with other busy
-  processes stalls every op on a descheduled thread.
+* The scan runs on one intra-op thread (``SCAN_THREADS``) and splits the batch over up
+  to ``SCAN_WORKERS`` Python threads (torch releases the GIL inside ops), each running
+  its slice's whole scan. An OpenMP team per op instead meets at a barrier ~1000 times
+  per layer, and on a CPU shared with other busy processes every barrier waits for a
+  descheduled thread.
 
 Measurements (fp32, batch 16, dim 256, L 256, d_state 16, z/D/bias/softplus, inputs laid
-out as in Mamba; this 2-core AMD EPYC VM, torch 2.13; other developers' jobs kept the
-1-min load average at 3.5-4.3, so wall times are min / median of 5 interleaved rounds):
+out as in Mamba; this 2-core AMD EPYC VM, torch 2.13, torch threads 2; other
+developers' jobs kept the 1-min load average at 4.8-5.3, so wall times are min / median
+of 5 interleaved rounds, the reference's of 1):
 
-=============================================  ==============  ==================
-scan of one layer                              fwd ms          fwd+bwd ms
-=============================================  ==============  ==================
-this file (``SCAN_THREADS = 1``)               47 / 60         179 / 236
-this file, 2 OpenMP threads per op             1597 / 3068     1559 / 9468
-``mambapy`` parallel scan (pscan)              623 / 785       2212 / 2338
-sequential reference (2 rounds)                945 / 7685      81051 / 83716
-=============================================  ==============  ==================
+==================================================  ==============  ==================
+scan of one layer                                   fwd ms          fwd+bwd ms
+==================================================  ==============  ==================
+this file (2 batch workers, 1 thread each)          55 / 92         189 / 252
+this file, 1 worker                                 42 / 67         163 / 241
+this file, ``SCAN_THREADS = None`` (OpenMP per op)  328 / 652       469 / 2496
+``mambapy`` parallel scan (pscan)                   870 / 952       2248 / 2584
+sequential reference                                14335           115731
+==================================================  ==============  ==================
 
-Thread CPU time on one thread (robust to the load; same machine, same shape) was 45-55
+Under that load no core was idle, so 2 workers did not beat 1; they are there for an
+idle machine, where the second core would otherwise sit unused. Thread CPU time on one
+thread (robust to the load; same machine, same shape) was 45-55
 ms forward and 160-200 ms fwd+bwd for this file, against 1706 ms fwd+bwd for mambapy's
 scan.
 
@@ -74,8 +80,8 @@ from torch.autograd.function import once_differentiable
 _CHUNK_ELEMS = 1 << 20
 _LOG2E = math.log2(math.e)
 # Intra-op threads for the scan (None: leave torch's setting). On a busy shared CPU the
-# 2-thread version was 9-40x slower (each of its ~1000 ops waits for a descheduled
-# thread; table above); one thread costs at most the second core on an idle machine.
+# OpenMP version was up to 10x slower (each of its ~1000 ops waits for a descheduled
+# thread; table above); the second core is used through SCAN_WORKERS instead.
 SCAN_THREADS: int | None = 1
 # Batch slices scanned concurrently on Python threads (torch releases the GIL inside
 # ops), and the least work (b * L * d * n elements) worth a thread.

@@ -72,13 +72,14 @@ def run_selective_scan(args, rows, details):
         theirs = None
     # Forward variants; "lane*" pair with the lane backward, "seq"/"tile" with the tile one.
     variants = {
-        "lane_w4": dict(FORWARD_VARIANT="lane", LANE_WARPS=4, LANE_T=256),
-        "lane_w8": dict(FORWARD_VARIANT="lane", LANE_WARPS=8, LANE_T=256),
-        "lane_w4_t512": dict(FORWARD_VARIANT="lane", LANE_WARPS=4, LANE_T=512),
-        "seq": dict(FORWARD_VARIANT="seq", SEQ_WARPS=1, SEQ_CHANNELS=1),
+        "lane_d4_w4_t256": dict(FORWARD_VARIANT="lane", LANE_D=4, LANE_WARPS=4, LANE_T=256),
+        "lane_d8_w4_t128": dict(FORWARD_VARIANT="lane", LANE_D=8, LANE_WARPS=4, LANE_T=128),
+        "lane_d16_w4_t64": dict(FORWARD_VARIANT="lane", LANE_D=16, LANE_WARPS=4, LANE_T=64),
+        "lane_d16_w8_t128": dict(FORWARD_VARIANT="lane", LANE_D=16, LANE_WARPS=8, LANE_T=128),
+        "lane_d16_w8_t64": dict(FORWARD_VARIANT="lane", LANE_D=16, LANE_WARPS=8, LANE_T=64),
     }
-    fwdbwd_variants = ("lane_w4", "lane_w8", "lane_w4_t512") if not args.quick else ("lane_w4",)
-    default = {k: getattr(mod, k) for k in ("FORWARD_VARIANT", "SEQ_WARPS", "SEQ_CHANNELS",
+    fwdbwd_variants = tuple(variants) if not args.quick else ("lane_d4_w4_t256",)
+    default = {k: getattr(mod, k) for k in ("FORWARD_VARIANT", "SEQ_WARPS", "SEQ_CHANNELS", "LANE_D",
                                             "LANE_WARPS", "LANE_T")}
     shapes = SS_SHAPES[:1] if args.quick else SS_SHAPES
     for dtype in (torch.bfloat16, torch.float32):
@@ -197,12 +198,29 @@ def run_ssd(args, rows, details):
                      f("fwdbwd_ms_mamba"), ratio("fwdbwd_ms_ours", "fwdbwd_ms_mamba"), "-"))
 
 
+def profile_once():
+    """One forward and one forward+backward of the default selective scan at the first
+    DESIGN shape (bf16), for running under ``ncu -k regex:_ss_``."""
+    ours = importlib.import_module("mimetic.ops.selective_scan.triton").selective_scan_triton
+    b, d, L, n = SS_SHAPES[0]
+    t = ss_inputs(b, d, L, n, torch.bfloat16)
+    dout = torch.randn(b, d, L, device="cuda", dtype=torch.bfloat16)
+    tg = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
+    for _ in range(2):
+        ss_fwd_bwd(ours, tg, dout)
+    torch.cuda.synchronize()
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", action="store_true", help="one fwd+bwd, for ncu")
     ap.add_argument("--ops", default="ss,ssd")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
+    if args.profile:
+        profile_once()
+        return 0
     torch.backends.cuda.matmul.allow_tf32 = False
     info = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                 triton=triton.__version__, date=time.strftime("%Y-%m-%d"))

@@ -377,7 +377,8 @@ def _ss_bwd_lane_kernel(
     carry and the dA sums live in registers as (BLOCK_D, BLOCK_T) tiles, column j for
     state j (like ``hc`` in the forward). ``dh_ptr`` (b, dim, N) float32 holds
     d(last state) on entry and receives dh at step 0. dB and dC sum over the channels
-    of a group: reduced over the program's channels (one joint reduction), then atomics.
+    of a group: reduced over the program's channels (one joint reduction) and stored
+    per program into ``dB_ptr``/``dC_ptr`` (b, programs, N, L), summed by the caller.
     """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -399,6 +400,8 @@ def _ss_bwd_lane_kernel(
     state_tile = (pid_b * dim + offs_d[:, None]) * N + offs_tl[None, :]
     dhc = tl.load(dh_ptr + state_tile, mask=mask_dn, other=0.0)
     dAc = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+    # dB/dC partials: (b, programs along dim, N, L) float32.
+    part_base = (pid_b * tl.num_programs(1) + pid_d) * N * L
 
     x_base = pid_b * s_x_b + offs_d[:, None] * s_x_d
     bc_base = pid_b * s_bc_b + group * s_bc_g
@@ -455,12 +458,14 @@ def _ss_bwd_lane_kernel(
             du_acc += dhB
             ddt_acc += dhB * u + dh * hb * A_n[:, None]
             dAc += tl.where(col, tl.sum(dh * hb * dt, axis=1)[:, None], 0.0)
-            # dB and dC: one joint reduction over the program's channels.
+            # dB and dC: one joint reduction over the program's channels, stored as this
+            # program's partial sum (summed over programs afterwards). Plain stores: fp32
+            # atomics from every program saturated the L2 atomic units (measured 11 ms).
             dBC = tl.sum(tl.join(dh * dtu, hs * dy), axis=0)          # (BLOCK_T, 2)
             dBt, dCt = tl.split(dBC)
-            bc_t = bc_base + n * s_bc_n + offs_t
-            tl.atomic_add(dB_ptr + bc_t, dBt, mask=mask_t, sem="relaxed")
-            tl.atomic_add(dC_ptr + bc_t, dCt, mask=mask_t, sem="relaxed")
+            part_t = part_base + n * L + offs_t
+            tl.store(dB_ptr + part_t, dBt, mask=mask_t)
+            tl.store(dC_ptr + part_t, dCt, mask=mask_t)
         dhc = dhc_next
         du = dt * du_acc + Dv[:, None] * dy
         ddt = tl.where(m_dt, ddt_acc, 0.0)
@@ -625,13 +630,14 @@ def _config(dim_per_group: int, n: int, backward: bool):
 # Forward kernel choice: "seq" (per-step, state in registers, one channel per thread)
 # where it applies, else "tile" (chunk-parallel associative scan). Benchmarks flip it.
 FORWARD_VARIANT = "lane"
-LANE_WARPS = 4     # lane kernels: channels (= warps) per program
-LANE_T = 256       # lane kernels: steps per tile (8 per thread)
+LANE_D = 4         # lane kernels: channels per program
+LANE_WARPS = 4     # lane kernels: warps per program
+LANE_T = 256       # lane kernels: steps per tile (LANE_T * LANE_D / (32 * LANE_WARPS) per thread)
 
 
 def _lane_d(dim_per_group: int) -> int:
     """Channels per program of the lane kernels: a power of two dividing dim/groups."""
-    d = LANE_WARPS
+    d = LANE_D
     while dim_per_group % d:
         d //= 2
     return d
@@ -656,8 +662,9 @@ def _lane_backward(ctx, dout, dhlast):
     ddelta = torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else None
     dA = torch.empty(batch, dim, N, device=dev, dtype=torch.float32)
-    dB = torch.zeros(Bg.shape, device=dev, dtype=torch.float32)
-    dC = torch.zeros(Cg.shape, device=dev, dtype=torch.float32)
+    n_prog = triton.cdiv(dim, lane_d)
+    dB = torch.empty(batch, n_prog, N, L, device=dev, dtype=torch.float32)
+    dC = torch.empty(batch, n_prog, N, L, device=dev, dtype=torch.float32)
     dD = torch.empty(batch, dim, device=dev, dtype=torch.float32) if D is not None else None
     dbias = torch.empty(batch, dim, device=dev, dtype=torch.float32) if delta_bias is not None else None
     dh = (dhlast.to(torch.float32).contiguous().clone() if dhlast is not None
@@ -670,8 +677,11 @@ def _lane_backward(ctx, dout, dhlast):
         dim, L, N, dpg, nc,
         u.stride(0), u.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=ctx.softplus, BLOCK_D=lane_d, BLOCK_T=_lane_t(N), num_warps=lane_d,
+        SOFTPLUS=ctx.softplus, BLOCK_D=lane_d, BLOCK_T=_lane_t(N), num_warps=LANE_WARPS,
     )
+    # Programs never straddle a group (lane_d divides dim / groups): sum per group.
+    dB = dB.view(batch, G, n_prog // G, N, L).sum(2)
+    dC = dC.view(batch, G, n_prog // G, N, L).sum(2)
     dh0 = None
     if initial_state is not None:
         # d h_init = a_0 * dh_0, with a_0 = exp(delta_0 * A): one step, done in PyTorch.
@@ -753,7 +763,7 @@ class _SelectiveScanFn(torch.autograd.Function):
                 u.stride(0), u.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2),
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                 SOFTPLUS=bool(delta_softplus), STORE_CKPT=need_grad or bool(return_last_state),
-                BLOCK_D=lane_d, BLOCK_T=lane_t, num_warps=lane_d,
+                BLOCK_D=lane_d, BLOCK_T=lane_t, num_warps=LANE_WARPS,
             )
             if return_last_state:
                 hlast = ckpt[:, nc].clone()

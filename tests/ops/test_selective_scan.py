@@ -58,7 +58,8 @@ def run(fn, inputs, softplus, weights):
 
     Returns (out, last_state, grads) with grads by input name; the loss weighs both
     outputs by fixed random weights so every gradient path is exercised."""
-    leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    leaves = {k: None if v is None else v.detach().clone().requires_grad_()
+              for k, v in inputs.items()}
     out, last = fn(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"],
                    D=leaves["D"], z=leaves["z"], delta_bias=leaves["delta_bias"],
                    delta_softplus=softplus, return_last_state=True,
@@ -303,7 +304,8 @@ def _valid():
     (lambda t: t.update(initial_state=t["initial_state"][:, :, :2]), ValueError, "initial_state"),
     (lambda t: t.update(u=t["u"].long()), TypeError, "u must be a floating"),
     (lambda t: t.update(B=t["B"].int()), TypeError, "B must be a floating"),
-    (lambda t: t.update(initial_state=t["initial_state"].long()), TypeError, "initial_state must be"),
+    (lambda t: t.update(initial_state=t["initial_state"].long()), TypeError,
+     "initial_state must be"),
     (lambda t: t.update(A=t["A"].to(torch.complex64)), TypeError, "A must be"),
     (lambda t: t.update(C=t["C"].to("meta")), ValueError, "one device"),
 ])

@@ -50,7 +50,8 @@ def make_inputs(batch, L, H, P, G, N, dtype=torch.float32, *, D="head", z=True, 
 
 def run(fn, inputs, weights, **kw):
     """Forward + backward on leaf copies; the loss weighs y and the final states."""
-    leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    leaves = {k: None if v is None else v.detach().clone().requires_grad_()
+              for k, v in inputs.items()}
     y, last = fn(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"],
                  D=leaves["D"], z=leaves["z"], dt_bias=leaves["dt_bias"],
                  initial_states=leaves["initial_states"], return_final_states=True, **kw)
@@ -238,7 +239,8 @@ def test_state_update_steps_match_scan(dtype, D):
     (lambda t: t.update(initial_states=t["initial_states"][..., :1]), ValueError, "initial_states"),
     (lambda t: t.update(x=t["x"].long()), TypeError, "x must be a floating"),
     (lambda t: t.update(dt=t["dt"].int()), TypeError, "dt must be a floating"),
-    (lambda t: t.update(initial_states=t["initial_states"].long()), TypeError, "initial_states must be"),
+    (lambda t: t.update(initial_states=t["initial_states"].long()), TypeError,
+     "initial_states must be"),
     (lambda t: t.update(B=t["B"].to("meta")), ValueError, "one device"),
 ])
 def test_validation_errors(mutate, error, match):

@@ -185,9 +185,9 @@ class _SelectiveScan(torch.autograd.Function):
                                  _rows(Cs, b0, b1), h0[b0:b1], T)
 
         parts = _by_batch(run, b, L * d * n, ctx.workers)
-        yT = torch.cat([p[0] for p in parts], dim=1)  # (L, b, d)
-        starts = torch.cat([p[1] for p in parts], dim=1)  # (nchunks, b, d, n)
-        h = torch.cat([p[2] for p in parts], dim=0)
+        yT = _cat([p[0] for p in parts], dim=1)  # (L, b, d)
+        starts = _cat([p[1] for p in parts], dim=1)  # (nchunks, b, d, n)
+        h = _cat([p[2] for p in parts], dim=0)
         if D is not None:
             yT.addcmul_(uT, D)
         out = u.new_empty(b, L, d)
@@ -225,9 +225,9 @@ class _SelectiveScan(torch.autograd.Function):
                                   gh_last[b0:b1], T)
 
         parts = _by_batch(run, b, L * d * n, ctx.workers)
-        g_dtT, g_dtuT, gB, gC = (torch.cat([p[i] for p in parts], dim=1) for i in range(4))
+        g_dtT, g_dtuT, gB, gC = (_cat([p[i] for p in parts], dim=1) for i in range(4))
         gA = sum(p[4] for p in parts)
-        carry = torch.cat([p[5] for p in parts], dim=0)
+        carry = _cat([p[5] for p in parts], dim=0)
         # delta enters through its decay and delta * u; u through delta * u and the skip.
         g_dtT.addcmul_(g_dtuT, uT)
         guT = g_dtuT.mul_(dtT)
@@ -324,6 +324,10 @@ def _backward_loop(dtT, dtuT, gyT, A, A2, Bs, Cs, starts, carry, T):
 def _rows(t: torch.Tensor, b0: int, b1: int) -> torch.Tensor:
     """Batch rows b0..b1-1 of a step-major (L, b, ...) tensor, contiguous."""
     return t if (b0, b1) == (0, t.shape[1]) else t[:, b0:b1].contiguous()
+
+
+def _cat(parts: list, dim: int) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None

@@ -6,8 +6,8 @@ language model, d_model 128, batch 16, length 256, vocab 256:
 * Mamba-1 (d_state 16): ours vs ``mambapy`` (parallel scan) and ``transformers``
   ``MambaForCausalLM`` (its torch path: a sequential loop, ~40 s a step on 2 cores;
   ``--skip-slow`` leaves it out).
-* Mamba-2 (d_state 64, headdim 64, one group, chunk 256): ours vs ``transformers``
-  ``Mamba2ForCausalLM`` (its torch chunked path).
+* Mamba-2 (d_state 64, headdim 64, one group, chunk 256 or ``--chunk-size``): ours vs
+  ``transformers`` ``Mamba2ForCausalLM`` (its torch chunked path).
 
 Each time is the median of ``--reps`` steps after ``--warmup`` untimed ones; the models
 take turns (one step each per round) so that load changes on a shared machine affect
@@ -31,6 +31,8 @@ import torch.nn.functional as F
 
 SHAPE = dict(n_layer=2, d_model=128, batch=16, length=256, vocab=256)
 MAMBA1_D_STATE, MAMBA2_D_STATE, MAMBA2_HEADDIM = 16, 64, 64
+# Chunk length of both Mamba-2 implementations (--chunk-size); 256 is both libraries' default.
+MAMBA2 = {"chunk_size": 256}
 
 
 def ours_mamba1():
@@ -48,7 +50,7 @@ def ours_mamba2():
                                vocab_size=SHAPE["vocab"],
                                ssm_cfg={"layer": "Mamba2", "d_state": MAMBA2_D_STATE,
                                         "headdim": MAMBA2_HEADDIM, "ngroups": 1,
-                                        "chunk_size": 256}))
+                                        "chunk_size": MAMBA2["chunk_size"]}))
 
 
 def mambapy_mamba1():
@@ -80,7 +82,7 @@ def transformers_mamba2():
     cfg = transformers.Mamba2Config(vocab_size=SHAPE["vocab"], hidden_size=SHAPE["d_model"],
                                     num_hidden_layers=SHAPE["n_layer"], state_size=MAMBA2_D_STATE,
                                     head_dim=MAMBA2_HEADDIM, num_heads=d_inner // MAMBA2_HEADDIM,
-                                    n_groups=1, chunk_size=256)
+                                    n_groups=1, chunk_size=MAMBA2["chunk_size"])
     return transformers.Mamba2ForCausalLM(cfg)
 
 
@@ -159,11 +161,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--slow-reps", type=int, default=2, help="reps for transformers Mamba-1")
     ap.add_argument("--only", nargs="*", help="run only these rows (by name)")
+    ap.add_argument("--chunk-size", type=int, default=256, help="Mamba-2 chunk length (both)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    MAMBA2["chunk_size"] = args.chunk_size
     warnings.filterwarnings("ignore")
     try:  # transformers warns loudly on every call that the CUDA kernels are absent
         import transformers
@@ -183,7 +187,7 @@ def main(argv=None) -> dict:
     ]
     info = versions()
     print(f"shape {SHAPE}; Mamba-1 d_state {MAMBA1_D_STATE}; Mamba-2 d_state {MAMBA2_D_STATE}, "
-          f"headdim {MAMBA2_HEADDIM}")
+          f"headdim {MAMBA2_HEADDIM}, chunk {MAMBA2['chunk_size']}")
     print("versions:", ", ".join(f"{k} {v}" for k, v in info.items()))
     models, slow = {}, set()
     for name, build, _, is_slow in rows:
@@ -211,7 +215,8 @@ def main(argv=None) -> dict:
             r["ratio_vs_mimetic"] = r["median_s"] / results[base]["median_s"]
         print(f"| {name} | {r['median_s']:.3f} | {ratio} | "
               f"{r['load1_min']:.2f}-{r['load1_max']:.2f} |")
-    out = {"shape": SHAPE, "versions": info, "results": results}
+    out = {"shape": SHAPE, "mamba2_chunk_size": MAMBA2["chunk_size"], "versions": info,
+           "results": results}
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=2)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._time_step import process_dt
+
 
 def expand_groups(M: torch.Tensor, dim: int) -> torch.Tensor:
     """(batch, n, L) or (batch, groups, n, L) -> (batch, dim, n, L), channels split evenly
@@ -42,12 +44,10 @@ def selective_scan_ref(
     """
     dtype_in = u.dtype
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
-    u, delta, A = u.to(compute), delta.to(compute), A.to(compute)
+    u, A = u.to(compute), A.to(compute)
     dim, L = u.shape[1], u.shape[2]
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(compute)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    delta = process_dt(delta, None if delta_bias is None else delta_bias[:, None],
+                       delta_softplus, dtype=compute)
     Bx = expand_groups(B.to(compute), dim)
     Cx = expand_groups(C.to(compute), dim)
     h = u.new_zeros(u.shape[0], dim, A.shape[1])

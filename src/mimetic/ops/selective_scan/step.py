@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._time_step import process_dt
+
 
 def selective_state_update(
     state: torch.Tensor,
@@ -19,11 +21,7 @@ def selective_state_update(
 ) -> torch.Tensor:
     """state (batch, dim, n) updated in place; x, dt, z (batch, dim); A (dim, n);
     B, C (batch, n); D, dt_bias (dim,). Returns y (batch, dim) in x's dtype."""
-    dt = dt.float()
-    if dt_bias is not None:
-        dt = dt + dt_bias.float()
-    if dt_softplus:
-        dt = F.softplus(dt)
+    dt = process_dt(dt, dt_bias, dt_softplus)
     dA = torch.exp(dt.unsqueeze(-1) * A.float())  # (batch, dim, n)
     dBx = (dt * x.float()).unsqueeze(-1) * B.float().unsqueeze(1)
     new_state = state.float() * dA + dBx

@@ -16,6 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._time_step import process_dt
+
 
 def ssd_scan_ref(
     x: torch.Tensor,
@@ -41,15 +43,10 @@ def ssd_scan_ref(
     del chunk_size
     dtype_in = x.dtype
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    x, dt, A = x.to(compute), dt.to(compute), A.to(compute)
+    x, A = x.to(compute), A.to(compute)
     batch, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
-    if dt_bias is not None:
-        dt = dt + dt_bias.to(compute)
-    if dt_softplus:
-        dt = F.softplus(dt)
-    if dt_limit != (0.0, math.inf):
-        dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
+    dt = process_dt(dt, dt_bias, dt_softplus, dt_limit, compute)
     Bh = B.to(compute).repeat_interleave(H // G, dim=2)  # (batch, L, H, N)
     Ch = C.to(compute).repeat_interleave(H // G, dim=2)
     S = x.new_zeros(batch, H, P, N)

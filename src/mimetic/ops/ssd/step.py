@@ -6,6 +6,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._time_step import process_dt
+
 
 def ssd_state_update(
     state: torch.Tensor,
@@ -24,13 +26,7 @@ def ssd_state_update(
     A (H,); B, C (batch, G, N); D (H,) or (H, P); dt_bias (H,).
     Returns y (batch, H, P) in x's dtype."""
     H, G = x.shape[1], B.shape[1]
-    dt = dt.float()
-    if dt_bias is not None:
-        dt = dt + dt_bias.float()
-    if dt_softplus:
-        dt = F.softplus(dt)
-    if tuple(dt_limit) != (0.0, math.inf):
-        dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
+    dt = process_dt(dt, dt_bias, dt_softplus, dt_limit)
     Bh = B.float().repeat_interleave(H // G, dim=1)  # (batch, H, N)
     Ch = C.float().repeat_interleave(H // G, dim=1)
     dA = torch.exp(dt * A.float())  # (batch, H)

@@ -26,6 +26,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._time_step import process_dt
+
 
 def segsum(a: torch.Tensor) -> torch.Tensor:
     """Segment sums of log-decays along the last dim.
@@ -69,13 +71,8 @@ def ssd_scan_torch(
     batch, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     hg = H // G  # heads per group
-    xc, dtc, Ac = x.to(compute), dt.to(compute), A.to(compute)
-    if dt_bias is not None:
-        dtc = dtc + dt_bias.to(compute)
-    if dt_softplus:
-        dtc = F.softplus(dtc)
-    if tuple(dt_limit) != (0.0, math.inf):
-        dtc = dtc.clamp(min=dt_limit[0], max=dt_limit[1])
+    xc, Ac = x.to(compute), A.to(compute)
+    dtc = process_dt(dt, dt_bias, dt_softplus, dt_limit, compute)
 
     T = max(1, min(chunk_size, L))
     nc = max(1, -(-L // T))

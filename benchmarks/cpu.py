@@ -203,7 +203,7 @@ def main(argv=None) -> dict:
             slow.add(name)
     results = measure_interleaved(models, slow, ids, args.warmup, args.reps, args.slow_reps)
 
-    print(f"\n| model | fwd+bwd s (median) | time / mimetic's | load (1 min, min-max) |")
+    print("\n| model | fwd+bwd s (median) | time / mimetic's | load (1 min, min-max) |")
     print("|---|---|---|---|")
     for name, _, base, _ in rows:
         if name not in results:

@@ -61,7 +61,8 @@ def test_own_format_round_trip(tmp_path, case):
 
     loaded = MambaLM.from_pretrained(tmp_path).eval()
     assert loaded.config == model.config
-    assert (loaded.lm_head.weight is loaded.backbone.embedding.weight) == model.config.tie_embeddings
+    tied = loaded.lm_head.weight is loaded.backbone.embedding.weight
+    assert tied == model.config.tie_embeddings
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
     ids = random_ids()
@@ -319,7 +320,8 @@ def test_unknown_field_own(own_ckpt):
 
 def test_unknown_field_transformers(hf_ckpt):
     edit_config(hf_ckpt, use_fancy_scan=True)
-    with pytest.raises(ValueError, match=r"unknown or unsupported mamba2 config fields \['use_fancy_scan'\]"):
+    message = r"unknown or unsupported mamba2 config fields \['use_fancy_scan'\]"
+    with pytest.raises(ValueError, match=message):
         MambaLM.from_pretrained(hf_ckpt)
 
 
@@ -358,7 +360,8 @@ def test_unsupported_config_values_transformers(hf_ckpt, field, value, message):
 def test_wrong_shape_own(own_ckpt):
     name = "backbone.layers.1.mixer.x_proj.weight"
     edit_weights(own_ckpt, lambda s: s.update({name: torch.zeros(3, 64)}))
-    with pytest.raises(ValueError, match=rf"{name} has shape \(3, 64\), the config expects \(\d+, 64\)"):
+    message = rf"{name} has shape \(3, 64\), the config expects \(\d+, 64\)"
+    with pytest.raises(ValueError, match=message):
         MambaLM.from_pretrained(own_ckpt)
 
 

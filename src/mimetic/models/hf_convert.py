@@ -114,7 +114,8 @@ class _Fields:
     def positive_int(self, name: str) -> int:
         value = self.get(name, int)
         if value <= 0:
-            raise ValueError(f"{self.source}: field {name!r} must be a positive integer, got {value}")
+            raise ValueError(f"{self.source}: field {name!r} must be a positive integer, "
+                             f"got {value}")
         return value
 
 
@@ -159,7 +160,8 @@ def _mamba1_config(raw: dict, source: str) -> MambaConfig:
                              f"other fields imply {expected!r}")
     scheme = f.get("time_step_init_scheme", str)
     if scheme not in ("random", "constant"):
-        raise ValueError(f"{source}: time_step_init_scheme must be 'random' or 'constant', got {scheme!r}")
+        raise ValueError(f"{source}: time_step_init_scheme must be 'random' or 'constant', "
+                         f"got {scheme!r}")
     ssm_cfg = dict(
         layer="Mamba1", d_state=f.positive_int("state_size"), d_conv=f.positive_int("conv_kernel"),
         expand=expand, dt_rank=dt_rank, conv_bias=f.get("use_conv_bias", bool),
@@ -197,8 +199,10 @@ def _mamba2_config(raw: dict, source: str) -> MambaConfig:
         if name in raw and raw[name] is not supported:
             raise ValueError(f"{source}: {name}={raw[name]!r} is not supported (only {supported})")
     limit = f.get("time_step_limit", (list, tuple))
-    if len(limit) != 2 or not all(isinstance(v, (int, float)) for v in limit) or limit[0] > limit[1]:
-        raise ValueError(f"{source}: time_step_limit must be [min, max] with min <= max, got {limit!r}")
+    numeric = len(limit) == 2 and all(isinstance(v, (int, float)) for v in limit)
+    if not numeric or limit[0] > limit[1]:
+        raise ValueError(f"{source}: time_step_limit must be [min, max] with min <= max, "
+                         f"got {limit!r}")
     ssm_cfg = dict(
         layer="Mamba2", d_state=f.positive_int("state_size"), d_conv=f.positive_int("conv_kernel"),
         expand=expand, headdim=headdim, ngroups=ngroups,

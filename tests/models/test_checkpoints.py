@@ -334,8 +334,16 @@ def test_contradictory_config_transformers_mamba2(hf_ckpt):
 def test_contradictory_config_transformers_mamba1(tmp_path, transformers):
     make_hf_mamba(transformers).save_pretrained(tmp_path)
     edit_config(tmp_path, intermediate_size=48)
-    with pytest.raises(ValueError, match="contradictory config: intermediate_size=48 .* 64"):
+    with pytest.raises(ValueError, match="contradictory config: intermediate_size=48 but the "
+                                         "other fields imply 64"):
         MambaLM.from_pretrained(tmp_path)
+
+
+def test_contradictory_legacy_field_transformers(hf_ckpt):
+    edit_config(hf_ckpt, d_model=64)  # mamba_ssm's name for hidden_size (32)
+    message = "contradictory config: d_model=64 but the other fields imply 32"
+    with pytest.raises(ValueError, match=message):
+        MambaLM.from_pretrained(hf_ckpt)
 
 
 def test_contradictory_config_own(own_ckpt):

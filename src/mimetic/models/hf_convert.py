@@ -67,7 +67,7 @@ _MAMBA1_DEFAULTS = dict(
 _MAMBA1_PATH_FIELDS = {"use_mambapy", "use_associative_scan", "fused_add_norm"}
 # Mamba-1 fields derived from others, checked for consistency.
 _MAMBA1_DERIVED = {"intermediate_size", "d_model", "n_layer", "rms_norm", "ssm_cfg",
-                   "pad_vocab_size_multiple"}
+                   "tie_embeddings", "pad_vocab_size_multiple"}
 
 _MAMBA2_DEFAULTS = dict(
     num_heads=128, head_dim=64, vocab_size=32768, hidden_size=4096, state_size=128,
@@ -79,7 +79,8 @@ _MAMBA2_DEFAULTS = dict(
 # Mamba-2 has no dt projection, so ``time_step_rank`` is unused; the other two are Mamba-1
 # init knobs some older Mamba-2 configs carry.
 _MAMBA2_UNUSED = {"time_step_rank", "time_step_scale", "time_step_init_scheme"}
-_MAMBA2_DERIVED = {"rms_norm", "norm_before_gate", "intermediate_size"}
+_MAMBA2_DERIVED = {"rms_norm", "norm_before_gate", "intermediate_size", "d_model", "n_layer",
+                   "tie_embeddings"}
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
@@ -141,6 +142,18 @@ def _check_common(f: _Fields) -> None:
         raise ValueError(f"{f.source}: hidden_act={act!r} is not supported (Mamba uses 'silu')")
 
 
+def _check_agree(raw: dict, f: _Fields, derived: dict) -> None:
+    """Fields that restate others must agree with them. Older configs (e.g.
+    state-spaces/mamba-*-hf) also carry mamba_ssm's names for the same settings."""
+    derived = dict(derived, d_model=f.get("hidden_size", int),
+                   n_layer=f.get("num_hidden_layers", int),
+                   tie_embeddings=f.get("tie_word_embeddings", bool))
+    for name, expected in derived.items():
+        if name in raw and raw[name] != expected:
+            raise ValueError(f"{f.source}: contradictory config: {name}={raw[name]!r} but the "
+                             f"other fields imply {expected!r}")
+
+
 def _mamba1_config(raw: dict, source: str) -> MambaConfig:
     f = _Fields(raw, _MAMBA1_DEFAULTS, source)
     _check_unknown(raw, set(_MAMBA1_DEFAULTS) | _GENERIC_FIELDS | _MAMBA1_PATH_FIELDS
@@ -151,13 +164,7 @@ def _mamba1_config(raw: dict, source: str) -> MambaConfig:
     dt_rank = f.get("time_step_rank", (int, str))
     if isinstance(dt_rank, str) and dt_rank != "auto":
         raise ValueError(f"{source}: time_step_rank must be an integer or 'auto', got {dt_rank!r}")
-    # Older configs (e.g. state-spaces/mamba-*-hf) also carry mamba_ssm's names: they must agree.
-    derived = {"intermediate_size": int(expand * d_model), "d_model": d_model, "n_layer": n_layer,
-               "rms_norm": True, "ssm_cfg": {}}
-    for name, expected in derived.items():
-        if name in raw and raw[name] != expected:
-            raise ValueError(f"{source}: contradictory config: {name}={raw[name]!r} but the "
-                             f"other fields imply {expected!r}")
+    _check_agree(raw, f, dict(intermediate_size=int(expand * d_model), rms_norm=True, ssm_cfg={}))
     scheme = f.get("time_step_init_scheme", str)
     if scheme not in ("random", "constant"):
         raise ValueError(f"{source}: time_step_init_scheme must be 'random' or 'constant', "
@@ -190,9 +197,7 @@ def _mamba2_config(raw: dict, source: str) -> MambaConfig:
                          f"= {d_model} * {expand} = {d_inner}")
     if nheads % ngroups != 0:
         raise ValueError(f"{source}: n_groups={ngroups} must divide num_heads={nheads}")
-    if "intermediate_size" in raw and raw["intermediate_size"] != d_inner:
-        raise ValueError(f"{source}: contradictory config: intermediate_size="
-                         f"{raw['intermediate_size']!r} but hidden_size * expand = {d_inner}")
+    _check_agree(raw, f, dict(intermediate_size=d_inner))
     # transformers' Mamba-2 always gates before its RMSNorm; other settings are not what it
     # computes, so we refuse rather than guess.
     for name, supported in (("rms_norm", True), ("norm_before_gate", False)):

@@ -98,8 +98,8 @@ def _decode_floats(value):
 
 
 class _Fields:
-    """Typed access to config.json fields with ``transformers``' defaults; remembers which
-    fields were consumed so that leftovers can be reported as unknown."""
+    """Typed access to config.json fields, falling back to ``transformers``' defaults;
+    a value of the wrong type is an error naming the field."""
 
     def __init__(self, raw: dict, defaults: dict, source: str):
         self.raw, self.defaults, self.source = raw, defaults, source

@@ -1,0 +1,75 @@
+"""Triton causal conv1d vs the reference: output, final states and every gradient.
+
+Runs on CUDA when present, else through the Triton interpreter (``TRITON_INTERPRET=1``
+in the environment of the pytest process); see test_triton_selective_scan.py.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+CUDA = torch.cuda.is_available()
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if not (CUDA or INTERPRET):
+    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+
+from mimetic.ops.causal_conv1d import causal_conv1d, causal_conv1d_ref  # noqa: E402
+
+DEVICE = "cuda" if CUDA else "cpu"
+# ||got - ref|| / ||ref||: fp32 arithmetic; one rounding of each output for bf16/fp16.
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+
+
+def rel_err(got, ref):
+    got, ref = got.double().cpu(), ref.double().cpu()
+    assert torch.isfinite(got).all()
+    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def run(fn, x, w, b, h0, act, final, dout, dfinal, **kw):
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None
+              for t in (x, w, b, h0)]
+    res = fn(leaves[0], leaves[1], bias=leaves[2], activation=act, initial_states=leaves[3],
+             return_final_states=final, **kw)
+    out, fs = res if final else (res, None)
+    loss = (out.double() * dout).sum()
+    if final:
+        loss = loss + (fs.double() * dfinal).sum()
+    loss.backward()
+    return out, fs, [t.grad if t is not None else None for t in leaves]
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 37, 4), (1, 20, 130, 4), (1, 3, 2, 3), (2, 4, 9, 1)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("act,bias,h0", [("silu", True, True), (None, False, False),
+                                         ("silu", False, False)], ids=["silu_b_h0", "plain", "silu"])
+def test_conv(shape, dtype, act, bias, h0):
+    batch, dim, L, W = shape
+    g = torch.Generator().manual_seed(L * 7 + W)
+    r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)  # noqa: E731
+    x = r(batch, dim, L).to(dtype)
+    w = r(dim, W) * 0.5
+    b = r(dim) if bias else None
+    init = r(batch, dim, W - 1).to(dtype) if h0 else None
+    dout = torch.randn(batch, dim, L, generator=g, dtype=torch.float64).to(DEVICE)
+    dfinal = torch.randn(batch, dim, W - 1, generator=g, dtype=torch.float64).to(DEVICE)
+    final = h0
+    out, fs, grads = run(causal_conv1d, x, w, b, init, act, final, dout, dfinal, backend="triton")
+    x64, w64 = x.double(), w.double()
+    b64 = b.double() if b is not None else None
+    i64 = init.double() if init is not None else None
+    r_out, r_fs, r_grads = run(causal_conv1d_ref, x64, w64, b64, i64, act, final, dout, dfinal)
+    assert out.dtype == dtype
+    errs = {"out": rel_err(out, r_out)}
+    if final:
+        errs["final"] = rel_err(fs, r_fs)
+    for name, got, ref in zip(("dx", "dw", "db", "dh0"), grads, r_grads):
+        if ref is not None and ref.numel() and ref.abs().sum() > 0:
+            errs[name] = rel_err(got, ref)
+    tol = TOL[dtype]
+    assert all(v < tol for v in errs.values()), errs

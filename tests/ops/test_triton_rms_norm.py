@@ -1,0 +1,79 @@
+"""Triton RMSNorm (gated, grouped, residual) vs the reference: outputs and every gradient.
+
+Runs on CUDA when present, else through the Triton interpreter (``TRITON_INTERPRET=1``
+in the environment of the pytest process); see test_triton_selective_scan.py.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+CUDA = torch.cuda.is_available()
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if not (CUDA or INTERPRET):
+    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+
+from mimetic.ops.rms_norm import rms_norm, rms_norm_ref  # noqa: E402
+
+DEVICE = "cuda" if CUDA else "cpu"
+# ||got - ref|| / ||ref||: fp32 arithmetic; one rounding of each output for bf16.
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1.5e-2}
+
+
+def rel_err(got, ref):
+    got, ref = got.double().cpu(), ref.double().cpu()
+    assert torch.isfinite(got).all()
+    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def run(fn, inputs, opts, douts, **kw):
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items() if v is not None}
+    res = fn(leaves["x"], leaves["weight"], bias=leaves.get("bias"), z=leaves.get("z"),
+             residual=leaves.get("residual"), **opts, **kw)
+    outs = res if isinstance(res, tuple) else (res,)
+    loss = sum((o.double() * d).sum() for o, d in zip(outs, douts))
+    loss.backward()
+    return outs, {k: v.grad for k, v in leaves.items()}
+
+
+CASES = [
+    dict(z=False, res=False, group_size=None, norm_before_gate=False, prenorm=False),
+    dict(z=True, res=False, group_size=None, norm_before_gate=False, prenorm=False),
+    dict(z=True, res=False, group_size=8, norm_before_gate=True, prenorm=False),
+    dict(z=False, res=True, group_size=None, norm_before_gate=False, prenorm=True),
+    dict(z=True, res=True, group_size=12, norm_before_gate=False, prenorm=True,
+         residual_in_fp32=True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=["plain", "gated", "grouped_gate_after",
+                                             "residual", "all"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_rms_norm(case, dtype, bias):
+    case = dict(case)
+    use_z, use_res = case.pop("z"), case.pop("res")
+    shape = (3, 5, 24) if not CUDA else (4, 1000, 1536)
+    dim = shape[-1]
+    g = torch.Generator().manual_seed(dim + len(case))
+    r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)  # noqa: E731
+    inputs = dict(x=r(*shape).to(dtype), weight=1 + 0.1 * r(dim),
+                  bias=0.1 * r(dim) if bias else None,
+                  z=r(*shape).to(dtype) if use_z else None,
+                  residual=r(*shape).to(dtype) if use_res else None)
+    douts = [torch.randn(*shape, generator=g, dtype=torch.float64).to(DEVICE) for _ in range(2)]
+    outs, grads = run(rms_norm, inputs, case, douts, backend="triton")
+    inputs64 = {k: (v.double() if v is not None else None) for k, v in inputs.items()}
+    r_outs, r_grads = run(rms_norm_ref, inputs64, case, douts)
+    assert outs[0].dtype == dtype
+    if case.get("prenorm"):
+        want = torch.float32 if case.get("residual_in_fp32") else dtype
+        assert outs[1].dtype == want
+    errs = {f"out{i}": rel_err(o, ro) for i, (o, ro) in enumerate(zip(outs, r_outs))}
+    errs.update({"d" + k: rel_err(grads[k], v) for k, v in r_grads.items()})
+    tol = TOL[dtype]
+    assert all(v < tol for v in errs.values()), errs

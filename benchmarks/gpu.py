@@ -6,7 +6,7 @@ small slice), then times forward and forward+backward with ``triton.testing.do_b
 (median of many runs; inputs are random, never zeros). Kernel variants are flipped
 through module-level switches so one run compares them.
 
-Usage (on the device):  python benchmarks/gpu.py [--ops ss,ssd] [--quick] [--out DIR]
+Usage (on the device):  python benchmarks/gpu.py [--ops ss,ssd,conv] [--quick] [--out DIR]
 Prints a table last; writes every number as JSON to DIR/gpu_results.json.
 """
 from __future__ import annotations
@@ -72,6 +72,7 @@ def run_selective_scan(args, rows, details):
         theirs = None
     # Forward variants; "lane*" pair with the lane backward, "seq"/"tile" with the tile one.
     variants = {
+        "auto": dict(FORWARD_VARIANT="lane", LANE_D=None, LANE_WARPS=None, LANE_T=None),
         "lane_d4_w4_t256": dict(FORWARD_VARIANT="lane", LANE_D=4, LANE_WARPS=4, LANE_T=256),
         "lane_d8_w4_t128": dict(FORWARD_VARIANT="lane", LANE_D=8, LANE_WARPS=4, LANE_T=128),
         "lane_d16_w4_t64": dict(FORWARD_VARIANT="lane", LANE_D=16, LANE_WARPS=4, LANE_T=64),
@@ -198,6 +199,46 @@ def run_ssd(args, rows, details):
                      f("fwdbwd_ms_mamba"), ratio("fwdbwd_ms_ours", "fwdbwd_ms_mamba"), "-"))
 
 
+# ------------------------------------------------------------------- causal conv1d
+
+CONV_SHAPES = [(8, 1536, 2048, 4), (2, 1536, 8192, 4)]
+
+
+def run_conv(args, rows, details):
+    ours = importlib.import_module("mimetic.ops.causal_conv1d.triton").causal_conv1d_triton
+    base = importlib.import_module("mimetic.ops.causal_conv1d.torch").causal_conv1d_torch
+    for (b, d, L, W) in CONV_SHAPES:
+        dtype = torch.bfloat16
+        g = torch.Generator(device="cuda").manual_seed(0)
+        x = torch.randn(b, d, L, device="cuda", generator=g).to(dtype)
+        w = torch.randn(d, W, device="cuda", generator=g).to(dtype)
+        bias = torch.randn(d, device="cuda", generator=g).to(dtype)
+        dout = torch.randn(b, d, L, device="cuda", generator=g).to(dtype)
+        rec = dict(op="causal_conv1d", shape=(b, d, L, W), dtype=str(dtype),
+                   floor_fwd_ms=2 * b * d * L * 2 / COPY_TBPS * 1e3)
+        outs = {}
+        for name, fn in (("ours", ours), ("torch", base)):
+            leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, bias)]
+
+            def fb():
+                o = fn(leaves[0], leaves[1], leaves[2], activation="silu")
+                o.backward(dout)
+                return o
+            outs[name] = (fb(), [t.grad.clone() for t in leaves])
+            with torch.no_grad():
+                rec[f"fwd_ms_{name}"] = bench(lambda: fn(x, w, bias, activation="silu"))
+            rec[f"fwdbwd_ms_{name}"] = bench(fb, grad_to_none=leaves)
+        (o1, g1), (o2, g2) = outs["ours"], outs["torch"]
+        rec["errs_vs_torch"] = [rel_err(o1, o2)] + [rel_err(a, c) for a, c in zip(g1, g2)]
+        details.append(rec)
+        print(json.dumps(rec), flush=True)
+        rows.append((f"conv {b}x{d}x{L}x{W} bf16 (vs F.conv1d)", f"{rec['fwd_ms_ours']:.3f}",
+                     f"{rec['fwd_ms_torch']:.3f}", f"{rec['fwd_ms_torch'] / rec['fwd_ms_ours']:.2f}x",
+                     f"{rec['fwdbwd_ms_ours']:.3f}", f"{rec['fwdbwd_ms_torch']:.3f}",
+                     f"{rec['fwdbwd_ms_torch'] / rec['fwdbwd_ms_ours']:.2f}x",
+                     f"{rec['floor_fwd_ms'] / rec['fwd_ms_ours']:.0%}"))
+
+
 def profile_once():
     """One forward and one forward+backward of the default selective scan at the first
     DESIGN shape (bf16), for running under ``ncu -k regex:_ss_``."""
@@ -214,7 +255,7 @@ def profile_once():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", action="store_true", help="one fwd+bwd, for ncu")
-    ap.add_argument("--ops", default="ss,ssd")
+    ap.add_argument("--ops", default="ss,ssd,conv")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
@@ -236,6 +277,8 @@ def main():
         run_selective_scan(args, rows, details)
     if "ssd" in ops:
         run_ssd(args, rows, details)
+    if "conv" in ops:
+        run_conv(args, rows, details)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
         json.dump(dict(info=info, results=details), f, indent=1, default=str)

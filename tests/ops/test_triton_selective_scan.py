@@ -131,7 +131,7 @@ SMALL = [
     (2, 4, 37, 16, None),
     (1, 3, 5, 4, None),
     (1, 8, 70, 5, 2),
-    (2, 4, 19, 64, 4),
+    (1, 4, 11, 64, 4),
     (1, 32, 21, 16, None),   # channels a multiple of 32: the per-step forward kernel
     (1, 64, 23, 8, 2),
 ]
@@ -173,7 +173,7 @@ def test_forward_variants(variant, monkeypatch):
 
     mod = importlib.import_module("mimetic.ops.selective_scan.triton")
     monkeypatch.setattr(mod, "FORWARD_VARIANT", variant)
-    check(1, 64, 29, 16, 2, torch.float32, last=True, h0=True, seed=7)
+    check(1, 32, 29, 16, 2, torch.float32, last=True, h0=True, seed=7)
     if CUDA:
         check(2, 256, 1500, 16, 2, torch.bfloat16, seed=8)
 

@@ -7,18 +7,21 @@ Math (see ``reference.py``), per batch b, channel d, state n, step t:
     h_t     = a_t * h_{t-1} + b_t
     y_t     = sum_n C_t[n] * h_t + D[d] * u_t,   out_t = y_t * silu(z_t)
 
-Kernel layout. One program owns a block of ``BLOCK_D`` channels of one batch row and
-walks the sequence in chunks of ``BLOCK_T`` steps; the state h (BLOCK_D, N) stays in
-registers between chunks. Inside a chunk every step is computed at once on a
-(BLOCK_D, N, BLOCK_T) tile: the recurrence is an associative scan of the affine maps
-x -> a_t x + b_t (``tl.associative_scan``), then the carried state enters as
-h_t = (prod a) * h_in + (scanned b). Loads and stores are (BLOCK_D, BLOCK_T) tiles,
-contiguous along time, so every byte of u, delta, z, out is touched once.
+Everything (softplus, discretization, scan, D skip, z gate) is fused; u, delta, z, out
+are read/written once as tiles contiguous in time. Three kernel layouts exist; the
+default ("lane", ``FORWARD_VARIANT``) was the fastest measured on an H100:
+
+* lane (default): a (channels, steps) tile with time spread over the lanes of a warp and
+  several consecutive steps per thread; states handled one n at a time, each scanned
+  along time with ``tl.associative_scan`` (sequential inside a thread, then across
+  lanes). Forward and backward (``_ss_fwd_lane_kernel`` / ``_ss_bwd_lane_kernel``).
+* seq: one channel per thread, state (n) in registers, one step at a time; forward only.
+* tile: a (channels, n, steps) tile scanned along steps; forward and backward.
 
 Backward (``torch.autograd.Function``). The forward stores only the state entering each
-chunk (batch, n_chunks, dim, N) in float32 when a gradient is needed -- never per-step
-states. The backward walks chunks in reverse: it recomputes the chunk's states from its
-stored entry state with the same forward scan, then runs the adjoint recurrence
+chunk (float32) when a gradient is needed -- never per-step states. The backward walks
+chunks in reverse: it recomputes the chunk's states from its stored entry state with the
+same forward scan, then runs the adjoint recurrence
 
     dh_t = C_t * dy_t + a_{t+1} * dh_{t+1}
 
@@ -32,8 +35,13 @@ a_t h_{t-1} = h_t - b_t (no division, no stored h_{t-1}) the gradients are
     dh_init  = a_0 dh_0
 
 dB and dC sum over the channels of a group, which several programs share: each program
-reduces its own channels and adds into a float32 buffer with atomics. dA, dD and
-d(bias) sum over batch: each program writes its own row, summed afterwards in PyTorch.
+reduces its own channels; the lane backward stores per-program partials (summed after),
+the tile backward adds into float32 buffers with relaxed atomics. dA, dD and d(bias)
+sum over batch: each program writes its own row, summed afterwards in PyTorch.
+
+Performance (H100, see benchmarks/RESULTS.md): correct, but slower than mamba_ssm's
+CUDA kernel; the lane kernels are limited by warp shuffles / shared memory (MIO) of the
+cross-lane scans and reductions, not by memory bandwidth.
 """
 from __future__ import annotations
 
@@ -630,23 +638,30 @@ def _config(dim_per_group: int, n: int, backward: bool):
 # Forward kernel choice: "seq" (per-step, state in registers, one channel per thread)
 # where it applies, else "tile" (chunk-parallel associative scan). Benchmarks flip it.
 FORWARD_VARIANT = "lane"
-LANE_D = 4         # lane kernels: channels per program
-LANE_WARPS = 4     # lane kernels: warps per program
-LANE_T = 256       # lane kernels: steps per tile (LANE_T * LANE_D / (32 * LANE_WARPS) per thread)
+# Lane-kernel configurations (channels per program, warps per program, steps per tile),
+# chosen from the H100 measurements in benchmarks/gpu_notes.md: without gradients the
+# forward is fastest with (4, 4, 256); with gradients the backward dominates and is
+# fastest with (16, 4, 64), and the forward must then use the same tile length (the
+# stored chunk-entry states are per tile). Setting LANE_D / LANE_WARPS / LANE_T
+# overrides both (benchmarks do).
+LANE_INFER = (4, 4, 256)
+LANE_TRAIN = (16, 4, 64)
+LANE_D = None
+LANE_WARPS = None
+LANE_T = None
 
 
-def _lane_d(dim_per_group: int) -> int:
-    """Channels per program of the lane kernels: a power of two dividing dim/groups."""
-    d = LANE_D
+def _lane_config(dim_per_group: int, n: int, need_grad: bool):
+    """(channels per program, warps, steps per tile) for the lane kernels. Channels: a
+    power of two dividing dim/groups (a program stays inside one group). Steps: at least
+    d_state (the carried states are held one per column of a tile)."""
+    d, w, t = LANE_TRAIN if need_grad else LANE_INFER
+    d = LANE_D if LANE_D is not None else d
+    w = LANE_WARPS if LANE_WARPS is not None else w
+    t = LANE_T if LANE_T is not None else t
     while dim_per_group % d:
         d //= 2
-    return d
-
-
-def _lane_t(n: int) -> int:
-    """Steps per tile of the lane kernels; at least d_state (the carried states are held
-    one per column of a tile)."""
-    return max(LANE_T, _next_pow2(n))
+    return d, w, max(t, _next_pow2(n))
 
 
 def _lane_backward(ctx, dout, dhlast):
@@ -654,7 +669,7 @@ def _lane_backward(ctx, dout, dhlast):
     batch, dim, L = u.shape
     G, N = Bg.shape[1], Bg.shape[2]
     dpg = dim // G
-    lane_d = _lane_d(dpg)
+    lane_d, lane_w, lane_t = ctx.lane_cfg
     nc = ckpt.shape[1] - 1
     dout = dout.contiguous()
     dev = u.device
@@ -677,7 +692,7 @@ def _lane_backward(ctx, dout, dhlast):
         dim, L, N, dpg, nc,
         u.stride(0), u.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=ctx.softplus, BLOCK_D=lane_d, BLOCK_T=_lane_t(N), num_warps=LANE_WARPS,
+        SOFTPLUS=ctx.softplus, BLOCK_D=lane_d, BLOCK_T=lane_t, num_warps=lane_w,
     )
     # Programs never straddle a group (lane_d divides dim / groups): sum per group.
     dB = dB.view(batch, G, n_prog // G, N, L).sum(2)
@@ -748,8 +763,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         h0 = initial_state.contiguous() if initial_state is not None else None
         seq_warps = _seq_warps(dpg, N)
         if FORWARD_VARIANT == "lane":
-            lane_d = _lane_d(dpg)
-            lane_t = _lane_t(N)
+            lane_d, lane_w, lane_t = _lane_config(dpg, N, need_grad)
+            ctx.lane_cfg = (lane_d, lane_w, lane_t)
             nc = triton.cdiv(L, lane_t)
             ckpt = torch.empty(batch, nc + 1, dim, N, device=u.device, dtype=torch.float32)
             if h0 is not None:
@@ -763,7 +778,7 @@ class _SelectiveScanFn(torch.autograd.Function):
                 u.stride(0), u.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2),
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                 SOFTPLUS=bool(delta_softplus), STORE_CKPT=need_grad or bool(return_last_state),
-                BLOCK_D=lane_d, BLOCK_T=lane_t, num_warps=LANE_WARPS,
+                BLOCK_D=lane_d, BLOCK_T=lane_t, num_warps=lane_w,
             )
             if return_last_state:
                 hlast = ckpt[:, nc].clone()

@@ -1,0 +1,81 @@
+"""Triton SSD (Mamba-2) forward vs the sequential reference: output, final state, and the
+gradients (which the Triton path takes from the PyTorch chunked implementation).
+
+Runs on CUDA when present, else through the Triton interpreter (``TRITON_INTERPRET=1``
+in the environment of the pytest process); see test_triton_selective_scan.py.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+CUDA = torch.cuda.is_available()
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if not (CUDA or INTERPRET):
+    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+
+from mimetic.ops.ssd import ssd_scan, ssd_scan_ref  # noqa: E402
+
+DEVICE = "cuda" if CUDA else "cpu"
+# ||got - ref|| / ||ref||. float32 uses exact fp32 matmuls; bf16 feeds the matmuls bf16
+# operands (float32 accumulation) and rounds outputs to bf16.
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
+
+
+def rel_err(got, ref):
+    got, ref = got.double().cpu(), ref.double().cpu()
+    assert torch.isfinite(got).all()
+    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def inputs(batch, L, H, P, N, G, dtype, D_per_p=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)  # noqa: E731
+    return dict(
+        x=r(batch, L, H, P).to(dtype), dt=(0.5 * r(batch, L, H) - 1.0).to(dtype),
+        A=-torch.exp(0.5 * r(H)), B=r(batch, L, G, N).to(dtype), C=r(batch, L, G, N).to(dtype),
+        D=r(H, P) if D_per_p else r(H), z=r(batch, L, H, P).to(dtype),
+        dt_bias=0.3 * r(H) - 1.0, initial_states=r(batch, H, P, N),
+    )
+
+
+def run(fn, t, chunk, limit, **kw):
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
+    out, final = fn(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], chunk,
+                    D=leaves["D"], z=leaves["z"], dt_bias=leaves["dt_bias"], dt_softplus=True,
+                    dt_limit=limit, initial_states=leaves["initial_states"],
+                    return_final_states=True, **kw)
+    g = torch.Generator().manual_seed(99)
+    loss = (out.double() * torch.randn(out.shape, generator=g, dtype=torch.float64).to(DEVICE)).sum() \
+        + (final.double() * torch.randn(final.shape, generator=g, dtype=torch.float64).to(DEVICE)).sum()
+    loss.backward()
+    return out, final, {k: v.grad for k, v in leaves.items()}
+
+
+SHAPES = [  # (batch, L, H, P, N, G, chunk)
+    (2, 37, 4, 8, 16, 2, 16),     # several chunks, last one partial
+    (1, 150, 2, 16, 32, 1, 128),  # two row blocks inside a chunk
+    (1, 5, 3, 4, 8, 3, 16),       # shorter than a chunk, tiny dims (padded tiles)
+]
+if CUDA:
+    SHAPES += [(2, 2048, 24, 64, 128, 1, 256), (1, 1000, 8, 64, 64, 2, 128)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_ssd(shape, dtype):
+    batch, L, H, P, N, G, chunk = shape
+    t = inputs(batch, L, H, P, N, G, dtype, D_per_p=(L % 2 == 0), seed=L)
+    limit = (0.0, math.inf) if dtype == torch.bfloat16 else (1e-3, 0.5)
+    out, final, grads = run(ssd_scan, t, chunk, limit, backend="triton")
+    r_out, r_final, r_grads = run(ssd_scan_ref, {k: v.double() for k, v in t.items()}, chunk, limit)
+    assert out.dtype == dtype and final.dtype == torch.float32
+    errs = {"out": rel_err(out, r_out), "final": rel_err(final, r_final)}
+    errs.update({"d" + k: rel_err(grads[k], v) for k, v in r_grads.items()})
+    tol = TOL[dtype]
+    assert all(v < tol for v in errs.values()), errs

@@ -79,7 +79,9 @@ def run_selective_scan(args, rows, details):
         "lane_d16_w8_t128": dict(FORWARD_VARIANT="lane", LANE_D=16, LANE_WARPS=8, LANE_T=128),
         "lane_d16_w8_t64": dict(FORWARD_VARIANT="lane", LANE_D=16, LANE_WARPS=8, LANE_T=64),
     }
-    fwdbwd_variants = tuple(variants) if not args.quick else ("lane_d4_w4_t256",)
+    if args.variants:
+        variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
+    fwdbwd_variants = tuple(variants) if not args.quick else tuple(variants)[:1]
     default = {k: getattr(mod, k) for k in ("FORWARD_VARIANT", "SEQ_WARPS", "SEQ_CHANNELS", "LANE_D",
                                             "LANE_WARPS", "LANE_T")}
     shapes = SS_SHAPES[:1] if args.quick else SS_SHAPES
@@ -257,6 +259,7 @@ def main():
     ap.add_argument("--profile", action="store_true", help="one fwd+bwd, for ncu")
     ap.add_argument("--ops", default="ss,ssd,conv")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--variants", default="", help="comma list of selective-scan variants")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     if args.profile:

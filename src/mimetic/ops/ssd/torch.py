@@ -28,6 +28,13 @@ import torch.nn.functional as F
 
 from .._time_step import process_dt
 
+# Longest chunk this path uses, whatever ``chunk_size`` asks (None: the caller's). The
+# chunk length changes only the rounding, not the result; 256 suits the GPU kernels but
+# on CPU the (T, T) decay and C B^T tensors per head then dominate a Mamba-2 training
+# step. Step of benchmarks/cpu.py's Mamba-2 (batch 16, L 256, 4 heads, d_state 64),
+# interleaved, 2 cores: chunk 256: 0.85 s; 128: 0.27 s; 64: 0.29 s (transformers: 0.48 s).
+MAX_CHUNK: int | None = 64
+
 
 def segsum(a: torch.Tensor) -> torch.Tensor:
     """Segment sums of log-decays along the last dim.
@@ -74,7 +81,7 @@ def ssd_scan_torch(
     xc, Ac = x.to(compute), A.to(compute)
     dtc = process_dt(dt, dt_bias, dt_softplus, dt_limit, compute)
 
-    T = max(1, min(chunk_size, L))
+    T = max(1, min(chunk_size, L, MAX_CHUNK or chunk_size))
     nc = max(1, -(-L // T))
     pad = nc * T - L
     Bc, Cc = B.to(compute), C.to(compute)

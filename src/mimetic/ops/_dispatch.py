@@ -7,9 +7,12 @@ Each op lives in its own folder with up to three implementations:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import importlib.util
 import os
+from typing import Callable
 
 import torch
 
@@ -52,7 +55,81 @@ def resolve_backend(backend: str, x: torch.Tensor, has_triton_kernel: bool = Tru
     return backend
 
 
-@functools.lru_cache(maxsize=None)
+# assume_constant_result: torch.compile calls it while tracing and keeps the answer as a
+# constant, instead of tracing into the cache wrapper and importlib (with a warning).
+@torch.compiler.assume_constant_result
 def has_kernel(op_package: str) -> bool:
     """True when the op package (e.g. ``mimetic.ops.ssd``) ships a ``triton`` module."""
+    return _has_kernel(op_package)
+
+
+@functools.lru_cache(maxsize=None)
+def _has_kernel(op_package: str) -> bool:
     return triton_available() and importlib.util.find_spec(op_package + ".triton") is not None
+
+
+# Module and function name of each backend, by op folder.
+_FUNCTION_NAMES = {"selective_scan": "selective_scan", "ssd": "ssd_scan",
+                   "causal_conv1d": "causal_conv1d"}
+_SUFFIX = {"reference": "ref", "torch": "torch", "triton": "triton"}
+
+
+@functools.lru_cache(maxsize=None)
+def backend_function(op: str, choice: str) -> Callable:
+    """The implementation of op folder ``op`` (e.g. ``"ssd"``) for the resolved backend
+    ``choice``, e.g. ``mimetic.ops.ssd.torch.ssd_scan_torch`` (imported on first use)."""
+    module = importlib.import_module(f"mimetic.ops.{op}.{'reference' if choice == 'reference' else choice}")
+    return getattr(module, f"{_FUNCTION_NAMES[op]}_{_SUFFIX[choice]}")
+
+
+def compiling() -> bool:
+    """True while torch.compile (dynamo) traces: the public ops then call their
+    ``torch.library`` custom op (see ``_library.py``) instead of the backend."""
+    return torch.compiler.is_compiling()
+
+
+def call_eager(run: Callable, device_type: str, tensors: tuple):
+    """``run(*tensors)`` (a backend call) with autocast off, forward and backward.
+
+    The scans compute in float32 internally and return the input dtype; autocast left on
+    would run their matmuls in bf16/fp16 (and the CPU path's worker threads, which do not
+    inherit autocast, in float32: an inconsistent mix). Turning it off around the call
+    covers the forward; a backward run inside the autocast region (as ``loss.backward()``
+    often is) would still reach the backends' backward ops with autocast on, so then the
+    call goes through :class:`_WithoutAutocast`. Without autocast: a plain call.
+    """
+    if not torch.is_autocast_enabled(device_type):
+        return run(*tensors)
+    with torch.autocast(device_type, enabled=False):
+        if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors):
+            return run(*tensors)
+    outs = _WithoutAutocast.apply(run, device_type, *tensors)
+    return outs[0] if len(outs) == 1 else outs
+
+
+class _WithoutAutocast(torch.autograd.Function):
+    """Runs ``run(*tensors)`` on detached leaves, keeping its autograd graph, and
+    differentiates that graph in backward, both with autocast off. No recompute."""
+
+    @staticmethod
+    def forward(ctx, run, device_type, *tensors):
+        with torch.enable_grad(), torch.autocast(device_type, enabled=False):
+            leaves = [None if t is None else t.detach().requires_grad_(t.requires_grad)
+                      for t in tensors]
+            outs = run(*leaves)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        ctx.leaves, ctx.outs, ctx.device_type = leaves, outs, device_type
+        return tuple(o.detach() for o in outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        wanted = [i for i, leaf in enumerate(ctx.leaves) if leaf is not None and leaf.requires_grad]
+        pairs = [(o, g) for o, g in zip(ctx.outs, grads) if g is not None and o.requires_grad]
+        result = [None] * len(ctx.leaves)
+        if wanted and pairs:
+            with torch.autocast(ctx.device_type, enabled=False):
+                got = torch.autograd.grad([o for o, _ in pairs], [ctx.leaves[i] for i in wanted],
+                                          [g for _, g in pairs], allow_unused=True)
+            for i, g in zip(wanted, got):
+                result[i] = g
+        return (None, None, *result)

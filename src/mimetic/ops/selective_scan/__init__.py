@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .. import _library
 from .._checks import check_float, check_same_device, check_shape
-from .._dispatch import has_kernel, resolve_backend
+from .._dispatch import backend_function, call_eager, compiling, has_kernel, resolve_backend
 from .reference import selective_scan_ref
 
 if TYPE_CHECKING:
@@ -76,17 +77,20 @@ def selective_scan(
     Returns:
         out (batch, dim, L) in u's dtype; with ``return_last_state`` also the final state
         (batch, dim, d_state) in float32.
+
+    Under ``torch.autocast`` the scan still computes in float32 (autocast is turned off
+    inside); under ``torch.compile`` it is one ``torch.ops.mimetic.selective_scan`` node.
     """
     _validate(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-                  return_last_state=return_last_state, initial_state=initial_state)
     choice = resolve_backend(backend, u, has_triton_kernel=has_kernel(__name__))
-    if choice == "reference":
-        return selective_scan_ref(u, delta, A, B, C, **kwargs)
-    if choice == "triton":
-        from .triton import selective_scan_triton
+    if compiling():  # one opaque op in the graph; eager skips its recompute in backward
+        return _library.selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                       delta_softplus, return_last_state, choice)
+    fn = backend_function("selective_scan", choice)
 
-        return selective_scan_triton(u, delta, A, B, C, **kwargs)
-    from .torch import selective_scan_torch
+    def run(u, delta, A, B, C, D, z, delta_bias, initial_state):
+        return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                  delta_softplus=delta_softplus, return_last_state=return_last_state,
+                  initial_state=initial_state)
 
-    return selective_scan_torch(u, delta, A, B, C, **kwargs)
+    return call_eager(run, u.device.type, (u, delta, A, B, C, D, z, delta_bias, initial_state))

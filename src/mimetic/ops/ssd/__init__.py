@@ -5,8 +5,9 @@ import math
 
 from typing import TYPE_CHECKING
 
+from .. import _library
 from .._checks import check_float, check_same_device, check_shape
-from .._dispatch import has_kernel, resolve_backend
+from .._dispatch import backend_function, call_eager, compiling, has_kernel, resolve_backend
 from .reference import ssd_scan_ref
 
 if TYPE_CHECKING:
@@ -78,18 +79,20 @@ def ssd_scan(
     Returns:
         y (batch, L, nheads, headdim) in x's dtype; with ``return_final_states`` also
         the final states (batch, nheads, headdim, d_state) in float32.
+
+    Under ``torch.autocast`` the scan still computes in float32 (autocast is turned off
+    inside); under ``torch.compile`` it is one ``torch.ops.mimetic.ssd_scan`` node.
     """
     _validate(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states)
-    kwargs = dict(chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
-                  dt_limit=tuple(dt_limit), initial_states=initial_states,
-                  return_final_states=return_final_states)
     choice = resolve_backend(backend, x, has_triton_kernel=has_kernel(__name__))
-    if choice == "reference":
-        return ssd_scan_ref(x, dt, A, B, C, **kwargs)
-    if choice == "triton":
-        from .triton import ssd_scan_triton
+    if compiling():  # one opaque op in the graph; eager skips its recompute in backward
+        return _library.ssd_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus,
+                                 tuple(dt_limit), initial_states, return_final_states, choice)
+    fn = backend_function("ssd", choice)
 
-        return ssd_scan_triton(x, dt, A, B, C, **kwargs)
-    from .torch import ssd_scan_torch
+    def run(x, dt, A, B, C, D, z, dt_bias, initial_states):
+        return fn(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
+                  dt_softplus=dt_softplus, dt_limit=tuple(dt_limit),
+                  initial_states=initial_states, return_final_states=return_final_states)
 
-    return ssd_scan_torch(x, dt, A, B, C, **kwargs)
+    return call_eager(run, x.device.type, (x, dt, A, B, C, D, z, dt_bias, initial_states))

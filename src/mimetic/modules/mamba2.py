@@ -7,6 +7,7 @@ from einops import rearrange
 from torch import nn
 
 from ..ops import causal_conv1d, causal_conv1d_update, ssd_scan, ssd_state_update
+from .mamba import batch_parallel
 from .norm import RMSNormGated
 
 
@@ -106,7 +107,11 @@ class Mamba2(nn.Module):
             if u.shape[1] != 1:
                 raise ValueError("a warm cache can only be advanced one token at a time")
             return self.step(u, cache)
-        batch, L, _ = u.shape
+        if cache is None:
+            return batch_parallel(self, self._forward, u)
+        return self._forward(u, cache)
+
+    def _forward(self, u: torch.Tensor, cache=None) -> torch.Tensor:
         z, xBC, dt = self._split_proj(self.in_proj(u))
         xBC = causal_conv1d(rearrange(xBC, "b l d -> b d l"),
                             rearrange(self.conv1d.weight, "d 1 w -> d w"), self.conv1d.bias,

@@ -178,7 +178,8 @@ def run_ssd(args, rows, details):
         def fb(fn, tt):
             out = ssd_call(fn, tt)
             out.backward(dout)
-            return out, [v.grad for v in tt.values()]
+            # Clone: do_bench's warm-up calls accumulate into these same .grad tensors.
+            return out, [v.grad.clone() for v in tt.values()]
 
         res = {}
         for name, fn in (("ours", ours), ("mamba", theirs)):

@@ -19,9 +19,17 @@ import torch
 BACKENDS = ("auto", "reference", "torch", "triton")
 
 
-@functools.lru_cache(maxsize=None)
+# assume_constant_result: torch.compile calls these while tracing and keeps the answer
+# as a constant, instead of tracing into the cache wrapper and importlib (which breaks
+# the graph).
+@torch.compiler.assume_constant_result
 def triton_available() -> bool:
     """True when the ``triton`` package can be imported."""
+    return _triton_available()
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
@@ -55,8 +63,6 @@ def resolve_backend(backend: str, x: torch.Tensor, has_triton_kernel: bool = Tru
     return backend
 
 
-# assume_constant_result: torch.compile calls it while tracing and keeps the answer as a
-# constant, instead of tracing into the cache wrapper and importlib (with a warning).
 @torch.compiler.assume_constant_result
 def has_kernel(op_package: str) -> bool:
     """True when the op package (e.g. ``mimetic.ops.ssd``) ships a ``triton`` module."""
@@ -65,7 +71,7 @@ def has_kernel(op_package: str) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _has_kernel(op_package: str) -> bool:
-    return triton_available() and importlib.util.find_spec(op_package + ".triton") is not None
+    return _triton_available() and importlib.util.find_spec(op_package + ".triton") is not None
 
 
 # Module and function name of each backend, by op folder.

@@ -185,3 +185,14 @@ def test_dispatch_picks_triton_on_cuda():
     out = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], backend="auto")
     ref = selective_scan_ref(t["u"], t["delta"], t["A"], t["B"], t["C"])
     assert rel_err(out, ref) < TOL[torch.float32]
+
+
+def test_float64_keeps_float64_accuracy():
+    """The kernels compute in float32; float64 inputs are routed to the float64 path."""
+    t = make_inputs(1, 4, 13, 4, None, torch.float64)
+    t["A"] = t["A"].double()
+    out = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"].double(),
+                         delta_softplus=True, backend="triton")
+    ref = selective_scan_ref(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"].double(),
+                             delta_softplus=True)
+    assert out.dtype == torch.float64 and rel_err(out, ref) < 1e-12

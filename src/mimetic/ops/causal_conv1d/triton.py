@@ -179,6 +179,13 @@ def causal_conv1d_triton(
     """Same contract as :func:`causal_conv1d_ref`: x (batch, dim, L), weight (dim, W),
     bias (dim,), initial_states (batch, dim, W-1). Returns out (batch, dim, L) in x's
     dtype and, with ``return_final_states``, the last W-1 inputs (batch, dim, W-1)."""
+    if x.dtype == torch.float64:
+        # The kernels compute in float32; keep float64 inputs at float64 accuracy.
+        from .torch import causal_conv1d_torch
+
+        return causal_conv1d_torch(x, weight, bias=bias, activation=activation,
+                                   initial_states=initial_states,
+                                   return_final_states=return_final_states)
     out = _CausalConv1dFn.apply(x, weight, bias, initial_states, activation in ("silu", "swish"))
     if return_final_states:
         W = weight.shape[1]

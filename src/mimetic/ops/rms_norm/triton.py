@@ -196,5 +196,12 @@ def rms_norm_triton(
     """Same contract as :func:`rms_norm_ref`: x, z, residual (..., dim); weight, bias
     (dim,). Returns out (x's dtype) and, with ``prenorm``, the new residual (float32 if
     ``residual_in_fp32`` else x's dtype)."""
+    if x.dtype == torch.float64:
+        # The kernels compute in float32; keep float64 inputs at float64 accuracy.
+        from .reference import rms_norm_ref
+
+        return rms_norm_ref(x, weight, bias=bias, z=z, eps=eps, group_size=group_size,
+                            norm_before_gate=norm_before_gate, residual=residual,
+                            prenorm=prenorm, residual_in_fp32=residual_in_fp32)
     return _RMSNormFn.apply(x, weight, bias, z, residual, eps, group_size, norm_before_gate,
                             prenorm, residual_in_fp32)

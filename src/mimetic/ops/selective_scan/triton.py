@@ -900,5 +900,13 @@ def selective_scan_triton(
     Returns out (batch, dim, L) in u's dtype and, with ``return_last_state``, the last
     state (batch, dim, n) in float32. Differentiable in every tensor argument.
     """
+    if u.dtype == torch.float64:
+        # The kernels compute in float32; keep float64 inputs at float64 accuracy.
+        from .torch import selective_scan_torch
+
+        return selective_scan_torch(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                    delta_softplus=delta_softplus,
+                                    return_last_state=return_last_state,
+                                    initial_state=initial_state)
     return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state,
                                   delta_softplus, return_last_state)

@@ -303,5 +303,13 @@ def ssd_scan_triton(
     A, dt_bias (H,); B, C (batch, L, G, N); D (H,) or (H, P); initial_states
     (batch, H, P, N). Returns y (batch, L, H, P) in x's dtype and, with
     ``return_final_states``, the final states (batch, H, P, N) in float32."""
+    if x.dtype == torch.float64:
+        # The kernels compute in float32; keep float64 inputs at float64 accuracy.
+        from .torch import ssd_scan_torch
+
+        return ssd_scan_torch(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z,
+                              dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                              initial_states=initial_states,
+                              return_final_states=return_final_states)
     return _SSDFn.apply(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size,
                         dt_softplus, tuple(dt_limit), return_final_states)

@@ -127,7 +127,7 @@ def _ss_fwd_kernel(
     else:
         h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
 
-    x_base = pid_b * s_x_b + offs_d[:, None] * s_x_d                 # (BLOCK_D, 1)
+    x_base = pid_b * s_x_b + offs_d[:, None].to(tl.int64) * s_x_d                 # (BLOCK_D, 1)
     bc_base = pid_b * s_bc_b + group * s_bc_g + offs_n[:, None] * s_bc_n  # (BLOCK_N, 1)
     for c in range(0, n_chunks):
         offs_t = c * BLOCK_T + offs_tl
@@ -247,7 +247,7 @@ def _ss_fwd_seq_kernel(
     else:
         h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
-    x_base = pid_b * s_x_b + offs_d[:, None] * s_x_d
+    x_base = pid_b * s_x_b + offs_d[:, None].to(tl.int64) * s_x_d
     bc = BC_ptr + pid_b * s_bc_b + group * s_bc_g
     for c in range(0, tl.cdiv(L, 8)):
         t0 = c * 8
@@ -328,7 +328,7 @@ def _ss_fwd_lane_kernel(
     slot = ckpt_ptr + (pid_b * (n_chunks + 1) * dim + offs_d[:, None]) * N + offs_tl[None, :]
     hc = tl.load(slot, mask=mask_dn, other=0.0)
 
-    x_base = pid_b * s_x_b + offs_d[:, None] * s_x_d
+    x_base = pid_b * s_x_b + offs_d[:, None].to(tl.int64) * s_x_d
     bc_base = pid_b * s_bc_b + group * s_bc_g
     for c in range(0, n_chunks):
         offs_t = c * BLOCK_T + offs_tl
@@ -411,7 +411,7 @@ def _ss_bwd_lane_kernel(
     # dB/dC partials: (b, programs along dim, N, L) float32.
     part_base = (pid_b * tl.num_programs(1) + pid_d) * N * L
 
-    x_base = pid_b * s_x_b + offs_d[:, None] * s_x_d
+    x_base = pid_b * s_x_b + offs_d[:, None].to(tl.int64) * s_x_d
     bc_base = pid_b * s_bc_b + group * s_bc_g
     for ci in range(0, n_chunks):
         c = n_chunks - 1 - ci
@@ -536,7 +536,7 @@ def _ss_bwd_kernel(
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
 
-    x_base = pid_b * s_x_b + offs_d[:, None] * s_x_d
+    x_base = pid_b * s_x_b + offs_d[:, None].to(tl.int64) * s_x_d
     bc_base = pid_b * s_bc_b + group * s_bc_g + offs_n[:, None] * s_bc_n
     for ci in range(0, n_chunks):
         c = n_chunks - 1 - ci

@@ -5,8 +5,7 @@ and Mamba-2, ``x`` (batch, dim, L) is a transposed view of the in_proj output, i
 (batch, L, dim) memory: there one tap is ``out[:, t] += w[:, k] * x[:, t - s]``, a
 contiguous row-wise multiply-add with the weights broadcast along the channels, and the
 output comes back as the same kind of view (no transpose either way). A truly
-(batch, dim, L)-contiguous ``x`` is transposed once into that layout (by the padding copy
-that is made anyway).
+(batch, dim, L)-contiguous ``x`` is transposed once into that layout first.
 
 Why not ``F.conv1d(groups=dim)``: on CPU its depthwise backward dominated the layer
 (fwd+bwd of Mamba-2's conv, batch 16, L 256, dim 384: ~220 ms of a 1.3 s training
@@ -25,38 +24,57 @@ def _silu_grad(g: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
 
 
 class _CausalConv(torch.autograd.Function):
-    """xp: (batch, W-1+L, dim) padded input in step-major layout (a view is fine); w (W, dim);
-    bias (dim,) or None. Returns out (batch, L, dim)."""
+    """src: (batch, p+L, dim) in step-major layout (a strided view is fine), the input
+    after ``p`` steps of past (p = 0: zeros before step 0, p = W-1: initial states);
+    w (W, dim); bias (dim,) or None. out[:, t] = bias + sum_k w[k] src[:, p + t - (W-1-k)]
+    over the taps that fall inside src. Returns out (batch, L, dim), contiguous."""
 
     @staticmethod
-    def forward(ctx, xp, w, bias, silu):
+    def forward(ctx, src, w, bias, p, silu):
         W = w.shape[0]
-        L = xp.shape[1] - (W - 1)
-        pre = xp[:, W - 1:] * w[W - 1]
+        L = src.shape[1] - p
+        pre = src[:, p:] * w[W - 1]
         if bias is not None:
             pre += bias
-        for k in range(W - 1):
-            pre.addcmul_(xp[:, k:k + L], w[k])
-        ctx.silu, ctx.has_bias = silu, bias is not None
-        ctx.save_for_backward(xp, w, pre if silu else None)
+        for k, t0, a, e in _taps(W, L, p):
+            pre[:, t0:].addcmul_(src[:, a:e], w[k])
+        ctx.silu, ctx.has_bias, ctx.p = silu, bias is not None, p
+        ctx.save_for_backward(src, w, pre if silu else None)
         return F.silu(pre) if silu else pre
 
     @staticmethod
     def backward(ctx, g):
-        xp, w, pre = ctx.saved_tensors
-        W = w.shape[0]
-        L = xp.shape[1] - (W - 1)
-        gpre = _silu_grad(g, pre) if ctx.silu else g
-        gxp = gw = gbias = None
+        src, w, pre = ctx.saved_tensors
+        W, p = w.shape[0], ctx.p
+        L = src.shape[1] - p
+        gpre = _silu_grad(g, pre) if ctx.silu else g.contiguous()
+        gsrc = gw = gbias = None
         if ctx.needs_input_grad[0]:
-            gxp = xp.new_zeros(xp.shape)
-            for k in range(W):
-                gxp[:, k:k + L].addcmul_(gpre, w[k])
+            gsrc = src.new_empty(src.shape)
+            gsrc[:, :p].zero_()
+            torch.mul(gpre, w[W - 1], out=gsrc[:, p:])
+            for k, t0, a, e in _taps(W, L, p):
+                gsrc[:, a:e].addcmul_(gpre[:, t0:], w[k])
         if ctx.needs_input_grad[1]:
-            gw = torch.stack([(gpre * xp[:, k:k + L]).sum((0, 1)) for k in range(W)])
+            gw = src.new_empty(w.shape)
+            gw[W - 1] = (gpre * src[:, p:]).sum((0, 1))
+            for k in range(W - 1):
+                gw[k] = 0
+            for k, t0, a, e in _taps(W, L, p):
+                gw[k] = (gpre[:, t0:] * src[:, a:e]).sum((0, 1))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gbias = gpre.sum((0, 1))
-        return gxp, gw, gbias, None
+        return gsrc, gw, gbias, None, None
+
+
+def _taps(W, L, p):
+    """(k, t0, a, e) for the taps k < W-1 that reach src: out[t0:] += w[k] src[a:e]."""
+    for k in range(W - 1):
+        s = W - 1 - k  # this tap reads s steps back
+        t0 = max(0, s - p)
+        a, e = p + t0 - s, p + L - s
+        if e > a:
+            yield k, t0, a, e
 
 
 def causal_conv1d_torch(
@@ -71,12 +89,15 @@ def causal_conv1d_torch(
     float64 for float64, like the reference)."""
     dim, W = weight.shape
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xs = x.transpose(1, 2).to(compute)  # (batch, L, dim), a view for Mamba's inputs
-    past = (initial_states.to(compute).transpose(1, 2) if initial_states is not None
-            else xs.new_zeros(xs.shape[0], W - 1, dim))
-    xp = torch.cat([past, xs], dim=1)  # (batch, W-1+L, dim), contiguous
-    out = _CausalConv.apply(xp, weight.to(compute).t().contiguous(),
-                            None if bias is None else bias.to(compute),
+    src = x.transpose(1, 2).to(compute)  # (batch, L, dim), a view for Mamba's inputs
+    if src.stride(2) != 1:  # truly (batch, dim, L) memory: one transposing copy
+        src = src.contiguous()
+    p = 0
+    if initial_states is not None:
+        p = W - 1
+        src = torch.cat([initial_states.to(compute).transpose(1, 2), src], dim=1)
+    out = _CausalConv.apply(src, weight.to(compute).t().contiguous(),
+                            None if bias is None else bias.to(compute), p,
                             activation in ("silu", "swish"))
     out = out.to(x.dtype).transpose(1, 2)  # (batch, dim, L) view of (batch, L, dim)
     if return_final_states:

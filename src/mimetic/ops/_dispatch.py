@@ -3,7 +3,10 @@
 Each op lives in its own folder with up to three implementations:
 ``reference`` (plain, sequential: the oracle), ``torch`` (fast pure PyTorch) and
 ``triton`` (GPU kernels). The public function takes ``backend=`` and calls
-:func:`resolve_backend` to turn ``"auto"`` into a concrete choice.
+:func:`resolve_backend` to turn ``"auto"`` into a concrete choice, then (for the scans)
+either the ``torch.library`` op of ``_library.py`` while torch.compile traces
+(:func:`compiling`), or the backend itself (:func:`backend_function`) through
+:func:`call_eager`, which keeps autocast out of it.
 """
 from __future__ import annotations
 

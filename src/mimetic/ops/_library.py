@@ -6,7 +6,8 @@ Compiling a model::
     compiled = torch.compile(model)                    # or backend="aot_eager" to skip codegen
     logits = compiled(input_ids)                        # the first call traces (slow), later ones are fast
     with torch.autocast("cuda", dtype=torch.bfloat16):  # autocast works too, eager or compiled
-        loss = F.cross_entropy(compiled(input_ids).flatten(0, 1), labels.flatten())
+        logits = compiled(input_ids)                    # (batch, L, vocab) in bf16
+    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
     loss.backward()
 
 Nothing else is needed: while dynamo traces, :func:`mimetic.ops.selective_scan` and
@@ -35,6 +36,13 @@ Design:
   and return the input dtype (final states float32), so under ``torch.autocast`` the ops
   see the same mixed bf16/fp32 inputs as without it and give the same answer; autocast
   left on would silently run the backends' matmuls in bf16.
+
+Cost of the op route, measured (min of repeats, eager calls of the op against the direct
+backend call): H100, Triton backend, bf16, selective scan B=8 D=1536 L=2048 N=16:
+forward 1.26 vs 1.27 ms, fwd+bwd 8.23 vs 6.52 ms (the recompute); SSD B=8 L=2048 H=24
+P=64 N=128: fwd+bwd 19.6 vs 19.1 ms; a tiny scan (B=1 D=64 L=16): forward 0.22 vs 0.13 ms
+(custom-op dispatch, ~0.1 ms a call). CPU torch path, batch 16 dim 256 L 256 N 16:
+fwd+bwd 243 vs 193 ms. Hence eager mode keeps the direct call.
 
 The Mamba-1 conv and the norms are plain PyTorch code that dynamo traces (and inductor
 fuses) without help, so they are not wrapped; a Triton backend for them would need the

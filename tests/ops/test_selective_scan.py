@@ -300,6 +300,8 @@ def _valid():
     (lambda t: t.update(B=t["B"][:, :2]), ValueError, "B must have shape"),
     (lambda t: t.update(C=t["C"].unsqueeze(1).expand(-1, 3, -1, -1)), ValueError, "groups"),
     (lambda t: t.update(B=t["B"][0]), ValueError, "B must be"),
+    (lambda t: t.update(B=t["B"].unsqueeze(1).expand(-1, 2, -1, -1)), ValueError,
+     "same number of groups"),
     (lambda t: t.update(D=t["D"][:2]), ValueError, "D must have shape"),
     (lambda t: t.update(z=t["z"][:1]), ValueError, "z must have shape"),
     (lambda t: t.update(initial_state=t["initial_state"][:, :, :2]), ValueError, "initial_state"),

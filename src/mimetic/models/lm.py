@@ -82,6 +82,9 @@ class MambaLM(nn.Module):
             raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        # The range check reads the data: skip it while compiling so it costs no graph break.
+        if torch.compiler.is_compiling():
+            return
         if input_ids.device.type == "cpu" and input_ids.numel() and (
                 input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got "

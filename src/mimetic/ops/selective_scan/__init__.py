@@ -42,6 +42,9 @@ def _validate(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
         else:
             raise ValueError(f"{name} must be (batch, d_state, L) or (batch, groups, d_state, L), "
                              f"got {tuple(M.shape)}")
+    if B.shape[:-2] != C.shape[:-2]:
+        raise ValueError(f"B and C must both be ungrouped or have the same number of groups, "
+                         f"got B {tuple(B.shape)} and C {tuple(C.shape)}")
     check_shape("D", D, (dim,))
     check_shape("z", z, (batch, dim, L))
     check_shape("delta_bias", delta_bias, (dim,))

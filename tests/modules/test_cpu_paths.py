@@ -20,8 +20,9 @@ def _grads(layer, x, workers, monkeypatch):
     out = [y.detach(), x.grad] + [p.grad.clone() for p in layer.parameters()]
     layer.zero_grad(set_to_none=True)
     with torch.no_grad():
-        out.append(layer(x))
-    return out
+        y = layer(x)
+    assert not y.requires_grad
+    return out + [y]
 
 
 @pytest.mark.parametrize("make", [lambda: Mamba(16, d_state=4),

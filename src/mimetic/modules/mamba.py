@@ -17,8 +17,11 @@ from ..ops import causal_conv1d, causal_conv1d_update, selective_scan, selective
 # intra-op thread (torch releases the GIL inside ops). Every op of the layer then runs
 # without an OpenMP team: on this shared 2-core CPU a team meets at a barrier per op, and
 # each barrier waits for whichever thread the OS has descheduled. Training step of
-# benchmarks/cpu.py (2 layers, batch 16, L 256), interleaved, load ~3, OpenMP 2 threads:
-# see the commit message for the numbers. ``LAYER_WORKERS`` = 1 turns this off.
+# benchmarks/cpu.py (2 layers, batch 16, L 256), torch threads 2, A/B interleaved in one
+# process, median of 5: at load 3.2-3.9, Mamba-1 1.86 s -> 1.26 s, Mamba-2 1.29 s ->
+# 0.41 s; at load ~2.6 (median of 11) Mamba-1 0.30 s -> 0.31 s (no gain when a core is
+# free, no loss). Slices use the layer's real parameters, so gradients agree with the
+# unsplit layer up to summation order. ``LAYER_WORKERS`` = 1 turns this off.
 LAYER_WORKERS = min(2, os.cpu_count() or 1)
 _MIN_LAYER_WORK = 1 << 18  # batch * L * d_inner below which one thread does it all
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
@@ -112,9 +115,14 @@ def batch_parallel(module: nn.Module, fn, x: torch.Tensor) -> torch.Tensor:
                   max(1, batch * L * getattr(module, "d_inner", 1) // _MIN_LAYER_WORK))
     if workers <= 1:
         return fn(x)
-    if not torch.is_grad_enabled():
-        return torch.cat(_on_workers([lambda b0=b0, b1=b1: fn(x[b0:b1]) for b0, b1 in
-                                      _bounds(batch, workers)]), dim=0)
+    if not torch.is_grad_enabled():  # grad mode is per thread: keep it off on the workers
+        def job(b0, b1):
+            def run():
+                with torch.no_grad():
+                    return fn(x[b0:b1])
+            return run
+
+        return torch.cat(_on_workers([job(b0, b1) for b0, b1 in _bounds(batch, workers)]), dim=0)
     params = [p for p in module.parameters()]
     return _BatchParallel.apply(fn, workers, x, *params)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mimetic.modules.mamba as mamba_mod
+import mimetic.modules.batch_parallel as batch_parallel_mod
 from mimetic.modules.mamba import Mamba
 from mimetic.modules.mamba2 import Mamba2
 from mimetic.ops.causal_conv1d.reference import causal_conv1d_ref
@@ -12,8 +12,8 @@ from mimetic.ops.causal_conv1d.torch import causal_conv1d_torch
 
 
 def _grads(layer, x, workers, monkeypatch):
-    monkeypatch.setattr(mamba_mod, "LAYER_WORKERS", workers)
-    monkeypatch.setattr(mamba_mod, "_MIN_LAYER_WORK", 1)
+    monkeypatch.setattr(batch_parallel_mod, "LAYER_WORKERS", workers)
+    monkeypatch.setattr(batch_parallel_mod, "_MIN_LAYER_WORK", 1)
     x = x.clone().requires_grad_()
     y = layer(x)
     y.pow(2).sum().backward()

@@ -7,7 +7,7 @@ from einops import rearrange
 from torch import nn
 
 from ..ops import causal_conv1d, causal_conv1d_update, ssd_scan, ssd_state_update
-from .mamba import batch_parallel
+from .batch_parallel import batch_parallel
 from .norm import RMSNormGated
 
 

@@ -14,6 +14,7 @@ import torch
 
 from mimetic import MambaConfig, MambaLM
 from mimetic.ops import selective_scan, ssd_scan
+from numerics import rel_err
 
 OPS = torch.ops.mimetic
 
@@ -23,10 +24,6 @@ def _fresh_dynamo():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
-
-
-def rel_err(got, ref):
-    return ((got.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
 
 
 def ss_inputs(full=True, batch=2, dim=4, L=7, n=3, groups=2, seed=0):

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from mimetic.ops.selective_scan import selective_scan, selective_scan_ref
 from mimetic.ops.selective_scan.step import selective_state_update
 from mimetic.ops.selective_scan.torch import selective_scan_torch
+from numerics import rel_err
 
 # ``mimetic.ops.selective_scan`` the attribute is the function; get the module itself.
 fast = importlib.import_module("mimetic.ops.selective_scan.torch")
@@ -25,13 +26,6 @@ fast = importlib.import_module("mimetic.ops.selective_scan.torch")
 # dtype, whose unit roundoff is 2^-8 (bf16) / 2^-11 (fp16); we allow twice that.
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
-
-
-def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    assert got.shape == ref.shape
-    assert torch.isfinite(got).all(), "non-finite values"
-    got, ref = got.double(), ref.double()
-    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def make_inputs(batch, dim, L, n, groups=None, dtype=torch.float32, *, D=True, z=True,

@@ -16,18 +16,12 @@ from hypothesis import strategies as st
 from mimetic.ops.ssd import ssd_scan, ssd_scan_ref
 from mimetic.ops.ssd.step import ssd_state_update
 from mimetic.ops.ssd.torch import segsum, ssd_scan_torch
+from numerics import rel_err
 
 # fp32: float32 arithmetic only. bf16/fp16: one rounding of each result to the input
 # dtype (unit roundoff 2^-8 / 2^-11); we allow twice that.
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
-
-
-def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    assert got.shape == ref.shape
-    assert torch.isfinite(got).all(), "non-finite values"
-    got, ref = got.double(), ref.double()
-    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def make_inputs(batch, L, H, P, G, N, dtype=torch.float32, *, D="head", z=True, bias=True,

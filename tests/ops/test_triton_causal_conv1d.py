@@ -5,29 +5,19 @@ in the environment of the pytest process); see test_triton_selective_scan.py.
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
-pytest.importorskip("triton")
+from numerics import rel_err, triton_device
 
-CUDA = torch.cuda.is_available()
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-if not (CUDA or INTERPRET):
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+DEVICE = triton_device()  # skips this module where Triton cannot run
+CUDA = DEVICE == "cuda"
 
 from mimetic.ops.causal_conv1d import causal_conv1d, causal_conv1d_ref  # noqa: E402
 
-DEVICE = "cuda" if CUDA else "cpu"
 # ||got - ref|| / ||ref||: fp32 arithmetic; one rounding of each output for bf16/fp16.
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
-
-
-def rel_err(got, ref):
-    got, ref = got.double().cpu(), ref.double().cpu()
-    assert torch.isfinite(got).all()
-    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def run(fn, x, w, b, h0, act, final, dout, dfinal, **kw):

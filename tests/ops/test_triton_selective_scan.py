@@ -11,21 +11,17 @@ arithmetic and the rounding of its outputs to the input dtype.
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
-pytest.importorskip("triton")
+from numerics import rel_err, triton_device
 
-CUDA = torch.cuda.is_available()
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-if not (CUDA or INTERPRET):
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+DEVICE = triton_device()  # skips this module where Triton cannot run
+CUDA = DEVICE == "cuda"
 
 from mimetic.ops.selective_scan import selective_scan, selective_scan_ref  # noqa: E402
 
-DEVICE = "cuda" if CUDA else "cpu"
 
 
 @pytest.fixture(autouse=True)
@@ -41,12 +37,6 @@ def _short_lane_tiles(monkeypatch):
 # kernel's fp32 arithmetic (exp2, reassociated scan, atomics); low precision covers one
 # rounding of each output to that dtype (bf16 has 8 mantissa bits: ~4e-3 per element).
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
-
-
-def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    got, ref = got.double().cpu(), ref.double().cpu()
-    assert torch.isfinite(got).all(), "non-finite values"
-    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def make_inputs(batch, dim, L, n, groups, dtype, *, D=True, z=True, bias=True, h0=False,

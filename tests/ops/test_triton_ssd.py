@@ -7,30 +7,20 @@ in the environment of the pytest process); see test_triton_selective_scan.py.
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
-pytest.importorskip("triton")
+from numerics import rel_err, triton_device
 
-CUDA = torch.cuda.is_available()
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-if not (CUDA or INTERPRET):
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+DEVICE = triton_device()  # skips this module where Triton cannot run
+CUDA = DEVICE == "cuda"
 
 from mimetic.ops.ssd import ssd_scan, ssd_scan_ref  # noqa: E402
 
-DEVICE = "cuda" if CUDA else "cpu"
 # ||got - ref|| / ||ref||. float32 uses exact fp32 matmuls; bf16 feeds the matmuls bf16
 # operands (float32 accumulation) and rounds outputs to bf16.
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
-
-
-def rel_err(got, ref):
-    got, ref = got.double().cpu(), ref.double().cpu()
-    assert torch.isfinite(got).all()
-    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def inputs(batch, L, H, P, N, G, dtype, D_per_p=False, seed=0):

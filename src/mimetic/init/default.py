@@ -79,6 +79,6 @@ def init_lm_weights_(model: nn.Module, n_layer: int, initializer_range: float = 
             nn.init.normal_(module.weight, std=initializer_range)
         for child_name in ("out_proj", "fc2"):
             child = getattr(module, child_name, None)
-            if isinstance(child, nn.Linear) and module is not model:
+            if isinstance(child, nn.Linear):
                 nn.init.kaiming_uniform_(child.weight, a=math.sqrt(5))
                 child.weight /= math.sqrt(n_residuals_per_layer * n_layer)

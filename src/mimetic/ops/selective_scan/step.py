@@ -1,9 +1,15 @@
-"""One decoding step of the Mamba-1 recurrence, updating the state in place."""
+"""One decoding step of the Mamba-1 recurrence, updating the state in place.
+
+:func:`selective_state_update` is the public op: it picks the fused Triton kernel
+(``step_triton.py``) for CUDA tensors and the PyTorch version below otherwise.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_float, check_same_device, check_shape
+from .._dispatch import resolve_backend, triton_available
 from .._time_step import process_dt
 
 
@@ -18,8 +24,77 @@ def selective_state_update(
     z: torch.Tensor | None = None,
     dt_bias: torch.Tensor | None = None,
     dt_softplus: bool = False,
+    backend: str = "auto",
 ) -> torch.Tensor:
-    """state (batch, dim, n) updated in place; x, dt, z (batch, dim); A (dim, n);
+    """One step of the selective scan for decoding; ``state`` is updated in place.
+
+    Args:
+        state: (batch, dim, n), normally float32. x, dt, z: (batch, dim). A: (dim, n).
+        B, C: (batch, n). D, dt_bias: (dim,). dt_softplus: softplus(dt + dt_bias).
+        backend: "auto" (the Triton kernel for CUDA tensors when triton is installed,
+            else PyTorch), "torch" (or "reference": the same PyTorch code) or "triton"
+            (an error on CPU tensors unless ``TRITON_INTERPRET=1``).
+
+    Returns:
+        y (batch, dim) in x's dtype. The Triton kernel has no autograd: "auto" takes the
+        PyTorch path when a gradient is wanted, and so does float64 (kernel is float32).
+    """
+    _validate(state, x, dt, A, B, C, D, z, dt_bias)
+    args = (state, x, dt, A, B, C, D, z, dt_bias)
+    choice = resolve_backend(backend, x, has_triton_kernel=triton_available())
+    if choice == "triton" and triton_step_ok(backend, args):
+        from .step_triton import selective_state_update_triton
+
+        return selective_state_update_triton(*args, dt_softplus=dt_softplus)
+    return selective_state_update_torch(*args, dt_softplus=dt_softplus)
+
+
+def triton_step_ok(backend: str, tensors: tuple) -> bool:
+    """Whether a resolved "triton" choice may run the kernel (shared by both step ops):
+    False (use PyTorch) for float64 inputs, and for "auto" when a gradient is wanted;
+    an explicit ``backend="triton"`` that would have to drop the gradient is an error."""
+    if any(t is not None and t.dtype == torch.float64 for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        if backend == "triton":
+            raise RuntimeError("the Triton decoding step has no backward; run it under "
+                               "torch.no_grad() or use backend='torch'")
+        return False
+    return True
+
+
+def _validate(state, x, dt, A, B, C, D, z, dt_bias) -> None:
+    named = dict(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    for name, t in named.items():
+        check_float(name, t)
+    check_same_device(**named)
+    if x.dim() != 2:
+        raise ValueError(f"x must have shape (batch, dim), got {tuple(x.shape)}")
+    batch, dim = x.shape
+    check_shape("A", A, (dim, None))
+    n = A.shape[1]
+    check_shape("state", state, (batch, dim, n))
+    for name in ("dt", "z"):
+        check_shape(name, named[name], (batch, dim))
+    for name in ("B", "C"):
+        check_shape(name, named[name], (batch, n))
+    for name in ("D", "dt_bias"):
+        check_shape(name, named[name], (dim,))
+
+
+def selective_state_update_torch(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+) -> torch.Tensor:
+    """PyTorch step: state (batch, dim, n) updated in place; x, dt, z (batch, dim); A (dim, n);
     B, C (batch, n); D, dt_bias (dim,). Returns y (batch, dim) in x's dtype."""
     dt = process_dt(dt, dt_bias, dt_softplus)
     dA = torch.exp(dt.unsqueeze(-1) * A.float())  # (batch, dim, n)

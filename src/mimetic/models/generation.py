@@ -1,6 +1,8 @@
 """Sampling and the generate loop (prefill with the parallel path, then step)."""
 from __future__ import annotations
 
+import functools
+
 import torch
 from tqdm.auto import tqdm
 
@@ -35,8 +37,16 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 1, 
 @torch.inference_mode()
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int = 1, top_p: float = 0.0, eos_token_id: int | None = None,
-             generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-    """See :meth:`mimetic.models.MambaLM.generate`. input_ids (batch, L) -> (batch, L + n)."""
+             generator: torch.Generator | None = None, progress: bool = False,
+             cuda_graph: bool = False) -> torch.Tensor:
+    """See :meth:`mimetic.models.MambaLM.generate`. input_ids (batch, L) -> (batch, L + n).
+
+    ``cuda_graph=True``: the decode steps replay a captured CUDA graph (see
+    :mod:`mimetic.models.cuda_graph`); the prefill stays an ordinary forward."""
+    if cuda_graph:
+        from .cuda_graph import check_graphable
+
+        check_graphable(model)
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if max_new_tokens == 0:
@@ -46,6 +56,13 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
         raise ValueError("generate needs a prompt of at least one token")
     cache = model.allocate_cache(batch, L + max_new_tokens)
     logits = model(input_ids, cache=cache, num_last_tokens=1)[:, -1]
+    if cuda_graph and max_new_tokens > 1:
+        from .cuda_graph import decode_graph
+
+        step = decode_graph(model, batch)
+        step.load(cache)  # the graph decodes on its own cache, from the prefilled states
+    else:
+        step = functools.partial(model.step, cache=cache)
     out = [input_ids]
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     for i in tqdm(range(max_new_tokens), desc="generate", disable=not progress):
@@ -56,5 +73,5 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
         out.append(token[:, None])
         if (eos_token_id is not None and bool(finished.all())) or i == max_new_tokens - 1:
             break
-        logits = model.step(token[:, None], cache)[:, -1]
+        logits = step(token[:, None])[:, -1]
     return torch.cat(out, dim=1)

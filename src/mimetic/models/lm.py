@@ -130,18 +130,22 @@ class MambaLM(nn.Module):
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int = 1, top_p: float = 0.0, eos_token_id: int | None = None,
-                 generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+                 generator: torch.Generator | None = None, progress: bool = False,
+                 cuda_graph: bool = False) -> torch.Tensor:
         """Continue each prompt: input_ids (batch, L) -> (batch, L + n) with n <=
         ``max_new_tokens`` (fewer when every sequence has emitted ``eos_token_id``; finished
         sequences are padded with it). ``top_k=1`` is greedy; otherwise sample at
         ``temperature`` from the ``top_k`` most likely tokens (0: all) and/or the nucleus of
         mass ``top_p`` (0: off). The prompt is consumed by one parallel forward (prefill),
-        then the model steps one token at a time."""
+        then the model steps one token at a time. ``cuda_graph=True`` (CUDA, Mamba layers
+        only) replays each step as one captured CUDA graph: same tokens, far fewer kernel
+        launches; the graph is captured on the first call and reused by later ones of the
+        same batch size (see :mod:`mimetic.models.cuda_graph`)."""
         from .generation import generate
 
         return generate(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
                         top_p=top_p, eos_token_id=eos_token_id, generator=generator,
-                        progress=progress)
+                        progress=progress, cuda_graph=cuda_graph)
 
     # ---- checkpoints ----------------------------------------------------------------------
 

@@ -16,8 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ssd.step_triton import _blocks, _inner_contiguous
-from .triton import _softplus  # the scan's softplus: same formula
+from ..ssd.step_triton import _blocks, _inner_contiguous, _softplus
 
 __all__ = ["selective_state_update_triton"]
 

@@ -19,9 +19,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ..selective_scan.triton import _softplus  # the scans' softplus: same formula
-
 __all__ = ["ssd_state_update_triton"]
+
+
+@triton.jit
+def _softplus(x):
+    """log(1 + e^x), float32: the formula of the scans' kernels (``triton.py::_proc_dt``),
+    so a step and a scan discretize alike. For tiny e = e^-|x|, log(1 + e) ~ e - e^2/2."""
+    e = tl.exp(-tl.abs(x))
+    return tl.maximum(x, 0.0) + tl.where(e < 1e-3, e * (1.0 - 0.5 * e), tl.log(1.0 + e))
 
 
 @triton.jit
@@ -71,7 +77,7 @@ def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr
 
 
 def _blocks(n: int) -> tuple[int, int, int]:
-    """(BLOCK_P, BLOCK_N, num_warps) for d_state n: about 1K state elements a program."""
+    """(BLOCK_P, BLOCK_N, num_warps) for d_state n: 512 to 1K state elements a program."""
     block_n = max(16, triton.next_power_of_2(n))
     if block_n <= 32:
         return 32, block_n, 4

@@ -58,6 +58,8 @@ SS_CASES = [  # (batch, dim, n, D, z, dt_bias, softplus)
     (3, 70, 1, True, False, False, False),
     (1, 3, 5, True, True, False, True),
 ]
+if DEVICE == "cuda":  # the benchmark model's layer (d_model 768), batch 64
+    SS_CASES += [(64, 1536, 16, True, True, True, True)]
 
 
 @pytest.mark.parametrize("case", SS_CASES, ids=lambda c: "x".join(map(str, c[:3])))
@@ -135,6 +137,8 @@ SSD_CASES = [  # (batch, H, P, G, N, D per head / per channel / none, z, dt_bias
     (3, 2, 3, 1, 1, None, True, False, False, NO_LIMIT),
     (1, 3, 33, 1, 7, "channel", True, True, True, (0.0, 0.4)),
 ]
+if DEVICE == "cuda":  # the benchmark model's layer (d_model 768), batch 64
+    SSD_CASES += [(64, 24, 64, 1, 128, "head", False, True, True, NO_LIMIT)]
 
 
 @pytest.mark.parametrize("case", SSD_CASES, ids=lambda c: "x".join(map(str, c[:5])))

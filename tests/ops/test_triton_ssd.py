@@ -1,5 +1,5 @@
-"""Triton SSD (Mamba-2) forward vs the sequential reference: output, final state, and the
-gradients (which the Triton path takes from the PyTorch chunked implementation).
+"""Triton SSD (Mamba-2) kernels vs the sequential reference: output, final state and
+every gradient (forward and backward kernels).
 
 Runs on CUDA when present, else through the Triton interpreter (``TRITON_INTERPRET=1``
 in the environment of the pytest process); see test_triton_selective_scan.py.
@@ -69,3 +69,41 @@ def test_ssd(shape, dtype):
     errs.update({"d" + k: rel_err(grads[k], v) for k, v in r_grads.items()})
     tol = TOL[dtype]
     assert all(v < tol for v in errs.values()), errs
+
+
+OPTIONS = [  # which optional inputs are given; the rest are None / off
+    dict(),
+    dict(D=True),
+    dict(z=True, final=True),
+    dict(initial_states=True, dt_bias=True, softplus=True),
+]
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(o) or "bare")
+def test_ssd_optional_inputs(opts):
+    """Forward and backward with optional inputs left out (no z, D, bias, initial or
+    final state), where the kernels take other code paths."""
+    t = inputs(2, 37, 4, 8, 16, 2, torch.float32, seed=5)
+    if not opts.get("softplus"):
+        t["dt"] = t["dt"].abs() * 0.3           # positive time steps without softplus
+    kw = dict(dt_softplus=bool(opts.get("softplus")),
+              return_final_states=bool(opts.get("final")))
+    optional = [k for k in ("D", "z", "dt_bias", "initial_states") if opts.get(k)]
+
+    def run_opts(fn, tensors, **extra):
+        leaves = {k: tensors[k].detach().clone().requires_grad_(True)
+                  for k in ["x", "dt", "A", "B", "C"] + optional}
+        res = fn(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], 16,
+                 **{k: leaves[k] for k in optional}, **kw, **extra)
+        outs = res if kw["return_final_states"] else (res,)
+        g = torch.Generator().manual_seed(3)
+        loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)
+                    .to(o.device)).sum() for o in outs)
+        loss.backward()
+        return outs, {k: v.grad for k, v in leaves.items()}
+
+    outs, grads = run_opts(ssd_scan, t, backend="triton")
+    r_outs, r_grads = run_opts(ssd_scan_ref, {k: v.double() for k, v in t.items()})
+    errs = {f"out{i}": rel_err(o, r) for i, (o, r) in enumerate(zip(outs, r_outs))}
+    errs.update({"d" + k: rel_err(grads[k], v) for k, v in r_grads.items()})
+    assert all(v < TOL[torch.float32] for v in errs.values()), errs

@@ -1,24 +1,43 @@
-"""Mamba-2 SSD chunked scan: Triton forward, backward through the PyTorch chunked path.
+"""Mamba-2 SSD chunked scan in Triton: forward and backward kernels.
 
-Per batch b, head h (group g), chunk c of Q = chunk_size steps, with dt' the processed
-time step (bias, softplus, clamp) and a_t = dt'_t A[h] <= 0, cs_t its in-chunk cumsum:
+Per batch b, head h (group g), chunk c of Q = chunk_size steps, with w_t = dt'_t the
+processed time step (bias, softplus, clamp), a_t = w_t A[h] <= 0 and cs_t its in-chunk
+cumulative sum (cs_last = the chunk's total log-decay):
 
-1. chunk states (``_ssd_state_kernel``, one program per (b, h, c)):
-       s_c = sum_t exp(cs_last - cs_t) dt'_t x_t B_t^T                  (P, N), a matmul
-   and the chunk's total log-decay cs_last;
+Forward
+0. time steps (``_ssd_dt_kernel``): w_t, cs_t and cs_last into small float32 buffers that
+   every later kernel reads (no kernel re-derives them);
+1. chunk states (``_ssd_chunk_state_kernel``, one program per (b, h, c)):
+       s_c = sum_t exp(cs_last - cs_t) w_t x_t B_t^T                    (P, N), a matmul;
 2. state passing (``_ssd_pass_kernel``): S_{c+1} = exp(cs_last_c) S_c + s_c from the
-   initial state, sequential over chunks, parallel over (b, h, P*N); the last one is the
-   final state;
+   initial state, sequential over chunks, parallel over (b, h, P*N); S_nc is the final
+   state;
 3. outputs (``_ssd_scan_kernel``, one program per (b, h, c, row block)):
-       y_i = exp(cs_i) C_i S_c^T + sum_{j <= i} (C_i . B_j) exp(cs_i - cs_j) dt'_j x_j
+       y_i = exp(cs_i) C_i S_c^T + sum_{j <= i} (C_i . B_j) exp(cs_i - cs_j) w_j x_j
              + D x_i,   out = y * silu(z)
    with the quadratic part as blocked matmuls (C B^T masked and decayed, times x).
-Every exponent is <= 0 (A < 0, i >= j), so nothing overflows. Matmuls take bf16/fp16
-operands for half inputs (float32 accumulation) and exact float32 ("ieee") for float32.
 
-Backward: not a Triton kernel yet. The autograd function recomputes the forward with the
-differentiable PyTorch chunked implementation (``torch.py``) and backpropagates through
-it, so gradients are those of that (tested) path; only the forward is fast.
+Backward (dy = dout * silu(z); G_c = gradient w.r.t. the state leaving chunk c)
+4. U_c = sum_i exp(cs_i) dy_i^T C_i  (kernel 1 with dy, C and weights exp(cs_i));
+5. reverse state passing (``_ssd_pass_bwd_kernel``): G_{c-1} = exp(cs_last_c) G_c + U_c
+   from the final state's gradient; G before chunk 0 is d(initial state); also
+   exp(cs_last_c) <G_c, S_c>, the state passing's share of d cs_last_c;
+6. per column block j (``_ssd_bwd_dx_kernel``), looping over row blocks i >= j:
+       dx_j = w_j sum_i exp(cs_i - cs_j) (C_i . B_j) dy_i + exp(cs_last - cs_j) w_j G_c B_j + D dy_j
+       dB_j = w_j sum_i exp(cs_i - cs_j) (dy_i . x_j) C_i + exp(cs_last - cs_j) w_j G_c^T x_j
+       dw_j = sum_i exp(cs_i - cs_j) (C_i . B_j)(dy_i . x_j) + exp(cs_last - cs_j) x_j^T G_c B_j
+   and <dB_j, B_j>, the total weight of the terms that decay from step j (d cs_j gets
+   minus that);
+7. per row block i (``_ssd_bwd_dc_kernel``), looping over column blocks j <= i:
+       dC_i = exp(cs_i) dy_i S_c + sum_j exp(cs_i - cs_j) w_j (dy_i . x_j) B_j
+   and <dC_i, C_i>, the total weight of the terms that decay up to step i (d cs_i gets
+   plus that);
+8. in PyTorch, on (batch, H, L) vectors: d cs -> d a (reverse cumsum within each chunk,
+   plus d cs_last), d w += d a A, dA = sum d a w, and the time-step transform's own
+   backward by autograd; dB and dC are summed over the heads of each group.
+Every exponent is <= 0 (A < 0, i >= j; masked entries are -inf before the exp), so
+nothing overflows. Matmuls take bf16/fp16 operands for half inputs (float32
+accumulation) and exact float32 ("ieee") for float32 inputs.
 """
 from __future__ import annotations
 
@@ -28,82 +47,88 @@ import torch
 import triton
 import triton.language as tl
 
+from .._time_step import process_dt
+
 __all__ = ["ssd_scan_triton"]
 
 
 @triton.jit
-def _proc_dt(dt_ptr, offs, m, bias, lo, hi, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-             CLAMP: tl.constexpr):
-    """Processed time step (float32), 0 where masked (so masked steps are identities)."""
-    dt = tl.load(dt_ptr + offs, mask=m, other=0.0).to(tl.float32)
+def _ssd_dt_kernel(dt_ptr, A_ptr, bias_ptr, w_ptr, cs_ptr, cslast_ptr, L, H, Q, n_chunks,
+                   lo, hi, s_dt_b, s_dt_l,
+                   HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
+                   BQ: tl.constexpr):
+    """w = processed dt (0 past the end, so padded steps are identities), cs = in-chunk
+    cumsum of w A, into (b, H, n_chunks * Q) buffers; cs_last into (b, H, n_chunks)."""
+    pid_bh = tl.program_id(0)
+    c = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    offs = tl.arange(0, BQ)
+    t = c * Q + offs
+    m = (offs < Q) & (t < L)
+    dt = tl.load(dt_ptr + b * s_dt_b + t * s_dt_l + h, mask=m, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        dt = dt + bias
+        dt = dt + tl.load(bias_ptr + h).to(tl.float32)
     if SOFTPLUS:
         e = tl.exp(-tl.abs(dt))
         dt = tl.maximum(dt, 0.0) + tl.where(e < 1e-3, e * (1.0 - 0.5 * e), tl.log(1.0 + e))
     if CLAMP:
         dt = tl.minimum(tl.maximum(dt, lo), hi)
-    return tl.where(m, dt, 0.0)
+    w = tl.where(m, dt, 0.0)
+    cs = tl.cumsum(w * tl.load(A_ptr + h).to(tl.float32), axis=0)
+    row = (b * H + h) * n_chunks * Q + t
+    tl.store(w_ptr + row, w, mask=offs < Q)
+    tl.store(cs_ptr + row, cs, mask=offs < Q)
+    tl.store(cslast_ptr + (b * H + h) * n_chunks + c, tl.sum(w * tl.load(A_ptr + h).to(tl.float32)))
 
 
 @triton.jit
-def _ssd_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, states_ptr, cslast_ptr,
-                      L, H, P, N, Q, heads_per_group, n_chunks, lo, hi,
-                      s_x_b, s_x_l, s_dt_b, s_dt_l, s_b_b, s_b_l,
-                      HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
-                      DOT_F32: tl.constexpr,
-                      BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+def _ssd_chunk_state_kernel(X_ptr, Y_ptr, w_ptr, cs_ptr, cslast_ptr, out_ptr,
+                            L, H, P, N, Q, heads_per_group, n_chunks,
+                            s_x_b, s_x_l, s_y_b, s_y_l,
+                            FORWARD: tl.constexpr, DOT_F32: tl.constexpr,
+                            BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+    """out[b, c, h] = sum_t weight_t X_t^T Y_t over chunk c, (P, N) per head, where X is
+    (b, L, H, P)-strided and Y (b, L, G, N)-strided. Forward: X = x, Y = B and
+    weight = exp(cs_last - cs_t) w_t (the chunk's own state). Backward: X = dy, Y = C and
+    weight = exp(cs_t) (the gradient reaching the state entering the chunk)."""
     pid_bh = tl.program_id(0)
     c = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     g = h // heads_per_group
-    A_h = tl.load(A_ptr + h).to(tl.float32)
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + h).to(tl.float32)
     offs_q = tl.arange(0, BQ)
     offs_p = tl.arange(0, BP)
     offs_n = tl.arange(0, BN)
-    t0 = c * Q
-    # Total log-decay of the chunk first: each step's weight is its decay to the end.
-    cs_last = 0.0
-    for s in range(0, Q, BQ):
-        t = t0 + s + offs_q
-        m = (s + offs_q < Q) & (t < L)
-        dtp = _proc_dt(dt_ptr + b * s_dt_b + h, t * s_dt_l, m, bias, lo, hi,
-                       HAS_BIAS, SOFTPLUS, CLAMP)
-        cs_last += tl.sum(dtp * A_h)
+    row = (b * H + h) * n_chunks * Q
+    cs_last = tl.load(cslast_ptr + (b * H + h) * n_chunks + c)
     acc = tl.zeros([BP, BN], dtype=tl.float32)
-    prefix = 0.0
     for s in range(0, Q, BQ):
-        t = t0 + s + offs_q
+        t = c * Q + s + offs_q
         m = (s + offs_q < Q) & (t < L)
-        dtp = _proc_dt(dt_ptr + b * s_dt_b + h, t * s_dt_l, m, bias, lo, hi,
-                       HAS_BIAS, SOFTPLUS, CLAMP)
-        a = dtp * A_h
-        cs = prefix + tl.cumsum(a, axis=0)
-        prefix += tl.sum(a)
-        w = tl.exp(cs_last - cs) * dtp                                   # (BQ,)
-        xb = tl.load(x_ptr + b * s_x_b + t[:, None] * s_x_l + h * P + offs_p[None, :],
-                     mask=m[:, None] & (offs_p[None, :] < P), other=0.0)
-        Bb = tl.load(B_ptr + b * s_b_b + t[:, None] * s_b_l + g * N + offs_n[None, :],
-                     mask=m[:, None] & (offs_n[None, :] < N), other=0.0)
-        xw = xb.to(tl.float32) * w[:, None]
-        if DOT_F32:
-            acc += tl.dot(tl.trans(xw), Bb.to(tl.float32), input_precision="ieee")
+        cs = tl.load(cs_ptr + row + t, mask=m, other=0.0)
+        if FORWARD:
+            wt = tl.exp(cs_last - cs) * tl.load(w_ptr + row + t, mask=m, other=0.0)
         else:
-            acc += tl.dot(tl.trans(xw.to(Bb.dtype)), Bb)
-    base = ((b * n_chunks + c) * H + h) * P * N
-    tl.store(states_ptr + base + offs_p[:, None] * N + offs_n[None, :], acc,
-             mask=(offs_p[:, None] < P) & (offs_n[None, :] < N))
-    tl.store(cslast_ptr + (b * H + h) * n_chunks + c, cs_last)
+            wt = tl.exp(cs)
+        wt = tl.where(m, wt, 0.0)
+        xb = tl.load(X_ptr + b * s_x_b + t[:, None] * s_x_l + h * P + offs_p[None, :],
+                     mask=m[:, None] & (offs_p[None, :] < P), other=0.0)
+        yb = tl.load(Y_ptr + b * s_y_b + t[:, None] * s_y_l + g * N + offs_n[None, :],
+                     mask=m[:, None] & (offs_n[None, :] < N), other=0.0)
+        xw = xb.to(tl.float32) * wt[:, None]
+        if DOT_F32:
+            acc += tl.dot(tl.trans(xw), yb.to(tl.float32), input_precision="ieee")
+        else:
+            acc += tl.dot(tl.trans(xw.to(yb.dtype)), yb)
+    tl.store(out_ptr + ((b * n_chunks + c) * H + h) * P * N + offs_p[:, None] * N + offs_n[None, :],
+             acc, mask=(offs_p[:, None] < P) & (offs_n[None, :] < N))
 
 
 @triton.jit
 def _ssd_pass_kernel(states_ptr, cslast_ptr, h0_ptr, sin_ptr, final_ptr, H, PN, n_chunks,
                      HAS_H0: tl.constexpr, BLOCK: tl.constexpr):
-    """S_in[c] = state entering chunk c; in place of the chunk states (b, c, H, P*N)."""
+    """sin[b, c, h] = state entering chunk c; final = state after the last chunk."""
     pid_bh = tl.program_id(0)
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
@@ -122,10 +147,37 @@ def _ssd_pass_kernel(states_ptr, cslast_ptr, h0_ptr, sin_ptr, final_ptr, H, PN, 
 
 
 @triton.jit
-def _ssd_scan_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, sin_ptr, out_ptr,
-                     L, H, P, N, Q, heads_per_group, n_chunks, lo, hi,
-                     s_x_b, s_x_l, s_dt_b, s_dt_l, s_b_b, s_b_l,
-                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
+def _ssd_pass_bwd_kernel(U_ptr, sin_ptr, cslast_ptr, dfinal_ptr, gend_ptr, dh0_ptr, dcl_ptr,
+                         H, PN, n_chunks, n_blocks,
+                         HAS_DFINAL: tl.constexpr, BLOCK: tl.constexpr):
+    """Reverse state passing: gend[b, c, h] = gradient w.r.t. the state leaving chunk c;
+    dh0 = gradient w.r.t. the initial state; dcl[b, h, c, block] = this block's part of
+    exp(cs_last_c) <gend_c, sin_c>."""
+    pid_bh = tl.program_id(0)
+    blk = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    offs = blk * BLOCK + tl.arange(0, BLOCK)
+    m = offs < PN
+    if HAS_DFINAL:
+        G = tl.load(dfinal_ptr + (b * H + h) * PN + offs, mask=m, other=0.0).to(tl.float32)
+    else:
+        G = tl.zeros([BLOCK], dtype=tl.float32)
+    for k in range(0, n_chunks):
+        c = n_chunks - 1 - k
+        p = ((b * n_chunks + c) * H + h) * PN + offs
+        tl.store(gend_ptr + p, G, mask=m)
+        decay = tl.exp(tl.load(cslast_ptr + (b * H + h) * n_chunks + c))
+        S = tl.load(sin_ptr + p, mask=m, other=0.0)
+        tl.store(dcl_ptr + ((b * H + h) * n_chunks + c) * n_blocks + blk, decay * tl.sum(G * S))
+        G = decay * G + tl.load(U_ptr + p, mask=m, other=0.0)
+    tl.store(dh0_ptr + (b * H + h) * PN + offs, G, mask=m)
+
+
+@triton.jit
+def _ssd_scan_kernel(x_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, D_ptr, z_ptr, sin_ptr, out_ptr,
+                     L, H, P, N, Q, heads_per_group, n_chunks,
+                     s_x_b, s_x_l, s_b_b, s_b_l,
                      HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr,
                      DOT_F32: tl.constexpr,
                      BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
@@ -135,28 +187,16 @@ def _ssd_scan_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     g = h // heads_per_group
-    A_h = tl.load(A_ptr + h).to(tl.float32)
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + h).to(tl.float32)
     offs_m = tl.arange(0, BM)
     offs_p = tl.arange(0, BP)
     offs_n = tl.arange(0, BN)
     t0 = c * Q
     mp = offs_p[None, :] < P
     mn = offs_n[None, :] < N
-    dt_row = dt_ptr + b * s_dt_b + h
-    # In-chunk cumulative log-decay at the start of this row block.
-    prefix_i = 0.0
-    for s in range(0, r * BM, BM):
-        t = t0 + s + offs_m
-        m = (s + offs_m < Q) & (t < L)
-        prefix_i += tl.sum(_proc_dt(dt_row, t * s_dt_l, m, bias, lo, hi,
-                                    HAS_BIAS, SOFTPLUS, CLAMP) * A_h)
+    row = (b * H + h) * n_chunks * Q
     ti = t0 + r * BM + offs_m
     mi = (r * BM + offs_m < Q) & (ti < L)
-    cs_i = prefix_i + tl.cumsum(_proc_dt(dt_row, ti * s_dt_l, mi, bias, lo, hi,
-                                         HAS_BIAS, SOFTPLUS, CLAMP) * A_h, axis=0)
+    cs_i = tl.load(cs_ptr + row + ti, mask=mi, other=0.0)
     C_i = tl.load(C_ptr + b * s_b_b + ti[:, None] * s_b_l + g * N + offs_n[None, :],
                   mask=mi[:, None] & mn, other=0.0)
     # Contribution of the state entering the chunk.
@@ -168,14 +208,11 @@ def _ssd_scan_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
         acc = tl.dot(C_i, tl.trans(S.to(C_i.dtype)))
     acc = acc * tl.exp(cs_i)[:, None]
     # Quadratic part over the column blocks j <= i of this chunk.
-    prefix_j = 0.0
     for s in range(0, (r + 1) * BM, BM):
         tj = t0 + s + offs_m
         mj = (s + offs_m < Q) & (tj < L)
-        dt_j = _proc_dt(dt_row, tj * s_dt_l, mj, bias, lo, hi, HAS_BIAS, SOFTPLUS, CLAMP)
-        a_j = dt_j * A_h
-        cs_j = prefix_j + tl.cumsum(a_j, axis=0)
-        prefix_j += tl.sum(a_j)
+        w_j = tl.load(w_ptr + row + tj, mask=mj, other=0.0)
+        cs_j = tl.load(cs_ptr + row + tj, mask=mj, other=0.0)
         B_j = tl.load(B_ptr + b * s_b_b + tj[:, None] * s_b_l + g * N + offs_n[None, :],
                       mask=mj[:, None] & mn, other=0.0)
         x_j = tl.load(x_ptr + b * s_x_b + tj[:, None] * s_x_l + h * P + offs_p[None, :],
@@ -184,9 +221,9 @@ def _ssd_scan_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
             cb = tl.dot(C_i.to(tl.float32), tl.trans(B_j.to(tl.float32)), input_precision="ieee")
         else:
             cb = tl.dot(C_i, tl.trans(B_j))
-        causal = ti[:, None] >= tj[None, :]
+        causal = (ti[:, None] >= tj[None, :]) & mi[:, None] & mj[None, :]
         decay = tl.exp(tl.where(causal, cs_i[:, None] - cs_j[None, :], float("-inf")))
-        mt = cb * decay * dt_j[None, :]
+        mt = cb * decay * w_j[None, :]
         if DOT_F32:
             acc += tl.dot(mt, x_j.to(tl.float32), input_precision="ieee")
         else:
@@ -206,82 +243,326 @@ def _ssd_scan_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     tl.store(out_ptr + x_offs, acc.to(out_ptr.dtype.element_ty), mask=m_out)
 
 
+@triton.jit
+def _ssd_bwd_dx_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, cslast_ptr, B_ptr, C_ptr, D_ptr, gend_ptr,
+                       dx_ptr, dB_ptr, dw_ptr, dcs_ptr, term_ptr,
+                       L, H, P, N, Q, heads_per_group, n_chunks,
+                       s_x_b, s_x_l, s_b_b, s_b_l, s_db_b, s_db_l,
+                       HAS_D: tl.constexpr, D_PER_P: tl.constexpr, DOT_F32: tl.constexpr,
+                       BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+    """Gradients reaching the inputs of step j (a column block of chunk c): dx, this
+    head's dB (float32, summed over a group's heads afterwards), dw, <dB_j, B_j> into
+    dcs and the state term's weight into term (both per step)."""
+    pid_bh = tl.program_id(0)
+    c = tl.program_id(1)
+    r = tl.program_id(2)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    g = h // heads_per_group
+    offs_m = tl.arange(0, BM)
+    offs_p = tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    t0 = c * Q
+    mp = offs_p[None, :] < P
+    mn = offs_n[None, :] < N
+    row = (b * H + h) * n_chunks * Q
+    tj = t0 + r * BM + offs_m
+    mj = (r * BM + offs_m < Q) & (tj < L)
+    w_j = tl.load(w_ptr + row + tj, mask=mj, other=0.0)
+    cs_j = tl.load(cs_ptr + row + tj, mask=mj, other=0.0)
+    cs_last = tl.load(cslast_ptr + (b * H + h) * n_chunks + c)
+    B_j = tl.load(B_ptr + b * s_b_b + tj[:, None] * s_b_l + g * N + offs_n[None, :],
+                  mask=mj[:, None] & mn, other=0.0)
+    xj_offs = b * s_x_b + tj[:, None] * s_x_l + h * P + offs_p[None, :]
+    x_j = tl.load(x_ptr + xj_offs, mask=mj[:, None] & mp, other=0.0)
+    # The chunk's own state term: its gradient arrives through the state leaving it.
+    Gc = tl.load(gend_ptr + ((b * n_chunks + c) * H + h) * P * N + offs_p[:, None] * N
+                 + offs_n[None, :], mask=(offs_p[:, None] < P) & mn, other=0.0)    # (BP, BN)
+    if DOT_F32:
+        BG = tl.dot(B_j.to(tl.float32), tl.trans(Gc), input_precision="ieee")  # (BM, BP)
+        XG = tl.dot(x_j.to(tl.float32), Gc, input_precision="ieee")            # (BM, BN)
+    else:
+        BG = tl.dot(B_j, tl.trans(Gc.to(B_j.dtype)))
+        XG = tl.dot(x_j, Gc.to(x_j.dtype))
+    e_j = tl.where(mj, tl.exp(cs_last - cs_j), 0.0)
+    ew = e_j * w_j
+    dx_acc = BG * ew[:, None]
+    dB_acc = XG * ew[:, None]
+    dw = e_j * tl.sum(x_j.to(tl.float32) * BG, axis=1)
+    term = w_j * dw
+    # Quadratic terms: every row block i >= j of the chunk.
+    for s in range(r * BM, Q, BM):
+        ti = t0 + s + offs_m
+        mi = (s + offs_m < Q) & (ti < L)
+        cs_i = tl.load(cs_ptr + row + ti, mask=mi, other=0.0)
+        C_i = tl.load(C_ptr + b * s_b_b + ti[:, None] * s_b_l + g * N + offs_n[None, :],
+                      mask=mi[:, None] & mn, other=0.0)
+        dy_i = tl.load(dy_ptr + b * s_x_b + ti[:, None] * s_x_l + h * P + offs_p[None, :],
+                       mask=mi[:, None] & mp, other=0.0)
+        if DOT_F32:
+            CB = tl.dot(B_j.to(tl.float32), tl.trans(C_i.to(tl.float32)), input_precision="ieee")
+            XD = tl.dot(x_j.to(tl.float32), tl.trans(dy_i.to(tl.float32)), input_precision="ieee")
+        else:
+            CB = tl.dot(B_j, tl.trans(C_i))      # (BM_j, BM_i): C_i . B_j
+            XD = tl.dot(x_j, tl.trans(dy_i))     # (BM_j, BM_i): dy_i . x_j
+        causal = (ti[None, :] >= tj[:, None]) & mi[None, :] & mj[:, None]
+        decay = tl.exp(tl.where(causal, cs_i[None, :] - cs_j[:, None], float("-inf")))
+        CBd = CB * decay
+        XDd = XD * decay
+        dw += tl.sum(CBd * XD, axis=1)
+        if DOT_F32:
+            dx_acc += tl.dot(CBd * w_j[:, None], dy_i.to(tl.float32), input_precision="ieee")
+            dB_acc += tl.dot(XDd * w_j[:, None], C_i.to(tl.float32), input_precision="ieee")
+        else:
+            dx_acc += tl.dot((CBd * w_j[:, None]).to(dy_i.dtype), dy_i)
+            dB_acc += tl.dot((XDd * w_j[:, None]).to(C_i.dtype), C_i)
+    if HAS_D:
+        dy_j = tl.load(dy_ptr + xj_offs, mask=mj[:, None] & mp, other=0.0).to(tl.float32)
+        if D_PER_P:
+            Dv = tl.load(D_ptr + h * P + offs_p, mask=offs_p < P, other=0.0).to(tl.float32)
+            dx_acc += dy_j * Dv[None, :]
+        else:
+            dx_acc += dy_j * tl.load(D_ptr + h).to(tl.float32)
+    tl.store(dx_ptr + xj_offs, dx_acc.to(dx_ptr.dtype.element_ty), mask=mj[:, None] & mp)
+    tl.store(dB_ptr + b * s_db_b + tj[:, None] * s_db_l + h * N + offs_n[None, :], dB_acc,
+             mask=mj[:, None] & mn)
+    tl.store(dw_ptr + row + tj, dw, mask=mj)
+    tl.store(dcs_ptr + row + tj, tl.sum(dB_acc * B_j.to(tl.float32), axis=1), mask=mj)
+    tl.store(term_ptr + row + tj, term, mask=mj)
+
+
+@triton.jit
+def _ssd_bwd_dc_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, sin_ptr, dC_ptr, dcs_ptr,
+                       L, H, P, N, Q, heads_per_group, n_chunks,
+                       s_x_b, s_x_l, s_b_b, s_b_l, s_db_b, s_db_l,
+                       DOT_F32: tl.constexpr,
+                       BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+    """This head's dC for a row block i of chunk c (float32, summed over a group's heads
+    afterwards) and <dC_i, C_i> into dcs (per step)."""
+    pid_bh = tl.program_id(0)
+    c = tl.program_id(1)
+    r = tl.program_id(2)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    g = h // heads_per_group
+    offs_m = tl.arange(0, BM)
+    offs_p = tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    t0 = c * Q
+    mp = offs_p[None, :] < P
+    mn = offs_n[None, :] < N
+    row = (b * H + h) * n_chunks * Q
+    ti = t0 + r * BM + offs_m
+    mi = (r * BM + offs_m < Q) & (ti < L)
+    cs_i = tl.load(cs_ptr + row + ti, mask=mi, other=0.0)
+    dy_i = tl.load(dy_ptr + b * s_x_b + ti[:, None] * s_x_l + h * P + offs_p[None, :],
+                   mask=mi[:, None] & mp, other=0.0)
+    S = tl.load(sin_ptr + ((b * n_chunks + c) * H + h) * P * N + offs_p[:, None] * N
+                + offs_n[None, :], mask=(offs_p[:, None] < P) & mn, other=0.0)   # (BP, BN)
+    if DOT_F32:
+        acc = tl.dot(dy_i.to(tl.float32), S, input_precision="ieee")
+    else:
+        acc = tl.dot(dy_i, S.to(dy_i.dtype))
+    acc = acc * tl.where(mi, tl.exp(cs_i), 0.0)[:, None]
+    for s in range(0, (r + 1) * BM, BM):
+        tj = t0 + s + offs_m
+        mj = (s + offs_m < Q) & (tj < L)
+        w_j = tl.load(w_ptr + row + tj, mask=mj, other=0.0)
+        cs_j = tl.load(cs_ptr + row + tj, mask=mj, other=0.0)
+        B_j = tl.load(B_ptr + b * s_b_b + tj[:, None] * s_b_l + g * N + offs_n[None, :],
+                      mask=mj[:, None] & mn, other=0.0)
+        x_j = tl.load(x_ptr + b * s_x_b + tj[:, None] * s_x_l + h * P + offs_p[None, :],
+                      mask=mj[:, None] & mp, other=0.0)
+        if DOT_F32:
+            DX = tl.dot(dy_i.to(tl.float32), tl.trans(x_j.to(tl.float32)), input_precision="ieee")
+        else:
+            DX = tl.dot(dy_i, tl.trans(x_j))     # (BM_i, BM_j): dy_i . x_j
+        causal = (ti[:, None] >= tj[None, :]) & mi[:, None] & mj[None, :]
+        decay = tl.exp(tl.where(causal, cs_i[:, None] - cs_j[None, :], float("-inf")))
+        mt = DX * decay * w_j[None, :]
+        if DOT_F32:
+            acc += tl.dot(mt, B_j.to(tl.float32), input_precision="ieee")
+        else:
+            acc += tl.dot(mt.to(B_j.dtype), B_j)
+    C_i = tl.load(C_ptr + b * s_b_b + ti[:, None] * s_b_l + g * N + offs_n[None, :],
+                  mask=mi[:, None] & mn, other=0.0)
+    tl.store(dC_ptr + b * s_db_b + ti[:, None] * s_db_l + h * N + offs_n[None, :], acc,
+             mask=mi[:, None] & mn)
+    tl.store(dcs_ptr + row + ti, tl.sum(acc * C_i.to(tl.float32), axis=1), mask=mi)
+
+
 def _p2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))   # tl.dot needs every dim >= 16
 
 
-def _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states):
-    x, dt, B, C = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous()
-    z = z.contiguous() if z is not None else None
-    batch, L, H, P = x.shape
-    G, N = B.shape[2], B.shape[3]
-    Q = chunk_size
-    nc = triton.cdiv(L, Q)
-    dev = x.device
-    BP, BN = _p2(P), _p2(N)
-    BM = min(64, _p2(Q))
-    clamp = tuple(dt_limit) != (0.0, math.inf)
-    lo, hi = (float(dt_limit[0]), float(min(dt_limit[1], 3.0e38))) if clamp else (0.0, 0.0)
-    # Half inputs feed the matmuls half operands on the GPU. The Triton interpreter
-    # (CPU testing) computes half-precision tl.dot wrongly (seen with triton 3.9: values
-    # ~1e9 off), so there the float32 path runs; the GPU tests cover the half path.
-    dot_f32 = x.dtype in (torch.float32, torch.float64) or not x.is_cuda
-    states = torch.empty(batch, nc, H, P, N, device=dev, dtype=torch.float32)
-    cslast = torch.empty(batch, H, nc, device=dev, dtype=torch.float32)
-    common = dict(HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), CLAMP=clamp,
-                  DOT_F32=dot_f32)
-    strides = (x.stride(0), x.stride(1), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1))
-    bias = dt_bias if dt_bias is not None else A
-    _ssd_state_kernel[(batch * H, nc)](
-        x, dt, A, B, bias, states, cslast, L, H, P, N, Q, H // G, nc, lo, hi, *strides,
-        BQ=BM, BP=BP, BN=BN, num_warps=4, **common)
+class _Launch:
+    """Shapes, block sizes and kernel options shared by the forward and backward passes.
+    Inputs are made contiguous: x, z (b, L, H, P); dt (b, L, H); B, C (b, L, G, N)."""
+
+    def __init__(self, x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_limit):
+        self.batch, self.L, self.H, self.P = x.shape
+        self.G, self.N = B.shape[2], B.shape[3]
+        self.Q = chunk_size
+        self.nc = triton.cdiv(self.L, self.Q)
+        self.BP, self.BN = _p2(self.P), _p2(self.N)
+        self.BM = min(64, _p2(self.Q))
+        self.clamp = tuple(dt_limit) != (0.0, math.inf)
+        self.lo, self.hi = ((float(dt_limit[0]), float(min(dt_limit[1], 3.0e38)))
+                            if self.clamp else (0.0, 0.0))
+        # Half inputs feed the matmuls half operands on the GPU. The Triton interpreter
+        # (CPU testing) computes half-precision tl.dot wrongly (seen with triton 3.9:
+        # values ~1e9 off), so there the float32 path runs; the GPU tests cover it.
+        self.dot_f32 = x.dtype in (torch.float32, torch.float64) or not x.is_cuda
+        self.dims = (self.L, self.H, self.P, self.N, self.Q, self.H // self.G, self.nc)
+        self.x_strides = (self.L * self.H * self.P, self.H * self.P)
+        self.b_strides = (self.L * self.G * self.N, self.G * self.N)
+
+
+def _time_steps(k: _Launch, dt, A, dt_bias, dt_softplus):
+    """w, cs: (b, H, nc * Q) float32; cs_last (b, H, nc)."""
+    dev = dt.device
+    w = torch.empty(k.batch, k.H, k.nc * k.Q, device=dev, dtype=torch.float32)
+    cs = torch.empty_like(w)
+    cslast = torch.empty(k.batch, k.H, k.nc, device=dev, dtype=torch.float32)
+    _ssd_dt_kernel[(k.batch * k.H, k.nc)](
+        dt, A, dt_bias if dt_bias is not None else A, w, cs, cslast, k.L, k.H, k.Q, k.nc,
+        k.lo, k.hi, dt.stride(0), dt.stride(1), HAS_BIAS=dt_bias is not None,
+        SOFTPLUS=bool(dt_softplus), CLAMP=k.clamp, BQ=triton.next_power_of_2(k.Q), num_warps=4)
+    return w, cs, cslast
+
+
+def _chunk_states(k: _Launch, X, Y, w, cs, cslast, forward: bool):
+    """(b, nc, H, P, N) float32: forward, each chunk's own state (X = x, Y = B);
+    backward, the gradient its outputs send to the state entering it (X = dy, Y = C)."""
+    out = torch.empty(k.batch, k.nc, k.H, k.P, k.N, device=X.device, dtype=torch.float32)
+    _ssd_chunk_state_kernel[(k.batch * k.H, k.nc)](
+        X, Y, w, cs, cslast, out, *k.dims, *k.x_strides, *k.b_strides,
+        FORWARD=forward, DOT_F32=k.dot_f32, BQ=k.BM, BP=k.BP, BN=k.BN, num_warps=4)
+    return out
+
+
+PASS_BLOCK = 1024
+
+
+def _pass_states(k: _Launch, states, cslast, h0):
+    """States entering each chunk (b, nc, H, P, N) and the final state (b, H, P, N)."""
     sin = torch.empty_like(states)
-    final = torch.empty(batch, H, P, N, device=dev, dtype=torch.float32)
-    h0 = initial_states.contiguous() if initial_states is not None else None
-    block = 1024
-    _ssd_pass_kernel[(batch * H, triton.cdiv(P * N, block))](
-        states, cslast, h0 if h0 is not None else states, sin, final, H, P * N, nc,
-        HAS_H0=h0 is not None, BLOCK=block, num_warps=4)
+    final = torch.empty(k.batch, k.H, k.P, k.N, device=states.device, dtype=torch.float32)
+    _ssd_pass_kernel[(k.batch * k.H, triton.cdiv(k.P * k.N, PASS_BLOCK))](
+        states, cslast, h0 if h0 is not None else states, sin, final, k.H, k.P * k.N, k.nc,
+        HAS_H0=h0 is not None, BLOCK=PASS_BLOCK, num_warps=4)
+    return sin, final
+
+
+def _outputs(k: _Launch, x, w, cs, B, C, D, z, sin):
+    """y (b, L, H, P) in x's dtype, gated by silu(z) when z is given."""
     out = torch.empty_like(x)
-    _ssd_scan_kernel[(batch * H, nc, triton.cdiv(Q, BM))](
-        x, dt, A, B, C, D if D is not None else A, z if z is not None else x, bias, sin, out,
-        L, H, P, N, Q, H // G, nc, lo, hi, *strides,
+    _ssd_scan_kernel[(k.batch * k.H, k.nc, triton.cdiv(k.Q, k.BM))](
+        x, w, cs, B, C, D if D is not None else w, z if z is not None else x, sin, out,
+        *k.dims, *k.x_strides, *k.b_strides,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        BM=BM, BP=BP, BN=BN, num_warps=4, **common)
-    return out, final
+        DOT_F32=k.dot_f32, BM=k.BM, BP=k.BP, BN=k.BN, num_warps=4)
+    return out
+
+
+def _contiguous(*ts):
+    return [t.contiguous() if t is not None else None for t in ts]
+
+
+def _forward_states(k: _Launch, x, dt, A, B, dt_bias, dt_softplus, h0):
+    w, cs, cslast = _time_steps(k, dt, A, dt_bias, dt_softplus)
+    sin, final = _pass_states(k, _chunk_states(k, x, B, w, cs, cslast, forward=True), cslast, h0)
+    return w, cs, cslast, sin, final
+
+
+def _backward(k: _Launch, saved, dt_softplus, dt_limit, dout, dfinal):
+    """Gradients of (x, dt, A, B, C, D, z, dt_bias, initial_states); see the module
+    docstring, steps 4-8. dout (b, L, H, P); dfinal (b, H, P, N) or None."""
+    x, dt, A, B, C, D, z, dt_bias, h0 = saved
+    w, cs, cslast, sin, _ = _forward_states(k, x, dt, A, B, dt_bias, dt_softplus, h0)
+    dout = dout.float()
+    dz = None
+    if z is not None:
+        y = _outputs(k, x, w, cs, B, C, D, None, sin)
+        zf = z.float()
+        sz = torch.sigmoid(zf)
+        dz = (dout * y.float() * sz * (1 + zf * (1 - sz))).to(z.dtype)
+        dout = dout * zf * sz
+    dy = dout.to(x.dtype).contiguous()
+    dD = None
+    if D is not None:
+        dD = (dout * x.float()).sum((0, 1))                       # (H, P)
+        dD = (dD if D.dim() == 2 else dD.sum(-1)).to(D.dtype)
+    U = _chunk_states(k, dy, C, w, cs, cslast, forward=False)
+    gend = torch.empty_like(U)
+    dh0 = torch.empty(k.batch, k.H, k.P, k.N, device=x.device, dtype=torch.float32)
+    n_blocks = triton.cdiv(k.P * k.N, PASS_BLOCK)
+    dcl = torch.empty(k.batch, k.H, k.nc, n_blocks, device=x.device, dtype=torch.float32)
+    dfinal = dfinal.float().contiguous() if dfinal is not None else None
+    _ssd_pass_bwd_kernel[(k.batch * k.H, n_blocks)](
+        U, sin, cslast, dfinal if dfinal is not None else U, gend, dh0, dcl,
+        k.H, k.P * k.N, k.nc, n_blocks, HAS_DFINAL=dfinal is not None, BLOCK=PASS_BLOCK,
+        num_warps=4)
+
+    grid = (k.batch * k.H, k.nc, triton.cdiv(k.Q, k.BM))
+    dx = torch.empty_like(x)
+    dB_heads = torch.empty(k.batch, k.L, k.H, k.N, device=x.device, dtype=torch.float32)
+    dC_heads = torch.empty_like(dB_heads)
+    dw, dcs_col, term, dcs_row = (torch.zeros_like(w) for _ in range(4))
+    db_strides = (k.L * k.H * k.N, k.H * k.N)
+    _ssd_bwd_dx_kernel[grid](
+        x, dy, w, cs, cslast, B, C, D if D is not None else w, gend,
+        dx, dB_heads, dw, dcs_col, term, *k.dims, *k.x_strides, *k.b_strides, *db_strides,
+        HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, DOT_F32=k.dot_f32,
+        BM=k.BM, BP=k.BP, BN=k.BN, num_warps=4)
+    _ssd_bwd_dc_kernel[grid](
+        x, dy, w, cs, B, C, sin, dC_heads, dcs_row, *k.dims, *k.x_strides, *k.b_strides,
+        *db_strides, DOT_F32=k.dot_f32, BM=k.BM, BP=k.BP, BN=k.BN, num_warps=4)
+    hg = k.H // k.G
+    dB = dB_heads.view(k.batch, k.L, k.G, hg, k.N).sum(3).to(B.dtype)
+    dC = dC_heads.view(k.batch, k.L, k.G, hg, k.N).sum(3).to(C.dtype)
+
+    # Step 8: log-decay and time-step gradients on (b, H, nc, Q) vectors.
+    # In float64: d cs_t is a difference of two larger sums and d a a cumsum of those, so
+    # float32 here costs dA several digits (cheap: these are (b, H, L) vectors).
+    chunked = (k.batch, k.H, k.nc, k.Q)
+    dcs = (dcs_row.double() - dcs_col.double()).view(chunked)
+    dcs_last = dcl.double().sum(-1) + term.double().view(chunked).sum(-1)   # (b, H, nc)
+    da = dcs.flip(-1).cumsum(-1).flip(-1) + dcs_last[..., None]   # d a_t = sum_{i >= t} d cs_i
+    da = da.view(w.shape)
+    dA = (da * w.double()).sum((0, 2)).to(A.dtype)
+    dw = (dw.double() + da * A.double()[:, None]).float()
+    dw = dw[:, :, :k.L].transpose(1, 2)                           # (b, L, H)
+    with torch.enable_grad():
+        dt_leaf = dt.detach().requires_grad_(True)
+        bias_leaf = dt_bias.detach().requires_grad_(True) if dt_bias is not None else None
+        wt = process_dt(dt_leaf, bias_leaf, dt_softplus, dt_limit)
+        wrt = [dt_leaf] + ([bias_leaf] if bias_leaf is not None else [])
+        got = torch.autograd.grad(wt, wrt, dw)
+    ddt = got[0]
+    ddt_bias = got[1] if dt_bias is not None else None
+    dh0 = dh0.to(h0.dtype) if h0 is not None else None
+    return dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dh0
 
 
 class _SSDFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size, dt_softplus,
                 dt_limit, return_final_states):
-        out, final = _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus,
-                              dt_limit, initial_states)
-        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states)
-        ctx.opts = (chunk_size, dt_softplus, dt_limit, return_final_states)
+        x, dt, B, C, z, h0 = _contiguous(x, dt, B, C, z, initial_states)
+        k = _Launch(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_limit)
+        w, cs, _, sin, final = _forward_states(k, x, dt, A, B, dt_bias, dt_softplus, h0)
+        out = _outputs(k, x, w, cs, B, C, D, z, sin)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, h0)
+        ctx.launch = k
+        ctx.opts = (dt_softplus, dt_limit)
         return (out, final) if return_final_states else out
 
     @staticmethod
-    def backward(ctx, *grads):
-        from .torch import ssd_scan_torch
-
-        saved = ctx.saved_tensors
-        chunk_size, dt_softplus, dt_limit, return_final_states = ctx.opts
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(needs) if t is not None else None
-                      for t, needs in zip(saved, ctx.needs_input_grad[:9])]
-            x, dt, A, B, C, D, z, dt_bias, h0 = leaves
-            res = ssd_scan_torch(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z,
-                                 dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
-                                 initial_states=h0, return_final_states=return_final_states)
-            outs = res if return_final_states else (res,)
-            pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]
-            wrt = [t for t in leaves if t is not None and t.requires_grad]
-            got = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs],
-                                      allow_unused=True)
-        it = iter(got)
-        result = [next(it) if (t is not None and t.requires_grad) else None for t in leaves]
-        return (*result, None, None, None, None)
+    def backward(ctx, dout, dfinal=None):
+        grads = _backward(ctx.launch, ctx.saved_tensors, *ctx.opts, dout, dfinal)
+        grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad)]
+        return (*grads, None, None, None, None)
 
 
 def ssd_scan_triton(

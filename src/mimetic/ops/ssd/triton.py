@@ -17,7 +17,8 @@ Forward
              + D x_i,   out = y * silu(z)
    with the quadratic part as blocked matmuls (C B^T masked and decayed, times x).
 
-Backward (dy = dout * silu(z); G_c = gradient w.r.t. the state leaving chunk c)
+Backward (dy = dout * silu(z), fused with the gate's own gradient into a recomputation
+of the outputs; G_c = gradient w.r.t. the state leaving chunk c)
 4. U_c = sum_i exp(cs_i) dy_i^T C_i  (kernel 1 with dy, C and weights exp(cs_i));
 5. reverse state passing (``_ssd_pass_bwd_kernel``): G_{c-1} = exp(cs_last_c) G_c + U_c
    from the final state's gradient; G before chunk 0 is d(initial state); also
@@ -26,15 +27,16 @@ Backward (dy = dout * silu(z); G_c = gradient w.r.t. the state leaving chunk c)
        dx_j = w_j sum_i exp(cs_i - cs_j) (C_i . B_j) dy_i + exp(cs_last - cs_j) w_j G_c B_j + D dy_j
        dB_j = w_j sum_i exp(cs_i - cs_j) (dy_i . x_j) C_i + exp(cs_last - cs_j) w_j G_c^T x_j
        dw_j = sum_i exp(cs_i - cs_j) (C_i . B_j)(dy_i . x_j) + exp(cs_last - cs_j) x_j^T G_c B_j
-   and <dB_j, B_j>, the total weight of the terms that decay from step j (d cs_j gets
-   minus that);
+   (dB summed in registers over several heads of a group), and dD's partial sums;
 7. per row block i (``_ssd_bwd_dc_kernel``), looping over column blocks j <= i:
        dC_i = exp(cs_i) dy_i S_c + sum_j exp(cs_i - cs_j) w_j (dy_i . x_j) B_j
-   and <dC_i, C_i>, the total weight of the terms that decay up to step i (d cs_i gets
-   plus that);
-8. in PyTorch, on (batch, H, L) vectors: d cs -> d a (reverse cumsum within each chunk,
-   plus d cs_last), d w += d a A, dA = sum d a w, and the time-step transform's own
-   backward by autograd; dB and dC are summed over the heads of each group.
+   and the log-decay gradient of these outputs: for each step k, the sum of the pair
+   terms M_ij = (dy_i . x_j)(C_i . B_j) exp(cs_i - cs_j) w_j over j < k <= i, formed
+   directly (as a difference of row and column sums it would cancel the large diagonal
+   terms and lose digits of dA, the more the longer the chunk);
+8. in PyTorch, on (batch, H, L) vectors: d a (the log-decays' gradient), d w += d a A,
+   dA = sum d a w, and the time-step transform's own backward by autograd; dB and dC
+   summed over the head splits.
 Every exponent is <= 0 (A < 0, i >= j; masked entries are -inf before the exp), so
 nothing overflows. Matmuls take bf16/fp16 operands for half inputs (float32
 accumulation) and exact float32 ("ieee") for float32 inputs.
@@ -176,11 +178,15 @@ def _ssd_pass_bwd_kernel(U_ptr, sin_ptr, cslast_ptr, dfinal_ptr, gend_ptr, dh0_p
 
 @triton.jit
 def _ssd_scan_kernel(x_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, D_ptr, z_ptr, sin_ptr, out_ptr,
+                     dout_ptr, dz_ptr,
                      L, H, P, N, Q, heads_per_group, n_chunks,
                      s_x_b, s_x_l, s_b_b, s_b_l,
                      HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr,
-                     DOT_F32: tl.constexpr,
+                     GATE_BWD: tl.constexpr, DOT_F32: tl.constexpr,
                      BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+    """Outputs of a row block of chunk c. With GATE_BWD (backward, z given) it writes,
+    instead of the gated output, dy = dout * silu(z) into out and the gate's gradient
+    into dz, from the recomputed pre-gate y (never stored)."""
     pid_bh = tl.program_id(0)
     c = tl.program_id(1)
     r = tl.program_id(2)
@@ -239,156 +245,185 @@ def _ssd_scan_kernel(x_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, D_ptr, z_ptr, sin_ptr, 
             acc += x_i * tl.load(D_ptr + h).to(tl.float32)
     if HAS_Z:
         zz = tl.load(z_ptr + x_offs, mask=m_out, other=0.0).to(tl.float32)
-        acc = acc * zz * tl.sigmoid(zz)
+        sz = tl.sigmoid(zz)
+        if GATE_BWD:
+            do = tl.load(dout_ptr + x_offs, mask=m_out, other=0.0).to(tl.float32)
+            tl.store(dz_ptr + x_offs, (do * acc * sz * (1.0 + zz * (1.0 - sz)))
+                     .to(dz_ptr.dtype.element_ty), mask=m_out)
+            acc = do * zz * sz
+        else:
+            acc = acc * zz * sz
     tl.store(out_ptr + x_offs, acc.to(out_ptr.dtype.element_ty), mask=m_out)
 
 
 @triton.jit
 def _ssd_bwd_dx_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, cslast_ptr, B_ptr, C_ptr, D_ptr, gend_ptr,
-                       dx_ptr, dB_ptr, dw_ptr, dcs_ptr, term_ptr,
-                       L, H, P, N, Q, heads_per_group, n_chunks,
-                       s_x_b, s_x_l, s_b_b, s_b_l, s_db_b, s_db_l,
-                       HAS_D: tl.constexpr, D_PER_P: tl.constexpr, DOT_F32: tl.constexpr,
+                       dx_ptr, dB_ptr, dw_ptr, term_ptr, dD_ptr,
+                       L, H, P, N, Q, heads_per_group, n_chunks, G, n_splits,
+                       s_x_b, s_x_l, s_b_b, s_b_l,
+                       HAS_D: tl.constexpr, DOT_F32: tl.constexpr, HEADS: tl.constexpr,
                        BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
-    """Gradients reaching the inputs of step j (a column block of chunk c): dx, this
-    head's dB (float32, summed over a group's heads afterwards), dw, <dB_j, B_j> into
-    dcs and the state term's weight into term (both per step)."""
-    pid_bh = tl.program_id(0)
+    """Gradients reaching the inputs of step j, for a column block of chunk c and HEADS
+    heads of one group: dx, dw and the state term's weight per head; dB summed over
+    those heads (float32, one slice per head split); the block's part of dD per head."""
+    pid = tl.program_id(0)
     c = tl.program_id(1)
     r = tl.program_id(2)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    g = h // heads_per_group
+    b = (pid // (G * n_splits)).to(tl.int64)
+    g = (pid // n_splits) % G
+    split = pid % n_splits
     offs_m = tl.arange(0, BM)
     offs_p = tl.arange(0, BP)
     offs_n = tl.arange(0, BN)
     t0 = c * Q
     mp = offs_p[None, :] < P
     mn = offs_n[None, :] < N
-    row = (b * H + h) * n_chunks * Q
     tj = t0 + r * BM + offs_m
     mj = (r * BM + offs_m < Q) & (tj < L)
-    w_j = tl.load(w_ptr + row + tj, mask=mj, other=0.0)
-    cs_j = tl.load(cs_ptr + row + tj, mask=mj, other=0.0)
-    cs_last = tl.load(cslast_ptr + (b * H + h) * n_chunks + c)
     B_j = tl.load(B_ptr + b * s_b_b + tj[:, None] * s_b_l + g * N + offs_n[None, :],
                   mask=mj[:, None] & mn, other=0.0)
-    xj_offs = b * s_x_b + tj[:, None] * s_x_l + h * P + offs_p[None, :]
-    x_j = tl.load(x_ptr + xj_offs, mask=mj[:, None] & mp, other=0.0)
-    # The chunk's own state term: its gradient arrives through the state leaving it.
-    Gc = tl.load(gend_ptr + ((b * n_chunks + c) * H + h) * P * N + offs_p[:, None] * N
-                 + offs_n[None, :], mask=(offs_p[:, None] < P) & mn, other=0.0)    # (BP, BN)
-    if DOT_F32:
-        BG = tl.dot(B_j.to(tl.float32), tl.trans(Gc), input_precision="ieee")  # (BM, BP)
-        XG = tl.dot(x_j.to(tl.float32), Gc, input_precision="ieee")            # (BM, BN)
-    else:
-        BG = tl.dot(B_j, tl.trans(Gc.to(B_j.dtype)))
-        XG = tl.dot(x_j, Gc.to(x_j.dtype))
-    e_j = tl.where(mj, tl.exp(cs_last - cs_j), 0.0)
-    ew = e_j * w_j
-    dx_acc = BG * ew[:, None]
-    dB_acc = XG * ew[:, None]
-    dw = e_j * tl.sum(x_j.to(tl.float32) * BG, axis=1)
-    term = w_j * dw
-    # Quadratic terms: every row block i >= j of the chunk.
-    for s in range(r * BM, Q, BM):
-        ti = t0 + s + offs_m
-        mi = (s + offs_m < Q) & (ti < L)
-        cs_i = tl.load(cs_ptr + row + ti, mask=mi, other=0.0)
-        C_i = tl.load(C_ptr + b * s_b_b + ti[:, None] * s_b_l + g * N + offs_n[None, :],
-                      mask=mi[:, None] & mn, other=0.0)
-        dy_i = tl.load(dy_ptr + b * s_x_b + ti[:, None] * s_x_l + h * P + offs_p[None, :],
-                       mask=mi[:, None] & mp, other=0.0)
+    dB_sum = tl.zeros([BM, BN], dtype=tl.float32)
+    for k in range(0, HEADS):
+        h = g * heads_per_group + split * HEADS + k
+        row = (b * H + h) * n_chunks * Q
+        w_j = tl.load(w_ptr + row + tj, mask=mj, other=0.0)
+        cs_j = tl.load(cs_ptr + row + tj, mask=mj, other=0.0)
+        cs_last = tl.load(cslast_ptr + (b * H + h) * n_chunks + c)
+        xj_offs = b * s_x_b + tj[:, None] * s_x_l + h * P + offs_p[None, :]
+        x_j = tl.load(x_ptr + xj_offs, mask=mj[:, None] & mp, other=0.0)
+        # The chunk's own state term: its gradient arrives through the state leaving it.
+        Gc = tl.load(gend_ptr + ((b * n_chunks + c) * H + h) * P * N + offs_p[:, None] * N
+                     + offs_n[None, :], mask=(offs_p[:, None] < P) & mn, other=0.0)  # (BP, BN)
         if DOT_F32:
-            CB = tl.dot(B_j.to(tl.float32), tl.trans(C_i.to(tl.float32)), input_precision="ieee")
-            XD = tl.dot(x_j.to(tl.float32), tl.trans(dy_i.to(tl.float32)), input_precision="ieee")
+            BG = tl.dot(B_j.to(tl.float32), tl.trans(Gc), input_precision="ieee")  # (BM, BP)
+            XG = tl.dot(x_j.to(tl.float32), Gc, input_precision="ieee")            # (BM, BN)
         else:
-            CB = tl.dot(B_j, tl.trans(C_i))      # (BM_j, BM_i): C_i . B_j
-            XD = tl.dot(x_j, tl.trans(dy_i))     # (BM_j, BM_i): dy_i . x_j
-        causal = (ti[None, :] >= tj[:, None]) & mi[None, :] & mj[:, None]
-        decay = tl.exp(tl.where(causal, cs_i[None, :] - cs_j[:, None], float("-inf")))
-        CBd = CB * decay
-        XDd = XD * decay
-        dw += tl.sum(CBd * XD, axis=1)
-        if DOT_F32:
-            dx_acc += tl.dot(CBd * w_j[:, None], dy_i.to(tl.float32), input_precision="ieee")
-            dB_acc += tl.dot(XDd * w_j[:, None], C_i.to(tl.float32), input_precision="ieee")
-        else:
-            dx_acc += tl.dot((CBd * w_j[:, None]).to(dy_i.dtype), dy_i)
-            dB_acc += tl.dot((XDd * w_j[:, None]).to(C_i.dtype), C_i)
-    if HAS_D:
-        dy_j = tl.load(dy_ptr + xj_offs, mask=mj[:, None] & mp, other=0.0).to(tl.float32)
-        if D_PER_P:
-            Dv = tl.load(D_ptr + h * P + offs_p, mask=offs_p < P, other=0.0).to(tl.float32)
+            BG = tl.dot(B_j, tl.trans(Gc.to(B_j.dtype)))
+            XG = tl.dot(x_j, Gc.to(x_j.dtype))
+        e_j = tl.where(mj, tl.exp(cs_last - cs_j), 0.0)
+        ew = e_j * w_j
+        dx_acc = BG * ew[:, None]
+        dB_sum += XG * ew[:, None]
+        dw = e_j * tl.sum(x_j.to(tl.float32) * BG, axis=1)
+        tl.store(term_ptr + row + tj, w_j * dw, mask=mj)
+        # Quadratic terms: every row block i >= j of the chunk.
+        for s in range(r * BM, Q, BM):
+            ti = t0 + s + offs_m
+            mi = (s + offs_m < Q) & (ti < L)
+            cs_i = tl.load(cs_ptr + row + ti, mask=mi, other=0.0)
+            C_i = tl.load(C_ptr + b * s_b_b + ti[:, None] * s_b_l + g * N + offs_n[None, :],
+                          mask=mi[:, None] & mn, other=0.0)
+            dy_i = tl.load(dy_ptr + b * s_x_b + ti[:, None] * s_x_l + h * P + offs_p[None, :],
+                           mask=mi[:, None] & mp, other=0.0)
+            if DOT_F32:
+                CB = tl.dot(B_j.to(tl.float32), tl.trans(C_i.to(tl.float32)),
+                            input_precision="ieee")
+                XD = tl.dot(x_j.to(tl.float32), tl.trans(dy_i.to(tl.float32)),
+                            input_precision="ieee")
+            else:
+                CB = tl.dot(B_j, tl.trans(C_i))      # (BM_j, BM_i): C_i . B_j
+                XD = tl.dot(x_j, tl.trans(dy_i))     # (BM_j, BM_i): dy_i . x_j
+            causal = (ti[None, :] >= tj[:, None]) & mi[None, :] & mj[:, None]
+            decay = tl.exp(tl.where(causal, cs_i[None, :] - cs_j[:, None], float("-inf")))
+            CBd = CB * decay
+            dw += tl.sum(CBd * XD, axis=1)
+            if DOT_F32:
+                dx_acc += tl.dot(CBd * w_j[:, None], dy_i.to(tl.float32), input_precision="ieee")
+                dB_sum += tl.dot(XD * decay * w_j[:, None], C_i.to(tl.float32),
+                                 input_precision="ieee")
+            else:
+                dx_acc += tl.dot((CBd * w_j[:, None]).to(dy_i.dtype), dy_i)
+                dB_sum += tl.dot((XD * decay * w_j[:, None]).to(C_i.dtype), C_i)
+        if HAS_D:
+            dy_j = tl.load(dy_ptr + xj_offs, mask=mj[:, None] & mp, other=0.0).to(tl.float32)
+            Dv = tl.load(D_ptr + h * P + offs_p, mask=offs_p < P, other=0.0)   # (H, P) float32
             dx_acc += dy_j * Dv[None, :]
-        else:
-            dx_acc += dy_j * tl.load(D_ptr + h).to(tl.float32)
-    tl.store(dx_ptr + xj_offs, dx_acc.to(dx_ptr.dtype.element_ty), mask=mj[:, None] & mp)
-    tl.store(dB_ptr + b * s_db_b + tj[:, None] * s_db_l + h * N + offs_n[None, :], dB_acc,
-             mask=mj[:, None] & mn)
-    tl.store(dw_ptr + row + tj, dw, mask=mj)
-    tl.store(dcs_ptr + row + tj, tl.sum(dB_acc * B_j.to(tl.float32), axis=1), mask=mj)
-    tl.store(term_ptr + row + tj, term, mask=mj)
+            tl.store(dD_ptr + (((b * n_chunks + c) * tl.num_programs(2) + r) * H + h) * P
+                     + offs_p, tl.sum(dy_j * x_j.to(tl.float32), axis=0), mask=offs_p < P)
+        tl.store(dx_ptr + xj_offs, dx_acc.to(dx_ptr.dtype.element_ty), mask=mj[:, None] & mp)
+        tl.store(dw_ptr + row + tj, dw, mask=mj)
+    tl.store(dB_ptr + (((b * L + tj[:, None]) * n_splits + split) * G + g) * N + offs_n[None, :],
+             dB_sum, mask=mj[:, None] & mn)
 
 
 @triton.jit
-def _ssd_bwd_dc_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, sin_ptr, dC_ptr, dcs_ptr,
-                       L, H, P, N, Q, heads_per_group, n_chunks,
-                       s_x_b, s_x_l, s_b_b, s_b_l, s_db_b, s_db_l,
-                       DOT_F32: tl.constexpr,
+def _ssd_bwd_dc_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, sin_ptr, dC_ptr,
+                       sterm_ptr, da_ptr,
+                       L, H, P, N, Q, heads_per_group, n_chunks, G, n_splits,
+                       s_x_b, s_x_l, s_b_b, s_b_l,
+                       DOT_F32: tl.constexpr, HEADS: tl.constexpr,
                        BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
-    """This head's dC for a row block i of chunk c (float32, summed over a group's heads
-    afterwards) and <dC_i, C_i> into dcs (per step)."""
-    pid_bh = tl.program_id(0)
+    """dC for a row block i of chunk c summed over HEADS heads of one group (float32, one
+    slice per head split). Per head also the log-decay gradients of the outputs of these
+    rows: the state term exp(cs_i) dy_i . (C_i S^T) into sterm, and for every step k
+    before or in the block, sum over pairs j < k <= i of M_ij = (dy_i . x_j)(C_i . B_j)
+    exp(cs_i - cs_j) w_j (the pairs whose decay spans step k) into da[b, h, block]."""
+    pid = tl.program_id(0)
     c = tl.program_id(1)
     r = tl.program_id(2)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    g = h // heads_per_group
+    b = (pid // (G * n_splits)).to(tl.int64)
+    g = (pid // n_splits) % G
+    split = pid % n_splits
     offs_m = tl.arange(0, BM)
     offs_p = tl.arange(0, BP)
     offs_n = tl.arange(0, BN)
     t0 = c * Q
     mp = offs_p[None, :] < P
     mn = offs_n[None, :] < N
-    row = (b * H + h) * n_chunks * Q
     ti = t0 + r * BM + offs_m
     mi = (r * BM + offs_m < Q) & (ti < L)
-    cs_i = tl.load(cs_ptr + row + ti, mask=mi, other=0.0)
-    dy_i = tl.load(dy_ptr + b * s_x_b + ti[:, None] * s_x_l + h * P + offs_p[None, :],
-                   mask=mi[:, None] & mp, other=0.0)
-    S = tl.load(sin_ptr + ((b * n_chunks + c) * H + h) * P * N + offs_p[:, None] * N
-                + offs_n[None, :], mask=(offs_p[:, None] < P) & mn, other=0.0)   # (BP, BN)
-    if DOT_F32:
-        acc = tl.dot(dy_i.to(tl.float32), S, input_precision="ieee")
-    else:
-        acc = tl.dot(dy_i, S.to(dy_i.dtype))
-    acc = acc * tl.where(mi, tl.exp(cs_i), 0.0)[:, None]
-    for s in range(0, (r + 1) * BM, BM):
-        tj = t0 + s + offs_m
-        mj = (s + offs_m < Q) & (tj < L)
-        w_j = tl.load(w_ptr + row + tj, mask=mj, other=0.0)
-        cs_j = tl.load(cs_ptr + row + tj, mask=mj, other=0.0)
-        B_j = tl.load(B_ptr + b * s_b_b + tj[:, None] * s_b_l + g * N + offs_n[None, :],
-                      mask=mj[:, None] & mn, other=0.0)
-        x_j = tl.load(x_ptr + b * s_x_b + tj[:, None] * s_x_l + h * P + offs_p[None, :],
-                      mask=mj[:, None] & mp, other=0.0)
-        if DOT_F32:
-            DX = tl.dot(dy_i.to(tl.float32), tl.trans(x_j.to(tl.float32)), input_precision="ieee")
-        else:
-            DX = tl.dot(dy_i, tl.trans(x_j))     # (BM_i, BM_j): dy_i . x_j
-        causal = (ti[:, None] >= tj[None, :]) & mi[:, None] & mj[None, :]
-        decay = tl.exp(tl.where(causal, cs_i[:, None] - cs_j[None, :], float("-inf")))
-        mt = DX * decay * w_j[None, :]
-        if DOT_F32:
-            acc += tl.dot(mt, B_j.to(tl.float32), input_precision="ieee")
-        else:
-            acc += tl.dot(mt.to(B_j.dtype), B_j)
     C_i = tl.load(C_ptr + b * s_b_b + ti[:, None] * s_b_l + g * N + offs_n[None, :],
                   mask=mi[:, None] & mn, other=0.0)
-    tl.store(dC_ptr + b * s_db_b + ti[:, None] * s_db_l + h * N + offs_n[None, :], acc,
-             mask=mi[:, None] & mn)
-    tl.store(dcs_ptr + row + ti, tl.sum(acc * C_i.to(tl.float32), axis=1), mask=mi)
+    dC_sum = tl.zeros([BM, BN], dtype=tl.float32)
+    for k in range(0, HEADS):
+        h = g * heads_per_group + split * HEADS + k
+        row = (b * H + h) * n_chunks * Q
+        cs_i = tl.load(cs_ptr + row + ti, mask=mi, other=0.0)
+        dy_i = tl.load(dy_ptr + b * s_x_b + ti[:, None] * s_x_l + h * P + offs_p[None, :],
+                       mask=mi[:, None] & mp, other=0.0)
+        S = tl.load(sin_ptr + ((b * n_chunks + c) * H + h) * P * N + offs_p[:, None] * N
+                    + offs_n[None, :], mask=(offs_p[:, None] < P) & mn, other=0.0)  # (BP, BN)
+        if DOT_F32:
+            acc = tl.dot(dy_i.to(tl.float32), S, input_precision="ieee")
+        else:
+            acc = tl.dot(dy_i, S.to(dy_i.dtype))
+        acc = acc * tl.where(mi, tl.exp(cs_i), 0.0)[:, None]
+        tl.store(sterm_ptr + row + ti, tl.sum(acc * C_i.to(tl.float32), axis=1), mask=mi)
+        # Pair sums are formed directly (never as a difference of row and column sums,
+        # which cancel their large diagonal terms and cost dA several digits).
+        carry = tl.zeros([BM], dtype=tl.float32)   # sum of M_ij over earlier blocks j
+        for s in range(0, (r + 1) * BM, BM):
+            tj = t0 + s + offs_m
+            mj = (s + offs_m < Q) & (tj < L)
+            w_j = tl.load(w_ptr + row + tj, mask=mj, other=0.0)
+            cs_j = tl.load(cs_ptr + row + tj, mask=mj, other=0.0)
+            B_j = tl.load(B_ptr + b * s_b_b + tj[:, None] * s_b_l + g * N + offs_n[None, :],
+                          mask=mj[:, None] & mn, other=0.0)
+            x_j = tl.load(x_ptr + b * s_x_b + tj[:, None] * s_x_l + h * P + offs_p[None, :],
+                          mask=mj[:, None] & mp, other=0.0)
+            if DOT_F32:
+                DX = tl.dot(dy_i.to(tl.float32), tl.trans(x_j.to(tl.float32)),
+                            input_precision="ieee")
+                CB = tl.dot(C_i.to(tl.float32), tl.trans(B_j.to(tl.float32)),
+                            input_precision="ieee")
+            else:
+                DX = tl.dot(dy_i, tl.trans(x_j))     # (BM_i, BM_j): dy_i . x_j
+                CB = tl.dot(C_i, tl.trans(B_j))      # (BM_i, BM_j): C_i . B_j
+            causal = (ti[:, None] >= tj[None, :]) & mi[:, None] & mj[None, :]
+            decay = tl.exp(tl.where(causal, cs_i[:, None] - cs_j[None, :], float("-inf")))
+            mt = DX * decay * w_j[None, :]
+            if DOT_F32:
+                acc += tl.dot(mt, B_j.to(tl.float32), input_precision="ieee")
+            else:
+                acc += tl.dot(mt.to(B_j.dtype), B_j)
+            M = mt * CB
+            span = tl.cumsum(M, axis=1) - M + carry[:, None]     # sum_{j' < k} M_ij', k = tj
+            tl.store(da_ptr + ((b * H + h) * tl.num_programs(2) + r) * n_chunks * Q + tj,
+                     tl.sum(tl.where(ti[:, None] >= tj[None, :], span, 0.0), axis=0), mask=mj)
+            carry += tl.sum(M, axis=1)
+        dC_sum += acc
+    tl.store(dC_ptr + (((b * L + ti[:, None]) * n_splits + split) * G + g) * N + offs_n[None, :],
+             dC_sum, mask=mi[:, None] & mn)
 
 
 def _p2(n: int) -> int:
@@ -454,15 +489,18 @@ def _pass_states(k: _Launch, states, cslast, h0):
     return sin, final
 
 
-def _outputs(k: _Launch, x, w, cs, B, C, D, z, sin):
-    """y (b, L, H, P) in x's dtype, gated by silu(z) when z is given."""
+def _outputs(k: _Launch, x, w, cs, B, C, D, z, sin, dout=None):
+    """y (b, L, H, P) in x's dtype, gated by silu(z) when z is given. With ``dout`` (and
+    z): (dy, dz) instead, dy = dout * silu(z) and dz the gate's gradient."""
     out = torch.empty_like(x)
+    dz = torch.empty_like(z) if dout is not None else None
     _ssd_scan_kernel[(k.batch * k.H, k.nc, triton.cdiv(k.Q, k.BM))](
         x, w, cs, B, C, D if D is not None else w, z if z is not None else x, sin, out,
+        dout if dout is not None else x, dz if dz is not None else x,
         *k.dims, *k.x_strides, *k.b_strides,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        DOT_F32=k.dot_f32, BM=k.BM, BP=k.BP, BN=k.BN, num_warps=4)
-    return out
+        GATE_BWD=dout is not None, DOT_F32=k.dot_f32, BM=k.BM, BP=k.BP, BN=k.BN, num_warps=4)
+    return (out, dz) if dout is not None else out
 
 
 def _contiguous(*ts):
@@ -475,24 +513,29 @@ def _forward_states(k: _Launch, x, dt, A, B, dt_bias, dt_softplus, h0):
     return w, cs, cslast, sin, final
 
 
+# Heads per program of the dx/dB and dC kernels, at most: dB and dC are sums over the
+# heads of a group, so a program takes several of them and writes one float32 partial
+# sum per split of the group (fewer splits: less memory, fewer programs).
+HEADS_PER_PROGRAM = 8
+
+
+def _heads_per_program(heads_per_group: int) -> int:
+    """The largest divisor of heads_per_group that is <= HEADS_PER_PROGRAM."""
+    return max(d for d in range(1, min(HEADS_PER_PROGRAM, heads_per_group) + 1)
+               if heads_per_group % d == 0)
+
+
 def _backward(k: _Launch, saved, dt_softplus, dt_limit, dout, dfinal):
     """Gradients of (x, dt, A, B, C, D, z, dt_bias, initial_states); see the module
     docstring, steps 4-8. dout (b, L, H, P); dfinal (b, H, P, N) or None."""
     x, dt, A, B, C, D, z, dt_bias, h0 = saved
     w, cs, cslast, sin, _ = _forward_states(k, x, dt, A, B, dt_bias, dt_softplus, h0)
-    dout = dout.float()
+    dout = dout.contiguous()
     dz = None
-    if z is not None:
-        y = _outputs(k, x, w, cs, B, C, D, None, sin)
-        zf = z.float()
-        sz = torch.sigmoid(zf)
-        dz = (dout * y.float() * sz * (1 + zf * (1 - sz))).to(z.dtype)
-        dout = dout * zf * sz
-    dy = dout.to(x.dtype).contiguous()
-    dD = None
-    if D is not None:
-        dD = (dout * x.float()).sum((0, 1))                       # (H, P)
-        dD = (dD if D.dim() == 2 else dD.sum(-1)).to(D.dtype)
+    if z is not None:   # the gate's backward, fused into a recomputation of the outputs
+        dy, dz = _outputs(k, x, w, cs, B, C, D, z, sin, dout=dout)
+    else:
+        dy = dout.to(x.dtype)
     U = _chunk_states(k, dy, C, w, cs, cslast, forward=False)
     gend = torch.empty_like(U)
     dh0 = torch.empty(k.batch, k.H, k.P, k.N, device=x.device, dtype=torch.float32)
@@ -503,32 +546,49 @@ def _backward(k: _Launch, saved, dt_softplus, dt_limit, dout, dfinal):
         U, sin, cslast, dfinal if dfinal is not None else U, gend, dh0, dcl,
         k.H, k.P * k.N, k.nc, n_blocks, HAS_DFINAL=dfinal is not None, BLOCK=PASS_BLOCK,
         num_warps=4)
+    del U
 
-    grid = (k.batch * k.H, k.nc, triton.cdiv(k.Q, k.BM))
-    dx = torch.empty_like(x)
-    dB_heads = torch.empty(k.batch, k.L, k.H, k.N, device=x.device, dtype=torch.float32)
-    dC_heads = torch.empty_like(dB_heads)
-    dw, dcs_col, term, dcs_row = (torch.zeros_like(w) for _ in range(4))
-    db_strides = (k.L * k.H * k.N, k.H * k.N)
-    _ssd_bwd_dx_kernel[grid](
-        x, dy, w, cs, cslast, B, C, D if D is not None else w, gend,
-        dx, dB_heads, dw, dcs_col, term, *k.dims, *k.x_strides, *k.b_strides, *db_strides,
-        HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, DOT_F32=k.dot_f32,
-        BM=k.BM, BP=k.BP, BN=k.BN, num_warps=4)
-    _ssd_bwd_dc_kernel[grid](
-        x, dy, w, cs, B, C, sin, dC_heads, dcs_row, *k.dims, *k.x_strides, *k.b_strides,
-        *db_strides, DOT_F32=k.dot_f32, BM=k.BM, BP=k.BP, BN=k.BN, num_warps=4)
     hg = k.H // k.G
-    dB = dB_heads.view(k.batch, k.L, k.G, hg, k.N).sum(3).to(B.dtype)
-    dC = dC_heads.view(k.batch, k.L, k.G, hg, k.N).sum(3).to(C.dtype)
+    heads = _heads_per_program(hg)
+    splits = hg // heads
+    n_rows = triton.cdiv(k.Q, k.BM)
+    grid = (k.batch * k.G * splits, k.nc, n_rows)
+    dx = torch.empty_like(x)
+    dB_parts = torch.empty(k.batch, k.L, splits, k.G, k.N, device=x.device, dtype=torch.float32)
+    dw, term, sterm = torch.zeros_like(w), torch.zeros_like(w), torch.zeros_like(w)
+    da_pairs = torch.zeros(k.batch, k.H, n_rows, k.nc * k.Q, device=x.device, dtype=torch.float32)
+    D_hp = None
+    if D is not None:   # (H, P) float32 for the kernel, whichever shape D has
+        D_hp = (D.float()[:, None] if D.dim() == 1 else D.float()).expand(k.H, k.P).contiguous()
+        dD_parts = torch.empty(k.batch, k.nc, n_rows, k.H, k.P, device=x.device,
+                               dtype=torch.float32)
+    common = dict(DOT_F32=k.dot_f32, HEADS=heads, BM=k.BM, BP=k.BP, BN=k.BN, num_warps=4)
+    _ssd_bwd_dx_kernel[grid](
+        x, dy, w, cs, cslast, B, C, D_hp if D is not None else w, gend,
+        dx, dB_parts, dw, term, dD_parts if D is not None else w,
+        *k.dims, k.G, splits, *k.x_strides, *k.b_strides, HAS_D=D is not None, **common)
+    del gend
+    dC_parts = torch.empty_like(dB_parts)
+    _ssd_bwd_dc_kernel[grid](
+        x, dy, w, cs, B, C, sin, dC_parts, sterm, da_pairs,
+        *k.dims, k.G, splits, *k.x_strides, *k.b_strides, **common)
+    dB = dB_parts.sum(2).to(B.dtype) if splits > 1 else dB_parts[:, :, 0].to(B.dtype)
+    dC = dC_parts.sum(2).to(C.dtype) if splits > 1 else dC_parts[:, :, 0].to(C.dtype)
+    dD = None
+    if D is not None:
+        dD = dD_parts.sum((0, 1, 2))                                   # (H, P)
+        dD = (dD if D.dim() == 2 else dD.sum(-1)).to(D.dtype)
 
-    # Step 8: log-decay and time-step gradients on (b, H, nc, Q) vectors.
-    # In float64: d cs_t is a difference of two larger sums and d a a cumsum of those, so
-    # float32 here costs dA several digits (cheap: these are (b, H, L) vectors).
+    # Step 8 on (b, H, nc, Q) vectors: d a_k, the gradient of step k's log-decay, sums
+    # every term whose decay spans step k: output pairs j < k <= i, the state entering
+    # the chunk seen at rows i >= k, the chunk's own state from steps j < k, and the
+    # state passed on (all of them). Float64: cheap on these (b, H, L) vectors.
     chunked = (k.batch, k.H, k.nc, k.Q)
-    dcs = (dcs_row.double() - dcs_col.double()).view(chunked)
-    dcs_last = dcl.double().sum(-1) + term.double().view(chunked).sum(-1)   # (b, H, nc)
-    da = dcs.flip(-1).cumsum(-1).flip(-1) + dcs_last[..., None]   # d a_t = sum_{i >= t} d cs_i
+    from_pairs = da_pairs.double().sum(2).view(chunked)
+    from_state_in = sterm.double().view(chunked).flip(-1).cumsum(-1).flip(-1)
+    term = term.double().view(chunked)
+    from_own_state = term.cumsum(-1) - term
+    da = from_pairs + from_state_in + from_own_state + dcl.double().sum(-1)[..., None]
     da = da.view(w.shape)
     dA = (da * w.double()).sum((0, 2)).to(A.dtype)
     dw = (dw.double() + da * A.double()[:, None]).float()

@@ -77,12 +77,22 @@ def run_selective_scan(args, rows, details):
         "lane_d16_w4_t64": dict(FORWARD_VARIANT="lane", LANE_D=16, LANE_WARPS=4, LANE_T=64),
         "lane_d16_w8_t128": dict(FORWARD_VARIANT="lane", LANE_D=16, LANE_WARPS=8, LANE_T=128),
         "lane_d16_w8_t64": dict(FORWARD_VARIANT="lane", LANE_D=16, LANE_WARPS=8, LANE_T=64),
+        # Segmented forward (gpu_notes.md, "Segmented forward"): segment length, warps per
+        # program, steps per B/C load, states per step with the exp on the FMA pipe in
+        # pass 1 / pass 3. Its fwd+bwd runs the lane backward at the default tiles.
+        **{f"segment_t{t}_w{w}_kb{kb}_p{p1}{p3}": dict(
+            FORWARD_VARIANT="segment", SEG_T=t, SEG_WARPS=w, SEG_KB=kb, SEG_POLY1=p1,
+            SEG_POLY3=p3, LANE_D=None, LANE_WARPS=None, LANE_T=None)
+           for (t, w, kb, p1, p3) in [(128, 4, 2, 0, 0), (64, 4, 2, 0, 0), (64, 4, 2, 4, 0),
+                                      (128, 4, 2, 4, 0), (64, 2, 2, 4, 0), (64, 4, 1, 4, 0),
+                                      (256, 4, 2, 4, 0), (64, 4, 2, 2, 2)]},
     }
     if args.variants:
         variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
     fwdbwd_variants = tuple(variants) if not args.quick else tuple(variants)[:1]
     default = {k: getattr(mod, k) for k in ("FORWARD_VARIANT", "SEQ_WARPS", "SEQ_CHANNELS", "LANE_D",
-                                            "LANE_WARPS", "LANE_T")}
+                                            "LANE_WARPS", "LANE_T", "SEG_T", "SEG_WARPS",
+                                            "SEG_KB", "SEG_POLY1", "SEG_POLY3")}
     shapes = SS_SHAPES[:1] if args.quick else SS_SHAPES
     for dtype in (torch.bfloat16, torch.float32):
         for (b, d, L, n) in shapes:

@@ -156,7 +156,7 @@ def test_optional_arguments(opts):
     check(1, 4, 33, 8, None, torch.float32, softplus=softplus, **opts)
 
 
-@pytest.mark.parametrize("variant", ["seq", "tile", "lane"])
+@pytest.mark.parametrize("variant", ["seq", "tile", "lane", "segment"])
 def test_forward_variants(variant, monkeypatch):
     """Both forward kernels (the per-step one needs 32-channel blocks) agree with the oracle."""
     import importlib
@@ -166,6 +166,104 @@ def test_forward_variants(variant, monkeypatch):
     check(1, 32, 29, 16, 2, torch.float32, last=True, h0=True, seed=7)
     if CUDA:
         check(2, 256, 1500, 16, 2, torch.bfloat16, seed=8)
+
+
+# Segmented forward ("segment"): (batch, dim, L, n, groups). Segments of 8 steps on the
+# interpreter (64 on a GPU, plus the 128 default): L shorter than a segment, a multiple
+# of it, odd tails; batch 1; d_state 1, 5, 16; grouped B/C; dim not a multiple of the
+# channel block.
+SEG_SHAPES = [
+    (2, 4, 37, 16, None),
+    (1, 3, 5, 4, None),
+    (1, 8, 70, 5, 2),
+    (1, 6, 16, 1, 3),
+    (2, 40, 23, 16, 2),
+]
+if CUDA:
+    SEG_SHAPES += [(2, 256, 1000, 16, None), (3, 192, 4099, 16, 2), (1, 1536, 2048, 16, None)]
+
+
+def _segment(monkeypatch, seg_t=None, **knobs):
+    import importlib
+
+    mod = importlib.import_module("mimetic.ops.selective_scan.triton")
+    monkeypatch.setattr(mod, "FORWARD_VARIANT", "segment")
+    monkeypatch.setattr(mod, "SEG_T", seg_t or (64 if CUDA else 8))
+    for k, v in knobs.items():
+        monkeypatch.setattr(mod, k, v)
+    return mod
+
+
+def check_forward(batch, dim, L, n, groups, dtype, *, softplus=True, seed=0, **kw):
+    """Forward only (no autograd: the segment length is SEG_T, not the backward's chunk):
+    output and last state against the float64 oracle."""
+    t = make_inputs(batch, dim, L, n, groups, dtype, seed=seed, **kw)
+    args = {k: v for k, v in t.items() if k not in ("u", "delta", "A", "B", "C")}
+    with torch.no_grad():
+        out, last = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], **args,
+                                   delta_softplus=softplus, return_last_state=True,
+                                   backend="triton")
+        t64 = {k: (None if v is None else v.double()) for k, v in t.items()}
+        r_out, r_last = selective_scan_ref(
+            t64["u"], t64["delta"], t64["A"], t64["B"], t64["C"],
+            **{k: t64[k] for k in args}, delta_softplus=softplus, return_last_state=True)
+    assert out.dtype == dtype and out.shape == (batch, dim, L)
+    assert last.dtype == torch.float32 and last.shape == (batch, dim, n)
+    errors = {"out": rel_err(out, r_out), "last_state": rel_err(last, r_last)}
+    bad = {k: v for k, v in errors.items() if not v < TOL[dtype]}
+    assert not bad, f"tolerance {TOL[dtype]:g} exceeded: {bad}"
+
+
+@pytest.mark.parametrize("shape", SEG_SHAPES, ids=lambda s: "x".join(map(str, s[:4])) + f"g{s[4]}")
+def test_segment_forward(shape, monkeypatch):
+    _segment(monkeypatch)
+    check_forward(*shape, dtype=torch.float32, h0=True)
+    check_forward(*shape, dtype=torch.float32, seed=1)          # no initial state
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_segment_low_precision(dtype, monkeypatch):
+    _segment(monkeypatch, seg_t=16 if not CUDA else None)
+    check_forward(2, 8, 45, 16, None, dtype, h0=True, seed=3)
+    check(2, 4, 45, 16, None, dtype, last=True, h0=True, seed=3)
+
+
+@pytest.mark.parametrize("opts", [
+    dict(D=False, z=False, bias=False, softplus=False),
+    dict(D=True, z=False, bias=True, softplus=True),
+    dict(D=False, z=True, bias=False, softplus=True, h0=True),
+], ids=["plain", "no_z", "no_D"])
+def test_segment_optional_arguments(opts, monkeypatch):
+    opts = dict(opts)
+    softplus = opts.pop("softplus")
+    _segment(monkeypatch)
+    check_forward(1, 4, 33, 8, None, torch.float32, softplus=softplus, **opts)
+    check(1, 4, 33, 8, None, torch.float32, softplus=softplus, last=True, **opts)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 37, 16, None), (1, 8, 70, 5, 2), (1, 3, 5, 1, None)],
+                         ids=lambda s: "x".join(map(str, s[:4])) + f"g{s[4]}")
+def test_segment_forward_backward(shape, monkeypatch):
+    """Through the autograd Function: segment forward (segments = the lane backward's
+    chunks, whose checkpoints are the segment carries), lane backward."""
+    _segment(monkeypatch)
+    check(*shape, dtype=torch.float32, last=True, h0=True)
+    check(*shape, dtype=torch.float32, seed=2)
+
+
+def test_segment_knobs_and_large_state(monkeypatch):
+    """Other knobs (B/C vector of 1 and 4 steps, 1-warp programs, polynomial exps), and
+    d_state above SEG_MAX_N: the lane forward by default, the segment kernel if allowed."""
+    _segment(monkeypatch, SEG_KB=1, SEG_WARPS=1)
+    check_forward(1, 40, 29, 16, 2, torch.float32, seed=5)
+    _segment(monkeypatch, SEG_KB=4, SEG_KX=8)
+    check_forward(2, 4, 29, 4, None, torch.float32, seed=6)
+    _segment(monkeypatch, SEG_POLY1=4, SEG_POLY3=16)              # exps on the FMA pipe
+    check_forward(2, 4, 29, 16, None, torch.float32, h0=True, seed=8)
+    _segment(monkeypatch)
+    check_forward(1, 4, 11, 64, 4, torch.float32, seed=7)       # lane forward
+    _segment(monkeypatch, SEG_MAX_N=256)
+    check_forward(1, 2, 11, 64, None, torch.float32, seed=7)    # segment kernel
 
 
 def test_dispatch_picks_triton_on_cuda():

@@ -63,3 +63,34 @@ def test_conv(shape, dtype, act, bias, h0):
             errs[name] = rel_err(got, ref)
     tol = TOL[dtype]
     assert all(v < tol for v in errs.values()), errs
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "slice_of_wider", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_conv_layouts(layout, dtype):
+    """x as the layers pass it: a transposed view of (batch, L, dim) activations, or of a
+    slice of a wider projection (Mamba-2's xBC inside zxbcdt); or with no unit stride
+    (copied). Output and gradients equal the reference; the output keeps x's layout."""
+    batch, dim, L, W = 2, 24, 45, 4
+    g = torch.Generator().manual_seed(11)
+    r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)  # noqa: E731
+    if layout == "strided":
+        base = r(batch, dim, 2 * L).to(dtype).requires_grad_(True)
+        view = lambda t: t[:, :, ::2]  # noqa: E731
+    else:
+        width = dim + (7 if layout == "slice_of_wider" else 0)
+        base = r(batch, L, width).to(dtype).requires_grad_(True)
+        view = lambda t: t[:, :, 3:3 + dim].transpose(1, 2) if width > dim else t.transpose(1, 2)  # noqa: E731
+    w, b = (r(dim, W) * 0.5).requires_grad_(True), r(dim).requires_grad_(True)
+    dout = torch.randn(batch, dim, L, generator=g, dtype=torch.float64).to(DEVICE)
+    out = causal_conv1d(view(base), w, bias=b, activation="silu", backend="triton")
+    if layout != "strided":
+        assert out.stride(1) == 1, "channels-last input should give a channels-last output"
+    (out.double() * dout).sum().backward()
+    base64 = base.detach().double().requires_grad_(True)
+    w64, b64 = w.detach().double().requires_grad_(True), b.detach().double().requires_grad_(True)
+    ref = causal_conv1d_ref(view(base64), w64, bias=b64, activation="silu")
+    (ref * dout).sum().backward()
+    errs = {"out": rel_err(out, ref), "dx": rel_err(base.grad, base64.grad),
+            "dw": rel_err(w.grad, w64.grad), "db": rel_err(b.grad, b64.grad)}
+    assert all(v < TOL[dtype] for v in errs.values()), errs

@@ -78,17 +78,20 @@ class Mamba(nn.Module):
         return self._forward(hidden_states, cache)
 
     def _forward(self, hidden_states: torch.Tensor, cache=None) -> torch.Tensor:
-        xz = rearrange(self.in_proj(hidden_states), "b l d -> b d l")
+        # The projections are computed as W @ h^T, giving (batch, features, L) tensors
+        # with L contiguous, the layout of the conv and the scan: a (batch, L, features)
+        # result would need a transposing copy of each (slow on GPU).
+        xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None]
         x, z = xz.chunk(2, dim=1)  # (batch, d_inner, L) each
         x = causal_conv1d(x, rearrange(self.conv1d.weight, "d 1 w -> d w"), self.conv1d.bias,
                           activation="silu", return_final_states=cache is not None)
         if cache is not None:
             x, cache.conv_state = x
-        dt, B, C = self.x_proj(rearrange(x, "b d l -> b l d")).split(
-            [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = rearrange(dt @ self.dt_proj.weight.t(), "b l d -> b d l")  # bias goes in the scan
-        B = rearrange(B, "b l n -> b n l")
-        C = rearrange(C, "b l n -> b n l")
+        dt, B, C = torch.matmul(self.x_proj.weight, x).split(
+            [self.dt_rank, self.d_state, self.d_state], dim=1)   # (batch, rank | n | n, L)
+        dt = torch.matmul(self.dt_proj.weight, dt)  # (batch, d_inner, L); bias goes in the scan
         y = selective_scan(x, dt, self.A, B, C, self.D.float(), z=z,
                            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                            return_last_state=cache is not None)

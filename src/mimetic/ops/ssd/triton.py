@@ -77,11 +77,11 @@ def _ssd_dt_kernel(dt_ptr, A_ptr, bias_ptr, w_ptr, cs_ptr, cslast_ptr, L, H, Q, 
     if CLAMP:
         dt = tl.minimum(tl.maximum(dt, lo), hi)
     w = tl.where(m, dt, 0.0)
-    cs = tl.cumsum(w * tl.load(A_ptr + h).to(tl.float32), axis=0)
+    a = w * tl.load(A_ptr + h).to(tl.float32)
     row = (b * H + h) * n_chunks * Q + t
     tl.store(w_ptr + row, w, mask=offs < Q)
-    tl.store(cs_ptr + row, cs, mask=offs < Q)
-    tl.store(cslast_ptr + (b * H + h) * n_chunks + c, tl.sum(w * tl.load(A_ptr + h).to(tl.float32)))
+    tl.store(cs_ptr + row, tl.cumsum(a, axis=0), mask=offs < Q)
+    tl.store(cslast_ptr + (b * H + h) * n_chunks + c, tl.sum(a))
 
 
 @triton.jit

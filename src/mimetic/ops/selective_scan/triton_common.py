@@ -1,0 +1,37 @@
+"""Triton helpers shared by the selective-scan kernels (see ``triton.py``).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# ----------------------------------------------------------------------------- helpers
+
+@triton.jit
+def _affine_fwd(a1, b1, a2, b2):
+    # Compose x -> a1 x + b1 (earlier step) then x -> a2 x + b2 (later step).
+    return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def _softplus(x):
+    # log(1 + e^x) without overflow and without losing small values to 1 + e^-|x| == 1:
+    # for tiny e, log(1 + e) ~ e - e^2/2 (next term e^3/3 is below fp32 resolution).
+    e = tl.exp(-tl.abs(x))
+    log1p_e = tl.where(e < 1e-3, e * (1.0 - 0.5 * e), tl.log(1.0 + e))
+    return tl.maximum(x, 0.0) + log1p_e
+
+
+@triton.jit
+def _load_delta(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Returns (delta after bias/softplus, pre-softplus value), both float32, 0 where masked."""
+    raw = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw = raw + bias[:, None]
+    dt = raw
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    # Masked (padding) steps must be exact identities of the recurrence: delta 0 gives
+    # a = 1 and b = 0 whatever A, B, u are.
+    dt = tl.where(mask, dt, 0.0)
+    return dt, raw

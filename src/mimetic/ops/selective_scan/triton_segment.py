@@ -1,0 +1,261 @@
+"""Selective-scan forward of the "segment" layout: one thread per (channel, time
+segment), the state in registers, three passes. See ``triton.py`` and
+benchmarks/gpu_notes.md ("Segmented forward").
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from .triton_common import _affine_fwd
+
+# ------------------------------------------------------------- forward, segmented in time
+
+@triton.jit
+def _cols2(x, S: tl.constexpr, K: tl.constexpr):
+    """(S, K) -> tuple of its K columns (S,), in order, split in registers (K a power of
+    two <= 16; in the tiles used here the K values of a row sit in one thread)."""
+    if K == 1:
+        r = (tl.reshape(x, (S,)),)
+    elif K == 2:
+        r = tl.split(x)
+    else:
+        ev, od = tl.split(tl.reshape(x, (S, K // 2, 2)))
+        e = _cols2(ev, S, K // 2)
+        o = _cols2(od, S, K // 2)
+        if K == 4:
+            r = (e[0], o[0], e[1], o[1])
+        elif K == 8:
+            r = (e[0], o[0], e[1], o[1], e[2], o[2], e[3], o[3])
+        else:
+            r = (e[0], o[0], e[1], o[1], e[2], o[2], e[3], o[3],
+                 e[4], o[4], e[5], o[5], e[6], o[6], e[7], o[7])
+    return r
+
+
+@triton.jit
+def _pack(c, S: tl.constexpr, K: tl.constexpr):
+    """Inverse of _cols2: tuple of K columns (S,) -> (S, K)."""
+    if K == 1:
+        r = tl.reshape(c[0], (S, 1))
+    elif K == 2:
+        r = tl.join(c[0], c[1])
+    elif K == 4:
+        r = tl.reshape(tl.join(_pack((c[0], c[2]), S, 2), _pack((c[1], c[3]), S, 2)), (S, 4))
+    elif K == 8:
+        r = tl.reshape(tl.join(_pack((c[0], c[2], c[4], c[6]), S, 4),
+                               _pack((c[1], c[3], c[5], c[7]), S, 4)), (S, 8))
+    else:
+        r = tl.reshape(tl.join(_pack((c[0], c[2], c[4], c[6], c[8], c[10], c[12], c[14]), S, 8),
+                               _pack((c[1], c[3], c[5], c[7], c[9], c[11], c[13], c[15]), S, 8)),
+                       (S, 16))
+    return r
+
+
+@triton.jit
+def _softplus_fast(x, FAST: tl.constexpr):
+    """softplus with one ex2 and one lg2 (MUFU) per element on the GPU (FAST): log(1 + e)
+    as lg2(1 + e) ln2 for e = exp(-|x|) >= 1/16 (lg2.approx: ~1e-7 absolute, < 3e-6
+    relative here), else a 5-term series (truncation e^5/6, < 3e-6 relative). The
+    interpreter has no lg2.approx (FAST off): tl.log there, same formula otherwise."""
+    e = tl.exp2(tl.abs(x) * -1.4426950408889634)
+    one_e = 1.0 + e
+    if FAST:
+        lg = libdevice.fast_log2f(one_e) * 0.6931471805599453
+    else:
+        lg = tl.log(one_e)
+    series = e * (1.0 - e * (0.5 - e * (0.3333333333333333 - e * (0.25 - e * 0.2))))
+    return tl.maximum(x, 0.0) + tl.where(e < 0.0625, series, lg)
+
+
+@triton.jit
+def _exp2_fma(x):
+    """2^x without the MUFU unit (which two exps per state update saturate): round x to
+    an integer j with the 1.5 * 2^23 trick, 2^(x - j) by a degree-5 polynomial on
+    [-1/2, 1/2] (relative error < 3e-7, as ex2.approx), j added into the exponent bits.
+    12 FMA-pipe/ALU instructions. x is clamped to [-125, 127] (2^-125 stands for 0)."""
+    x = tl.minimum(tl.maximum(x, -125.0), 127.0)
+    t = x + 12582912.0
+    f = x - (t - 12582912.0)
+    p = 0.0013400432653725147 * f + 0.009676037356257439
+    p = p * f + 0.05550327152013779
+    p = p * f + 0.2402210682630539
+    p = p * f + 0.6931471824645996
+    p = p * f + 1.0000001192092896
+    e = t.to(tl.int32, bitcast=True) << 23
+    return (p.to(tl.int32, bitcast=True) + e).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _ss_seg_bc_kernel(B_ptr, C_ptr, BC_ptr, L, Lp,
+                      NS: tl.constexpr, KB: tl.constexpr, BLOCK: tl.constexpr):
+    """B, C (b*g, NS, L) -> one float32 buffer (b*g, Lp/KB, NS, 2, KB), zero-padded in
+    time: the KB-step block of B and C for every n is one small contiguous piece, so the
+    forward reads it with constant offsets from one pointer (KB-wide vector loads)."""
+    bg = tl.program_id(1).to(tl.int64)
+    o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    blk = o // (2 * NS * KB)
+    r = o % (2 * NS * KB)
+    n = r // (2 * KB)
+    which = (r // KB) % 2
+    t = blk * KB + r % KB
+    inside = o < Lp * 2 * NS
+    m = inside & (t < L)
+    src = bg * NS * L + n * L + t
+    b = tl.load(B_ptr + src, mask=m & (which == 0), other=0.0).to(tl.float32)
+    c = tl.load(C_ptr + src, mask=m & (which == 1), other=0.0).to(tl.float32)
+    tl.store(BC_ptr + bg * Lp * 2 * NS + o, b + c, mask=inside)
+
+
+@triton.jit
+def _ss_fwd_seg_kernel(
+    u_ptr, delta_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, carry_ptr, dsum_ptr, out_ptr,
+    dim, L, G, dim_per_group, n_seg, Lp,
+    s_x_b, s_x_d,
+    PASS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
+    NS: tl.constexpr, BLOCK_C: tl.constexpr, SEG_T: tl.constexpr, KX: tl.constexpr,
+    KB: tl.constexpr, POLY: tl.constexpr,
+):
+    """Segmented forward: one thread per (channel, time segment of SEG_T steps), the
+    channel's NS (= d_state) states in that thread's registers, steps one at a time.
+
+    PASS 1 runs each segment from a zero state and stores its end state into carry slot
+    seg + 1 and the segment's sum of delta into ``dsum``; ``_ss_seg_carry_kernel`` then
+    composes the slots into the true state entering each segment (a segment maps h to
+    exp(A sum(delta)) h + its end state); PASS 3 re-runs each segment from its entry
+    state and writes the outputs. ``carry`` is (b, n_seg + 1, dim, NS) float32: slot s
+    the state entering segment s, slot n_seg the final state -- with SEG_T equal to the
+    lane backward's chunk it is exactly the checkpoint tensor that backward reads.
+
+    Everything is a (BLOCK_C,) vector, one channel per thread, and the state is a tuple
+    of NS such vectors (one per n): no reductions, no shuffles, no layout conversions;
+    the sum over n for y is a chain of FMAs. A step's data reach the thread as follows:
+    u, delta, z are loaded as (BLOCK_C, KX) tiles (KX consecutive steps of a channel per
+    thread, one 16-byte vector) and split into per-step columns in registers; B and C
+    come from the ``_ss_seg_bc_kernel`` buffer, one KB-step vector per n at constant
+    offsets from one pointer, the same address for all channels of a group (broadcast).
+    The last POLY states of each step take their exp on the FMA pipe (``_exp2_fma``), to
+    balance the MUFU unit against instruction issue.
+    """
+    pid_c = tl.program_id(0)
+    seg = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < dim
+    bias = tl.zeros([BLOCK_C], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    Dv = tl.zeros([BLOCK_C], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    slots = carry_ptr + pid_b * (n_seg + 1) * dim * NS + offs_c * NS
+    slot_in = slots + seg.to(tl.int64) * dim * NS
+    A2 = ()
+    h = ()
+    for n in tl.static_range(NS):
+        A2 = A2 + (tl.load(A_ptr + offs_c * NS + n, mask=mask_c, other=0.0).to(tl.float32)
+                   * 1.4426950408889634,)
+        if PASS == 3:
+            h = h + (tl.load(slot_in + n, mask=mask_c, other=0.0),)
+        else:
+            h = h + (tl.zeros([BLOCK_C], dtype=tl.float32),)
+    dsum = tl.zeros([BLOCK_C], dtype=tl.float32)
+
+    x_base = pid_b * s_x_b + offs_c[:, None].to(tl.int64) * s_x_d        # (BLOCK_C, 1)
+    bc_row = (pid_b * G + offs_c // dim_per_group) * (Lp * 2 * NS)       # (BLOCK_C,) int64
+    bc_offs = bc_row[:, None] + tl.arange(0, KB)[None, :]                # (BLOCK_C, KB)
+    offs_k = tl.arange(0, KX)
+    t_start = seg * SEG_T
+    n_blk = tl.cdiv(tl.minimum(L - t_start, SEG_T), KX)
+    for j in range(0, n_blk):
+        t0 = t_start + j * KX
+        offs_t = t0 + offs_k
+        m = mask_c[:, None] & (offs_t[None, :] < L)
+        x_offs = x_base + offs_t[None, :]
+        # Padding steps get delta 0: a = 1, b = 0, the identity.
+        raw = tl.load(delta_ptr + x_offs, mask=m, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            raw = raw + bias[:, None]
+        dt = raw
+        if SOFTPLUS:
+            dt = _softplus_fast(raw, FAST)
+        dt = tl.where(m, dt, 0.0)
+        u = tl.load(u_ptr + x_offs, mask=m, other=0.0).to(tl.float32)
+        dts = _cols2(dt, BLOCK_C, KX)
+        dtus = _cols2(dt * u, BLOCK_C, KX)
+        if PASS == 1:
+            for k in tl.static_range(KX):
+                dsum += dts[k]
+        ys = ()
+        for i in tl.static_range(KX // KB):
+            bc = BC_ptr + bc_offs + (t0 + i * KB).to(tl.int64) * (2 * NS)
+            Bs = ()
+            Cs = ()
+            for n in tl.static_range(NS):
+                Bs = Bs + (_cols2(tl.load(bc + n * (2 * KB)), BLOCK_C, KB),)
+                if PASS == 3:
+                    Cs = Cs + (_cols2(tl.load(bc + n * (2 * KB) + KB), BLOCK_C, KB),)
+            for k in tl.static_range(KB):
+                dt_k = dts[i * KB + k]
+                dtu_k = dtus[i * KB + k]
+                y = tl.zeros([BLOCK_C], dtype=tl.float32)
+                h_new = ()
+                for n in tl.static_range(NS):
+                    if n >= NS - POLY:
+                        a = _exp2_fma(dt_k * A2[n])
+                    else:
+                        a = tl.exp2(dt_k * A2[n])
+                    hn = a * h[n] + dtu_k * Bs[n][k]
+                    h_new = h_new + (hn,)
+                    if PASS == 3:
+                        y += hn * Cs[n][k]
+                h = h_new
+                ys = ys + (y,)
+        if PASS == 3:
+            y = _pack(ys, BLOCK_C, KX)
+            if HAS_D:
+                y += Dv[:, None] * u
+            if HAS_Z:
+                zz = tl.load(z_ptr + x_offs, mask=m, other=0.0).to(tl.float32)
+                y = y * zz / (1.0 + tl.exp2(zz * -1.4426950408889634))
+            tl.store(out_ptr + x_offs, y.to(out_ptr.dtype.element_ty), mask=m)
+    if PASS == 1:
+        slot_out = slots + (seg + 1).to(tl.int64) * dim * NS
+        for n in tl.static_range(NS):
+            tl.store(slot_out + n, h[n], mask=mask_c)
+        tl.store(dsum_ptr + (pid_b * n_seg + seg) * dim + offs_c, dsum, mask=mask_c)
+
+
+@triton.jit
+def _ss_seg_carry_kernel(A_ptr, h0_ptr, carry_ptr, dsum_ptr, dim, N, n_seg, n_use,
+                         HAS_H0: tl.constexpr, BLOCK_E: tl.constexpr, SCH: tl.constexpr):
+    """Pass 2 of the segmented forward: per (b, d, n), fold the segments in order,
+    h_{s+1} = exp(A sum(delta)_s) h_s + end_s, in place over carry slots 1..n_use; slot 0
+    receives the initial state. SCH segments at a time: their loads are issued together
+    and composed by an in-thread scan (segments along registers)."""
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)      # over (d, n)
+    m_e = offs_e < dim * N
+    A2 = tl.load(A_ptr + offs_e, mask=m_e, other=0.0).to(tl.float32) * 1.4426950408889634
+    ch = offs_e // N
+    base = carry_ptr + pid_b * (n_seg + 1) * dim * N
+    if HAS_H0:
+        h = tl.load(h0_ptr + pid_b * dim * N + offs_e, mask=m_e, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK_E], dtype=tl.float32)
+    tl.store(base + offs_e, h, mask=m_e)
+    offs_s = tl.arange(0, SCH)
+    for s0 in range(0, n_use, SCH):
+        s = s0 + offs_s
+        m = (s[:, None] < n_use) & m_e[None, :]
+        ds = tl.load(dsum_ptr + (pid_b * n_seg + s[:, None]) * dim + ch[None, :], mask=m, other=0.0)
+        slot = base + (s[:, None] + 1).to(tl.int64) * dim * N + offs_e[None, :]
+        e = tl.load(slot, mask=m, other=0.0)
+        acum, bcum = tl.associative_scan((tl.exp2(ds * A2[None, :]), e), axis=0,
+                                         combine_fn=_affine_fwd)
+        hs = acum * h[None, :] + bcum
+        tl.store(slot, hs, mask=m)
+        # Masked rows are identities (a = 1, end 0): the last row is the running state.
+        h = tl.sum(tl.where(offs_s[:, None] == SCH - 1, hs, 0.0), axis=0)

@@ -169,6 +169,8 @@ def _lane_backward(ctx, dout, dhlast):
             dC.reshape(c_shape).to(c_dtype), dD.sum(0).to(D.dtype) if D is not None else None,
             dz, dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
             dh0, None, None)
+
+
 # Segmented forward (FORWARD_VARIANT = "segment", see _ss_fwd_seg_kernel; offline analysis
 # in benchmarks/gpu_notes.md, measured there). Knobs, flipped by benchmarks/gpu.py:
 SEG_T = 128      # steps per segment without gradients; with gradients the segment is the

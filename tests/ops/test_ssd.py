@@ -72,7 +72,15 @@ def check_against_reference(inputs, chunk_size, **kw):
     assert grads.keys() == r_grads.keys()
     for name in grads:
         assert grads[name].dtype == inputs[name].dtype, name
-        err = rel_err(grads[name], r_grads[name])
+        if name == "dt_bias":
+            # d bias[h] = sum over (batch, L) of d dt[..., h]: a sum that can cancel far
+            # below its terms (seen: -5.6e-3 from terms of order 1), where no float32
+            # summation is accurate relative to the result. Its error is measured against
+            # the sum of the terms' magnitudes, the condition of the sum.
+            scale = r_grads["dt"].abs().sum((0, 1)).clamp_min(1e-30)
+            err = ((grads[name].double() - r_grads[name]).abs() / scale).max().item()
+        else:
+            err = rel_err(grads[name], r_grads[name])
         assert err < TOL[dtype], f"grad of {name}: relative error {err:.2e}"
 
 

@@ -107,3 +107,20 @@ def test_ssd_optional_inputs(opts):
     errs = {f"out{i}": rel_err(o, r) for i, (o, r) in enumerate(zip(outs, r_outs))}
     errs.update({"d" + k: rel_err(grads[k], v) for k, v in r_grads.items()})
     assert all(v < TOL[torch.float32] for v in errs.values()), errs
+
+
+def test_ssd_other_block_config(monkeypatch):
+    """The row-block size and warps (module knobs a GPU run may retune) change only the
+    tiling: 32-row blocks, 8 warps, several row blocks per chunk, same results."""
+    import importlib
+
+    mod = importlib.import_module("mimetic.ops.ssd.triton")
+    monkeypatch.setattr(mod, "BLOCK_M", 32)
+    monkeypatch.setattr(mod, "BLOCK_WARPS", 8)
+    t = inputs(1, 150, 2, 16, 32, 1, torch.float32, D_per_p=True, seed=3)
+    limit = (1e-3, 0.5)
+    out, final, grads = run(ssd_scan, t, 128, limit, backend="triton")
+    r_out, r_final, r_grads = run(ssd_scan_ref, {k: v.double() for k, v in t.items()}, 128, limit)
+    errs = {"out": rel_err(out, r_out), "final": rel_err(final, r_final)}
+    errs.update({"d" + k: rel_err(grads[k], v) for k, v in r_grads.items()})
+    assert all(v < TOL[torch.float32] for v in errs.values()), errs

@@ -426,6 +426,15 @@ def _ssd_bwd_dc_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, sin_ptr, dC_p
              dC_sum, mask=mi[:, None] & mn)
 
 
+# Row block of the output and backward block kernels, and their warps per program: the
+# configuration measured on an H100 (benchmarks/RESULTS.md). Offline, ptxas (sm_90a)
+# reports these kernels at 255 registers with 0.7-2.8 KB of spills per thread, and
+# (32, 8) cuts the spills to 0-0.4 KB: a candidate the next GPU run should time
+# (benchmarks/gpu_notes.md); the result does not depend on them.
+BLOCK_M = 64
+BLOCK_WARPS = 4
+
+
 def _p2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))   # tl.dot needs every dim >= 16
 
@@ -440,7 +449,7 @@ class _Launch:
         self.Q = chunk_size
         self.nc = triton.cdiv(self.L, self.Q)
         self.BP, self.BN = _p2(self.P), _p2(self.N)
-        self.BM = min(64, _p2(self.Q))
+        self.BM = min(BLOCK_M, _p2(self.Q))
         self.clamp = tuple(dt_limit) != (0.0, math.inf)
         self.lo, self.hi = ((float(dt_limit[0]), float(min(dt_limit[1], 3.0e38)))
                             if self.clamp else (0.0, 0.0))
@@ -499,7 +508,8 @@ def _outputs(k: _Launch, x, w, cs, B, C, D, z, sin, dout=None):
         dout if dout is not None else x, dz if dz is not None else x,
         *k.dims, *k.x_strides, *k.b_strides,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        GATE_BWD=dout is not None, DOT_F32=k.dot_f32, BM=k.BM, BP=k.BP, BN=k.BN, num_warps=4)
+        GATE_BWD=dout is not None, DOT_F32=k.dot_f32, BM=k.BM, BP=k.BP, BN=k.BN,
+        num_warps=BLOCK_WARPS)
     return (out, dz) if dout is not None else out
 
 
@@ -562,7 +572,8 @@ def _backward(k: _Launch, saved, dt_softplus, dt_limit, dout, dfinal):
         D_hp = (D.float()[:, None] if D.dim() == 1 else D.float()).expand(k.H, k.P).contiguous()
         dD_parts = torch.empty(k.batch, k.nc, n_rows, k.H, k.P, device=x.device,
                                dtype=torch.float32)
-    common = dict(DOT_F32=k.dot_f32, HEADS=heads, BM=k.BM, BP=k.BP, BN=k.BN, num_warps=4)
+    common = dict(DOT_F32=k.dot_f32, HEADS=heads, BM=k.BM, BP=k.BP, BN=k.BN,
+                  num_warps=BLOCK_WARPS)
     _ssd_bwd_dx_kernel[grid](
         x, dy, w, cs, cslast, B, C, D_hp if D is not None else w, gend,
         dx, dB_parts, dw, term, dD_parts if D is not None else w,

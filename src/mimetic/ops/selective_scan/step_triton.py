@@ -16,7 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ssd.step_triton import _blocks, _inner_contiguous, _softplus
+from .._triton_math import _softplus
+from ..ssd.step_triton import _blocks, _inner_contiguous
 
 __all__ = ["selective_state_update_triton"]
 

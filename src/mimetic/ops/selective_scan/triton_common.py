@@ -5,21 +5,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .._triton_math import _softplus
+
 # ----------------------------------------------------------------------------- helpers
 
 @triton.jit
 def _affine_fwd(a1, b1, a2, b2):
     # Compose x -> a1 x + b1 (earlier step) then x -> a2 x + b2 (later step).
     return a1 * a2, b1 * a2 + b2
-
-
-@triton.jit
-def _softplus(x):
-    # log(1 + e^x) without overflow and without losing small values to 1 + e^-|x| == 1:
-    # for tiny e, log(1 + e) ~ e - e^2/2 (next term e^3/3 is below fp32 resolution).
-    e = tl.exp(-tl.abs(x))
-    log1p_e = tl.where(e < 1e-3, e * (1.0 - 0.5 * e), tl.log(1.0 + e))
-    return tl.maximum(x, 0.0) + log1p_e
 
 
 @triton.jit

@@ -19,15 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton_math import _softplus
+
 __all__ = ["ssd_state_update_triton"]
-
-
-@triton.jit
-def _softplus(x):
-    """log(1 + e^x), float32: the formula of the scans' kernels (``triton.py::_proc_dt``),
-    so a step and a scan discretize alike. For tiny e = e^-|x|, log(1 + e) ~ e - e^2/2."""
-    e = tl.exp(-tl.abs(x))
-    return tl.maximum(x, 0.0) + tl.where(e < 1e-3, e * (1.0 - 0.5 * e), tl.log(1.0 + e))
 
 
 @triton.jit

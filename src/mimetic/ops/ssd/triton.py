@@ -50,6 +50,7 @@ import triton
 import triton.language as tl
 
 from .._time_step import process_dt
+from .._triton_math import _softplus
 
 __all__ = ["ssd_scan_triton"]
 
@@ -72,8 +73,7 @@ def _ssd_dt_kernel(dt_ptr, A_ptr, bias_ptr, w_ptr, cs_ptr, cslast_ptr, L, H, Q, 
     if HAS_BIAS:
         dt = dt + tl.load(bias_ptr + h).to(tl.float32)
     if SOFTPLUS:
-        e = tl.exp(-tl.abs(dt))
-        dt = tl.maximum(dt, 0.0) + tl.where(e < 1e-3, e * (1.0 - 0.5 * e), tl.log(1.0 + e))
+        dt = _softplus(dt)
     if CLAMP:
         dt = tl.minimum(tl.maximum(dt, lo), hi)
     w = tl.where(m, dt, 0.0)

@@ -10,7 +10,6 @@ either the ``torch.library`` op of ``_library.py`` while torch.compile traces
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import importlib.util

@@ -54,6 +54,25 @@ def test_step_by_step_matches_forward(layer, init, attn, prefill):
 
 
 @pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
+def test_half_precision_states_follow_the_forward(layer):
+    """SSM states kept in bfloat16 (state_dtype) stay bfloat16 through prefill and steps,
+    and the logits follow the float32 forward to bfloat16 accuracy."""
+    torch.manual_seed(4)
+    model = MambaLM(tiny_config(layer)).eval()
+    ids = torch.randint(0, VOCAB, (2, 15))
+    cache = model.allocate_cache(2, 15, state_dtype=torch.bfloat16)
+    with torch.no_grad():
+        full = model(ids)
+        pieces = [model(ids[:, :5], cache=cache)]
+        pieces += [model.step(ids[:, t:t + 1], cache) for t in range(5, 15)]
+    assert all(s.ssm_state.dtype == torch.bfloat16 for s in cache.layers)
+    got = torch.cat(pieces, dim=1)
+    assert (got - full).norm() / full.norm() < 2e-2
+    out = model.generate(ids[:, :4], max_new_tokens=3, state_dtype=torch.bfloat16)
+    assert out.shape == (2, 7)
+
+
+@pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
 def test_layer_with_mlp_and_layernorm(layer):
     model = MambaLM(tiny_config(layer, d_intermediate=48, rms_norm=False, residual_in_fp32=False))
     ids = torch.randint(0, VOCAB, (2, 9))

@@ -214,3 +214,53 @@ def test_shape_errors():
     s = ss_inputs(2, 4, 3, torch.float32)
     with pytest.raises(ValueError, match="B must have shape"):
         selective_state_update(s["state"], s["x"], s["dt"], s["A"], s["B"][:, :2], s["C"])
+
+
+# ---------------------------------------------------------------- fused layer inputs
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.float16], ids=str)
+def test_selective_step_fused_dt_proj_and_A_log(dtype, state_dtype):
+    """A given as A_log and dt as the dt projection's low-rank input (what the Mamba layer
+    passes): same as forming A and dt first, on both backends; also with a half state."""
+    batch, dim, n, rank = 3, 37, 16, 5
+    t = ss_inputs(batch, dim, n, dtype, seed=11)
+    g = torch.Generator().manual_seed(12)
+    A_log = 0.5 * rnd(g, dim, n)
+    low, W = rnd(g, batch, rank, dtype=dtype), (0.3 * rnd(g, dim, rank)).to(dtype)
+    dt = (low.float() @ W.float().t())
+    t["state"] = t["state"].to(state_dtype)
+    outs = {}
+    for backend in ("triton", "torch"):
+        s1, s2 = t["state"].clone(), t["state"].clone()
+        fused = selective_state_update(s1, t["x"], low, A_log, t["B"], t["C"], D=t["D"], z=t["z"],
+                                       dt_bias=t["dt_bias"], dt_softplus=True, A_is_log=True,
+                                       dt_proj_weight=W, backend=backend)
+        plain = selective_state_update(s2, t["x"], dt, -torch.exp(A_log), t["B"], t["C"],
+                                       D=t["D"], z=t["z"], dt_bias=t["dt_bias"],
+                                       dt_softplus=True, backend=backend)
+        assert s1.dtype == state_dtype
+        assert rel_err(fused, plain) < TOL[dtype] and rel_err(s1, s2) < TOL[state_dtype]
+        outs[backend] = (fused, s1)
+    assert rel_err(outs["triton"][0], outs["torch"][0]) < TOL[dtype]
+    assert rel_err(outs["triton"][1], outs["torch"][1]) < TOL[state_dtype]
+
+
+def test_selective_step_dt_proj_shape_error():
+    s = ss_inputs(2, 4, 3, torch.float32)
+    with pytest.raises(ValueError, match="dt must have shape"):
+        selective_state_update(s["state"], s["x"], s["dt"], s["A"], s["B"], s["C"],
+                               dt_proj_weight=torch.zeros(4, 2, device=DEVICE))
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_ssd_step_A_log(state_dtype):
+    t = ssd_inputs(2, 4, 8, 2, 16, torch.float32, D_per_p=False, seed=13)
+    A_log = torch.log(-t["A"])
+    t["state"] = t["state"].to(state_dtype)
+    for backend in ("triton", "torch"):
+        s1, s2 = t["state"].clone(), t["state"].clone()
+        kw = dict(D=t["D"], z=t["z"], dt_bias=t["dt_bias"], dt_softplus=True, backend=backend)
+        y1 = ssd_state_update(s1, t["x"], t["dt"], A_log, t["B"], t["C"], A_is_log=True, **kw)
+        y2 = ssd_state_update(s2, t["x"], t["dt"], t["A"], t["B"], t["C"], **kw)
+        assert rel_err(y1, y2) < 1e-5 and rel_err(s1, s2) < TOL[state_dtype]

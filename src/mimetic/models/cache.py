@@ -10,7 +10,7 @@ import torch
 class SSMState:
     """A Mamba layer's decoding state. conv_state: (batch, conv_dim, d_conv-1), the last
     inputs of the conv; ssm_state: (batch, d_inner, d_state) for Mamba-1 or
-    (batch, nheads, headdim, d_state) for Mamba-2, float32."""
+    (batch, nheads, headdim, d_state) for Mamba-2, float32 unless allocated otherwise."""
 
     conv_state: torch.Tensor
     ssm_state: torch.Tensor

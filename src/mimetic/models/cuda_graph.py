@@ -136,15 +136,16 @@ def _weights_key(model) -> tuple:
                  for t in (*model.parameters(), *model.buffers()))
 
 
-def decode_graph(model, batch_size: int) -> DecodeGraph:
+def decode_graph(model, batch_size: int, state_dtype: torch.dtype = torch.float32) -> DecodeGraph:
     """``model``'s :class:`DecodeGraph` for ``batch_size``: captured on first use (on a
-    cache of its own), then reused while the batch size and the weights' storage stay."""
-    key = (batch_size, _weights_key(model))
+    cache of its own, SSM states in ``state_dtype``), then reused while the batch size,
+    the state dtype and the weights' storage stay."""
+    key = (batch_size, state_dtype, _weights_key(model))
     graph = _GRAPHS.get(model)
     if graph is None or graph.key != key:
         _GRAPHS.pop(model, None)  # free the old graph's memory before capturing anew
         del graph
-        graph = DecodeGraph(model, model.allocate_cache(batch_size, 1))
+        graph = DecodeGraph(model, model.allocate_cache(batch_size, 1, state_dtype=state_dtype))
         graph.key = key
         _GRAPHS[model] = graph
     return graph

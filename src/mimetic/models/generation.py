@@ -38,7 +38,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 1, 
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int = 1, top_p: float = 0.0, eos_token_id: int | None = None,
              generator: torch.Generator | None = None, progress: bool = False,
-             cuda_graph: bool = False) -> torch.Tensor:
+             cuda_graph: bool = False, state_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """See :meth:`mimetic.models.MambaLM.generate`. input_ids (batch, L) -> (batch, L + n).
 
     ``cuda_graph=True``: the decode steps replay a captured CUDA graph (see
@@ -54,12 +54,12 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     batch, L = input_ids.shape
     if L == 0:
         raise ValueError("generate needs a prompt of at least one token")
-    cache = model.allocate_cache(batch, L + max_new_tokens)
+    cache = model.allocate_cache(batch, L + max_new_tokens, state_dtype=state_dtype)
     logits = model(input_ids, cache=cache, num_last_tokens=1)[:, -1]
     if cuda_graph and max_new_tokens > 1:
         from .cuda_graph import decode_graph
 
-        step = decode_graph(model, batch)
+        step = decode_graph(model, batch, state_dtype=state_dtype)
         step.load(cache)  # the graph decodes on its own cache, from the prefilled states
     else:
         step = functools.partial(model.step, cache=cache)

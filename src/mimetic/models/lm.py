@@ -105,15 +105,21 @@ class MambaLM(nn.Module):
 
     # ---- decoding -------------------------------------------------------------------------
 
-    def allocate_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> InferenceCache:
-        """A fresh cache for ``batch_size`` sequences of up to ``max_seqlen`` tokens."""
+    def allocate_cache(self, batch_size: int, max_seqlen: int, dtype=None,
+                       state_dtype: torch.dtype = torch.float32) -> InferenceCache:
+        """A fresh cache for ``batch_size`` sequences of up to ``max_seqlen`` tokens.
+        ``dtype``: conv states and attention keys/values (default: the weights');
+        ``state_dtype``: the Mamba layers' SSM states. float32 keeps the recurrence
+        accurate over long generations; the model's half dtype (as ``mamba_ssm`` does)
+        halves the state bytes that each decoding step reads and writes."""
         cache = InferenceCache(batch_size=batch_size, max_seqlen=max_seqlen)
         for layer in self.backbone.layers:
             mixer = layer.mixer
             if isinstance(mixer, MHA):
                 cache.layers.append(KVState(*mixer.allocate_state(batch_size, max_seqlen, dtype=dtype)))
             else:
-                cache.layers.append(SSMState(*mixer.allocate_state(batch_size, dtype=dtype)))
+                cache.layers.append(SSMState(*mixer.allocate_state(batch_size, dtype=dtype,
+                                                                   state_dtype=state_dtype)))
         return cache
 
     def step(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
@@ -131,7 +137,7 @@ class MambaLM(nn.Module):
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int = 1, top_p: float = 0.0, eos_token_id: int | None = None,
                  generator: torch.Generator | None = None, progress: bool = False,
-                 cuda_graph: bool = False) -> torch.Tensor:
+                 cuda_graph: bool = False, state_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Continue each prompt: input_ids (batch, L) -> (batch, L + n) with n <=
         ``max_new_tokens`` (fewer when every sequence has emitted ``eos_token_id``; finished
         sequences are padded with it). ``top_k=1`` is greedy; otherwise sample at
@@ -140,12 +146,13 @@ class MambaLM(nn.Module):
         then the model steps one token at a time. ``cuda_graph=True`` (CUDA, Mamba layers
         only) replays each step as one captured CUDA graph: same tokens, far fewer kernel
         launches; the graph is captured on the first call and reused by later ones of the
-        same batch size (see :mod:`mimetic.models.cuda_graph`)."""
+        same batch size (see :mod:`mimetic.models.cuda_graph`). ``state_dtype``: dtype of
+        the SSM states while decoding (see :meth:`allocate_cache`)."""
         from .generation import generate
 
         return generate(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
                         top_p=top_p, eos_token_id=eos_token_id, generator=generator,
-                        progress=progress, cuda_graph=cuda_graph)
+                        progress=progress, cuda_graph=cuda_graph, state_dtype=state_dtype)
 
     # ---- checkpoints ----------------------------------------------------------------------
 

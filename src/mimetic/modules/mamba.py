@@ -96,7 +96,8 @@ class Mamba(nn.Module):
                            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                            return_last_state=cache is not None)
         if cache is not None:
-            y, cache.ssm_state = y
+            y, last = y
+            cache.ssm_state = last.to(cache.ssm_state.dtype)
         return self.out_proj(rearrange(y, "b d l -> b l d"))
 
     @property
@@ -110,15 +111,18 @@ class Mamba(nn.Module):
         x = causal_conv1d_update(x, cache.conv_state, rearrange(self.conv1d.weight, "d 1 w -> d w"),
                                  self.conv1d.bias, activation="silu")
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = dt @ self.dt_proj.weight.t()
-        y = selective_state_update(cache.ssm_state, x, dt, self.A, B, C, self.D, z=z,
-                                   dt_bias=self.dt_proj.bias, dt_softplus=True)
+        # The step applies dt_proj and forms A = -exp(A_log) itself: fewer launches a token.
+        y = selective_state_update(cache.ssm_state, x, dt, self.A_log, B, C, self.D, z=z,
+                                   dt_bias=self.dt_proj.bias, dt_softplus=True, A_is_log=True,
+                                   dt_proj_weight=self.dt_proj.weight)
         return self.out_proj(y).unsqueeze(1)
 
-    def allocate_state(self, batch_size: int, device=None, dtype=None):
-        """Zero conv state (batch, d_inner, d_conv-1) and SSM state (batch, d_inner, d_state)."""
+    def allocate_state(self, batch_size: int, device=None, dtype=None,
+                       state_dtype: torch.dtype = torch.float32):
+        """Zero conv state (batch, d_inner, d_conv-1) in ``dtype`` (default: the conv
+        weight's) and SSM state (batch, d_inner, d_state) in ``state_dtype``."""
         device = device or self.out_proj.weight.device
         dtype = dtype or self.conv1d.weight.dtype
         conv = torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype)
-        ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32)
+        ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=state_dtype)
         return conv, ssm

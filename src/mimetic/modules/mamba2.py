@@ -129,7 +129,8 @@ class Mamba2(nn.Module):
             return_final_states=cache is not None,
         )
         if cache is not None:
-            y, cache.ssm_state = y
+            y, last = y
+            cache.ssm_state = last.to(cache.ssm_state.dtype)
         return self._gate_and_project(rearrange(y, "b l h p -> b l (h p)"), z)
 
     def step(self, u: torch.Tensor, cache) -> torch.Tensor:
@@ -140,19 +141,21 @@ class Mamba2(nn.Module):
                                    self.conv1d.bias, activation="silu")
         x, B, C = self._split_xbc(xBC)
         y = ssd_state_update(
-            cache.ssm_state, rearrange(x, "b (h p) -> b h p", p=self.headdim), dt, self.A,
+            cache.ssm_state, rearrange(x, "b (h p) -> b h p", p=self.headdim), dt, self.A_log,
             rearrange(B, "b (g n) -> b g n", g=self.ngroups),
             rearrange(C, "b (g n) -> b g n", g=self.ngroups), D=self._D(),
             z=None if self.rmsnorm else rearrange(z, "b (h p) -> b h p", p=self.headdim),
-            dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit,
+            dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit, A_is_log=True,
         )
         return self._gate_and_project(rearrange(y, "b h p -> b (h p)"), z).unsqueeze(1)
 
-    def allocate_state(self, batch_size: int, device=None, dtype=None):
-        """Zero conv state (batch, conv_dim, d_conv-1) and SSM state (batch, H, P, N)."""
+    def allocate_state(self, batch_size: int, device=None, dtype=None,
+                       state_dtype: torch.dtype = torch.float32):
+        """Zero conv state (batch, conv_dim, d_conv-1) in ``dtype`` (default: the conv
+        weight's) and SSM state (batch, H, P, N) in ``state_dtype``."""
         device = device or self.out_proj.weight.device
         dtype = dtype or self.conv1d.weight.dtype
         conv = torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype)
         ssm = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
-                          dtype=torch.float32)
+                          dtype=state_dtype)
         return conv, ssm

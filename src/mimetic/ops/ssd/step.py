@@ -28,6 +28,7 @@ def ssd_state_update(
     dt_bias: torch.Tensor | None = None,
     dt_softplus: bool = False,
     dt_limit: tuple[float, float] = (0.0, math.inf),
+    A_is_log: bool = False,
     backend: str = "auto",
 ) -> torch.Tensor:
     """One step of the SSD recurrence for decoding; ``state`` is updated in place.
@@ -36,6 +37,8 @@ def ssd_state_update(
         state: (batch, H, P, N), normally float32. x, z: (batch, H, P). dt: (batch, H).
         A, dt_bias: (H,). B, C: (batch, G, N), G groups of H / G heads each.
         D: (H,) or (H, P). dt' = clamp(softplus(dt + dt_bias), *dt_limit).
+        A_is_log: A holds a layer's ``A_log`` and the step uses ``-exp(A_log)``, as the
+            Mamba2 layer does (saves forming A, two kernel launches, per step).
         backend: "auto" (the Triton kernel for CUDA tensors when triton is installed,
             else PyTorch), "torch" (or "reference": the same PyTorch code) or "triton"
             (an error on CPU tensors unless ``TRITON_INTERPRET=1``).
@@ -50,8 +53,10 @@ def ssd_state_update(
     if choice == "triton" and triton_step_ok(backend, args):
         from .step_triton import ssd_state_update_triton
 
-        return ssd_state_update_triton(*args, dt_softplus=dt_softplus, dt_limit=dt_limit)
-    return ssd_state_update_torch(*args, dt_softplus=dt_softplus, dt_limit=dt_limit)
+        return ssd_state_update_triton(*args, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                                       A_is_log=A_is_log)
+    return ssd_state_update_torch(*args, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                                  A_is_log=A_is_log)
 
 
 def _validate(state, x, dt, A, B, C, D, z, dt_bias) -> None:
@@ -87,11 +92,14 @@ def ssd_state_update_torch(
     dt_bias: torch.Tensor | None = None,
     dt_softplus: bool = False,
     dt_limit: tuple[float, float] = (0.0, math.inf),
+    A_is_log: bool = False,
 ) -> torch.Tensor:
     """PyTorch step: state (batch, H, P, N) updated in place; x, z (batch, H, P); dt (batch, H);
     A (H,); B, C (batch, G, N); D (H,) or (H, P); dt_bias (H,).
-    Returns y (batch, H, P) in x's dtype."""
+    Returns y (batch, H, P) in x's dtype. ``A_is_log`` as in :func:`ssd_state_update`."""
     H, G = x.shape[1], B.shape[1]
+    if A_is_log:
+        A = -torch.exp(A.float())
     dt = process_dt(dt, dt_bias, dt_softplus, dt_limit)
     Bh = B.float().repeat_interleave(H // G, dim=1)  # (batch, H, N)
     Ch = C.float().repeat_interleave(H // G, dim=1)

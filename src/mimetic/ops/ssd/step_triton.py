@@ -31,7 +31,7 @@ def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr
                      s_z_b, s_z_h,
                      HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
                      HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr,
-                     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+                     A_IS_LOG: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_p = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -49,7 +49,10 @@ def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr
         dt = _softplus(dt)
     if CLAMP:
         dt = tl.minimum(tl.maximum(dt, lo), hi)
-    decay = tl.exp(dt * tl.load(A_ptr + h).to(tl.float32))
+    A = tl.load(A_ptr + h).to(tl.float32)
+    if A_IS_LOG:
+        A = -tl.exp(A)
+    decay = tl.exp(dt * A)
     x = tl.load(x_ptr + b * s_x_b + h * s_x_h + offs_p, mask=mp, other=0.0).to(tl.float32)
     Bv = tl.load(B_ptr + b * s_b_b + g * s_b_g + offs_n, mask=mn, other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + b * s_c_b + g * s_c_g + offs_n, mask=mn, other=0.0).to(tl.float32)
@@ -99,6 +102,7 @@ def ssd_state_update_triton(
     dt_bias: torch.Tensor | None = None,
     dt_softplus: bool = False,
     dt_limit: tuple[float, float] = (0.0, math.inf),
+    A_is_log: bool = False,
 ) -> torch.Tensor:
     """Same contract as :func:`~mimetic.ops.ssd.step.ssd_state_update_torch`: state
     (batch, H, P, N) updated in place; x, z (batch, H, P); dt (batch, H); A, dt_bias (H,);
@@ -121,7 +125,7 @@ def ssd_state_update_triton(
         dt.stride(0), B.stride(0), B.stride(1), C.stride(0), C.stride(1), *zs,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), CLAMP=clamp,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps)
+        A_IS_LOG=bool(A_is_log), BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps)
     if work is not state:
         state.copy_(work)
     return out

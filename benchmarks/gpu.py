@@ -167,11 +167,37 @@ def ssd_call(fn, t):
               dt_bias=t["dt_bias"], dt_softplus=True)
 
 
+def kernel_ms(fn, iters=20):
+    """GPU kernel time per call of fn (ms): the sum of the CUDA kernels' durations from
+    torch.profiler over ``iters`` calls. Unlike do_bench's wall time, it leaves out the
+    host work (Python, launches), which dominates small ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    total_us = sum(e.self_device_time_total for e in prof.key_averages())
+    return total_us / iters / 1e3
+
+
+def parse_ssd_variants(spec: str) -> dict:
+    """"64x4x8,32x8x4" -> {name: dict(BLOCK_M=, BLOCK_WARPS=, HEADS_PER_PROGRAM=)}."""
+    out = {}
+    for item in filter(None, spec.split(",")):
+        bm, w, hp = (int(v) for v in item.split("x"))
+        out[f"bm{bm}_w{w}_h{hp}"] = dict(BLOCK_M=bm, BLOCK_WARPS=w, HEADS_PER_PROGRAM=hp)
+    return out
+
+
 def run_ssd(args, rows, details):
     try:
-        ours = importlib.import_module("mimetic.ops.ssd.triton").ssd_scan_triton
+        mod = importlib.import_module("mimetic.ops.ssd.triton")
+        ours = mod.ssd_scan_triton
     except ImportError:
-        ours = None
+        mod = ours = None
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as theirs
     except Exception as e:  # noqa: BLE001
@@ -202,6 +228,27 @@ def run_ssd(args, rows, details):
         if len(res) == 2:
             (o1, g1), (o2, g2) = res["ours"], res["mamba"]
             rec["errs_vs_mamba"] = [rel_err(o1, o2)] + [rel_err(a, c) for a, c in zip(g1, g2)]
+        for name, fn in (("ours", ours), ("mamba", theirs)):
+            if fn is not None:
+                tt = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
+                rec[f"fwdbwd_kernel_ms_{name}"] = kernel_ms(lambda: fb(fn, tt))
+        # Tilings of our kernels (BLOCK_M x warps x heads per program); checked against
+        # the default's output and gradients, then timed (wall and kernel time).
+        variants = parse_ssd_variants(args.ssd_variants) if ours is not None else {}
+        default = {k: getattr(mod, k) for k in ("BLOCK_M", "BLOCK_WARPS", "HEADS_PER_PROGRAM")}
+        for name, over in variants.items():
+            for k, v in over.items():
+                setattr(mod, k, v)
+            tt = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
+            o, g = fb(ours, tt)
+            o0, g0 = res["ours"]
+            rec[f"err_vs_default_{name}"] = max([rel_err(o, o0)] + [rel_err(a, c) for a, c in zip(g, g0)])
+            with torch.no_grad():
+                rec[f"fwd_ms_{name}"] = bench(lambda: ssd_call(ours, t))
+            rec[f"fwdbwd_ms_{name}"] = bench(lambda: fb(ours, tt), grad_to_none=list(tt.values()))
+            rec[f"fwdbwd_kernel_ms_{name}"] = kernel_ms(lambda: fb(ours, tt))
+            for k, v in default.items():
+                setattr(mod, k, v)
         details.append(rec)
         print(json.dumps(rec), flush=True)
         f = lambda k: f"{rec[k]:.3f}" if k in rec else "-"  # noqa: E731
@@ -270,6 +317,8 @@ def main():
     ap.add_argument("--ops", default="ss,ssd,conv")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--variants", default="", help="comma list of selective-scan variants")
+    ap.add_argument("--ssd-variants", default="",
+                    help="SSD tilings to time, e.g. 32x8x8,32x8x4 (BLOCK_M x warps x heads/program)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     if args.profile:

@@ -10,7 +10,10 @@ generates 256 new tokens greedily after a random 16-token prompt, for batch 1 an
 Time: the whole generate call (prefill of the prompt + 256 decode steps), wall clock
 between CUDA synchronizations, median of ``--repeats`` runs after one warm-up run (which
 compiles the kernels and captures the graphs; later calls reuse them, for both libraries).
-tokens/s = batch * new tokens / seconds. Also checked: ours with and without graphs give
+tokens/s = batch * new tokens / seconds. Ours runs twice with graphs: SSM states in
+float32 (our default) and in fp16 (``state_dtype``; what ``mamba_ssm`` keeps while
+decoding an fp16 model). ``--profile`` adds kernels and GPU time per token of 32-token
+generate calls, for both libraries. Also checked: ours with and without graphs give
 the same tokens; agreement with ``mamba_ssm``'s tokens is reported (fp16 kernels differ,
 so on a random model greedy paths may part after a few tokens; not a failure).
 
@@ -106,6 +109,16 @@ def run_case(layer, batch, sizes, args, device, dtype):
         rec.update(ours_graph_s=secs, ours_graph_tok_s=tok / secs,
                    graph_tokens_equal=bool(torch.equal(graphed, plain)),
                    graph_first_mismatch=first_mismatch(graphed, plain, L))
+        # SSM states in fp16 while decoding, as mamba_ssm keeps them (half the bytes).
+        half = lambda: model.generate(prompt, n, cuda_graph=True, state_dtype=dtype)  # noqa: E731
+        secs, graphed16 = timed(half, device, args.repeats)
+        rec.update(ours_graph16_s=secs, ours_graph16_tok_s=tok / secs,
+                   graph16_first_mismatch=first_mismatch(graphed16, plain, L))
+        if args.profile:
+            rec["profile_ours"] = profile_generate(
+                lambda: model.generate(prompt, 32, cuda_graph=True), 32)
+            rec["profile_ours16"] = profile_generate(
+                lambda: model.generate(prompt, 32, cuda_graph=True, state_dtype=dtype), 32)
         theirs, note = mamba_ssm_model(config, model, device, dtype)
         rec["mamba_ssm_model"] = note
         if theirs is not None:
@@ -115,12 +128,35 @@ def run_case(layer, batch, sizes, args, device, dtype):
                 return out.sequences if hasattr(out, "sequences") else out
 
             secs, seqs = timed(gen, device, args.repeats)
+            if args.profile:
+                rec["profile_mamba"] = profile_generate(
+                    lambda: theirs.generate(input_ids=prompt, max_length=L + 32, cg=True,
+                                            top_k=1, vocab_size=config.vocab_size), 32)
             new = seqs.shape[1] - L
             rec.update(mamba_cg_s=secs, mamba_cg_new_tokens=new,
                        mamba_cg_tok_s=batch * new / secs,
                        mamba_first_mismatch=first_mismatch(seqs, plain, L))
     print(json.dumps(rec), flush=True)
     return rec
+
+
+def profile_generate(fn, new_tokens, top=12):
+    """Kernels of one generate call of ``new_tokens`` tokens (after a warm-up call), from
+    torch.profiler: kernels and GPU milliseconds per token, and the ``top`` kernels by
+    time (name, calls per token, microseconds per token)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = [(e.key, e.count, e.self_device_time_total) for e in prof.key_averages()
+            if e.self_device_time_total > 0]
+    rows.sort(key=lambda r: -r[2])
+    return dict(kernels_per_token=sum(r[1] for r in rows) / new_tokens,
+                gpu_ms_per_token=sum(r[2] for r in rows) / new_tokens / 1e3,
+                top=[(k[:90], c / new_tokens, t / new_tokens) for k, c, t in rows[:top]])
 
 
 def mismatch(r):
@@ -139,6 +175,8 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny model, few tokens (CPU is fine)")
     ap.add_argument("--layers", default="Mamba1,Mamba2")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile 32-token generate calls (kernels and GPU time per token)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     sizes = SMOKE if args.smoke else FULL
@@ -171,16 +209,25 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_decode.json"), "w") as f:
         json.dump(dict(info=info, sizes=sizes, results=results), f, indent=1, default=str)
-    head = ("layer", "batch", "ours tok/s", "ours+graph tok/s", "mamba_ssm cg tok/s",
-            "graph / mamba", "graph == eager tokens", "vs mamba: first diff")
+    for r in results:
+        for who in ("ours", "ours16", "mamba"):
+            p = r.get(f"profile_{who}")
+            if p:
+                print(f"{r['layer']} batch {r['batch']} {who}: {p['kernels_per_token']:.0f} "
+                      f"kernels/token, {p['gpu_ms_per_token']:.3f} GPU ms/token; top: "
+                      + "; ".join(f"{k[:40]} x{c:.0f} {t:.0f}us" for k, c, t in p["top"][:6]))
+    head = ("layer", "batch", "ours tok/s", "ours+graph tok/s", "ours+graph fp16 state tok/s",
+            "mamba_ssm cg tok/s", "graph / mamba", "graph fp16 state / mamba",
+            "graph == eager tokens", "vs mamba: first diff")
     print("\n" + " | ".join(head))
     for r in results:
-        ratio = (r["ours_graph_tok_s"] / r["mamba_cg_tok_s"]
-                 if "ours_graph_tok_s" in r and "mamba_cg_tok_s" in r else None)
+        ratio = lambda k: (r[k] / r["mamba_cg_tok_s"]  # noqa: E731
+                           if k in r and "mamba_cg_tok_s" in r else None)
         print(" | ".join([r["layer"], str(r["batch"]), fmt(r["ours_eager_tok_s"]),
-                          fmt(r.get("ours_graph_tok_s")), fmt(r.get("mamba_cg_tok_s")),
-                          fmt(ratio, ".2f"), str(r.get("graph_tokens_equal", "-")),
-                          mismatch(r)]))
+                          fmt(r.get("ours_graph_tok_s")), fmt(r.get("ours_graph16_tok_s")),
+                          fmt(r.get("mamba_cg_tok_s")), fmt(ratio("ours_graph_tok_s"), ".2f"),
+                          fmt(ratio("ours_graph16_tok_s"), ".2f"),
+                          str(r.get("graph_tokens_equal", "-")), mismatch(r)]))
     return 0
 
 

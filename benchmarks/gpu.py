@@ -298,16 +298,28 @@ def run_conv(args, rows, details):
                      f"{rec['floor_fwd_ms'] / rec['fwd_ms_ours']:.0%}"))
 
 
-def profile_once():
-    """One forward and one forward+backward of the default selective scan at the first
-    DESIGN shape (bf16), for running under ``ncu -k regex:_ss_``."""
-    ours = importlib.import_module("mimetic.ops.selective_scan.triton").selective_scan_triton
+def profile_once(variant: str = ""):
+    """Two forwards without gradients and two forward+backward passes of the selective
+    scan at the first DESIGN shape (bf16), for running under ``ncu -k regex:_ss_``;
+    ``variant``: one name from the --variants list of run_selective_scan (e.g. a
+    segment configuration), else the default."""
+    mod = importlib.import_module("mimetic.ops.selective_scan.triton")
+    if variant:
+        over = {"segment": dict(FORWARD_VARIANT="segment")}.get(variant)
+        if over is None:  # e.g. segment_t64_w4_kb2_p00
+            t_, w_, kb_, p_ = variant.split("_")[1:]
+            over = dict(FORWARD_VARIANT="segment", SEG_T=int(t_[1:]), SEG_WARPS=int(w_[1:]),
+                        SEG_KB=int(kb_[2:]), SEG_POLY1=int(p_[1]), SEG_POLY3=int(p_[2]))
+        for k, v in over.items():
+            setattr(mod, k, v)
     b, d, L, n = SS_SHAPES[0]
     t = ss_inputs(b, d, L, n, torch.bfloat16)
     dout = torch.randn(b, d, L, device="cuda", dtype=torch.bfloat16)
     tg = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
     for _ in range(2):
-        ss_fwd_bwd(ours, tg, dout)
+        with torch.no_grad():
+            ss_call(mod.selective_scan_triton, t)
+        ss_fwd_bwd(mod.selective_scan_triton, tg, dout)
     torch.cuda.synchronize()
 
 
@@ -322,7 +334,7 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     if args.profile:
-        profile_once()
+        profile_once(args.variants)
         return 0
     torch.backends.cuda.matmul.allow_tf32 = False
     info = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,

@@ -25,7 +25,7 @@ __all__ = ["rms_norm_triton"]
 
 @triton.jit
 def _rms_fwd_kernel(x_ptr, res_ptr, z_ptr, w_ptr, b_ptr, out_ptr, resout_ptr, rstd_ptr,
-                    M, dim, gs, eps,
+                    M, dim, gs, eps, s_x, s_r, s_z,
                     HAS_RES: tl.constexpr, HAS_Z: tl.constexpr, HAS_B: tl.constexpr,
                     GATE_AFTER: tl.constexpr, STORE_RES: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -34,14 +34,15 @@ def _rms_fwd_kernel(x_ptr, res_ptr, z_ptr, w_ptr, b_ptr, out_ptr, resout_ptr, rs
     cols = grp * gs + tl.arange(0, BLOCK_N)
     mc = tl.arange(0, BLOCK_N) < gs
     m = (rows[:, None] < M) & mc[None, :]
-    offs = rows[:, None].to(tl.int64) * dim + cols[None, :]
-    h = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    r64 = rows[:, None].to(tl.int64)
+    offs = r64 * dim + cols[None, :]   # outputs: contiguous rows
+    h = tl.load(x_ptr + r64 * s_x + cols[None, :], mask=m, other=0.0).to(tl.float32)
     if HAS_RES:
-        h += tl.load(res_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        h += tl.load(res_ptr + r64 * s_r + cols[None, :], mask=m, other=0.0).to(tl.float32)
     if STORE_RES:
         tl.store(resout_ptr + offs, h.to(resout_ptr.dtype.element_ty), mask=m)
     if HAS_Z:
-        z = tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + r64 * s_z + cols[None, :], mask=m, other=0.0).to(tl.float32)
         sz = z * tl.sigmoid(z)
         if not GATE_AFTER:
             h = h * sz
@@ -60,7 +61,7 @@ def _rms_fwd_kernel(x_ptr, res_ptr, z_ptr, w_ptr, b_ptr, out_ptr, resout_ptr, rs
 @triton.jit
 def _rms_bwd_kernel(x_ptr, res_ptr, z_ptr, w_ptr, b_ptr, rstd_ptr, dout_ptr, dres_ptr,
                     dx_ptr, dresid_ptr, dz_ptr, dw_ptr, db_ptr,
-                    M, dim, gs,
+                    M, dim, gs, s_x, s_r, s_z,
                     HAS_RES: tl.constexpr, HAS_Z: tl.constexpr, HAS_B: tl.constexpr,
                     GATE_AFTER: tl.constexpr, HAS_DRES: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -70,13 +71,14 @@ def _rms_bwd_kernel(x_ptr, res_ptr, z_ptr, w_ptr, b_ptr, rstd_ptr, dout_ptr, dre
     cols = grp * gs + tl.arange(0, BLOCK_N)
     mc = tl.arange(0, BLOCK_N) < gs
     m = (rows[:, None] < M) & mc[None, :]
-    offs = rows[:, None].to(tl.int64) * dim + cols[None, :]
-    h = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    r64 = rows[:, None].to(tl.int64)
+    offs = r64 * dim + cols[None, :]   # gradients and dout: contiguous rows
+    h = tl.load(x_ptr + r64 * s_x + cols[None, :], mask=m, other=0.0).to(tl.float32)
     if HAS_RES:
-        h += tl.load(res_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        h += tl.load(res_ptr + r64 * s_r + cols[None, :], mask=m, other=0.0).to(tl.float32)
     g = h
     if HAS_Z:
-        z = tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + r64 * s_z + cols[None, :], mask=m, other=0.0).to(tl.float32)
         sg = tl.sigmoid(z)
         sz = z * sg
         dsz = sg * (1.0 + z * (1.0 - sg))          # d silu(z) / dz
@@ -111,9 +113,27 @@ def _rms_bwd_kernel(x_ptr, res_ptr, z_ptr, w_ptr, b_ptr, rstd_ptr, dout_ptr, dre
         tl.store(dresid_ptr + offs, dh.to(dresid_ptr.dtype.element_ty), mask=m)
 
 
-def _block_m(block_n: int) -> int:
-    # About 4096 elements per program: enough work per program, few live registers.
-    return max(1, min(64, 4096 // block_n))
+def _rows(t: torch.Tensor | None, dim: int) -> torch.Tensor | None:
+    """t (..., dim) as (rows, dim) with unit column stride and any row stride: a view when
+    possible (e.g. Mamba-2's z, a column slice of the input projection), else a copy."""
+    if t is None:
+        return None
+    t2 = t.reshape(-1, dim)  # a view unless the leading dims cannot be merged
+    return t2 if t2.stride(-1) == 1 or dim == 1 else t2.contiguous()
+
+
+def _row_stride(t: torch.Tensor | None) -> int:
+    return t.stride(0) if t is not None else 0
+
+
+def _config(M: int, block_n: int) -> tuple[int, int]:
+    """(BLOCK_M, num_warps). Many rows (training): tiles of ~4K elements. Few rows
+    (decoding, where one step normalizes batch-size rows): a row per program, so that a
+    batch of 1 does not run a half-masked 2-row tile, with warps for the row's width."""
+    if M <= 64:
+        return 1, max(1, min(8, block_n // 256))
+    block_m = max(1, min(64, 4096 // block_n))
+    return block_m, 4 if block_n * block_m >= 2048 else 2
 
 
 class _RMSNormFn(torch.autograd.Function):
@@ -123,27 +143,25 @@ class _RMSNormFn(torch.autograd.Function):
         shape = x.shape
         dim = shape[-1]
         gs = dim if group_size is None else group_size
-        x2 = x.reshape(-1, dim).contiguous()
+        x2, r2, z2 = (_rows(t, dim) for t in (x, residual, z))
         M = x2.shape[0]
-        r2 = residual.reshape(-1, dim).contiguous() if residual is not None else None
-        z2 = z.reshape(-1, dim).contiguous() if z is not None else None
-        out = torch.empty_like(x2)
+        out = torch.empty(M, dim, device=x.device, dtype=x.dtype)
         res_dtype = torch.float32 if residual_in_fp32 and x.dtype != torch.float64 else x.dtype
         resout = torch.empty(M, dim, device=x.device, dtype=res_dtype) if prenorm else None
         G = dim // gs
         rstd = torch.empty(M, G, device=x.device, dtype=torch.float32)
         block_n = triton.next_power_of_2(gs)
-        block_m = _block_m(block_n)
+        block_m, warps = _config(M, block_n)
         grid = (triton.cdiv(M, block_m), G)
         _rms_fwd_kernel[grid](
             x2, r2 if r2 is not None else x2, z2 if z2 is not None else x2, weight,
             bias if bias is not None else weight, out, resout if resout is not None else out,
-            rstd, M, dim, gs, eps,
+            rstd, M, dim, gs, eps, x2.stride(0), _row_stride(r2), _row_stride(z2),
             HAS_RES=r2 is not None, HAS_Z=z2 is not None, HAS_B=bias is not None,
             GATE_AFTER=bool(norm_before_gate), STORE_RES=bool(prenorm),
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4 if block_n * block_m >= 2048 else 2)
+            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
         ctx.save_for_backward(x2, r2, z2, weight, bias, rstd)
-        ctx.meta = (shape, gs, bool(norm_before_gate), block_m, block_n,
+        ctx.meta = (shape, gs, bool(norm_before_gate), block_m, block_n, warps,
                     residual.dtype if residual is not None else None)
         out = out.reshape(shape)
         if prenorm:
@@ -153,16 +171,16 @@ class _RMSNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, *rest):
         x2, r2, z2, weight, bias, rstd = ctx.saved_tensors
-        shape, gs, gate_after, block_m, block_n, res_dtype = ctx.meta
+        shape, gs, gate_after, block_m, block_n, warps, res_dtype = ctx.meta
         dim = shape[-1]
         M = x2.shape[0]
         G = dim // gs
         dres = rest[0] if rest else None
         dout2 = dout.reshape(-1, dim).contiguous()
         dres2 = dres.reshape(-1, dim).contiguous() if dres is not None else None
-        dx = torch.empty_like(x2)
+        dx = torch.empty(M, dim, device=x2.device, dtype=x2.dtype)
         dresid = torch.empty(M, dim, device=x2.device, dtype=res_dtype) if r2 is not None else None
-        dz = torch.empty_like(z2) if z2 is not None else None
+        dz = torch.empty(M, dim, device=x2.device, dtype=z2.dtype) if z2 is not None else None
         nm = triton.cdiv(M, block_m)
         dw = torch.empty(nm, dim, device=x2.device, dtype=torch.float32)
         db = torch.empty(nm, dim, device=x2.device, dtype=torch.float32) if bias is not None else None
@@ -171,9 +189,10 @@ class _RMSNormFn(torch.autograd.Function):
             bias if bias is not None else weight, rstd, dout2, dres2 if dres2 is not None else dout2,
             dx, dresid if dresid is not None else dx, dz if dz is not None else dx,
             dw, db if db is not None else dw, M, dim, gs,
+            x2.stride(0), _row_stride(r2), _row_stride(z2),
             HAS_RES=r2 is not None, HAS_Z=z2 is not None, HAS_B=bias is not None,
             GATE_AFTER=gate_after, HAS_DRES=dres2 is not None,
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4 if block_n * block_m >= 2048 else 2)
+            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
         return (dx.reshape(shape), dw.sum(0).to(weight.dtype),
                 db.sum(0).to(bias.dtype) if bias is not None else None,
                 dz.reshape(shape) if dz is not None else None,

@@ -23,6 +23,10 @@ from ..ssd.step_triton import _blocks, _inner_contiguous
 
 __all__ = ["selective_state_update_triton"]
 
+# (BLOCK_D, num_warps) instead of the d_state-based default, for tuning runs
+# (benchmarks/gpu_steps.py); None: the default.
+BLOCK_OVERRIDE: tuple[int, int] | None = None
+
 
 @triton.jit
 def _ss_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
@@ -97,6 +101,8 @@ def selective_state_update_triton(
     work = state if state.stride(-1) == 1 else state.contiguous()  # updated in place
     out = torch.empty(batch, dim, device=x.device, dtype=x.dtype)
     block_d, block_n, warps = _blocks(n)
+    if BLOCK_OVERRIDE is not None:
+        block_d, warps = BLOCK_OVERRIDE
     _ss_step_kernel[(triton.cdiv(dim, block_d), batch)](
         work, x, dt, A, B, C, D if D is not None else A, z if z is not None else x,
         dt_bias if dt_bias is not None else A, w if w is not None else A, out, dim, n, rank,

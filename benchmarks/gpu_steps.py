@@ -48,9 +48,12 @@ def graph_us(fn, calls):
     return do_bench(graph.replay, warmup=25, rep=100, return_mode="median") * 1e3 / calls
 
 
-def rel_err(a, b):
+def compare(name, a, b):
+    """Relative error of a against b, with b's norm and the largest difference, so that
+    an exact match can be told from a degenerate one."""
     a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+    return {f"err_{name}": ((a - b).norm() / b.norm().clamp_min(1e-30)).item(),
+            f"norm_{name}": b.norm().item(), f"maxdiff_{name}": (a - b).abs().max().item()}
 
 
 def mamba1_step(batch, calls, theirs, rows, details):
@@ -78,8 +81,8 @@ def mamba1_step(batch, calls, theirs, rows, details):
 
         rec = dict(op="mamba1_step", batch=batch, state=str(sdt))
         if theirs is not None:
-            rec["err_out"] = rel_err(ours(), mamba())
-            rec["err_state"] = rel_err(s_ours, s_theirs)
+            rec.update(compare("out", ours(), mamba()))
+            rec.update(compare("state", s_ours, s_theirs))
             rec["us_mamba"] = graph_us(mamba, calls)
         for tiling in (None, (64, 4), (128, 4), (128, 8), (256, 8)):
             step_triton.BLOCK_OVERRIDE = tiling
@@ -116,7 +119,7 @@ def mamba2_step(batch, calls, theirs, rows, details):
 
         rec = dict(op="mamba2_step", batch=batch, state=str(sdt))
         if theirs is not None:
-            rec["err_out"] = rel_err(ours(), mamba())
+            rec.update(compare("out", ours(), mamba()))
             rec["us_mamba"] = graph_us(mamba, calls)
         rec["us_ours"] = graph_us(ours, calls)
         details.append(rec)
@@ -144,7 +147,7 @@ def conv_step(batch, calls, rows, details):
             # causal_conv1d's state holds the last W inputs (ours keeps W - 1).
             s_theirs = torch.cat([torch.zeros_like(s0[..., :1]), s0], dim=-1)
             mamba = lambda: theirs(x, s_theirs, w, b, "silu")  # noqa: E731
-            rec["err_out"] = rel_err(ours(), mamba())
+            rec.update(compare("out", ours(), mamba()))
             rec["us_mamba"] = graph_us(mamba, calls)
         rec["us_ours"] = graph_us(ours, calls)
         details.append(rec)
@@ -166,7 +169,7 @@ def norms(batch, calls, rows, details):
     if rms_norm_fn is not None:
         mamba = lambda: rms_norm_fn(h, w, None, residual=res, prenorm=True,  # noqa: E731
                                     residual_in_fp32=True, eps=1e-5)
-        rec["err_out"] = rel_err(ours()[0], mamba()[0])
+        rec.update(compare("out", ours()[0], mamba()[0]))
         rec["us_mamba"] = graph_us(mamba, calls)
     rec["us_ours"] = graph_us(ours, calls)
     details.append(rec)
@@ -181,7 +184,7 @@ def norms(batch, calls, rows, details):
     if rmsnorm_fn is not None:
         mamba = lambda: rmsnorm_fn(y, wg, None, z=z, eps=1e-5, group_size=1536,  # noqa: E731
                                    norm_before_gate=False)
-        rec["err_out"] = rel_err(ours(), mamba())
+        rec.update(compare("out", ours(), mamba()))
         rec["us_mamba"] = graph_us(mamba, calls)
     rec["us_ours"] = graph_us(ours, calls)
     details.append(rec)

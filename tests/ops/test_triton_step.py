@@ -74,6 +74,15 @@ def test_selective_step_matches_torch(case, dtype):
     assert rel_err(state, state_ref) < 1e-5
 
 
+def test_selective_step_wide_blocks():
+    """Enough rows that the kernel widens its channel block (64 here; 128 at batch 64 on
+    the GPU case above); a dim that is not a multiple of the block."""
+    t = ss_inputs(40, 1000, 16, torch.float32, seed=5)
+    y, state = ss_step(t, "triton", True, True, True, True)
+    y_ref, state_ref = ss_step(t, "torch", True, True, True, True)
+    assert rel_err(y, y_ref) < TOL[torch.float32] and rel_err(state, state_ref) < 1e-5
+
+
 def test_selective_steps_match_scan():
     """Six Triton steps from an initial state == the sequential scan over six steps."""
     batch, dim, n, L = 2, 9, 4, 6

@@ -101,6 +101,13 @@ def selective_state_update_triton(
     work = state if state.stride(-1) == 1 else state.contiguous()  # updated in place
     out = torch.empty(batch, dim, device=x.device, dtype=x.dtype)
     block_d, block_n, warps = _blocks(n)
+    if n <= 32:
+        # Many rows (large batch): widen the channel block while the grid keeps >= 512
+        # programs. Measured on an H100 (d 1536, n 16, inside a CUDA graph): batch 64
+        # 7.3 -> 5.7 us (fp32 state) / 4.8 us (fp16) with 128 channels; batch 1 is
+        # fastest at the default 32 (2.3 us).
+        while block_d < 128 and triton.cdiv(dim, 2 * block_d) * batch >= 512:
+            block_d *= 2
     if BLOCK_OVERRIDE is not None:
         block_d, warps = BLOCK_OVERRIDE
     _ss_step_kernel[(triton.cdiv(dim, block_d), batch)](

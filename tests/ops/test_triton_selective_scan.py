@@ -284,3 +284,163 @@ def test_float64_keeps_float64_accuracy():
     ref = selective_scan_ref(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"].double(),
                              delta_softplus=True)
     assert out.dtype == torch.float64 and rel_err(out, ref) < 1e-12
+
+
+# Strided layouts: the lane / segment kernels read every tensor through its own strides
+# (only time must be contiguous) and write each gradient in its input's layout, so views
+# as Mamba produces them are never copied. Each input is rebuilt as a view of a leaf that
+# stores it differently:
+#   "bm": u and z the two halves of one (b, 2d, L) tensor (``.chunk``); B, C slices of one
+#     (b, [g,] r + 2n, L) tensor (x_proj's output, r = 3 rows of dt before them).
+#   "fm": the same groupings stored feature-major, (features, b, L): Mamba's W @ h^T
+#     over b*L tokens (batch stride L, channel stride b*L).
+#   "contig": its own contiguous tensor; "tl": the transpose of (b, L, d) storage (time
+#     strided: the backend's copy fallback); "pad": a slice of (b, d, L + 3) (time
+#     contiguous, not dense).
+# Per case: u, z, delta, B, C, and the layout of the incoming gradient dout.
+LAYOUTS = {
+    # Mamba's Triton path: u the conv output, delta a bmm output, z half of the
+    # feature-major in_proj output, B/C slices of x_proj's output, dout from out_proj.
+    "mamba": dict(u="contig", z="fm", delta="contig", B="bm", C="bm", dout="fm"),
+    "chunks": dict(u="bm", z="bm", delta="tl", B="bm", C="bm", dout="fm"),
+    "feature_major": dict(u="fm", z="fm", delta="fm", B="fm", C="fm", dout="tl"),
+    # Every (b, d, L) tensor, and B vs C, in a different layout (catches mixed-up strides).
+    "mixed": dict(u="fm", z="bm", delta="contig", B="fm", C="contig", dout="pad"),
+}
+
+
+def _relaid(x, how):
+    """(leaf, view of it equal to x) for a (b, f, L) tensor x stored as ``how``."""
+    if how == "contig":
+        leaf = x.contiguous()
+        return leaf, lambda t: t
+    if how == "fm":
+        leaf = x.permute(1, 0, 2).contiguous()
+        return leaf, lambda t: t.permute(1, 0, 2)
+    if how == "tl":
+        leaf = x.transpose(1, 2).contiguous()
+        return leaf, lambda t: t.transpose(1, 2)
+    assert how == "pad"
+    leaf = torch.cat([x, torch.zeros_like(x[..., :3])], -1)
+    return leaf, lambda t: t[..., :x.shape[-1]]
+
+
+def laid_out(t, spec):
+    """Leaves, and a function of the leaves (or of their gradients) giving the views of
+    u, z, delta, B, C laid out as ``spec`` says, with t's values."""
+    u, z, B, C, delta = t["u"], t["z"], t["B"], t["C"], t["delta"]
+    dim = u.shape[1]
+    leaves, views = {}, {}
+    # u and z: halves of one (b, 2d, L) tensor stored "bm" or "fm"; either may instead be
+    # a tensor of its own (that half of the pair then only pads).
+    xz = torch.cat([u, z], 1)
+    pair_fm = "fm" in (spec["u"], spec["z"])
+    leaves["xz"], xz_view = _relaid(xz, "fm" if pair_fm else "contig")
+    for k, half in (("u", slice(0, dim)), ("z", slice(dim, 2 * dim))):
+        if spec[k] in ("bm", "fm"):
+            views[k] = lambda lv, half=half: xz_view(lv["xz"])[:, half]
+        else:
+            leaves[k], f = _relaid(t[k], spec[k])
+            views[k] = lambda lv, k=k, f=f: f(lv[k])
+    leaves["delta"], f_dt = _relaid(delta, spec["delta"])
+    views["delta"] = lambda lv: f_dt(lv["delta"])
+    # B, C: slices of (b, [g,] 3 + 2n, L), the group axis folded into features for "fm",
+    # or (spec "contig") a tensor of its own.
+    n_axis = B.dim() - 2
+    n = B.shape[n_axis]
+    dt_rows = torch.zeros_like(B.narrow(n_axis, 0, 1)).expand(*B.shape[:n_axis], 3, B.shape[-1])
+    xdbl = torch.cat([dt_rows, B, C], n_axis)
+    flat = xdbl.reshape(xdbl.shape[0], -1, xdbl.shape[-1])    # (b, [g *] (3 + 2n), L)
+    for k, start in (("B", 3), ("C", 3 + n)):
+        if spec[k] == "contig":
+            leaves[k] = t[k].contiguous()
+            views[k] = lambda lv, k=k: lv[k]
+        else:
+            name = "xdbl_" + spec[k]
+            if name not in leaves:
+                leaves[name], f_bc = _relaid(flat, "fm" if spec[k] == "fm" else "contig")
+            views[k] = lambda lv, name=name, f=f_bc, start=start: (
+                f(lv[name]).view(xdbl.shape).narrow(n_axis, start, n))
+    return leaves, lambda lv: {k: fn(lv) for k, fn in views.items()}
+
+
+def check_laid_out(batch, dim, L, n, groups, dtype, layout, variant, seed=0):
+    spec = LAYOUTS[layout]
+    t = make_inputs(batch, dim, L, n, groups, dtype, h0=True, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    dout = torch.randn(batch, dim, L, generator=g, dtype=torch.float64).to(DEVICE)
+    dlast = torch.randn(batch, dim, n, generator=g, dtype=torch.float64).to(DEVICE)
+    leaves, views = laid_out(t, spec)
+    leaves = {k: lf.detach().requires_grad_(True) for k, lf in leaves.items()}
+    others = {k: t[k].detach().clone().requires_grad_(True)
+              for k in ("A", "D", "delta_bias", "initial_state")}
+    v = views(leaves)
+    for k in ("u", "z", "delta", "B", "C"):               # the views hold t's values
+        assert torch.equal(v[k], t[k]), k
+    # Record the layout in which each input's gradient arrives.
+    arrived = {}
+    for k in ("u", "z", "delta"):
+        v[k].register_hook(lambda grad, k=k: arrived.__setitem__(k, grad.stride()))
+    out, last = selective_scan(v["u"], v["delta"], others["A"], v["B"], v["C"], D=others["D"],
+                               z=v["z"], delta_bias=others["delta_bias"], delta_softplus=True,
+                               return_last_state=True, initial_state=others["initial_state"],
+                               backend="triton")
+    # out is laid out like z when z is dense (e.g. feature-major), else contiguous: what
+    # torch.empty_like gives (a batch-1 slice is dense too). Tile: always contiguous.
+    like = v["z"] if variant != "tile" else v["z"].contiguous()
+    assert out.stride() == torch.empty_like(like).stride()
+    g_leaf, f_out = _relaid(dout.to(dtype), spec["dout"])
+    g_out = f_out(g_leaf)                                  # dout's values, in spec's layout
+    torch.autograd.backward([out, last], [g_out, dlast.float()])
+    if variant != "tile":  # each gradient written in its input's layout (dense inputs)
+        for k in ("u", "z", "delta"):
+            x = v[k] if v[k].stride(-1) == 1 else v[k].contiguous()   # "tl": copied
+            assert arrived[k] == torch.empty_like(x).stride(), (k, arrived[k])
+
+    # The oracle, on the same values; dout as rounded to the input dtype.
+    r_out, r_last, r_grads = reference(t, True, True, g_out.double(), dlast)
+    grads = views({k: lf.grad for k, lf in leaves.items()})
+    grads.update({k: o.grad for k, o in others.items()})
+    errors = {"out": rel_err(out, r_out), "last_state": rel_err(last, r_last)}
+    for k, ref_g in r_grads.items():
+        errors["d" + k] = rel_err(grads[k], ref_g)
+    bad = {k: e for k, e in errors.items() if not e < TOL[dtype]}
+    assert not bad, f"tolerance {TOL[dtype]:g} exceeded: {bad} (all: {errors})"
+
+
+@pytest.mark.parametrize("variant,layout", [("lane", k) for k in LAYOUTS] + [
+    ("segment", "mamba"), ("segment", "mixed"), ("tile", "mixed")])
+def test_strided_layouts(layout, variant, monkeypatch):
+    """Strided views (see LAYOUTS) through the forward variants (segment: lane backward;
+    tile: contiguous copies) against the float64 oracle: fp32, and on the default lane
+    kernels also bf16 and grouped B/C."""
+    import importlib
+
+    mod = importlib.import_module("mimetic.ops.selective_scan.triton")
+    monkeypatch.setattr(mod, "FORWARD_VARIANT", variant)
+    check_laid_out(2, 4, 37, 4, None, torch.float32, layout, variant)
+    if variant == "lane":
+        check_laid_out(2, 4, 29, 4, None, torch.bfloat16, layout, variant, seed=4)
+        if layout in ("mamba", "mixed"):
+            check_laid_out(1, 8, 21, 4, 2, torch.float32, layout, variant, seed=2)
+
+
+@pytest.mark.parametrize("layout", ["mamba", "chunks", "feature_major"])
+def test_compile_op_strides(layout):
+    """The torch.compile op (``ops/_library.py``) on the Triton backend: its fake kernel
+    predicts the strides the kernels give out (like z), so the op's real kernel returns
+    the backend's out as is instead of copying it into the fake's layout."""
+    from mimetic.ops import _library
+
+    t = make_inputs(2, 4, 19, 4, None, torch.float32, h0=True, seed=5)
+    leaves, views = laid_out(t, LAYOUTS[layout])
+    v = views(leaves)
+    args = (v["u"], v["delta"], t["A"], v["B"], v["C"], t["D"], v["z"], t["delta_bias"],
+            t["initial_state"], True, True, "triton")
+    fake_out, _ = _library._ss_fake(*args)
+    out, _ = selective_scan(*args[:5], D=t["D"], z=v["z"], delta_bias=t["delta_bias"],
+                            initial_state=t["initial_state"], delta_softplus=True,
+                            return_last_state=True, backend="triton")
+    assert out.stride() == fake_out.stride()
+    torch.library.opcheck(torch.ops.mimetic.selective_scan, args,
+                          test_utils=("test_schema", "test_faketensor"))

@@ -146,12 +146,27 @@ def _recompute_grads(forward: Callable, inputs: Sequence[Optional[Tensor]], need
 # selective_scan (Mamba-1)
 
 
+def _ss_triton_out(u: Tensor, z: Optional[Tensor]) -> Tensor:
+    """The Triton backend's out (its default lane / segment kernels): laid out like z (like
+    u without z) when that tensor is dense, else contiguous -- ``torch.empty_like`` of it
+    after the backend's copy of inputs whose time axis is strided (see ``_out_like`` in
+    ``selective_scan/triton.py``)."""
+    like = z if z is not None else u
+    if like.stride(-1) != 1 and like.shape[-1] != 1:
+        like = like.contiguous()
+    return torch.empty_like(like, dtype=u.dtype)
+
+
 def _ss_fake(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
              z: Optional[Tensor], delta_bias: Optional[Tensor], initial_state: Optional[Tensor],
              delta_softplus: bool, return_last_state: bool, backend: str) -> Tuple[Tensor, Tensor]:
     batch, dim, L = u.shape
-    if backend == "torch":  # the torch path writes out as a (b, d, L) view of (b, L, d) memory
+    # float64 goes to the torch path whatever the backend (the kernels compute in float32).
+    if backend == "torch" or u.dtype == torch.float64:
+        # the torch path writes out as a (b, d, L) view of (b, L, d) memory
         out = u.new_empty(batch, L, dim).transpose(1, 2)
+    elif backend == "triton":
+        out = _ss_triton_out(u, z)
     else:
         out = u.new_empty(batch, dim, L)
     last = (u.new_empty(batch, dim, A.shape[1], dtype=_state_dtype(u)) if return_last_state

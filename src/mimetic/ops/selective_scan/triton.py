@@ -48,6 +48,16 @@ Performance (H100, see benchmarks/RESULTS.md): correct, but slower than mamba_ss
 CUDA kernel; the lane kernels are limited by warp shuffles / shared memory (MIO) of the
 cross-lane scans and reductions, not by memory bandwidth.
 
+Memory layouts: the lane and segment kernels (the default path) take every (b, dim, L)
+tensor -- u, delta, z, out, and in backward dout, du, ddelta, dz -- and B, C with their
+own batch / channel / state strides; only the time axis must have unit stride. So
+strided views (Mamba's x and z as slices of one projection, B and C as slices of
+x_proj's output, a transposed gradient) are read in place, and each gradient is
+allocated like its input (``torch.empty_like``: the same strides for a dense input),
+which is the layout the caller's backward consumes. ``out`` takes the layout of z (of u
+without z). The older tile / seq kernels assume one shared contiguous layout and get
+contiguous copies.
+
 Layout of the code: the kernels live in ``triton_lane.py``, ``triton_segment.py`` and
 ``triton_tile.py`` (tile and seq), their shared helpers in ``triton_common.py``; this
 file holds the launch configurations, the autograd Function and the public function.
@@ -129,28 +139,31 @@ def _lane_backward(ctx, dout, dhlast):
     dpg = dim // G
     lane_d, lane_w, lane_t = ctx.lane_cfg
     nc = ckpt.shape[1] - 1
-    dout = dout.contiguous()
+    dout = _unit_time_stride(dout)
     dev = u.device
-    du = torch.empty_like(u)
-    ddelta = torch.empty_like(delta)
-    dz = torch.empty_like(z) if z is not None else None
+    du, ddelta, dz = _grad_like(u), _grad_like(delta), _grad_like(z)
     dA = torch.empty(batch, dim, N, device=dev, dtype=torch.float32)
     n_prog = triton.cdiv(dim, lane_d)
     dB = torch.empty(batch, n_prog, N, L, device=dev, dtype=torch.float32)
     dC = torch.empty(batch, n_prog, N, L, device=dev, dtype=torch.float32)
     dD = torch.empty(batch, dim, device=dev, dtype=torch.float32) if D is not None else None
     dbias = torch.empty(batch, dim, device=dev, dtype=torch.float32) if delta_bias is not None else None
-    dh = (dhlast.to(torch.float32).contiguous().clone() if dhlast is not None
-          else torch.zeros(batch, dim, N, device=dev, dtype=torch.float32))
+    dhlast = dhlast.contiguous() if dhlast is not None else None
+    dh = torch.empty(batch, dim, N, device=dev, dtype=torch.float32)  # dh at step 0
+    z_or_u, dz_or_du = (z, dz) if z is not None else (u, du)
     _ss_bwd_lane_kernel[(batch, triton.cdiv(dim, lane_d))](
-        u, delta, A, Bg, Cg, D if D is not None else u, z if z is not None else u,
-        delta_bias if delta_bias is not None else u, ckpt, dout, dh,
-        du, ddelta, dz if dz is not None else u, dA, dB, dC,
+        u, delta, A, Bg, Cg, D if D is not None else u, z_or_u,
+        delta_bias if delta_bias is not None else u, ckpt, dout,
+        dhlast if dhlast is not None else dh, dh,
+        du, ddelta, dz_or_du, dA, dB, dC,
         dD if dD is not None else dA, dbias if dbias is not None else dA,
         dim, L, N, dpg, nc,
-        u.stride(0), u.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2),
+        *_bd_strides(u), *_bd_strides(delta), *_bd_strides(z_or_u), *_bd_strides(dout),
+        *_bd_strides(du), *_bd_strides(ddelta), *_bd_strides(dz_or_du),
+        *_bgn_strides(Bg), *_bgn_strides(Cg),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=ctx.softplus, BLOCK_D=lane_d, BLOCK_T=lane_t, num_warps=lane_w,
+        SOFTPLUS=ctx.softplus, HAS_DHLAST=dhlast is not None,
+        BLOCK_D=lane_d, BLOCK_T=lane_t, num_warps=lane_w,
     )
     # Programs never straddle a group (lane_d divides dim / groups): sum per group.
     dB = dB.view(batch, G, n_prog // G, N, L).sum(2)
@@ -201,13 +214,16 @@ def _seg_forward(u, delta, A, Bg, Cg, D, z, delta_bias, h0, softplus, last, seg_
     BC = torch.empty(batch * G, Lp * 2 * N, device=dev, dtype=torch.float32)
     blk = 1024
     _ss_seg_bc_kernel[(triton.cdiv(Lp * 2 * N, blk), batch * G)](
-        Bg, Cg, BC, L, Lp, NS=N, KB=kb, BLOCK=blk, num_warps=4)
+        Bg, Cg, BC, L, Lp, G, *_bgn_strides(Bg), *_bgn_strides(Cg),
+        NS=N, KB=kb, BLOCK=blk, num_warps=4)
     carry = torch.empty(batch, n_seg + 1, dim, N, device=dev, dtype=torch.float32)
     dsum = torch.empty(batch, n_seg, dim, device=dev, dtype=torch.float32)
     n_use = n_seg if last else n_seg - 1     # segments whose end state is needed
-    args = (u, delta, A, BC, D if D is not None else u, z if z is not None else u,
+    z_or_u = z if z is not None else u
+    args = (u, delta, A, BC, D if D is not None else u, z_or_u,
             delta_bias if delta_bias is not None else u, carry, dsum, out,
-            dim, L, G, dim // G, n_seg, Lp, u.stride(0), u.stride(1))
+            dim, L, G, dim // G, n_seg, Lp,
+            *_bd_strides(u), *_bd_strides(delta), *_bd_strides(z_or_u), *_bd_strides(out))
     meta = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                 SOFTPLUS=softplus, FAST=not triton_interpret(), NS=N, BLOCK_C=block_c,
                 SEG_T=seg_t, KX=kx, KB=kb, num_warps=warps)
@@ -244,13 +260,52 @@ def _chunk_t(n: int) -> int:
     return 32 if max(_next_pow2(n), 2) <= 32 else 16
 
 
-def _prep(u, delta, B, C, z):
-    def c(t):
-        return None if t is None else (t if t.is_contiguous() else t.contiguous())
-    u, delta, z = c(u), c(delta), c(z)
+# ----------------------------------------------------------------------------- layouts
+
+def _unit_time_stride(t):
+    """t itself when its last (time) axis has unit stride -- the lane and segment kernels
+    take any other strides -- else a contiguous copy; None stays None."""
+    if t is None or t.stride(-1) == 1 or t.shape[-1] == 1:
+        return t
+    return t.contiguous()
+
+
+def _contiguous(t):
+    return None if t is None else t.contiguous()  # no copy when already contiguous
+
+
+def _grad_like(t):
+    """Gradient buffer for t (b, dim, L): t's own strides when t is dense (e.g. Mamba's z,
+    a feature-major slice of the in_proj output, whose backward reads dz in place), else
+    contiguous. torch.empty_like's preserve_format does exactly that."""
+    return None if t is None else torch.empty_like(t)
+
+
+def _out_like(u, z):
+    """out (b, dim, L) in u's dtype, laid out like the gate z it is multiplied by (like u
+    without z): in Mamba, z's feature-major layout is the one out_proj reads as a matrix
+    without a copy. Mirrored by the torch.compile fake in ``ops/_library.py``."""
+    return torch.empty_like(z if z is not None else u, dtype=u.dtype)
+
+
+def _bd_strides(t):
+    """(batch, channel) strides of a (b, dim, L) tensor whose time stride is 1."""
+    return t.stride(0), t.stride(1)
+
+
+def _bgn_strides(M):
+    """(batch, group, state) strides of B or C as (b, g, n, L), time stride 1."""
+    return M.stride(0), M.stride(1), M.stride(2)
+
+
+def _prep(u, delta, B, C, z, contiguous: bool):
+    """Inputs as the kernels take them: B, C as (b, g, n, L) views; every (b, dim, L) or
+    (b, g, n, L) tensor with unit time stride (strided views kept as they are), or, for
+    the tile / seq kernels (``contiguous``), contiguous."""
+    fix = _contiguous if contiguous else _unit_time_stride
     Bg = B.unsqueeze(1) if B.dim() == 3 else B   # (b, g, n, L)
     Cg = C.unsqueeze(1) if C.dim() == 3 else C
-    return u, delta, c(Bg), c(Cg), z
+    return fix(u), fix(delta), fix(Bg), fix(Cg), fix(z)
 
 
 class _SelectiveScanFn(torch.autograd.Function):
@@ -258,23 +313,25 @@ class _SelectiveScanFn(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
                 return_last_state):
         b_in, c_in = B, C
-        u, delta, Bg, Cg, z = _prep(u, delta, B, C, z)
         A = A.contiguous()
         batch, dim, L = u.shape
-        G, N = Bg.shape[1], Bg.shape[2]
+        N = A.shape[1]
+        G = 1 if B.dim() == 3 else B.shape[1]
         dpg = dim // G
+        lane_fwd = FORWARD_VARIANT == "lane" or (FORWARD_VARIANT == "segment" and N > SEG_MAX_N)
+        strided = lane_fwd or FORWARD_VARIANT == "segment"   # kernels that take strides
+        u, delta, Bg, Cg, z = _prep(u, delta, B, C, z, contiguous=not strided)
         block_t = _chunk_t(N)
         n_chunks = triton.cdiv(L, block_t)
         block_d, block_n, _, num_warps = _config(dpg, N, backward=False)
         need_grad = ctx.needs_input_grad is not None and any(ctx.needs_input_grad[:9])
-        out = torch.empty_like(u)
+        out = _out_like(u, z) if strided else torch.empty_like(u)
         hlast = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) \
             if return_last_state else out
         ckpt = torch.empty(batch, n_chunks, dim, N, device=u.device, dtype=torch.float32) \
-            if need_grad and FORWARD_VARIANT not in ("lane", "segment") else out
+            if need_grad and not strided else out
         h0 = initial_state.contiguous() if initial_state is not None else None
         seq_warps = _seq_warps(dpg, N)
-        lane_fwd = FORWARD_VARIANT == "lane" or (FORWARD_VARIANT == "segment" and N > SEG_MAX_N)
         if FORWARD_VARIANT == "segment" and not lane_fwd:
             # With gradients the segments are the lane backward's chunks: the carries are
             # its chunk-entry checkpoints.
@@ -290,18 +347,21 @@ class _SelectiveScanFn(torch.autograd.Function):
             lane_d, lane_w, lane_t = _lane_config(dpg, N, need_grad, batch * dim)
             ctx.lane_cfg = (lane_d, lane_w, lane_t)
             nc = triton.cdiv(L, lane_t)
-            ckpt = torch.empty(batch, nc + 1, dim, N, device=u.device, dtype=torch.float32)
-            if h0 is not None:
-                ckpt[:, 0] = h0
-            else:
-                ckpt[:, 0] = 0
+            store_ckpt = need_grad or bool(return_last_state)
+            # Slot 0 (the initial state) is written by the kernel; without STORE_CKPT
+            # nothing is stored and no checkpoint buffer is needed.
+            ckpt = (torch.empty(batch, nc + 1, dim, N, device=u.device, dtype=torch.float32)
+                    if store_ckpt else out)
+            z_or_u = z if z is not None else u
             _ss_fwd_lane_kernel[(batch, triton.cdiv(dim, lane_d))](
-                u, delta, A, Bg, Cg, D if D is not None else u, z if z is not None else u,
-                delta_bias if delta_bias is not None else u, out, ckpt,
+                u, delta, A, Bg, Cg, D if D is not None else u, z_or_u,
+                delta_bias if delta_bias is not None else u, h0 if h0 is not None else u,
+                out, ckpt,
                 dim, L, N, dpg, nc,
-                u.stride(0), u.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2),
+                *_bd_strides(u), *_bd_strides(delta), *_bd_strides(z_or_u), *_bd_strides(out),
+                *_bgn_strides(Bg), *_bgn_strides(Cg),
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                SOFTPLUS=bool(delta_softplus), STORE_CKPT=need_grad or bool(return_last_state),
+                SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, STORE_CKPT=store_ckpt,
                 BLOCK_D=lane_d, BLOCK_T=lane_t, num_warps=lane_w,
             )
             if return_last_state:

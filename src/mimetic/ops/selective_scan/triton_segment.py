@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from .triton_common import _affine_fwd
+from .triton_common import _affine_fwd, _row_offsets
 
 # ------------------------------------------------------------- forward, segmented in time
 
@@ -88,12 +88,16 @@ def _exp2_fma(x):
 
 
 @triton.jit
-def _ss_seg_bc_kernel(B_ptr, C_ptr, BC_ptr, L, Lp,
+def _ss_seg_bc_kernel(B_ptr, C_ptr, BC_ptr, L, Lp, G,
+                      s_b_b, s_b_g, s_b_n, s_c_b, s_c_g, s_c_n,
                       NS: tl.constexpr, KB: tl.constexpr, BLOCK: tl.constexpr):
-    """B, C (b*g, NS, L) -> one float32 buffer (b*g, Lp/KB, NS, 2, KB), zero-padded in
-    time: the KB-step block of B and C for every n is one small contiguous piece, so the
-    forward reads it with constant offsets from one pointer (KB-wide vector loads)."""
+    """B, C (b, g, NS, L), unit stride in time, strides ``s_b_*`` / ``s_c_*`` -> one
+    float32 buffer (b*g, Lp/KB, NS, 2, KB), zero-padded in time: the KB-step block of B
+    and C for every n is one small contiguous piece, so the forward reads it with
+    constant offsets from one pointer (KB-wide vector loads)."""
     bg = tl.program_id(1).to(tl.int64)
+    b_idx = bg // G
+    g_idx = bg % G
     o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     blk = o // (2 * NS * KB)
     r = o % (2 * NS * KB)
@@ -102,9 +106,10 @@ def _ss_seg_bc_kernel(B_ptr, C_ptr, BC_ptr, L, Lp,
     t = blk * KB + r % KB
     inside = o < Lp * 2 * NS
     m = inside & (t < L)
-    src = bg * NS * L + n * L + t
-    b = tl.load(B_ptr + src, mask=m & (which == 0), other=0.0).to(tl.float32)
-    c = tl.load(C_ptr + src, mask=m & (which == 1), other=0.0).to(tl.float32)
+    src_b = b_idx * s_b_b + g_idx * s_b_g + n * s_b_n + t
+    src_c = b_idx * s_c_b + g_idx * s_c_g + n * s_c_n + t
+    b = tl.load(B_ptr + src_b, mask=m & (which == 0), other=0.0).to(tl.float32)
+    c = tl.load(C_ptr + src_c, mask=m & (which == 1), other=0.0).to(tl.float32)
     tl.store(BC_ptr + bg * Lp * 2 * NS + o, b + c, mask=inside)
 
 
@@ -112,7 +117,7 @@ def _ss_seg_bc_kernel(B_ptr, C_ptr, BC_ptr, L, Lp,
 def _ss_fwd_seg_kernel(
     u_ptr, delta_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, carry_ptr, dsum_ptr, out_ptr,
     dim, L, G, dim_per_group, n_seg, Lp,
-    s_x_b, s_x_d,
+    s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_o_b, s_o_d,
     PASS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
     NS: tl.constexpr, BLOCK_C: tl.constexpr, SEG_T: tl.constexpr, KX: tl.constexpr,
@@ -138,6 +143,9 @@ def _ss_fwd_seg_kernel(
     offsets from one pointer, the same address for all channels of a group (broadcast).
     The last POLY states of each step take their exp on the FMA pipe (``_exp2_fma``), to
     balance the MUFU unit against instruction issue.
+
+    u, delta, z and out are (b, dim, L) with unit stride in time and their own batch /
+    channel strides (``s_u_*``, ``s_dt_*``, ``s_z_*``, ``s_o_*``).
     """
     pid_c = tl.program_id(0)
     seg = tl.program_id(1)
@@ -163,7 +171,8 @@ def _ss_fwd_seg_kernel(
             h = h + (tl.zeros([BLOCK_C], dtype=tl.float32),)
     dsum = tl.zeros([BLOCK_C], dtype=tl.float32)
 
-    x_base = pid_b * s_x_b + offs_c[:, None].to(tl.int64) * s_x_d        # (BLOCK_C, 1)
+    u_row = _row_offsets(pid_b, offs_c, s_u_b, s_u_d)                   # (BLOCK_C, 1)
+    dt_row = _row_offsets(pid_b, offs_c, s_dt_b, s_dt_d)
     bc_row = (pid_b * G + offs_c // dim_per_group) * (Lp * 2 * NS)       # (BLOCK_C,) int64
     bc_offs = bc_row[:, None] + tl.arange(0, KB)[None, :]                # (BLOCK_C, KB)
     offs_k = tl.arange(0, KX)
@@ -173,16 +182,16 @@ def _ss_fwd_seg_kernel(
         t0 = t_start + j * KX
         offs_t = t0 + offs_k
         m = mask_c[:, None] & (offs_t[None, :] < L)
-        x_offs = x_base + offs_t[None, :]
+        t_offs = offs_t[None, :]
         # Padding steps get delta 0: a = 1, b = 0, the identity.
-        raw = tl.load(delta_ptr + x_offs, mask=m, other=0.0).to(tl.float32)
+        raw = tl.load(delta_ptr + dt_row + t_offs, mask=m, other=0.0).to(tl.float32)
         if HAS_BIAS:
             raw = raw + bias[:, None]
         dt = raw
         if SOFTPLUS:
             dt = _softplus_fast(raw, FAST)
         dt = tl.where(m, dt, 0.0)
-        u = tl.load(u_ptr + x_offs, mask=m, other=0.0).to(tl.float32)
+        u = tl.load(u_ptr + u_row + t_offs, mask=m, other=0.0).to(tl.float32)
         dts = _cols2(dt, BLOCK_C, KX)
         dtus = _cols2(dt * u, BLOCK_C, KX)
         if PASS == 1:
@@ -218,9 +227,11 @@ def _ss_fwd_seg_kernel(
             if HAS_D:
                 y += Dv[:, None] * u
             if HAS_Z:
-                zz = tl.load(z_ptr + x_offs, mask=m, other=0.0).to(tl.float32)
+                z_offs = _row_offsets(pid_b, offs_c, s_z_b, s_z_d) + t_offs
+                zz = tl.load(z_ptr + z_offs, mask=m, other=0.0).to(tl.float32)
                 y = y * zz / (1.0 + tl.exp2(zz * -1.4426950408889634))
-            tl.store(out_ptr + x_offs, y.to(out_ptr.dtype.element_ty), mask=m)
+            o_offs = _row_offsets(pid_b, offs_c, s_o_b, s_o_d) + t_offs
+            tl.store(out_ptr + o_offs, y.to(out_ptr.dtype.element_ty), mask=m)
     if PASS == 1:
         slot_out = slots + (seg + 1).to(tl.int64) * dim * NS
         for n in tl.static_range(NS):

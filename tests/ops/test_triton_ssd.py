@@ -109,6 +109,54 @@ def test_ssd_optional_inputs(opts):
     assert all(v < TOL[torch.float32] for v in errs.values()), errs
 
 
+TRANSFORMS = [  # (dt_softplus, dt_bias given, dt_limit): the time-step transform's paths
+    (False, False, (0.0625, 0.5)),      # clamp of raw dt; steps exactly at both ends
+    (False, True, (0.0625, 0.5)),       # bias, clamp
+    (True, False, (0.0625, 0.5)),       # softplus, clamp active at both ends
+    (True, True, (0.0625, math.inf)),   # lower end only; softplus inputs > 20 (its threshold)
+    (True, False, (0.0, math.inf)),     # softplus, no clamp
+    (False, False, (0.0, math.inf)),    # nothing: dt used as is
+]
+
+
+@pytest.mark.parametrize("softplus,bias,limit", TRANSFORMS,
+                         ids=lambda v: str(v).replace(" ", ""))
+def test_ssd_time_step_transform(softplus, bias, limit):
+    """ddt, d dt_bias and dA through every path of the backward's hand-written time-step
+    transform (clamp gradient only where the clamp is inactive, ends included; softplus
+    derivative and its threshold), over several chunks with a partial last one, against
+    autograd through the float64 reference."""
+    t = inputs(2, 45, 3, 8, 16, 1, torch.float32, seed=11)
+    g = torch.Generator().manual_seed(12)
+    if softplus:   # softplus(x) for x in [-4, 1]: 0.018 .. 1.31, across both clamp ends
+        dt = 5.0 * torch.rand(t["dt"].shape, generator=g) - 4.0
+        if math.isinf(limit[1]):
+            dt[:, ::7, 0] = 100.0  # past F.softplus's threshold (20), and e^x overflows
+    else:          # raw dt in [0.01, 0.7], some exactly at the clamp's ends
+        dt = 0.69 * torch.rand(t["dt"].shape, generator=g) + 0.01
+        dt[:, ::5, 1] = 0.0625
+        dt[:, 2::5, 2] = 0.5
+    t["dt"] = dt.to(DEVICE)
+    names = ["x", "dt", "A", "B", "C", "D", "z"] + (["dt_bias"] if bias else [])
+    if bias and not softplus:   # a small bias: dt + bias still spans both clamp ends
+        t["dt_bias"] = 0.05 * t["dt_bias"] / t["dt_bias"].abs().max()
+
+    def grads(fn, tensors, **extra):
+        leaves = {k: tensors[k].detach().clone().requires_grad_(True) for k in names}
+        out = fn(**leaves, chunk_size=16, dt_softplus=softplus, dt_limit=limit, **extra)
+        w = torch.randn(out.shape, generator=torch.Generator().manual_seed(3),
+                        dtype=torch.float64).to(out.device)
+        (out.double() * w).sum().backward()
+        return out, {k: v.grad for k, v in leaves.items()}
+
+    out, got = grads(ssd_scan, t, backend="triton")
+    r_out, ref = grads(ssd_scan_ref, {k: v.double() for k, v in t.items()})
+    errs = {"out": rel_err(out, r_out)}
+    errs.update({"d" + k: rel_err(got[k], v) for k, v in ref.items()})
+    assert got["dt"].dtype == t["dt"].dtype
+    assert all(v < TOL[torch.float32] for v in errs.values()), errs
+
+
 def test_ssd_other_block_config(monkeypatch):
     """The row-block size and warps (module knobs a GPU run may retune) change only the
     tiling: 32-row blocks, 8 warps, several row blocks per chunk, same results."""

@@ -34,9 +34,14 @@ of the outputs; G_c = gradient w.r.t. the state leaving chunk c)
    terms M_ij = (dy_i . x_j)(C_i . B_j) exp(cs_i - cs_j) w_j over j < k <= i, formed
    directly (as a difference of row and column sums it would cancel the large diagonal
    terms and lose digits of dA, the more the longer the chunk);
-8. in PyTorch, on (batch, H, L) vectors: d a (the log-decays' gradient), d w += d a A,
-   dA = sum d a w, and the time-step transform's own backward by autograd; dB and dC
-   summed over the head splits.
+8. per chunk (``_ssd_bwd_dt_kernel``, one program per (b, h, c), float64 sums): d a_k,
+   the gradient of step k's log-decay, sums every term whose decay spans step k: the
+   output pairs j < k <= i (from 7), the state entering the chunk seen at rows i >= k
+   (reverse cumsum of 7's state term), the chunk's own state from steps j < k (exclusive
+   cumsum of 6's) and the state passed on (5); then d w += d a A, and the time-step
+   transform's backward (clamp, softplus, bias) by hand into ddt; dA = sum d a w and
+   d dt_bias as per-chunk partial sums, added up in PyTorch, as are dB and dC over the
+   head splits.
 Every exponent is <= 0 (A < 0, i >= j; masked entries are -inf before the exp), so
 nothing overflows. Matmuls take bf16/fp16 operands for half inputs (float32
 accumulation) and exact float32 ("ieee") for float32 inputs.
@@ -49,7 +54,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .._time_step import process_dt
 from .._triton_math import _softplus
 
 __all__ = ["ssd_scan_triton"]
@@ -426,6 +430,72 @@ def _ssd_bwd_dc_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, sin_ptr, dC_p
              dC_sum, mask=mi[:, None] & mn)
 
 
+@triton.jit
+def _ssd_bwd_dt_kernel(pairs_ptr, sterm_ptr, term_ptr, dcl_ptr, dw_ptr, w_ptr, A_ptr, dt_ptr,
+                       bias_ptr, ddt_ptr, parts_ptr,
+                       L, H, Q, n_chunks, n_rows, BM, n_blocks, lo, hi, s_dt_b, s_dt_l,
+                       HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
+                       BQ: tl.constexpr, BLK: tl.constexpr):
+    """Step 8 for chunk c of head h, batch b: the log-decays' gradient d a, then d w and
+    the time-step transform's backward by hand. Reads (float32, written by the kernels
+    before it; entries they did not write are masked, never read):
+        pairs (b, H, n_rows, nc * Q)  row block r's pair sums, columns of blocks <= r;
+        sterm, term, dw, w (b, H, nc * Q);  dcl (b, H, nc, n_blocks);  A (H,);
+        dt (b, L, H) strided, bias (H,).
+    Writes ddt (b, L, H) in dt's dtype, and parts[b * nc + c, :, h] (float64): this
+    chunk's share of dA, then (with a bias) of d dt_bias."""
+    pid_bh = tl.program_id(0)
+    c = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    offs = tl.arange(0, BQ)
+    t = c * Q + offs
+    m = (offs < Q) & (t < L)
+    row = (b * H + h) * n_chunks * Q + t
+    # d a_k sums every term whose decay spans step k (module docstring, step 8). Float64:
+    # the terms can cancel, and float32 sums of them cost dA digits (these are vectors).
+    from_pairs = tl.zeros([BQ], dtype=tl.float64)
+    for r in range(0, n_rows):   # row block r wrote the columns of blocks 0..r only
+        from_pairs += tl.load(pairs_ptr + ((b * H + h) * n_rows + r) * n_chunks * Q + t,
+                              mask=m & (offs // BM <= r), other=0.0).to(tl.float64)
+    sterm = tl.load(sterm_ptr + row, mask=m, other=0.0).to(tl.float64)
+    from_state_in = tl.cumsum(sterm, axis=0, reverse=True)           # rows i >= k
+    term = tl.load(term_ptr + row, mask=m, other=0.0).to(tl.float64)
+    from_own_state = tl.cumsum(term, axis=0) - term                  # steps j < k
+    offs_k = tl.arange(0, BLK)
+    dcl = tl.load(dcl_ptr + ((b * H + h) * n_chunks + c) * n_blocks + offs_k,
+                  mask=offs_k < n_blocks, other=0.0).to(tl.float64)
+    da = from_pairs + from_state_in + from_own_state + tl.sum(dcl)   # + the state passed on
+    w = tl.load(w_ptr + row, mask=m, other=0.0).to(tl.float64)
+    parts = parts_ptr + (b * n_chunks + c) * (1 + HAS_BIAS) * H + h
+    tl.store(parts, tl.sum(tl.where(m, da * w, 0.0)))                # dA = sum d a w
+    A = tl.load(A_ptr + h).to(tl.float64)
+    g = (tl.load(dw_ptr + row, mask=m, other=0.0).to(tl.float64) + da * A).to(tl.float32)
+    # The backward of process_dt (clamp(softplus(dt + bias), lo, hi)) as autograd runs it
+    # in float32: the clamp passes the gradient where lo <= v <= hi (both ends inclusive),
+    # softplus_backward is g e^x / (e^x + 1), or g where x > 20 (F.softplus's threshold).
+    # v is recomputed with the forward kernel's softplus and hi (3e38 for no upper end),
+    # so the mask is the one the forward's clamp applied.
+    dt_offs = b * s_dt_b + t * s_dt_l + h
+    if SOFTPLUS or CLAMP:
+        x = tl.load(dt_ptr + dt_offs, mask=m, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            x = x + tl.load(bias_ptr + h).to(tl.float32)
+        if CLAMP:
+            v = x
+            if SOFTPLUS:
+                v = _softplus(x)
+            g = tl.where((v >= lo) & (v <= hi), g, 0.0)
+        if SOFTPLUS:
+            e = tl.exp(tl.minimum(x, 20.0))
+            g = tl.where(x > 20.0, g, g * e / (e + 1.0))
+    # (The Triton interpreter truncates float32 -> bf16 here; the GPU rounds to nearest
+    # even, as autograd's cast did.)
+    tl.store(ddt_ptr + dt_offs, g.to(ddt_ptr.dtype.element_ty), mask=m)
+    if HAS_BIAS:   # d dt_bias = sum of the gradient reaching dt + bias
+        tl.store(parts + H, tl.sum(tl.where(m, g, 0.0).to(tl.float64)))
+
+
 # Row block of the output and backward block kernels, and their warps per program: the
 # configuration measured on an H100 (benchmarks/RESULTS.md). Offline, ptxas (sm_90a)
 # reports these kernels at 255 registers with 0.7-2.8 KB of spills per thread, and
@@ -539,6 +609,7 @@ def _backward(k: _Launch, saved, dt_softplus, dt_limit, dout, dfinal):
     """Gradients of (x, dt, A, B, C, D, z, dt_bias, initial_states); see the module
     docstring, steps 4-8. dout (b, L, H, P); dfinal (b, H, P, N) or None."""
     x, dt, A, B, C, D, z, dt_bias, h0 = saved
+    del dt_limit   # k has it (clamp, lo, hi), as the kernels take it
     w, cs, cslast, sin, _ = _forward_states(k, x, dt, A, B, dt_bias, dt_softplus, h0)
     dout = dout.contiguous()
     dz = None
@@ -590,28 +661,22 @@ def _backward(k: _Launch, saved, dt_softplus, dt_limit, dout, dfinal):
         dD = dD_parts.sum((0, 1, 2))                                   # (H, P)
         dD = (dD if D.dim() == 2 else dD.sum(-1)).to(D.dtype)
 
-    # Step 8 on (b, H, nc, Q) vectors: d a_k, the gradient of step k's log-decay, sums
-    # every term whose decay spans step k: output pairs j < k <= i, the state entering
-    # the chunk seen at rows i >= k, the chunk's own state from steps j < k, and the
-    # state passed on (all of them). Float64: cheap on these (b, H, L) vectors.
-    chunked = (k.batch, k.H, k.nc, k.Q)
-    from_pairs = da_pairs.double().sum(2).view(chunked)
-    from_state_in = sterm.double().view(chunked).flip(-1).cumsum(-1).flip(-1)
-    term = term.double().view(chunked)
-    from_own_state = term.cumsum(-1) - term
-    da = from_pairs + from_state_in + from_own_state + dcl.double().sum(-1)[..., None]
-    da = da.view(w.shape)
-    dA = (da * w.double()).sum((0, 2)).to(A.dtype)
-    dw = (dw.double() + da * A.double()[:, None]).float()
-    dw = dw[:, :, :k.L].transpose(1, 2)                           # (b, L, H)
-    with torch.enable_grad():
-        dt_leaf = dt.detach().requires_grad_(True)
-        bias_leaf = dt_bias.detach().requires_grad_(True) if dt_bias is not None else None
-        wt = process_dt(dt_leaf, bias_leaf, dt_softplus, dt_limit)
-        wrt = [dt_leaf] + ([bias_leaf] if bias_leaf is not None else [])
-        got = torch.autograd.grad(wt, wrt, dw)
-    ddt = got[0]
-    ddt_bias = got[1] if dt_bias is not None else None
+    # Step 8, one kernel per (b, h, chunk): d a, d w += d a A, ddt through the time-step
+    # transform; dA and d dt_bias as float64 partial sums per chunk, reduced here.
+    n_out = 2 if dt_bias is not None else 1
+    ddt = torch.empty_like(dt)
+    parts = torch.empty(k.batch * k.nc, n_out, k.H, device=x.device, dtype=torch.float64)
+    _ssd_bwd_dt_kernel[(k.batch * k.H, k.nc)](
+        da_pairs, sterm, term, dcl, dw, w, A, dt, dt_bias if dt_bias is not None else A,
+        ddt, parts, k.L, k.H, k.Q, k.nc, n_rows, k.BM, n_blocks, k.lo, k.hi,
+        dt.stride(0), dt.stride(1), HAS_BIAS=dt_bias is not None,
+        SOFTPLUS=bool(dt_softplus), CLAMP=k.clamp, BQ=triton.next_power_of_2(k.Q),
+        BLK=triton.next_power_of_2(n_blocks), num_warps=4)
+    sums = parts.sum(0)                                            # (n_out, H) float64
+    if dt_bias is None or dt_bias.dtype == A.dtype:
+        sums = sums.to(A.dtype)                                    # one cast for both
+    dA = sums[0].to(A.dtype)
+    ddt_bias = sums[1].to(dt_bias.dtype) if dt_bias is not None else None
     dh0 = dh0.to(h0.dtype) if h0 is not None else None
     return dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dh0
 

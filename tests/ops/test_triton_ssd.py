@@ -47,6 +47,35 @@ def run(fn, t, chunk, limit, **kw):
     return out, final, {k: v.grad for k, v in leaves.items()}
 
 
+class _NaNEmptyTorch:
+    """``torch`` for the kernel module, except that ``empty`` / ``empty_like`` buffers
+    come filled with NaN: a kernel that reads an element no kernel wrote fails the test
+    (fresh memory is often zero, which would hide it)."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def _nan(t):
+        return t.fill_(math.nan) if t.is_floating_point() else t
+
+    def empty(self, *args, **kwargs):
+        return self._nan(torch.empty(*args, **kwargs))
+
+    def empty_like(self, *args, **kwargs):
+        return self._nan(torch.empty_like(*args, **kwargs))
+
+
+@pytest.fixture
+def nan_empty(monkeypatch):
+    """The Triton SSD module, its unfilled buffers NaN-filled (see _NaNEmptyTorch)."""
+    import importlib
+
+    mod = importlib.import_module("mimetic.ops.ssd.triton")
+    monkeypatch.setattr(mod, "torch", _NaNEmptyTorch())
+    return mod
+
+
 SHAPES = [  # (batch, L, H, P, N, G, chunk)
     (2, 37, 4, 8, 16, 2, 16),     # several chunks, last one partial
     (1, 150, 2, 16, 32, 1, 128),  # two row blocks inside a chunk
@@ -58,7 +87,7 @@ if CUDA:
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_ssd(shape, dtype):
+def test_ssd(shape, dtype, nan_empty):
     batch, L, H, P, N, G, chunk = shape
     t = inputs(batch, L, H, P, N, G, dtype, D_per_p=(L % 2 == 0), seed=L)
     limit = (0.0, math.inf) if dtype == torch.bfloat16 else (1e-3, 0.5)
@@ -80,7 +109,7 @@ OPTIONS = [  # which optional inputs are given; the rest are None / off
 
 
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(o) or "bare")
-def test_ssd_optional_inputs(opts):
+def test_ssd_optional_inputs(opts, nan_empty):
     """Forward and backward with optional inputs left out (no z, D, bias, initial or
     final state), where the kernels take other code paths."""
     t = inputs(2, 37, 4, 8, 16, 2, torch.float32, seed=5)
@@ -121,11 +150,11 @@ TRANSFORMS = [  # (dt_softplus, dt_bias given, dt_limit): the time-step transfor
 
 @pytest.mark.parametrize("softplus,bias,limit", TRANSFORMS,
                          ids=lambda v: str(v).replace(" ", ""))
-def test_ssd_time_step_transform(softplus, bias, limit):
+def test_ssd_time_step_transform(softplus, bias, limit, nan_empty):
     """ddt, d dt_bias and dA through every path of the backward's hand-written time-step
     transform (clamp gradient only where the clamp is inactive, ends included; softplus
     derivative and its threshold), over several chunks with a partial last one, against
-    autograd through the float64 reference."""
+    autograd through the float64 reference. Unwritten buffers are NaN (nan_empty)."""
     t = inputs(2, 45, 3, 8, 16, 1, torch.float32, seed=11)
     g = torch.Generator().manual_seed(12)
     if softplus:   # softplus(x) for x in [-4, 1]: 0.018 .. 1.31, across both clamp ends
@@ -157,12 +186,11 @@ def test_ssd_time_step_transform(softplus, bias, limit):
     assert all(v < TOL[torch.float32] for v in errs.values()), errs
 
 
-def test_ssd_other_block_config(monkeypatch):
+def test_ssd_other_block_config(monkeypatch, nan_empty):
     """The row-block size and warps (module knobs a GPU run may retune) change only the
-    tiling: 32-row blocks, 8 warps, several row blocks per chunk, same results."""
-    import importlib
-
-    mod = importlib.import_module("mimetic.ops.ssd.triton")
+    tiling: 32-row blocks, 8 warps, several row blocks per chunk, same results (and no
+    kernel reads an element of the unfilled buffers that none wrote: nan_empty)."""
+    mod = nan_empty
     monkeypatch.setattr(mod, "BLOCK_M", 32)
     monkeypatch.setattr(mod, "BLOCK_WARPS", 8)
     t = inputs(1, 150, 2, 16, 32, 1, torch.float32, D_per_p=True, seed=3)

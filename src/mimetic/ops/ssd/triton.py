@@ -636,8 +636,10 @@ def _backward(k: _Launch, saved, dt_softplus, dt_limit, dout, dfinal):
     grid = (k.batch * k.G * splits, k.nc, n_rows)
     dx = torch.empty_like(x)
     dB_parts = torch.empty(k.batch, k.L, splits, k.G, k.N, device=x.device, dtype=torch.float32)
-    dw, term, sterm = torch.zeros_like(w), torch.zeros_like(w), torch.zeros_like(w)
-    da_pairs = torch.zeros(k.batch, k.H, n_rows, k.nc * k.Q, device=x.device, dtype=torch.float32)
+    # Written by the dx and dC kernels at every step t < L (da_pairs: at the columns of
+    # blocks <= its row block); the step-8 kernel reads nothing else: no zero fills.
+    dw, term, sterm = torch.empty_like(w), torch.empty_like(w), torch.empty_like(w)
+    da_pairs = torch.empty(k.batch, k.H, n_rows, k.nc * k.Q, device=x.device, dtype=torch.float32)
     D_hp = None
     if D is not None:   # (H, P) float32 for the kernel, whichever shape D has
         D_hp = (D.float()[:, None] if D.dim() == 1 else D.float()).expand(k.H, k.P).contiguous()
@@ -658,8 +660,7 @@ def _backward(k: _Launch, saved, dt_softplus, dt_limit, dout, dfinal):
     dC = dC_parts.sum(2).to(C.dtype) if splits > 1 else dC_parts[:, :, 0].to(C.dtype)
     dD = None
     if D is not None:
-        dD = dD_parts.sum((0, 1, 2))                                   # (H, P)
-        dD = (dD if D.dim() == 2 else dD.sum(-1)).to(D.dtype)
+        dD = dD_parts.sum((0, 1, 2) if D.dim() == 2 else (0, 1, 2, 4)).to(D.dtype)
 
     # Step 8, one kernel per (b, h, chunk): d a, d w += d a A, ddt through the time-step
     # transform; dA and d dt_bias as float64 partial sums per chunk, reduced here.

@@ -30,8 +30,7 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
-from mimetic.ops import (causal_conv1d_update, gemv, rms_norm, selective_state_update,
-                         ssd_state_update)
+from mimetic.ops import causal_conv1d_update, rms_norm, selective_state_update, ssd_state_update
 
 
 def graph_us(fn, calls):
@@ -193,24 +192,6 @@ def norms(batch, calls, rows, details):
     rows.append((f"gated rmsnorm b{batch} 1536", rec["us_ours"], rec.get("us_mamba"), "-"))
 
 
-def projections(batch, calls, rows, details):
-    """The layers' projections at decoding sizes: our gemv kernel vs F.linear (cuBLAS)."""
-    for name, (N, K) in dict(mamba1_in_proj=(3072, 768), mamba1_x_proj=(80, 1536),
-                             out_proj=(768, 1536), mamba2_in_proj=(3352, 768)).items():
-        g = torch.Generator(device="cuda").manual_seed(N + K)
-        x = torch.randn(batch, K, device="cuda", generator=g).half()
-        w = (torch.randn(N, K, device="cuda", generator=g) / K ** 0.5).half()
-        rec = dict(op=f"gemv_{name}", batch=batch, N=N, K=K)
-        rec.update(compare("out", gemv(x, w, backend="triton"), F.linear(x, w)))
-        rec["us_ours"] = graph_us(lambda: gemv(x, w, backend="triton"), calls)
-        rec["us_cublas"] = graph_us(lambda: F.linear(x, w), calls)
-        rec["weight_TBps_ours"] = N * K * 2 / rec["us_ours"] / 1e6
-        details.append(rec)
-        print(json.dumps(rec), flush=True)
-        rows.append((f"{name} b{batch} ({N}x{K}) vs F.linear", rec["us_ours"], rec["us_cublas"],
-                     f"{rec['weight_TBps_ours']:.2f} TB/s"))
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=50, help="calls captured per graph")
@@ -232,12 +213,10 @@ def main():
             mamba2_step(batch, args.calls, theirs, rows, details)
             conv_step(batch, args.calls, rows, details)
             norms(batch, args.calls, rows, details)
-        for batch in (1, 4, 8):
-            projections(batch, args.calls, rows, details)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_steps.json"), "w") as f:
         json.dump(dict(info=info, results=details), f, indent=1, default=str)
-    print("\nop | us ours (default) | us mamba_ssm (or F.linear) | best tiling of ours / note")
+    print("\nop | us ours (default) | us mamba_ssm | best tiling of ours")
     for name, ours, theirs_us, best in rows:
         print(f"{name} | {ours:.2f} | {'-' if theirs_us is None else f'{theirs_us:.2f}'} | {best}")
     return 0

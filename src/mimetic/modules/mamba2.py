@@ -6,7 +6,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..ops import causal_conv1d, causal_conv1d_update, gemv, ssd_scan, ssd_state_update
+from ..ops import causal_conv1d, causal_conv1d_update, ssd_scan, ssd_state_update
 from .batch_parallel import batch_parallel
 from .norm import RMSNormGated
 
@@ -99,8 +99,7 @@ class Mamba2(nn.Module):
     def _gate_and_project(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         if self.rmsnorm:
             y = self.norm(y, z)
-        # gemv is F.linear, with a faster kernel for the few rows of a decoding step.
-        return gemv(y, self.out_proj.weight, self.out_proj.bias)
+        return self.out_proj(y)
 
     def forward(self, u: torch.Tensor, cache=None) -> torch.Tensor:
         """u (batch, L, d_model) -> (batch, L, d_model); ``cache`` as in :class:`Mamba`."""
@@ -136,7 +135,7 @@ class Mamba2(nn.Module):
 
     def step(self, u: torch.Tensor, cache) -> torch.Tensor:
         """One decoding step: u (batch, 1, d_model) -> (batch, 1, d_model)."""
-        z, xBC, dt = self._split_proj(gemv(u.squeeze(1), self.in_proj.weight, self.in_proj.bias))
+        z, xBC, dt = self._split_proj(self.in_proj(u.squeeze(1)))
         xBC = causal_conv1d_update(xBC, cache.conv_state,
                                    rearrange(self.conv1d.weight, "d 1 w -> d w"),
                                    self.conv1d.bias, activation="silu")

@@ -1,6 +1,5 @@
 """The math of Mamba, one folder per op; each public function hides its backends."""
 from .causal_conv1d import causal_conv1d, causal_conv1d_update
-from .gemv import gemv
 from .rms_norm import rms_norm
 from .selective_scan import selective_scan
 from .selective_scan.step import selective_state_update
@@ -10,7 +9,6 @@ from .ssd.step import ssd_state_update
 __all__ = [
     "causal_conv1d",
     "causal_conv1d_update",
-    "gemv",
     "rms_norm",
     "selective_scan",
     "selective_state_update",

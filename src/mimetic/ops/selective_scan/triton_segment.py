@@ -173,7 +173,10 @@ def _ss_fwd_seg_kernel(
 
     u_row = _row_offsets(pid_b, offs_c, s_u_b, s_u_d)                   # (BLOCK_C, 1)
     dt_row = _row_offsets(pid_b, offs_c, s_dt_b, s_dt_d)
-    bc_row = (pid_b * G + offs_c // dim_per_group) * (Lp * 2 * NS)       # (BLOCK_C,) int64
+    # The B/C loads below are unmasked: channels past dim (a partial last block) take the
+    # last group's row, so that they read inside the buffer (their results are dropped).
+    group = tl.minimum(offs_c // dim_per_group, G - 1)
+    bc_row = (pid_b * G + group) * (Lp * 2 * NS)                         # (BLOCK_C,) int64
     bc_offs = bc_row[:, None] + tl.arange(0, KB)[None, :]                # (BLOCK_C, KB)
     offs_k = tl.arange(0, KX)
     t_start = seg * SEG_T

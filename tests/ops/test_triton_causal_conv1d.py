@@ -94,3 +94,101 @@ def test_conv_layouts(layout, dtype):
     errs = {"out": rel_err(out, ref), "dx": rel_err(base.grad, base64.grad),
             "dw": rel_err(w.grad, w64.grad), "db": rel_err(b.grad, b64.grad)}
     assert all(v < TOL[dtype] for v in errs.values()), errs
+
+
+def _nan_empty(monkeypatch):
+    """torch.empty filled with NaN while the test runs: an element a kernel should write
+    but does not shows up as a non-finite output (rel_err fails on those)."""
+    empty = torch.empty
+
+    def nan_empty(*a, **kw):
+        t = empty(*a, **kw)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+
+
+# Channels last (Mamba-2's xBC): x is a transposed view of a column slice of a wider
+# (batch, L, width) projection. L 143 (odd) and dim 161 (odd) or 160 span several tiles in
+# both dims for each kernel (channels-last tiles: forward 128 x 32, dpre 32 x 64, dx
+# 128 x 16); dim 160 in a width-184 projection takes the aligned path (VEC 8/4/8; under
+# the interpreter the alignment hints are no-ops, on a GPU they vectorize). dout arrives
+# channels last as from the layer (autograd of the transposes), or L-contiguous
+# ("dout_l": copied into x's layout); h0_f32: float32 initial states with a bf16 x (the
+# two-load path).
+CL_CASES = [
+    # dtype, act, bias, h0, W, dout layout, h0 dtype, dim, width
+    (torch.float32, "silu", True, True, 4, "cl", None, 161, 172),
+    (torch.bfloat16, "silu", True, True, 4, "cl", None, 161, 172),
+    (torch.bfloat16, "silu", True, False, 4, "cl", None, 160, 184),  # the Mamba-2 layer's call
+    (torch.float32, None, False, False, 3, "dout_l", None, 161, 172),
+    (torch.bfloat16, "silu", True, True, 4, "cl", torch.float32, 160, 184),
+]
+
+
+@pytest.mark.parametrize("case", CL_CASES, ids=lambda c: "-".join(filter(None, [
+    str(c[0]).split(".")[-1], c[1] or "plain", "bias" if c[2] else "", "h0" if c[3] else "",
+    f"w{c[4]}", c[5], "h0_f32" if c[6] else "", f"d{c[7]}"])))
+def test_conv_channels_last(case, monkeypatch):
+    dtype, act, bias, h0, W, dout_layout, h0_dtype, dim, width = case
+    batch, L, off = 2, 143, 8
+    g = torch.Generator().manual_seed(dim + W)
+    r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)  # noqa: E731
+    base = r(batch, L, width).to(dtype)
+    view = lambda t: t[:, :, off:off + dim].transpose(1, 2)  # noqa: E731
+    w = r(dim, W) * 0.5
+    b = r(dim) if bias else None
+    init = r(batch, dim, W - 1).to(h0_dtype or dtype) if h0 else None
+    dout = torch.randn(batch, L, dim, generator=g, dtype=torch.float64).to(DEVICE)
+    dfinal = torch.randn(batch, dim, W - 1, generator=g, dtype=torch.float64).to(DEVICE)
+
+    def run_(fn, base, w, b, init, **kw):
+        leaves = [t.detach().clone().requires_grad_(True) if t is not None else None
+                  for t in (base, w, b, init)]
+        res = fn(view(leaves[0]), leaves[1], bias=leaves[2], activation=act,
+                 initial_states=leaves[3], return_final_states=h0, **kw)
+        out, fs = res if h0 else (res, None)
+        if dout_layout == "cl":  # the gradient reaching out is channels last
+            loss = (out.transpose(1, 2).double() * dout).sum()
+        else:
+            loss = (out.double() * dout.transpose(1, 2).contiguous()).sum()
+        if h0:
+            loss = loss + (fs.double() * dfinal).sum()
+        loss.backward()
+        return out, fs, [t.grad if t is not None else None for t in leaves]
+
+    with monkeypatch.context() as mp:
+        _nan_empty(mp)
+        out, fs, grads = run_(causal_conv1d, base, w, b, init, backend="triton")
+    assert out.dtype == dtype and out.stride(1) == 1, "the output should be channels last"
+    r_out, r_fs, r_grads = run_(causal_conv1d_ref, base.double(), w.double(),
+                                b.double() if b is not None else None,
+                                init.double() if init is not None else None)
+    errs = {"out": rel_err(out, r_out)}
+    if h0:
+        errs["final"] = rel_err(fs, r_fs)
+    for name, got, ref in zip(("dx", "dw", "db", "dh0"), grads, r_grads):
+        if ref is not None:
+            errs[name] = rel_err(got, ref)
+    assert all(v < TOL[dtype] for v in errs.values()), errs
+
+
+def test_tiles_follow_layout():
+    """The wrapper's tile choice: L-contiguous x keeps the 16 x 128 tiles; Mamba-2's
+    channels-last slice (time stride 3352 = 8 * 419, not a multiple of 16) gets wide channel
+    tiles told that its rows are 8-element aligned (16-byte bf16 vectors)."""
+    from mimetic.ops.causal_conv1d import triton as conv
+
+    b, L, d = 2, 64, 1792
+    xl = torch.empty(b, d, L, dtype=torch.bfloat16)
+    meta = conv._meta("fwd", xl, xl, conv._like(xl))
+    assert not meta["CL"] and (meta["BLOCK_D"], meta["BLOCK_T"]) == conv.TILES_L["fwd"][:2]
+    proj = torch.empty(b, L, 3352, dtype=torch.bfloat16)
+    xc = proj[:, :, 1536:1536 + d].transpose(1, 2)
+    out = conv._like(xc)
+    assert out.stride() == (L * d, 1, d)
+    meta = conv._meta("fwd", xc, xc, out)
+    assert meta["CL"] and meta["VEC"] == 8 and meta["BLOCK_D"] >= 64
+    # strides only: a misaligned start is the pointer's (Triton specializes on its alignment)
+    assert conv._vec(8, proj[:, :, 1:1 + d].transpose(1, 2)) == 8
+    assert conv._vec(8, torch.empty(b, L, 3351)[:, :, :d].transpose(1, 2)) == 1

@@ -260,42 +260,113 @@ def run_ssd(args, rows, details):
 
 # ------------------------------------------------------------------- causal conv1d
 
-CONV_SHAPES = [(8, 1536, 2048, 4), (2, 1536, 8192, 4)]
+# (batch, dim, L, W, slice): slice None: x (batch, dim, L) L-contiguous (Mamba-1);
+# (offset, width): x channels last, the transposed view of columns offset:offset+dim of a
+# (batch, L, width) projection (Mamba-2's xBC: d_model 768, expand 2, d_state 128, 1 group,
+# headdim 64 -> columns 1536:3328 of 3352), and dout channels last as the layer gives it.
+CONV_SHAPES = [(8, 1536, 2048, 4, None), (2, 1536, 8192, 4, None),
+               (8, 1792, 2048, 4, (1536, 3352)), (2, 1792, 8192, 4, (1536, 3352))]
+
+# Channels-last tiles to try, one kernel at a time around the default (the module's
+# TILES_CL): (BLOCK_D, BLOCK_T, num_warps, vector cap). fwd: timed forward only; dpre, dx:
+# forward+backward. At the first channels-last shape, not with --quick.
+CONV_CL_TILE_VARIANTS = dict(
+    fwd=[(128, 16, 4, 8), (64, 32, 4, 8), (256, 16, 4, 8), (64, 64, 4, 8), (128, 32, 8, 8)],
+    dpre=[(64, 32, 4, 4), (128, 16, 4, 4), (32, 64, 4, 8), (32, 128, 4, 4), (64, 64, 8, 4)],
+    dx=[(128, 32, 4, 8), (64, 32, 4, 8), (64, 64, 4, 8), (256, 16, 8, 8)],
+)
 
 
 def run_conv(args, rows, details):
-    ours = importlib.import_module("mimetic.ops.causal_conv1d.triton").causal_conv1d_triton
-    base = importlib.import_module("mimetic.ops.causal_conv1d.torch").causal_conv1d_torch
-    for (b, d, L, W) in CONV_SHAPES:
+    mod = importlib.import_module("mimetic.ops.causal_conv1d.triton")
+    ours = mod.causal_conv1d_triton
+    baselines = [("torch", importlib.import_module("mimetic.ops.causal_conv1d.torch")
+                  .causal_conv1d_torch)]
+    try:  # the CUDA kernels mamba_ssm uses (channels-last ones for a channels-last x)
+        from causal_conv1d import causal_conv1d_fn
+
+        def cuda_fn(x, w, bias, activation=None):
+            return causal_conv1d_fn(x, w, bias, activation=activation)
+        baselines.append(("cuda", cuda_fn))
+    except Exception:  # noqa: BLE001
+        pass
+    swept = False
+    for (b, d, L, W, cols) in CONV_SHAPES:
+        if args.quick and L > 2048:
+            continue
         dtype = torch.bfloat16
         g = torch.Generator(device="cuda").manual_seed(0)
-        x = torch.randn(b, d, L, device="cuda", generator=g).to(dtype)
+        if cols is None:
+            x = torch.randn(b, d, L, device="cuda", generator=g).to(dtype)
+            dout = torch.randn(b, d, L, device="cuda", generator=g).to(dtype)
+        else:
+            off, width = cols
+            proj = torch.randn(b, L, width, device="cuda", generator=g).to(dtype)
+            x = proj[:, :, off:off + d].transpose(1, 2)
+            dout = torch.randn(b, L, d, device="cuda", generator=g).to(dtype).transpose(1, 2)
         w = torch.randn(d, W, device="cuda", generator=g).to(dtype)
         bias = torch.randn(d, device="cuda", generator=g).to(dtype)
-        dout = torch.randn(b, d, L, device="cuda", generator=g).to(dtype)
-        rec = dict(op="causal_conv1d", shape=(b, d, L, W), dtype=str(dtype),
+        layout = ("L-contiguous" if cols is None
+                  else f"channels last, columns {cols[0]}:{cols[0] + d} of {cols[1]}")
+        rec = dict(op="causal_conv1d", shape=(b, d, L, W), layout=layout, dtype=str(dtype),
                    floor_fwd_ms=2 * b * d * L * 2 / COPY_TBPS * 1e3)
-        outs = {}
-        for name, fn in (("ours", ours), ("torch", base)):
+
+        def timed(name, fn):
             leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, bias)]
+            if cols is not None:  # keep x a channels-last view, as the layer passes it
+                base = proj.detach().clone().requires_grad_(True)
+                leaves[0] = base
+                view = lambda t: t[:, :, off:off + d].transpose(1, 2)  # noqa: E731
+            else:
+                view = lambda t: t  # noqa: E731
 
             def fb():
-                o = fn(leaves[0], leaves[1], leaves[2], activation="silu")
+                o = fn(view(leaves[0]), leaves[1], leaves[2], activation="silu")
                 o.backward(dout)
                 return o
-            outs[name] = (fb(), [t.grad.clone() for t in leaves])
+            res = (fb(), [t.grad.clone() for t in leaves])
             with torch.no_grad():
                 rec[f"fwd_ms_{name}"] = bench(lambda: fn(x, w, bias, activation="silu"))
             rec[f"fwdbwd_ms_{name}"] = bench(fb, grad_to_none=leaves)
-        (o1, g1), (o2, g2) = outs["ours"], outs["torch"]
-        rec["errs_vs_torch"] = [rel_err(o1, o2)] + [rel_err(a, c) for a, c in zip(g1, g2)]
+            return res
+
+        outs = {"ours": timed("ours", ours)}
+        for name, fn in baselines:
+            try:
+                outs[name] = timed(name, fn)
+            except Exception as e:  # noqa: BLE001  (e.g. a layout the CUDA kernels refuse)
+                rec[f"error_{name}"] = repr(e)
+        o1, g1 = outs["ours"]
+        for name, (o2, g2) in outs.items():
+            if name != "ours":
+                rec[f"errs_vs_{name}"] = [rel_err(o1, o2)] + [rel_err(a, c) for a, c in zip(g1, g2)]
+        if cols is not None and not args.quick and not swept:
+            swept = True
+            default = dict(mod.TILES_CL)
+            rec["cl_tiles_default"] = default
+            tried = {}
+            try:
+                for op, variants in CONV_CL_TILE_VARIANTS.items():
+                    for v in variants:
+                        mod.TILES_CL = {**default, op: v}
+                        key = f"{op}={'x'.join(map(str, v))}"
+                        timed("variant", ours)
+                        tried[key] = rec["fwd_ms_variant" if op == "fwd" else "fwdbwd_ms_variant"]
+            finally:
+                mod.TILES_CL = default
+            rec.pop("fwd_ms_variant", None)
+            rec.pop("fwdbwd_ms_variant", None)
+            rec["cl_tile_variants_ms"] = tried
         details.append(rec)
         print(json.dumps(rec), flush=True)
-        rows.append((f"conv {b}x{d}x{L}x{W} bf16 (vs F.conv1d)", f"{rec['fwd_ms_ours']:.3f}",
-                     f"{rec['fwd_ms_torch']:.3f}", f"{rec['fwd_ms_torch'] / rec['fwd_ms_ours']:.2f}x",
-                     f"{rec['fwdbwd_ms_ours']:.3f}", f"{rec['fwdbwd_ms_torch']:.3f}",
-                     f"{rec['fwdbwd_ms_torch'] / rec['fwdbwd_ms_ours']:.2f}x",
-                     f"{rec['floor_fwd_ms'] / rec['fwd_ms_ours']:.0%}"))
+        tag = "" if cols is None else " channels-last"
+        for name in [n for n in outs if n != "ours"]:
+            rows.append((f"conv {b}x{d}x{L}x{W}{tag} bf16 (vs {name})", f"{rec['fwd_ms_ours']:.3f}",
+                         f"{rec[f'fwd_ms_{name}']:.3f}",
+                         f"{rec[f'fwd_ms_{name}'] / rec['fwd_ms_ours']:.2f}x",
+                         f"{rec['fwdbwd_ms_ours']:.3f}", f"{rec[f'fwdbwd_ms_{name}']:.3f}",
+                         f"{rec[f'fwdbwd_ms_{name}'] / rec['fwdbwd_ms_ours']:.2f}x",
+                         f"{rec['floor_fwd_ms'] / rec['fwd_ms_ours']:.0%}"))
 
 
 def profile_once(variant: str = ""):

@@ -50,6 +50,14 @@ def test_train_then_generate_end_to_end(capsys, tmp_path):
     tokens = stdout.split()
     assert len(tokens) == 10 and tokens[:6] == ["5", "0", "1", "2", "3", "6"]
     assert all(0 <= int(t) < 7 for t in tokens)
+    code, stdout, err = run_cli(capsys, "generate", str(out / "model"), "--prompt", "5 0 1 2 3 6",
+                                "--max-new-tokens", "4", "--device", "cpu",
+                                "--state-dtype", "bfloat16")
+    assert code == 0, err
+    assert len(stdout.split()) == 10
+    code, _, err = run_cli(capsys, "generate", str(out / "model"), "--prompt", "5 0",
+                           "--device", "cpu", "--cuda-graph")
+    assert code == 2 and "CUDA device" in err  # a clear error, not a crash
 
 
 def test_argparse_rejects_unknown_layer(capsys):

@@ -98,10 +98,12 @@ def cmd_generate(args) -> None:
 
     from .models import MambaLM
 
-    model = MambaLM.from_pretrained(args.checkpoint).eval()
-    ids = torch.tensor([[int(t) for t in args.prompt.split()]])
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = MambaLM.from_pretrained(args.checkpoint, device=device).eval()
+    ids = torch.tensor([[int(t) for t in args.prompt.split()]], device=device)
     out = model.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p)
+                         top_p=args.top_p, cuda_graph=args.cuda_graph,
+                         state_dtype=getattr(torch, args.state_dtype))
     print(" ".join(str(t) for t in out[0].tolist()))
 
 
@@ -171,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=1)
     g.add_argument("--top-p", type=float, default=0.0)
+    g.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    g.add_argument("--cuda-graph", action="store_true",
+                   help="replay each decoding step as a CUDA graph (GPU, Mamba layers only)")
+    g.add_argument("--state-dtype", choices=["float32", "float16", "bfloat16"],
+                   default="float32", help="dtype of the SSM states while decoding")
     g.set_defaults(func=cmd_generate)
     return p
 

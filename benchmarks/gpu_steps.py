@@ -56,6 +56,22 @@ def compare(name, a, b):
             f"norm_{name}": b.norm().item(), f"maxdiff_{name}": (a - b).abs().max().item()}
 
 
+def measure(rec, ours, theirs, calls, pick=lambda out: out):
+    """Into rec: ours vs theirs on the same inputs (``pick`` selects the compared output)
+    when theirs exists, then each one's microseconds per call in a CUDA graph."""
+    if theirs is not None:
+        rec.update(compare("out", pick(ours()), pick(theirs())))
+        rec["us_mamba"] = graph_us(theirs, calls)
+    rec["us_ours"] = graph_us(ours, calls)
+
+
+def report(rec, label, rows, details, ours_us=None, note="-"):
+    """Record rec (JSON line, details) and its table row."""
+    details.append(rec)
+    print(json.dumps(rec), flush=True)
+    rows.append((label, rec["us_ours"] if ours_us is None else ours_us, rec.get("us_mamba"), note))
+
+
 def mamba1_step(batch, calls, theirs, rows, details):
     from mimetic.ops.selective_scan import step_triton
 
@@ -89,10 +105,8 @@ def mamba1_step(batch, calls, theirs, rows, details):
             rec[f"us_ours_{tiling}"] = graph_us(ours, calls)
         step_triton.BLOCK_OVERRIDE = None
         best = min((k for k in rec if k.startswith("us_ours_")), key=rec.get)
-        details.append(rec)
-        print(json.dumps(rec), flush=True)
-        rows.append((f"mamba1 ssm step b{batch} state {str(sdt)[6:]}", rec["us_ours_None"],
-                     rec.get("us_mamba"), f"{best[8:]} {rec[best]:.2f}"))
+        report(rec, f"mamba1 ssm step b{batch} state {str(sdt)[6:]}", rows, details,
+               ours_us=rec["us_ours_None"], note=f"{best[8:]} {rec[best]:.2f}")
 
 
 def mamba2_step(batch, calls, theirs, rows, details):
@@ -118,14 +132,8 @@ def mamba2_step(batch, calls, theirs, rows, details):
                           dt_softplus=True)
 
         rec = dict(op="mamba2_step", batch=batch, state=str(sdt))
-        if theirs is not None:
-            rec.update(compare("out", ours(), mamba()))
-            rec["us_mamba"] = graph_us(mamba, calls)
-        rec["us_ours"] = graph_us(ours, calls)
-        details.append(rec)
-        print(json.dumps(rec), flush=True)
-        rows.append((f"mamba2 ssd step b{batch} state {str(sdt)[6:]}", rec["us_ours"],
-                     rec.get("us_mamba"), "-"))
+        measure(rec, ours, mamba if theirs is not None else None, calls)
+        report(rec, f"mamba2 ssd step b{batch} state {str(sdt)[6:]}", rows, details)
 
 
 def conv_step(batch, calls, rows, details):
@@ -143,16 +151,13 @@ def conv_step(batch, calls, rows, details):
         s_ours = s0.clone()
         rec = dict(op="conv_step", batch=batch, dim=dim)
         ours = lambda: causal_conv1d_update(x, s_ours, w, b, activation="silu")  # noqa: E731
+        mamba = None
         if theirs is not None:
             # causal_conv1d's state holds the last W inputs (ours keeps W - 1).
             s_theirs = torch.cat([torch.zeros_like(s0[..., :1]), s0], dim=-1)
             mamba = lambda: theirs(x, s_theirs, w, b, "silu")  # noqa: E731
-            rec.update(compare("out", ours(), mamba()))
-            rec["us_mamba"] = graph_us(mamba, calls)
-        rec["us_ours"] = graph_us(ours, calls)
-        details.append(rec)
-        print(json.dumps(rec), flush=True)
-        rows.append((f"conv step b{batch} dim {dim}", rec["us_ours"], rec.get("us_mamba"), "-"))
+        measure(rec, ours, mamba, calls)
+        report(rec, f"conv step b{batch} dim {dim}", rows, details)
 
 
 def norms(batch, calls, rows, details):
@@ -166,30 +171,21 @@ def norms(batch, calls, rows, details):
     h, res, w = rnd(batch, 768).half(), rnd(batch, 768), (1 + 0.1 * rnd(768)).half()
     rec = dict(op="add_rms_norm", batch=batch)
     ours = lambda: rms_norm(h, w, residual=res, prenorm=True, residual_in_fp32=True)  # noqa: E731
-    if rms_norm_fn is not None:
-        mamba = lambda: rms_norm_fn(h, w, None, residual=res, prenorm=True,  # noqa: E731
-                                    residual_in_fp32=True, eps=1e-5)
-        rec.update(compare("out", ours()[0], mamba()[0]))
-        rec["us_mamba"] = graph_us(mamba, calls)
-    rec["us_ours"] = graph_us(ours, calls)
-    details.append(rec)
-    print(json.dumps(rec), flush=True)
-    rows.append((f"add+rmsnorm b{batch} 768", rec["us_ours"], rec.get("us_mamba"), "-"))
+    mamba = None if rms_norm_fn is None else (
+        lambda: rms_norm_fn(h, w, None, residual=res, prenorm=True, residual_in_fp32=True,
+                            eps=1e-5))
+    measure(rec, ours, mamba, calls, pick=lambda out: out[0])  # (normed, residual)
+    report(rec, f"add+rmsnorm b{batch} 768", rows, details)
 
     proj = rnd(batch, 2 * 1536 + 2 * 128 + 24).half()
     z, y = proj[:, :1536], rnd(batch, 1536).half()
     wg = (1 + 0.1 * rnd(1536)).half()
     rec = dict(op="gated_rms_norm", batch=batch)
     ours = lambda: rms_norm(y, wg, z=z, group_size=1536)  # noqa: E731
-    if rmsnorm_fn is not None:
-        mamba = lambda: rmsnorm_fn(y, wg, None, z=z, eps=1e-5, group_size=1536,  # noqa: E731
-                                   norm_before_gate=False)
-        rec.update(compare("out", ours(), mamba()))
-        rec["us_mamba"] = graph_us(mamba, calls)
-    rec["us_ours"] = graph_us(ours, calls)
-    details.append(rec)
-    print(json.dumps(rec), flush=True)
-    rows.append((f"gated rmsnorm b{batch} 1536", rec["us_ours"], rec.get("us_mamba"), "-"))
+    mamba = None if rmsnorm_fn is None else (
+        lambda: rmsnorm_fn(y, wg, None, z=z, eps=1e-5, group_size=1536, norm_before_gate=False))
+    measure(rec, ours, mamba, calls)
+    report(rec, f"gated rmsnorm b{batch} 1536", rows, details)
 
 
 def main():

@@ -22,7 +22,16 @@ import torch
 import triton
 from triton.testing import do_bench
 
-COPY_TBPS = 3.0e12  # measured device-to-device copy rate on this H100 (DESIGN.md)
+COPY_TBPS = 3.0e12  # device-to-device copy rate; main() replaces it by this device's, measured
+
+
+def measure_copy_tbps(gib: float = 2.0) -> float:
+    """Bytes read plus written per second by a large device-to-device copy (METHOD.md's
+    memory ceiling), measured on this GPU: the floor of the memory-bound ops."""
+    src = torch.randn(int(gib * 2**30) // 4, device="cuda")
+    dst = torch.empty_like(src)
+    ms = bench(lambda: dst.copy_(src))
+    return 2 * src.numel() * 4 / (ms * 1e-3)
 
 
 def rel_err(a, b):
@@ -71,7 +80,8 @@ def run_selective_scan(args, rows, details):
         theirs = None
     # Forward variants; "lane*" pair with the lane backward, "seq"/"tile" with the tile one.
     variants = {
-        "auto": dict(FORWARD_VARIANT="lane", LANE_D=None, LANE_WARPS=None, LANE_T=None),
+        "auto": {},  # the module's defaults
+        "lane": dict(FORWARD_VARIANT="lane", LANE_D=None, LANE_WARPS=None, LANE_T=None),
         "lane_d4_w4_t256": dict(FORWARD_VARIANT="lane", LANE_D=4, LANE_WARPS=4, LANE_T=256),
         "lane_d8_w4_t128": dict(FORWARD_VARIANT="lane", LANE_D=8, LANE_WARPS=4, LANE_T=128),
         "lane_d16_w4_t64": dict(FORWARD_VARIANT="lane", LANE_D=16, LANE_WARPS=4, LANE_T=64),
@@ -105,7 +115,7 @@ def run_selective_scan(args, rows, details):
             # Correctness against mamba_ssm on the full shape (fwd and all grads).
             tg = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
             for name, over in variants.items():
-                for k, v in over.items():
+                for k, v in {**default, **over}.items():
                     setattr(mod, k, v)
                 tg = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
                 out, grads = ss_fwd_bwd(ours, tg, dout)
@@ -408,8 +418,11 @@ def main():
         profile_once(args.variants)
         return 0
     torch.backends.cuda.matmul.allow_tf32 = False
+    global COPY_TBPS
+    COPY_TBPS = measure_copy_tbps()
     info = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
-                triton=triton.__version__, date=time.strftime("%Y-%m-%d"))
+                triton=triton.__version__, date=time.strftime("%Y-%m-%d"),
+                copy_tbps=round(COPY_TBPS / 1e12, 3))
     try:
         import mamba_ssm
         info["mamba_ssm"] = mamba_ssm.__version__

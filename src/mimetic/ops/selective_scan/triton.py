@@ -9,19 +9,21 @@ Math (see ``reference.py``), per batch b, channel d, state n, step t:
 
 Everything (softplus, discretization, scan, D skip, z gate) is fused; u, delta, z, out
 are read/written once as tiles contiguous in time. Four kernel layouts exist; the
-default ("lane", ``FORWARD_VARIANT``) was the fastest measured on an H100:
+default forward ("segment", ``FORWARD_VARIANT``) with the lane backward was the fastest
+pair measured on an H200 (benchmarks/RESULTS.md, 2026-12-02):
 
-* lane (default): a (channels, steps) tile with time spread over the lanes of a warp and
+* segment (default forward, d_state <= ``SEG_MAX_N``): one thread per (channel, time
+  segment), state in registers, steps one at a time; segments run from zero (pass 1),
+  their carries are composed (pass 2), then re-run with the true carry (pass 3). Forward
+  only: the lane backward follows it. On the H200, 1.2-2.0x faster than the lane forward
+  at the four DESIGN.md shapes (bf16 and fp32), and its forward+backward 1.0-1.2x faster
+  (on an H100 it was 9% faster in bf16 at one shape, no faster in fp32).
+* lane (the backward; the forward for larger d_state): a (channels, steps) tile with time spread over the lanes of a warp and
   several consecutive steps per thread; states handled one n at a time, each scanned
   along time with ``tl.associative_scan`` (sequential inside a thread, then across
   lanes). Forward and backward (``_ss_fwd_lane_kernel`` / ``_ss_bwd_lane_kernel``).
 * seq: one channel per thread, state (n) in registers, one step at a time; forward only.
 * tile: a (channels, n, steps) tile scanned along steps; forward and backward.
-* segment: one thread per (channel, time segment), state in registers, steps one at a
-  time; segments run from zero (pass 1), their carries are composed (pass 2), then re-run
-  with the true carry (pass 3). Forward only (the lane backward follows it); measured
-  9% faster than lane in bf16 at one shape, no faster in fp32, so not the default
-  (benchmarks/gpu_notes.md).
 
 Backward (``torch.autograd.Function``). The forward stores only the state entering each
 chunk (float32) when a gradient is needed -- never per-step states. The backward walks
@@ -95,9 +97,9 @@ def _config(dim_per_group: int, n: int, backward: bool):
     return block_d, block_n, block_t, num_warps
 
 
-# Forward kernel choice: "seq" (per-step, state in registers, one channel per thread)
-# where it applies, else "tile" (chunk-parallel associative scan). Benchmarks flip it.
-FORWARD_VARIANT = "lane"
+# Forward kernel choice: "segment" (default; the lane forward where d_state > SEG_MAX_N),
+# "lane", "seq" or "tile" (see the module docstring). Benchmarks and tests flip it.
+FORWARD_VARIANT = "segment"
 # Lane-kernel configurations (channels per program, warps per program, steps per tile),
 # chosen from the H100 measurements in benchmarks/gpu_notes.md: without gradients the
 # forward is fastest with (4, 4, 256); with gradients the backward dominates and is
@@ -185,8 +187,9 @@ def _lane_backward(ctx, dout, dhlast):
 
 
 # Segmented forward (FORWARD_VARIANT = "segment", see _ss_fwd_seg_kernel; offline analysis
-# in benchmarks/gpu_notes.md, measured there). Knobs, flipped by benchmarks/gpu.py:
-SEG_T = 128      # steps per segment without gradients; with gradients the segment is the
+# in benchmarks/gpu_notes.md, measured there). Knobs, flipped by benchmarks/gpu.py; the
+# defaults are the configuration timed on the H200 (segment_t64_w4_kb2_p00):
+SEG_T = 64       # steps per segment without gradients; with gradients the segment is the
 #                  lane backward's chunk (its checkpoints are the segment carries)
 SEG_WARPS = 4    # warps per program, one channel per thread: 32 * SEG_WARPS channels
 SEG_KB = 2       # steps per B/C vector load (a power of two dividing the x tile)

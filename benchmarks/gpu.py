@@ -82,6 +82,8 @@ def run_selective_scan(args, rows, details):
     variants = {
         "auto": {},  # the module's defaults
         "lane": dict(FORWARD_VARIANT="lane", LANE_D=None, LANE_WARPS=None, LANE_T=None),
+        "segment_pf": dict(FORWARD_VARIANT="segment", SEG_PREFETCH=True),
+        "segment_nopf": dict(FORWARD_VARIANT="segment", SEG_PREFETCH=False),
         "lane_d4_w4_t256": dict(FORWARD_VARIANT="lane", LANE_D=4, LANE_WARPS=4, LANE_T=256),
         "lane_d8_w4_t128": dict(FORWARD_VARIANT="lane", LANE_D=8, LANE_WARPS=4, LANE_T=128),
         "lane_d16_w4_t64": dict(FORWARD_VARIANT="lane", LANE_D=16, LANE_WARPS=4, LANE_T=64),
@@ -102,7 +104,7 @@ def run_selective_scan(args, rows, details):
     fwdbwd_variants = tuple(variants) if not args.quick else tuple(variants)[:1]
     default = {k: getattr(mod, k) for k in ("FORWARD_VARIANT", "SEQ_WARPS", "SEQ_CHANNELS", "LANE_D",
                                             "LANE_WARPS", "LANE_T", "SEG_T", "SEG_WARPS",
-                                            "SEG_KB", "SEG_POLY1", "SEG_POLY3")}
+                                            "SEG_KB", "SEG_POLY1", "SEG_POLY3", "SEG_PREFETCH")}
     shapes = SS_SHAPES[:1] if args.quick else SS_SHAPES
     for dtype in (torch.bfloat16, torch.float32):
         for (b, d, L, n) in shapes:

@@ -214,9 +214,10 @@ def check_forward(batch, dim, L, n, groups, dtype, *, softplus=True, seed=0, **k
     assert not bad, f"tolerance {TOL[dtype]:g} exceeded: {bad}"
 
 
+@pytest.mark.parametrize("prefetch", [False, True], ids=["load", "prefetch"])
 @pytest.mark.parametrize("shape", SEG_SHAPES, ids=lambda s: "x".join(map(str, s[:4])) + f"g{s[4]}")
-def test_segment_forward(shape, monkeypatch):
-    _segment(monkeypatch)
+def test_segment_forward(shape, prefetch, monkeypatch):
+    _segment(monkeypatch, SEG_PREFETCH=prefetch)
     check_forward(*shape, dtype=torch.float32, h0=True)
     check_forward(*shape, dtype=torch.float32, seed=1)          # no initial state
 
@@ -233,10 +234,11 @@ def test_segment_low_precision(dtype, monkeypatch):
     dict(D=True, z=False, bias=True, softplus=True),
     dict(D=False, z=True, bias=False, softplus=True, h0=True),
 ], ids=["plain", "no_z", "no_D"])
-def test_segment_optional_arguments(opts, monkeypatch):
+@pytest.mark.parametrize("prefetch", [False, True], ids=["load", "prefetch"])
+def test_segment_optional_arguments(opts, prefetch, monkeypatch):
     opts = dict(opts)
     softplus = opts.pop("softplus")
-    _segment(monkeypatch)
+    _segment(monkeypatch, SEG_PREFETCH=prefetch)
     check_forward(1, 4, 33, 8, None, torch.float32, softplus=softplus, **opts)
     check(1, 4, 33, 8, None, torch.float32, softplus=softplus, last=True, **opts)
 

@@ -197,6 +197,11 @@ SEG_KX = None    # steps per u/delta/z/out tile; None: one 16-byte vector per th
 SEG_MAX_N = 32   # larger d_state runs the lane forward (the state would not fit registers)
 SEG_POLY1 = 0    # states per step whose exp runs on the FMA pipe in pass 1 (MUFU relief)
 SEG_POLY3 = 0    # the same in pass 3
+# Load the next u/delta/z tile while computing this one: None picks by dtype. Measured on
+# an H200 in one run (benchmarks/RESULTS.md, 2026-12-02): 11-13% faster forward for
+# float32 inputs at the four DESIGN shapes, 4-6% slower for bf16 (why was not
+# profiled), so on for 4-byte inputs only.
+SEG_PREFETCH = None
 
 
 def _seg_forward(u, delta, A, Bg, Cg, D, z, delta_bias, h0, softplus, last, seg_t, out):
@@ -229,7 +234,8 @@ def _seg_forward(u, delta, A, Bg, Cg, D, z, delta_bias, h0, softplus, last, seg_
             *_bd_strides(u), *_bd_strides(delta), *_bd_strides(z_or_u), *_bd_strides(out))
     meta = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                 SOFTPLUS=softplus, FAST=not triton_interpret(), NS=N, BLOCK_C=block_c,
-                SEG_T=seg_t, KX=kx, KB=kb, num_warps=warps)
+                SEG_T=seg_t, KX=kx, KB=kb, num_warps=warps,
+                PREFETCH=u.element_size() == 4 if SEG_PREFETCH is None else SEG_PREFETCH)
     if n_use > 0:
         _ss_fwd_seg_kernel[(triton.cdiv(dim, block_c), n_use, batch)](
             *args, PASS=1, POLY=min(SEG_POLY1, N), **meta)

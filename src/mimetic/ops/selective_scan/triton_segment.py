@@ -114,6 +114,22 @@ def _ss_seg_bc_kernel(B_ptr, C_ptr, BC_ptr, L, Lp, G,
 
 
 @triton.jit
+def _seg_x_tiles(delta_ptr, u_ptr, z_ptr, dt_row, u_row, z_row, offs_t, mask_c, L,
+                 LOAD_Z: tl.constexpr):
+    """The (BLOCK_C, KX) tiles of delta (raw), u and, when LOAD_Z, z at steps ``offs_t``
+    (KX,), in their storage dtype; steps past L read 0. Without LOAD_Z the third tile is
+    u again (a placeholder that is never used)."""
+    m = mask_c[:, None] & (offs_t[None, :] < L)
+    t_offs = offs_t[None, :]
+    raw = tl.load(delta_ptr + dt_row + t_offs, mask=m, other=0.0)
+    u = tl.load(u_ptr + u_row + t_offs, mask=m, other=0.0)
+    z = u
+    if LOAD_Z:
+        z = tl.load(z_ptr + z_row + t_offs, mask=m, other=0.0)
+    return raw, u, z
+
+
+@triton.jit
 def _ss_fwd_seg_kernel(
     u_ptr, delta_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, carry_ptr, dsum_ptr, out_ptr,
     dim, L, G, dim_per_group, n_seg, Lp,
@@ -121,7 +137,7 @@ def _ss_fwd_seg_kernel(
     PASS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
     NS: tl.constexpr, BLOCK_C: tl.constexpr, SEG_T: tl.constexpr, KX: tl.constexpr,
-    KB: tl.constexpr, POLY: tl.constexpr,
+    KB: tl.constexpr, POLY: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Segmented forward: one thread per (channel, time segment of SEG_T steps), the
     channel's NS (= d_state) states in that thread's registers, steps one at a time.
@@ -142,7 +158,8 @@ def _ss_fwd_seg_kernel(
     come from the ``_ss_seg_bc_kernel`` buffer, one KB-step vector per n at constant
     offsets from one pointer, the same address for all channels of a group (broadcast).
     The last POLY states of each step take their exp on the FMA pipe (``_exp2_fma``), to
-    balance the MUFU unit against instruction issue.
+    balance the MUFU unit against instruction issue. With PREFETCH the u / delta / z
+    tiles of step block j + 1 are loaded while block j is computed (loop-carried).
 
     u, delta, z and out are (b, dim, L) with unit stride in time and their own batch /
     channel strides (``s_u_*``, ``s_dt_*``, ``s_z_*``, ``s_o_*``).
@@ -178,23 +195,38 @@ def _ss_fwd_seg_kernel(
     group = tl.minimum(offs_c // dim_per_group, G - 1)
     bc_row = (pid_b * G + group) * (Lp * 2 * NS)                         # (BLOCK_C,) int64
     bc_offs = bc_row[:, None] + tl.arange(0, KB)[None, :]                # (BLOCK_C, KB)
+    z_row = _row_offsets(pid_b, offs_c, s_z_b, s_z_d)
+    LOAD_Z: tl.constexpr = PASS == 3 and HAS_Z
     offs_k = tl.arange(0, KX)
     t_start = seg * SEG_T
     n_blk = tl.cdiv(tl.minimum(L - t_start, SEG_T), KX)
+    if PREFETCH:
+        raw_nx, u_nx, z_nx = _seg_x_tiles(delta_ptr, u_ptr, z_ptr, dt_row, u_row, z_row,
+                                          t_start + offs_k, mask_c, L, LOAD_Z)
     for j in range(0, n_blk):
         t0 = t_start + j * KX
         offs_t = t0 + offs_k
         m = mask_c[:, None] & (offs_t[None, :] < L)
         t_offs = offs_t[None, :]
+        if PREFETCH:
+            # This tile was loaded during the previous one; issue the next tile's loads
+            # now, so that their latency hides behind this tile's KX * NS updates
+            # (without it, ncu showed the warps stalled on these loads most cycles).
+            raw_x, u_x, z_x = raw_nx, u_nx, z_nx
+            raw_nx, u_nx, z_nx = _seg_x_tiles(delta_ptr, u_ptr, z_ptr, dt_row, u_row, z_row,
+                                              offs_t + KX, mask_c, L, LOAD_Z)
+        else:
+            raw_x, u_x, z_x = _seg_x_tiles(delta_ptr, u_ptr, z_ptr, dt_row, u_row, z_row,
+                                           offs_t, mask_c, L, LOAD_Z)
         # Padding steps get delta 0: a = 1, b = 0, the identity.
-        raw = tl.load(delta_ptr + dt_row + t_offs, mask=m, other=0.0).to(tl.float32)
+        raw = raw_x.to(tl.float32)
         if HAS_BIAS:
             raw = raw + bias[:, None]
         dt = raw
         if SOFTPLUS:
             dt = _softplus_fast(raw, FAST)
         dt = tl.where(m, dt, 0.0)
-        u = tl.load(u_ptr + u_row + t_offs, mask=m, other=0.0).to(tl.float32)
+        u = u_x.to(tl.float32)
         dts = _cols2(dt, BLOCK_C, KX)
         dtus = _cols2(dt * u, BLOCK_C, KX)
         if PASS == 1:
@@ -230,8 +262,7 @@ def _ss_fwd_seg_kernel(
             if HAS_D:
                 y += Dv[:, None] * u
             if HAS_Z:
-                z_offs = _row_offsets(pid_b, offs_c, s_z_b, s_z_d) + t_offs
-                zz = tl.load(z_ptr + z_offs, mask=m, other=0.0).to(tl.float32)
+                zz = z_x.to(tl.float32)
                 y = y * zz / (1.0 + tl.exp2(zz * -1.4426950408889634))
             o_offs = _row_offsets(pid_b, offs_c, s_o_b, s_o_d) + t_offs
             tl.store(out_ptr + o_offs, y.to(out_ptr.dtype.element_ty), mask=m)

@@ -198,7 +198,7 @@ SEG_MAX_N = 32   # larger d_state runs the lane forward (the state would not fit
 SEG_POLY1 = 0    # states per step whose exp runs on the FMA pipe in pass 1 (MUFU relief)
 SEG_POLY3 = 0    # the same in pass 3
 # Load the next u/delta/z tile while computing this one: None picks by dtype. Measured on
-# an H200 in one run (benchmarks/RESULTS.md, 2026-12-02): 11-13% faster forward for
+# an H200 in one run (benchmarks/RESULTS.md, 2026-12-02): 10-12% faster forward for
 # float32 inputs at the four DESIGN shapes, 4-6% slower for bf16 (why was not
 # profiled), so on for 4-byte inputs only.
 SEG_PREFETCH = None

@@ -198,9 +198,9 @@ SEG_MAX_N = 32   # larger d_state runs the lane forward (the state would not fit
 SEG_POLY1 = 0    # states per step whose exp runs on the FMA pipe in pass 1 (MUFU relief)
 SEG_POLY3 = 0    # the same in pass 3
 # Load the next u/delta/z tile while computing this one: None picks by dtype. Measured on
-# an H200 in one run (benchmarks/RESULTS.md, 2026-12-02): 10-12% faster forward for
-# float32 inputs at the four DESIGN shapes, 4-6% slower for bf16 (why was not
-# profiled), so on for 4-byte inputs only.
+# an H200 (benchmarks/RESULTS.md, 2026-12-02): for float32 inputs 7-11% faster forward
+# at the four DESIGN shapes; for bf16 slower (0.654 vs 0.550 ms at the first), so on
+# for 4-byte inputs only.
 SEG_PREFETCH = None
 
 

@@ -4,7 +4,8 @@
 # logs and JSON under $OUT (at most 8 files come back):
 #   bash benchmarks/device/full_run.sh tests   # kernel, module and model tests at real sizes
 #   bash benchmarks/device/full_run.sh bench   # every benchmark vs mamba_ssm, one process each
-# Times seen on an H200 (2026-12-02): tests ~4 min with -n 14; bench ~6 min.
+# Expected times, from the same parts run separately on an H200 (2026-12-02): tests ~4
+# min with -n 14, bench ~6 min (not yet run as this script).
 set -uo pipefail
 source benchmarks/device/peers.sh || exit 1
 export PYTHONUNBUFFERED=1

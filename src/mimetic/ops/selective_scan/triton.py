@@ -18,10 +18,11 @@ pair measured on an H200 (benchmarks/RESULTS.md, 2026-12-02):
   only: the lane backward follows it. On the H200, 1.2-2.0x faster than the lane forward
   at the four DESIGN.md shapes (bf16 and fp32), and its forward+backward 1.0-1.2x faster
   (on an H100 it was 9% faster in bf16 at one shape, no faster in fp32).
-* lane (the backward; the forward for larger d_state): a (channels, steps) tile with time spread over the lanes of a warp and
-  several consecutive steps per thread; states handled one n at a time, each scanned
-  along time with ``tl.associative_scan`` (sequential inside a thread, then across
-  lanes). Forward and backward (``_ss_fwd_lane_kernel`` / ``_ss_bwd_lane_kernel``).
+* lane (the backward; the forward for larger d_state): a (channels, steps) tile with
+  time spread over the lanes of a warp and several consecutive steps per thread;
+  states handled one n at a time, each scanned along time with ``tl.associative_scan``
+  (sequential inside a thread, then across lanes). Forward and backward
+  (``_ss_fwd_lane_kernel`` / ``_ss_bwd_lane_kernel``).
 * seq: one channel per thread, state (n) in registers, one step at a time; forward only.
 * tile: a (channels, n, steps) tile scanned along steps; forward and backward.
 

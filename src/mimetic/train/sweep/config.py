@@ -7,13 +7,17 @@ A sweep file has these tables (``[grid]``, ``[model]``, ``[train]`` required)::
     description = "..."
     metric = "final_token_acc"   # what the plots show (any numeric column of results.csv)
 
-    [grid]                       # every key required; a list (or one value) per key
+    [grid]                       # these six keys required; a list (or one value) per key
     task = ["copy"]              # registry names (mimetic.tasks.TASKS)
     init = ["default", "mimetic"]
     layer = ["Mamba1", "Mamba2", "attention"]
     d_state = [16, 64]
     length = [64, 128, 256]      # the task's length knob: copy_len for copy, seq_len otherwise
     seed = [0, 1, 2]
+    "model.d_model" = [64, 128]  # optional extra axes: a quoted dotted path (see below)
+    "train.lr" = [1e-3, 2e-3]
+    [grid.tasks.copy]            # ... or the same paths as nested tables under [grid]
+    vocab = [10, 26]             # = "tasks.copy.vocab" = [10, 26]
 
     [tasks.copy]                 # optional, fixed knobs per task (any but the length knob)
     vocab = 26
@@ -44,12 +48,32 @@ A sweep file has these tables (``[grid]``, ``[model]``, ``[train]`` required)::
 Attention points ignore ``init`` and ``d_state`` (``MambaLM`` applies mimetic init only to
 SSM layers, and attention has no state size): they are run once per (task, length, seed) with
 ``init = "default"`` and ``d_state`` empty, and drawn as the baseline.
+
+Extra grid axes sweep any other setting by dotted path; their values replace the fixed
+table's (so ``[model]`` may leave out ``d_model`` / ``n_layer`` when an axis sets them):
+
+- ``model.<MambaConfig field>``, ``model.ssm_cfg.<mixer arg>``, ``model.ssm_cfg.<layer>.<arg>``
+  (Mamba1/Mamba2 only), ``model.attn_cfg.<arg>``; not ``vocab_size``, ``init``, ``init_cfg``,
+  ``attn_layer_idx``, ``ssm_cfg.layer``, ``ssm_cfg.d_state`` (the grid and the task set them);
+- ``train.<TrainConfig field>``, except the reserved ones above;
+- ``tasks.<task>.<knob>`` for a task of ``grid.task``, except its length knob.
+
+A value that is itself a list needs the outer list: ``"train.betas" = [[0.9, 0.95]]``.
+An axis that does not apply to a point is dropped from it (value None): ``tasks.<other task>``,
+``model.ssm_cfg.*`` for attention, ``model.ssm_cfg.<other layer>.*`` and ``model.attn_cfg.*``
+for SSM layers. Each extra axis adds a ``-<path>=<value>`` suffix to the run folder
+(``copy-mimetic-Mamba2-d16-L64-s0-model.d_model=128``) and a ``<path>`` column to results.csv.
+Every point's task, TrainConfig and MambaConfig are built when the file is loaded, so bad
+values fail then, not mid-sweep.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
+import re
 import tomllib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,11 +92,57 @@ INITS = ("default", "mimetic")
 # Set by the sweep per run, so not allowed in the file.
 TRAIN_RESERVED = {"seed", "out_dir", "resume", "device", "progress", "interrupt_after"}
 MODEL_RESERVED = {"vocab_size", "init", "attn_layer_idx"}
+# Roots of the extra grid axes (dotted paths) and, for the grid-owned paths, what sets them.
+AXIS_ROOTS = ("model", "train", "tasks")
+AXIS_OWNERS = {
+    "model.vocab_size": "the task", "model.init": "grid.init", "model.init_cfg": "grid.init ([inits.<name>])",
+    "model.attn_layer_idx": "grid.layer", "model.ssm_cfg.layer": "grid.layer", "model.ssm_cfg.d_state": "grid.d_state",
+    "train.seed": "grid.seed",
+}
+
+
+def freeze_value(value: Any) -> Any:
+    """``value`` with lists turned into tuples (recursively), so it can be hashed."""
+    return tuple(freeze_value(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _thaw(value: Any) -> Any:
+    return [_thaw(v) for v in value] if isinstance(value, tuple) else value
+
+
+def axis_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The extra-axis columns (``model.d_model``, ``train.lr``, ...) of result rows, sorted."""
+    return sorted({k for r in rows for k in r if "." in k and k.split(".", 1)[0] in AXIS_ROOTS})
+
+
+def _axis_applies(path: str, task: str, layer: str) -> bool:
+    """Whether extra axis ``path`` changes a point of this task and layer type."""
+    root, *keys = path.split(".")
+    if root == "tasks":
+        return keys[0] == task
+    if root == "model" and keys[0] == "ssm_cfg":
+        return layer != ATTENTION and (keys[1] not in SSM_LAYERS or keys[1] == layer)
+    if root == "model" and keys[0] == "attn_cfg":
+        return layer == ATTENTION
+    return True
+
+
+def _fmt_value(value: Any) -> str:
+    """A value as it appears in a run folder name (only filesystem-safe characters)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(_fmt_value(v) for v in value)
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", str(value))
 
 
 @dataclass(frozen=True)
 class GridPoint:
-    """One run of a sweep. ``d_state`` is None for attention (it has no state)."""
+    """One run of a sweep. ``d_state`` is None for attention (it has no state).
+
+    ``axes``: the extra grid axes as (dotted path, value) pairs sorted by path, values hashable
+    (lists as tuples); the value is None where the axis does not apply to this point.
+    """
 
     task: str
     init: str
@@ -80,20 +150,29 @@ class GridPoint:
     d_state: int | None
     length: int
     seed: int
+    axes: tuple[tuple[str, Any], ...] = ()
 
     @property
     def run_id(self) -> str:
-        """A stable folder name, e.g. ``copy-mimetic-Mamba2-d16-L64-s0``."""
+        """A stable folder name, e.g. ``copy-mimetic-Mamba2-d16-L64-s0``, plus
+        ``-<path>=<value>`` per applying extra axis (``...-s0-model.d_model=128``)."""
         d = "dNA" if self.d_state is None else f"d{self.d_state}"
-        return f"{self.task}-{self.init}-{self.layer}-{d}-L{self.length}-s{self.seed}"
+        base = f"{self.task}-{self.init}-{self.layer}-{d}-L{self.length}-s{self.seed}"
+        return base + "".join(f"-{p}={_fmt_value(v)}" for p, v in self.axes if v is not None)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The grid keys, then one column per extra axis (its dotted path; lists as lists)."""
+        d = {k: getattr(self, k) for k in GRID_KEYS}
+        d.update((p, _thaw(v)) for p, v in self.axes)
+        return d
 
 
 @dataclass
 class SweepConfig:
-    """A parsed and validated sweep file (see the module docstring for the format)."""
+    """A parsed and validated sweep file (see the module docstring for the format).
+
+    ``grid`` maps the six grid keys and then the extra axes' dotted paths (sorted) to values.
+    """
 
     name: str
     grid: dict[str, list]
@@ -105,16 +184,49 @@ class SweepConfig:
     description: str = ""
     metric: str = "final_token_acc"
 
+    @property
+    def axis_paths(self) -> list[str]:
+        """The extra grid axes (dotted paths), sorted."""
+        return sorted(k for k in self.grid if k not in GRID_KEYS)
+
     def points(self) -> list[GridPoint]:
-        """Every grid point, attention points collapsed over init and d_state, in file order."""
+        """Every grid point in file order, attention points collapsed over init and d_state and
+        every point over the extra axes that do not apply to it."""
+        paths = self.axis_paths
         seen: dict[GridPoint, None] = {}
-        for task, init, layer, d_state, length, seed in itertools.product(
-            *(self.grid[k] for k in GRID_KEYS)
-        ):
+        for values in itertools.product(*(self.grid[k] for k in (*GRID_KEYS, *paths))):
+            task, init, layer, d_state, length, seed = values[: len(GRID_KEYS)]
             if layer == ATTENTION:
                 init, d_state = "default", None
-            seen.setdefault(GridPoint(task, init, layer, d_state, length, seed), None)
+            axes = tuple(
+                (p, v if _axis_applies(p, task, layer) else None) for p, v in zip(paths, values[len(GRID_KEYS):])
+            )
+            seen.setdefault(GridPoint(task, init, layer, d_state, length, seed, axes), None)
         return list(seen)
+
+    def _overrides(self, point: GridPoint, root: str) -> list[tuple[list[str], Any]]:
+        """The point's applying extra axes under ``root``, as (keys below root, value)."""
+        out = []
+        for path, value in point.axes:
+            head, *keys = path.split(".")
+            if head == root and value is not None:
+                out.append((keys, value))
+        return out
+
+    def model_for(self, point: GridPoint) -> dict[str, Any]:
+        """The ``[model]`` table with the point's ``model.*`` axes applied (nested paths go into
+        ``ssm_cfg`` / ``ssm_cfg.<layer>`` / ``attn_cfg``, keeping their other entries)."""
+        model = copy.deepcopy(self.model)
+        for keys, value in self._overrides(point, "model"):
+            table = model
+            for k in keys[:-1]:
+                table = table.setdefault(k, {})
+            table[keys[-1]] = value
+        return model
+
+    def train_for(self, point: GridPoint) -> dict[str, Any]:
+        """The ``[train]`` table with the point's ``train.*`` axes applied."""
+        return {**self.train, **{keys[0]: value for keys, value in self._overrides(point, "train")}}
 
     def init_for(self, point: GridPoint) -> tuple[str, dict[str, Any]]:
         """(MambaConfig.init, MambaConfig.init_cfg) of a grid point's init name."""
@@ -124,9 +236,11 @@ class SweepConfig:
         return point.init, {}
 
     def task_for(self, point: GridPoint):
-        """The ``Task`` of a grid point (fixed knobs + the length knob)."""
-        task = make_task(point.task, **self.tasks.get(point.task, {}))
-        return task.with_length(point.length)
+        """The ``Task`` of a grid point: fixed knobs, then its ``tasks.<task>.*`` axes (those of
+        other tasks are ignored), then the length knob."""
+        knobs = dict(self.tasks.get(point.task, {}))
+        knobs.update((keys[1], v) for keys, v in self._overrides(point, "tasks") if keys[0] == point.task)
+        return make_task(point.task, **knobs).with_length(point.length)
 
 
 def _one_line(msg: str) -> ValueError:
@@ -159,8 +273,8 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
     meta = data.get("sweep", {})
     _check_keys(f"{where} [sweep]", set(meta), SWEEP_KEYS)
 
-    raw_grid = data["grid"]
-    _check_keys(f"{where} [grid]", set(raw_grid), set(GRID_KEYS), GRID_KEYS)
+    raw_grid = _flatten_grid(where, data["grid"])
+    _check_keys(f"{where} [grid]", {k for k in raw_grid if "." not in k}, set(GRID_KEYS), GRID_KEYS)
     grid = {k: _as_list(where, k, raw_grid[k]) for k in GRID_KEYS}
     bad = [t for t in grid["task"] if t not in TASKS]
     if bad:
@@ -183,6 +297,11 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
         if bad:
             raise _one_line(f"{where}: grid.{k} must hold positive ints, got {bad}")
 
+    axes = {path: _axis_values(where, path, raw_grid[path]) for path in sorted(raw_grid) if "." in path}
+    for path in axes:
+        _check_axis_path(where, path, grid)
+    grid.update(axes)
+
     tasks = data.get("tasks", {})
     _check_keys(f"{where} [tasks]", set(tasks), set(TASKS))
     for tname, knobs in tasks.items():
@@ -195,7 +314,7 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
     _check_keys(f"{where} [train]", set(train), allowed_train)
 
     model = dict(data["model"])
-    _check_model_keys(where, model, grid["layer"])
+    _check_model_keys(where, model, grid["layer"], set(axes))
 
     ev = dict(data.get("eval", {}))
     _check_keys(f"{where} [eval]", set(ev), EVAL_KEYS)
@@ -211,23 +330,139 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
         description=meta.get("description", ""),
         metric=meta.get("metric", "final_token_acc"),
     )
-    # Build every task and the train config once, so that bad values fail now, not mid-sweep.
-    try:
-        from ...init import MimeticConfig
+    # Build every point's task, train config and model config, so that bad values fail now,
+    # not mid-sweep.
+    from ...init import MimeticConfig
 
+    try:
         for variant in inits.values():
             MimeticConfig(**variant.get("init_cfg", {}))
-        TrainConfig(**train)
-        for point in cfg.points():
+    except (ValueError, TypeError) as e:
+        raise _one_line(f"{where}: {e}") from None
+    points = cfg.points()
+    for point in points:
+        try:
             task = cfg.task_for(point)
             for n in ev.get("lengths", []):
                 task.with_length(n)
-    except (ValueError, TypeError) as e:
-        raise _one_line(f"{where}: {e}") from None
+            TrainConfig(**cfg.train_for(point))
+            _check_model_config(cfg, point, task.vocab_size)
+        except (ValueError, TypeError) as e:
+            at = f" (point {point.run_id})" if axes else ""
+            raise _one_line(f"{where}: {e}{at}") from None
+    clash = sorted(r for r, n in Counter(p.run_id for p in points).items() if n > 1)
+    if clash:
+        raise _one_line(f"{where} [grid]: different axis values give the same run folder {clash[0]}")
     return cfg
 
 
-def _check_model_keys(where: str, model: dict[str, Any], layers: list[str]) -> None:
+def _flatten_grid(where: str, raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """[grid] with nested tables turned into dotted keys: ``{"model": {"d_model": v}}`` and
+    ``{"model.d_model": v}`` both give ``{"model.d_model": v}``."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        items = _flatten_grid(where, value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value}
+        for path, v in items.items():
+            if path in flat:
+                raise _one_line(f"{where} [grid]: {path} given twice (as a dotted key and as a table)")
+            flat[path] = v
+    return flat
+
+
+def _axis_values(where: str, path: str, value: Any) -> list:
+    values = _as_list(where, path, value)
+    if any(isinstance(v, dict) for v in values):
+        raise _one_line(f"{where} [grid]: {path} values must not be tables; sweep their entries ({path}.<key>)")
+    return [freeze_value(v) for v in values]
+
+
+def _check_axis_path(where: str, path: str, grid: dict[str, list]) -> None:
+    """Reject an extra grid axis that names no settable field (one-line error naming it)."""
+    at = f"{where} [grid]: {path}"
+    root, *keys = path.split(".")
+    if root not in AXIS_ROOTS:
+        raise _one_line(f"{at}: unknown axis; extra axes are model.<field>, train.<field> or tasks.<task>.<knob>")
+    owned = [q for q in AXIS_OWNERS if path == q or path.startswith(q + ".")]
+    if owned:
+        raise _one_line(f"{at} is set by {AXIS_OWNERS[owned[0]]}, it cannot be an extra axis")
+    if root == "train":
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        if len(keys) != 1 or keys[0] not in fields:
+            raise _one_line(f"{at}: unknown TrainConfig field (expected train.<field>)")
+        if keys[0] in TRAIN_RESERVED:
+            raise _one_line(f"{at} is set by the sweep runner, it cannot be an extra axis")
+    elif root == "tasks":
+        if len(keys) != 2:
+            raise _one_line(f"{at}: expected tasks.<task>.<knob>")
+        tname, knob = keys
+        if tname not in grid["task"]:
+            raise _one_line(f"{at}: task {tname!r} is not in grid.task {grid['task']}")
+        cls = TASKS[tname]
+        if knob == cls.length_knob:
+            raise _one_line(f"{at} is the length knob of {tname}, set by grid.length")
+        if knob not in {f.name for f in dataclasses.fields(cls)}:  # type: ignore[arg-type]
+            raise _one_line(f"{at}: unknown knob of task {tname}")
+    else:
+        _check_model_path(at, keys, grid["layer"])
+
+
+def _check_model_path(at: str, keys: list[str], layers: list[str]) -> None:
+    """``keys``: the path below ``model.`` (``["d_model"]``, ``["ssm_cfg", "Mamba2", "headdim"]``)."""
+    try:
+        from ...models import MambaConfig
+        from ...models.config import LAYER_TYPES, _accepted_kwargs
+        from ...modules import MHA
+    except ImportError:  # models not importable: only the reserved paths can be checked
+        return
+    field, rest = keys[0], keys[1:]
+    if field not in {f.name for f in dataclasses.fields(MambaConfig)}:
+        raise _one_line(f"{at}: unknown MambaConfig field {field}")
+    if field not in ("ssm_cfg", "attn_cfg"):
+        if rest:
+            raise _one_line(f"{at}: model.{field} is not a table")
+        return
+    if field == "attn_cfg":
+        targets, classes = [ATTENTION], {ATTENTION: MHA}
+    else:
+        targets = [rest.pop(0)] if rest and rest[0] in SSM_LAYERS else [x for x in SSM_LAYERS if x in layers]
+        classes = LAYER_TYPES
+    if len(rest) != 1:
+        form = "model.ssm_cfg[.<layer>].<arg>" if field == "ssm_cfg" else "model.attn_cfg.<arg>"
+        raise _one_line(f"{at}: expected {form}")
+    if rest[0] in ("layer", "d_state") and field == "ssm_cfg":
+        raise _one_line(f"{at} is set by grid.{rest[0]}, it cannot be an extra axis")
+    if not targets:
+        raise _one_line(f"{at} applies to no point: grid.layer has no SSM layer")
+    absent = [t for t in targets if t not in layers]
+    if absent:
+        raise _one_line(f"{at} applies to no point: {absent[0]} is not in grid.layer")
+    bad = [t for t in targets if rest[0] not in _accepted_kwargs(classes[t])]
+    if bad:
+        raise _one_line(f"{at}: {bad[0]} has no argument {rest[0]}")
+
+
+def _check_model_config(cfg: SweepConfig, point: GridPoint, vocab_size: int) -> None:
+    """Build the ``MambaConfig`` that ``runner.build_model`` would build for ``point``, so that
+    its checks run now; skipped when the models are not importable."""
+    try:
+        from ...models import MambaConfig
+    except ImportError:
+        return
+    model = cfg.model_for(point)
+    kwargs = {k: v for k, v in model.items() if k != "ssm_cfg"}
+    if point.layer == ATTENTION:
+        kwargs["attn_layer_idx"] = list(range(kwargs["n_layer"]))
+    else:
+        ssm = model.get("ssm_cfg", {})
+        shared = {k: v for k, v in ssm.items() if not isinstance(v, dict)}
+        kwargs["ssm_cfg"] = {**shared, **ssm.get(point.layer, {}), "layer": point.layer, "d_state": point.d_state}
+        kwargs.pop("attn_cfg", None)
+    init, init_cfg = cfg.init_for(point)
+    MambaConfig(**kwargs, vocab_size=vocab_size, init=init, init_cfg=init_cfg)
+
+
+def _check_model_keys(where: str, model: dict[str, Any], layers: list[str], axes: set[str]) -> None:
+    """Check the [model] table's keys; a key that an extra axis (``axes``) sets is not required."""
     try:
         from ...models import MambaConfig
     except ImportError:  # models not importable: only the reserved keys can be checked
@@ -235,12 +470,14 @@ def _check_model_keys(where: str, model: dict[str, Any], layers: list[str]) -> N
     else:
         allowed = {f.name for f in dataclasses.fields(MambaConfig)}
     allowed -= MODEL_RESERVED
-    _check_keys(f"{where} [model]", set(model), allowed, ("d_model", "n_layer"))
+    required = tuple(k for k in ("d_model", "n_layer") if f"model.{k}" not in axes)
+    _check_keys(f"{where} [model]", set(model), allowed, required)
     ssm_cfg = model.get("ssm_cfg", {})
     reserved = sorted({"layer", "d_state"} & set(ssm_cfg))
     if reserved:
         raise _one_line(f"{where} [model.ssm_cfg]: {', '.join(reserved)} set by the grid, remove them")
-    if ATTENTION in layers and "num_heads" not in model.get("attn_cfg", {}):
+    heads = "num_heads" in model.get("attn_cfg", {}) or "model.attn_cfg.num_heads" in axes
+    if ATTENTION in layers and not heads:
         raise _one_line(f"{where} [model.attn_cfg]: missing key num_heads (needed for layer 'attention')")
 
 

@@ -3,10 +3,12 @@
 Every point is the mean over seeds with an error bar of one standard deviation (population
 std; 0 with a single seed). SSM layer types get one panel each; colour = init (default blue,
 mimetic orange, named variants other colours); marker/line style = the other axis' value (d_state or length); attention
-points (if any) are the black dashed baseline in every panel.
+points (if any) are the black dashed baseline in every panel. Rows that differ in an extra grid
+axis (``model.d_model``, ``train.lr``, ...) are separate series, labelled ``<path>=<value>``.
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ matplotlib.use("Agg")  # files only: no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ...tasks import TASKS  # noqa: E402
-from .config import ATTENTION, SSM_LAYERS  # noqa: E402
+from .config import ATTENTION, SSM_LAYERS, axis_columns, freeze_value  # noqa: E402
 
 INIT_COLORS = {"default": "tab:blue", "mimetic": "tab:orange"}
 EXTRA_COLORS = ["tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
@@ -29,6 +31,27 @@ def _init_colors(rows: list[dict[str, Any]]) -> dict[str, str]:
     extra = iter(EXTRA_COLORS * 4)
     return {n: INIT_COLORS.get(n) or next(extra) for n in names}
 STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--")]
+ATTN_STYLES = ["--", ":", "-.", "-"]
+
+
+def _axis_combos(rows: list[dict[str, Any]], paths: list[str]) -> list[tuple]:
+    """The distinct tuples of extra-axis values in ``rows``, in first-seen order."""
+    return list(dict.fromkeys(_combo(r, paths) for r in rows))
+
+
+def _combo(row: dict[str, Any], paths: list[str]) -> tuple:
+    return tuple(freeze_value(row.get(p)) for p in paths)
+
+
+def _label(*parts: str) -> str:
+    return ", ".join(p for p in parts if p)
+
+
+def _combo_label(paths: list[str], combo: tuple, combos: list[tuple]) -> str:
+    """``path=value, ...`` for a series when the panel has several axis combinations, else ""."""
+    if len(combos) < 2:
+        return ""
+    return ", ".join(f"{p}={v}" for p, v in zip(paths, combo) if v is not None)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -58,26 +81,35 @@ def _plot_axis(
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False, sharey=True)
     x_label = TASKS[task].length_knob if x_key == "length" else "state size (d_state)"
     g_label = TASKS[task].length_knob if group_key == "length" else "d_state"
+    paths = axis_columns(task_rows)
+    attn_combos = _axis_combos(attn, paths)
     for ax, layer in zip(axes[0], panels):
+        combos = _axis_combos([r for r in task_rows if r["layer"] == layer], paths)
         for init, color in _init_colors([r for r in task_rows if r["layer"] != ATTENTION]).items():
-            for gi, g in enumerate(groups):
-                sel = [r for r in task_rows if r["layer"] == layer and r["init"] == init and r[group_key] == g]
+            for gi, (g, combo) in enumerate(itertools.product(groups, combos)):
+                sel = [r for r in task_rows if r["layer"] == layer and r["init"] == init and r[group_key] == g
+                       and _combo(r, paths) == combo]
                 if not sel:
                     continue
                 xs, ms, ss = _series(sel, x_key, metric)
                 marker, ls = STYLES[gi % len(STYLES)]
-                label = init if len(groups) == 1 else f"{init}, {g_label}={g}"
+                g_part = "" if len(groups) == 1 else f"{g_label}={g}"
+                label = _label(init, g_part, _combo_label(paths, combo, combos))
                 ax.errorbar(xs, ms, yerr=ss, color=color, marker=marker, ls=ls, capsize=3, label=label)
         if attn:
             if x_key == "length":
-                xs, ms, ss = _series(attn, "length", metric)
-                ax.errorbar(xs, ms, yerr=ss, color="black", marker="x", ls="--", capsize=3, label="attention")
+                for ci, combo in enumerate(attn_combos):
+                    xs, ms, ss = _series([r for r in attn if _combo(r, paths) == combo], "length", metric)
+                    ax.errorbar(xs, ms, yerr=ss, color="black", marker="x", ls=ATTN_STYLES[ci % len(ATTN_STYLES)],
+                                capsize=3, label=_label("attention", _combo_label(paths, combo, attn_combos)))
             else:  # attention has no state: a horizontal line per length
-                for gi, g in enumerate(groups):
-                    _, ms, _ = _series([r for r in attn if r["length"] == g], "length", metric)
+                for gi, (g, combo) in enumerate(itertools.product(groups, attn_combos)):
+                    sel = [r for r in attn if r["length"] == g and _combo(r, paths) == combo]
+                    _, ms, _ = _series(sel, "length", metric)
                     if ms:
+                        g_part = f"{g_label}={g}" if len(groups) > 1 else ""
                         ax.axhline(ms[0], color="black", ls=STYLES[gi % len(STYLES)][1], lw=1,
-                                   label=f"attention, {g_label}={g}" if len(groups) > 1 else "attention")
+                                   label=_label("attention", g_part, _combo_label(paths, combo, attn_combos)))
         all_x = sorted({r[x_key] for r in task_rows if r[x_key] is not None})
         if len(all_x) > 1 and all_x[-1] / max(all_x[0], 1) >= 8:
             ax.set_xscale("log", base=2)

@@ -15,7 +15,7 @@ import torch
 from ...tasks import Task, derive_seed, evaluate
 from ..config import TrainConfig
 from ..loop import train
-from .config import ATTENTION, GRID_KEYS, GridPoint, SweepConfig, load_sweep
+from .config import ATTENTION, GRID_KEYS, GridPoint, SweepConfig, axis_columns, freeze_value, load_sweep
 
 ROW_FILE = "row.json"
 RESULTS_CSV = "results.csv"
@@ -77,13 +77,14 @@ def run_point(
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     task = cfg.task_for(point)
+    model_cfg = cfg.model_for(point)  # [model] with the point's model.* axes
     torch.manual_seed(derive_seed("init", point.seed))
     if model_factory is None:
-        model = build_model(cfg.model, task, point, cfg.init_for(point))
+        model = build_model(model_cfg, task, point, cfg.init_for(point))
     else:
-        model = model_factory(cfg.model, task, point)
+        model = model_factory(model_cfg, task, point)
     tcfg = TrainConfig(
-        **cfg.train, seed=point.seed, out_dir=str(run_dir), resume=True, device=device, progress=progress
+        **cfg.train_for(point), seed=point.seed, out_dir=str(run_dir), resume=True, device=device, progress=progress
     )
     result = train(model, task, tcfg)
 
@@ -239,12 +240,13 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and standard deviation over seeds of every numeric column, per (task, init, layer,
-    d_state, length); ``n_seeds`` counts the runs; ``n_reached_target`` those that reached the
-    target accuracy."""
+    d_state, length, extra grid axes); ``n_seeds`` counts the runs; ``n_reached_target`` those
+    that reached the target accuracy."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    keys = [k for k in GRID_KEYS if k != "seed"]
+    axes = axis_columns(rows)
+    keys = [k for k in GRID_KEYS if k != "seed"] + axes
     for r in rows:
-        groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
+        groups.setdefault(tuple(freeze_value(r.get(k)) for k in keys), []).append(r)
     out = []
     for gkey, rs in groups.items():
         s: dict[str, Any] = dict(zip(keys, gkey))
@@ -254,7 +256,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for r in rs:  # union over rows: a column can be None in some (e.g. steps_to_target)
             numeric += [
                 k for k, v in r.items()
-                if k not in GRID_KEYS and k not in numeric
+                if k not in GRID_KEYS and k not in axes and k not in numeric
                 and isinstance(v, (int, float)) and not isinstance(v, bool)
             ]
         for k in numeric:

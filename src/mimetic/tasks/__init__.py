@@ -9,7 +9,7 @@ exact token format.
 """
 from .base import TASKS, Task, derive_seed, make_generator, make_task, register_task
 from .copy import CopyTask
-from .evaluate import EVAL_STREAM, evaluate, model_logits
+from .evaluate import EVAL_STREAM, EvalTally, eval_batches, evaluate, model_logits
 from .induction_heads import InductionHeadsTask
 from .mqar import MQARTask
 from .selective_copy import SelectiveCopyTask
@@ -26,6 +26,8 @@ __all__ = [
     "derive_seed",
     "make_generator",
     "evaluate",
+    "EvalTally",
+    "eval_batches",
     "model_logits",
     "EVAL_STREAM",
 ]

@@ -37,6 +37,41 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+class EvalTally:
+    """Running counts of an evaluation: ``add`` each batch, ``result`` the metrics."""
+
+    def __init__(self) -> None:
+        self.correct = self.scored = self.seq_correct = self.seqs = 0
+        self.loss_sum = 0.0
+
+    def add(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> None:
+        """logits (B, L, V'), targets (B, L), mask (B, L) bool. Unscored positions count as
+        right for the sequence accuracy."""
+        logits = logits.float()
+        pred = logits.argmax(dim=-1)  # (B, L)
+        hit = (pred == targets) | ~mask
+        self.seq_correct += int(hit.all(dim=1).sum())
+        self.seqs += targets.shape[0]
+        self.correct += int(((pred == targets) & mask).sum())
+        self.scored += int(mask.sum())
+        self.loss_sum += float(F.cross_entropy(logits[mask], targets[mask], reduction="sum"))
+
+    def result(self) -> dict[str, float]:
+        return {
+            "token_acc": self.correct / max(self.scored, 1),
+            "seq_acc": self.seq_correct / max(self.seqs, 1),
+            "loss": self.loss_sum / max(self.scored, 1),
+        }
+
+
+def eval_batches(task: Task, num_batches: int, batch_size: int, seed: int):
+    """The held-out batches of an evaluation: batch i from ``("eval", seed, i)``."""
+    if num_batches < 1 or batch_size < 1:
+        raise ValueError(f"num_batches={num_batches} and batch_size={batch_size} must be >= 1")
+    for i in range(num_batches):
+        yield task.batch(batch_size, make_generator(EVAL_STREAM, seed, i))
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -63,16 +98,13 @@ def evaluate(
         target; the fraction of sequences with every scored token right; the mean cross-entropy
         (nats) over scored tokens. The model's train/eval mode is restored afterwards.
     """
-    if num_batches < 1 or batch_size < 1:
-        raise ValueError(f"num_batches={num_batches} and batch_size={batch_size} must be >= 1")
+    batches = eval_batches(task, num_batches, batch_size, seed)
     device = torch.device(device) if device is not None else _model_device(model)
     was_training = model.training
     model.eval()
-    correct = scored = seq_correct = seqs = 0
-    loss_sum = 0.0
+    tally = EvalTally()
     try:
-        for i in range(num_batches):
-            input_ids, targets, mask = task.batch(batch_size, make_generator(EVAL_STREAM, seed, i))
+        for input_ids, targets, mask in batches:
             input_ids, targets, mask = input_ids.to(device), targets.to(device), mask.to(device)
             ctx = (
                 torch.autocast(device.type, dtype=autocast_dtype)
@@ -81,18 +113,7 @@ def evaluate(
             )
             with ctx:
                 logits = model_logits(model, input_ids)
-            logits = logits.float()
-            pred = logits.argmax(dim=-1)  # (B, L)
-            hit = (pred == targets) | ~mask  # unscored positions count as right for seq_acc
-            seq_correct += int(hit.all(dim=1).sum())
-            seqs += input_ids.shape[0]
-            correct += int(((pred == targets) & mask).sum())
-            scored += int(mask.sum())
-            loss_sum += float(F.cross_entropy(logits[mask], targets[mask], reduction="sum"))
+            tally.add(logits, targets, mask)
     finally:
         model.train(was_training)
-    return {
-        "token_acc": correct / max(scored, 1),
-        "seq_acc": seq_correct / max(seqs, 1),
-        "loss": loss_sum / max(scored, 1),
-    }
+    return tally.result()

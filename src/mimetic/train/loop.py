@@ -75,6 +75,36 @@ def masked_loss_and_acc(logits: torch.Tensor, targets: torch.Tensor, mask: torch
     return loss, acc
 
 
+def checkpoint_state(step: int, optimizer_state: dict, config: TrainConfig, elapsed: float, tokens: int,
+                     history: list[dict[str, Any]], steps_to_target: int | None) -> dict[str, Any]:
+    """The ``state.pt`` of a training checkpoint after ``step`` steps (weights_only-loadable)."""
+    return {
+        "format": 1,
+        "step": step,
+        "optimizer": optimizer_state,
+        "scheduler": {"kind": "warmup_cosine", "step": step},
+        "rng": rng_state(),
+        "data": {"stream": TRAIN_STREAM, "seed": config.seed, "next_step": step},
+        "elapsed": elapsed,
+        "tokens": tokens,
+        "history": history,
+        "steps_to_target": steps_to_target,
+        "config": config.to_dict(),
+    }
+
+
+def write_result(out: Path, result: TrainResult) -> None:
+    """Atomically write ``result.json`` (marks the run in ``out`` finished)."""
+    tmp = out / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(result.to_dict(), indent=1))
+    os.replace(tmp, out / RESULT_FILE)
+
+
+def best_record(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The eval record with the highest token accuracy (then sequence accuracy, then earliest)."""
+    return max(history, key=lambda r: (r["token_acc"], r["seq_acc"], -r["step"])) if history else None
+
+
 def _resolve_device(config: TrainConfig) -> torch.device:
     if config.device is not None:
         return torch.device(config.device)
@@ -140,19 +170,8 @@ def train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResul
         nonlocal last_saved
         if out is None or at_step == last_saved:
             return
-        state = {
-            "format": 1,
-            "step": at_step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": {"kind": "warmup_cosine", "step": at_step},
-            "rng": rng_state(),
-            "data": {"stream": TRAIN_STREAM, "seed": config.seed, "next_step": at_step},
-            "elapsed": elapsed,
-            "tokens": tokens,
-            "history": history,
-            "steps_to_target": steps_to_target,
-            "config": config.to_dict(),
-        }
+        state = checkpoint_state(at_step, optimizer.state_dict(), config, elapsed, tokens, history,
+                                 steps_to_target)
         save_checkpoint(out, at_step, model, state, keep=config.keep_checkpoints)
         last_saved = at_step
 
@@ -231,7 +250,7 @@ def train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResul
         pbar.close()
         logger.close()
 
-    best = max(history, key=lambda r: (r["token_acc"], r["seq_acc"], -r["step"])) if history else None
+    best = best_record(history)
     result = TrainResult(
         step=step,
         final=history[-1] if history else None,
@@ -245,9 +264,7 @@ def train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResul
         history=history,
     )
     if out is not None and not interrupted:
-        tmp = out / (RESULT_FILE + ".tmp")
-        tmp.write_text(json.dumps(result.to_dict(), indent=1))
-        os.replace(tmp, out / RESULT_FILE)
+        write_result(out, result)
     return result
 
 

@@ -1,0 +1,411 @@
+"""Training K runs as one program: ``train_ensemble(models, task, configs) -> results``.
+
+Each member is a run of :func:`mimetic.train.train` with its own ``TrainConfig``: the same
+batches (its seed stream), loss, gradient clipping, AdamW state and learning-rate schedule,
+evaluations, early stop, checkpoints, ``metrics.jsonl`` and ``result.json`` in its own
+``out_dir`` (in ``train()``'s format: a member's checkpoint resumes in ``train()`` and back).
+What the members share is the program: one :class:`EnsembleLM` forward/backward and one
+:class:`StackedAdamW` step a training step.
+
+Host work per step is nil on CUDA: batches are drawn on the CPU a chunk of steps ahead (a
+background thread, overlapping the GPU) and copied to the device in one transfer a chunk;
+the learning-rate factors of every step sit in a device table; the whole step (forward,
+masked loss, backward, clipping, AdamW) is captured once as a CUDA graph and replayed, and
+reads its batch and factors through device-side step counters. Losses and gradient norms
+go to a device log that is read back only at evaluation/checkpoint steps, where non-finite
+values are caught: the member whose loss or gradient norm turned non-finite stops with a
+:class:`NonFiniteLossError` naming the first bad step (its newest checkpoint stays the last
+good one), and the other members go on (no op mixes members).
+
+On the CPU the same step runs eagerly.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..models import MambaLM
+from ..tasks import EvalTally, Task, eval_batches
+from ..train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from ..train.config import TrainConfig
+from ..train.loop import (RESULT_FILE, NonFiniteLossError, TrainResult, _nonfinite_message, _resolve_device,
+                          batch_for_step, best_record, checkpoint_state, write_result)
+from ..train.metrics import MetricsLogger
+from ..train.optim import lr_at, wants_decay
+from .model import EnsembleLM
+from .optim import StackedAdamW, adamw_factors, clip_stacked_grad_norm_
+
+#: TrainConfig fields that may differ between members; every other field is shared.
+PER_MEMBER_FIELDS = ("seed", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip",
+                     "target_acc", "early_stop", "out_dir")
+#: Eager steps before the CUDA graph is captured (kernel compilation, autotuning, allocator).
+WARMUP_STEPS = 2
+#: Upper bound on the bytes of one chunk of batches held on the device.
+CHUNK_BYTES = 256 * 2**20
+
+
+def shared_config_problems(configs: Sequence[TrainConfig]) -> list[str]:
+    """Fields outside ``PER_MEMBER_FIELDS`` on which ``configs`` disagree (empty: one ensemble)."""
+    problems = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in PER_MEMBER_FIELDS:
+            continue
+        values = {json.dumps(getattr(c, f.name), default=str) for c in configs}
+        if len(values) > 1:
+            problems.append(f.name)
+    return problems
+
+
+@torch.no_grad()
+def evaluate_ensemble(ensemble: EnsembleLM, task: Task, num_batches: int, batch_size: int, seed: int,
+                      autocast_dtype: torch.dtype | None = None) -> list[dict[str, float]]:
+    """:func:`mimetic.tasks.evaluate` of every member at once, on the same held-out batches:
+    one ``{"token_acc", "seq_acc", "loss"}`` per member."""
+    device = next(ensemble.parameters()).device
+    tallies = [EvalTally() for _ in range(ensemble.K)]
+    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    for input_ids, targets, mask in eval_batches(task, num_batches, batch_size, seed):
+        input_ids, targets, mask = input_ids.to(device), targets.to(device), mask.to(device)
+        with ctx:
+            logits = ensemble(input_ids[..., None].expand(-1, -1, ensemble.K))
+        for k, tally in enumerate(tallies):
+            tally.add(logits[:, :, k], targets, mask)
+    return [t.result() for t in tallies]
+
+
+def member_losses(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each member's mean cross-entropy over its scored positions (fp32), without reading
+    the mask on the host: logits (B, L, K, V), targets (B, L, K), mask (B, L, K) -> (K,)."""
+    V = logits.shape[-1]
+    ce = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1), reduction="none")
+    ce = torch.where(mask.reshape(-1), ce, 0.0).view(mask.shape)
+    return ce.sum((0, 1)) / mask.sum((0, 1))
+
+
+@dataclass
+class _Member:
+    """The per-run bookkeeping of ``train()``, for one member."""
+
+    config: TrainConfig
+    model: MambaLM
+    out: Path | None
+    logger: MetricsLogger | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps_to_target: int | None = None
+    stopped_early: bool = False
+    error: Exception | None = None
+    done: bool = False
+    last_saved: int = -1
+    elapsed: float | None = None  # training seconds when it finished (None: still training)
+    window_loss: float = 0.0
+    window_n: int = 0
+
+
+class _Batches:
+    """Chunks of training batches of every member, stacked on a last model axis and drawn
+    on the CPU by ``batch_for_step`` (so a member sees the batches ``train()`` would)."""
+
+    def __init__(self, task: Task, members: list[_Member], threads: int):
+        self.task, self.members = task, members
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="mimetic-batches")
+
+    def make(self, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Steps start .. start+n-1: ids, targets (n, B, L, K) int32 and mask (n, B, L, K) bool."""
+        seeds = sorted({m.config.seed for m in self.members})
+        cfg = {s: next(m.config for m in self.members if m.config.seed == s) for s in seeds}
+        jobs = {(s, t): self.pool.submit(batch_for_step, self.task, cfg[s], t)
+                for s in seeds for t in range(start, start + n)}
+        out = []
+        for i, dtype in enumerate((torch.int32, torch.int32, torch.bool)):
+            out.append(torch.stack([
+                torch.stack([jobs[(m.config.seed, t)].result()[i] for m in self.members], dim=-1)
+                for t in range(start, start + n)]).to(dtype))
+        return out[0], out[1], out[2]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[TrainConfig],
+                   *, cuda_graph: bool | None = None) -> list[TrainResult | Exception]:
+    """Train ``models[k]`` with ``configs[k]`` for every k, as one ensemble; returns per
+    member its ``TrainResult`` (as ``train()`` would) or the exception that stopped it
+    (``NonFiniteLossError``). Models must share their shape (``EnsembleLM``); configs may
+    differ only in ``PER_MEMBER_FIELDS``. Members finished before (``resume`` and a
+    ``result.json``) return their stored result and train nothing; the others must resume
+    from the same step. ``cuda_graph``: None = on when training on CUDA. Each model ends
+    holding its member's final weights.
+    """
+    if len(models) != len(configs) or not models:
+        raise ValueError(f"need one config per model, got {len(models)} models and {len(configs)} configs")
+    problems = shared_config_problems(configs)
+    if problems:
+        raise ValueError(f"ensemble members must share TrainConfig fields {problems}")
+    base = configs[0]
+    device = _resolve_device(base)
+    use_amp = base.amp if base.amp is not None else device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp else None
+    graph_on = (device.type == "cuda") if cuda_graph is None else cuda_graph
+    if graph_on and device.type != "cuda":
+        raise ValueError("cuda_graph=True needs a CUDA device")
+
+    results: list[TrainResult | Exception | None] = [None] * len(models)
+    members: list[_Member] = []
+    slots: list[int] = []
+    for i, (model, cfg) in enumerate(zip(models, configs)):
+        out = Path(cfg.out_dir) if cfg.out_dir is not None else None
+        model.to(device)
+        if out is not None and cfg.resume and (out / RESULT_FILE).exists():
+            last = latest_checkpoint(out)
+            if last is not None:
+                load_checkpoint(last, model, device)
+            results[i] = TrainResult.from_dict(json.loads((out / RESULT_FILE).read_text()))
+            continue
+        if out is not None and not cfg.resume and list_checkpoints(out):
+            raise ValueError(f"{out} already holds checkpoints; pass resume=True or use a fresh out_dir")
+        members.append(_Member(cfg, model, out))
+        slots.append(i)
+    if not members:
+        return results  # type: ignore[return-value]
+
+    # Resume: every member from its newest checkpoint, all at one step.
+    states = []
+    for m in members:
+        ckpt = latest_checkpoint(m.out) if (m.out is not None and m.config.resume) else None
+        state = load_checkpoint(ckpt, m.model, device) if ckpt is not None else None
+        if state is not None and state["data"]["seed"] != m.config.seed:
+            raise ValueError(f"checkpoint {ckpt} was made with seed {state['data']['seed']}, not {m.config.seed}")
+        states.append(state)
+    start_steps = {0 if s is None else s["step"] for s in states}
+    if len(start_steps) > 1:
+        raise ValueError(f"ensemble members resume from different steps {sorted(start_steps)}; "
+                         "train them in separate ensembles")
+    step = start_steps.pop()
+    elapsed = max((s["elapsed"] for s in states if s is not None), default=0.0)
+    tokens_done = {id(m): (s["tokens"] if s else 0) for m, s in zip(members, states)}
+
+    torch.manual_seed(base.seed)
+    ensemble = EnsembleLM([m.model for m in members]).to(device)
+    named = ensemble.named_stacked()
+    decay = {n for n, p in members[0].model.named_parameters() if wants_decay(n, p)}
+    opt = StackedAdamW(named, decay, base.betas, base.eps)
+    for k, (m, s) in enumerate(zip(members, states)):
+        m.logger = MetricsLogger(m.out, tensorboard=m.config.tensorboard, fresh=s is None)
+        m.logger.truncate_after(step)
+        if s is not None:
+            opt.steps_done = opt.load_member_state_dict(k, m.model, s["optimizer"])
+            m.history, m.steps_to_target = s["history"], s["steps_to_target"]
+            m.last_saved = step
+
+    K, steps = len(members), base.steps
+    factors = torch.stack([
+        adamw_factors([lr_at(t, m.config) for m in members], [m.config.weight_decay for m in members],
+                      base.betas[0], base.betas[1], t + 1)
+        for t in range(steps)]).to(device)                                     # (steps, 3, K)
+    max_norm = torch.tensor([m.config.grad_clip if m.config.grad_clip is not None else float("inf")
+                             for m in members], device=device)
+    params = [p for _, p in named]
+    ckpt_every = base.checkpoint_every or base.eval_every
+    eval_bs = base.eval_batch_size or base.batch_size
+    tokens_per_step = base.batch_size * task.seq_len
+    bytes_per_step = tokens_per_step * K * 9
+    chunk_cap = max(1, min(base.eval_every, CHUNK_BYTES // bytes_per_step))
+
+    step_t = torch.full((1,), step, dtype=torch.long, device=device)
+    pos_t = torch.zeros(1, dtype=torch.long, device=device)
+    shape = (chunk_cap, base.batch_size, task.seq_len, K)
+    buf_ids = torch.zeros(shape, dtype=torch.int32, device=device)
+    buf_tgt = torch.zeros(shape, dtype=torch.int32, device=device)
+    buf_mask = torch.zeros(shape, dtype=torch.bool, device=device)
+    log = torch.zeros(chunk_cap, 2, K, device=device)                        # loss, grad norm
+    ctx = (lambda: torch.autocast(device.type, dtype=amp_dtype, cache_enabled=False)) if amp_dtype \
+        else contextlib.nullcontext
+
+    def one_step() -> None:
+        ids = buf_ids.index_select(0, pos_t)[0].long()
+        tgt = buf_tgt.index_select(0, pos_t)[0].long()
+        mask = buf_mask.index_select(0, pos_t)[0]
+        for p in params:
+            p.grad = None
+        with ctx():
+            logits = ensemble(ids)
+        losses = member_losses(logits, tgt, mask)
+        losses.sum().backward()
+        gnorm = clip_stacked_grad_norm_(params, max_norm)
+        opt.step(factors.index_select(0, step_t)[0])
+        log.index_copy_(0, pos_t, torch.stack([losses.detach(), gnorm])[None])
+        step_t.add_(1)
+        pos_t.add_(1)
+
+    graph: torch.cuda.CUDAGraph | None = None
+    eager_steps = 0
+
+    def run(n: int) -> None:
+        nonlocal graph, eager_steps
+        for _ in range(n):
+            if graph is not None:
+                graph.replay()
+            elif not graph_on or eager_steps < WARMUP_STEPS:
+                if graph_on:
+                    side = torch.cuda.Stream()
+                    side.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(side):
+                        one_step()
+                    torch.cuda.current_stream().wait_stream(side)
+                else:
+                    one_step()
+                eager_steps += 1
+            else:
+                for p in params:
+                    p.grad = None
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    one_step()
+                graph.replay()
+
+    def save(m: _Member, k: int, at_step: int) -> None:
+        if m.out is None or at_step == m.last_saved:
+            return
+        ensemble.write_member(k, m.model)
+        opt.steps_done = at_step
+        state = checkpoint_state(
+            at_step, opt.member_state_dict(k, m.model, lr_at(max(at_step - 1, 0), m.config), m.config.weight_decay),
+            m.config, elapsed, tokens_done[id(m)], m.history, m.steps_to_target)
+        save_checkpoint(m.out, at_step, m.model, state, keep=m.config.keep_checkpoints)
+        m.last_saved = at_step
+
+    batches = _Batches(task, members, threads=min(8, torch.get_num_threads()))
+    pbar = tqdm(total=steps, initial=step, disable=not base.progress, desc=f"{task.name} x{K}", leave=False)
+    interrupted = False
+    window_time, window_tokens = 0.0, 0
+    try:
+        pending, pending_at = None, None
+        while step < steps and any(not m.done for m in members):
+            # The next read-back: an eval or checkpoint step, the end, or the interrupt.
+            stops = [steps, (step // base.eval_every + 1) * base.eval_every,
+                     (step // ckpt_every + 1) * ckpt_every]
+            if base.interrupt_after is not None and base.interrupt_after > step:
+                stops.append(base.interrupt_after)
+            target = min(stops)
+            t0 = time.perf_counter()
+            start = step
+            while step < target:
+                n = min(chunk_cap, target - step)
+                chunk = pending.result() if pending is not None and pending_at == (step, n) else batches.make(step, n)
+                buf_ids[:n].copy_(chunk[0], non_blocking=False)
+                buf_tgt[:n].copy_(chunk[1], non_blocking=False)
+                buf_mask[:n].copy_(chunk[2], non_blocking=False)
+                pos_t.zero_()
+                run(n)
+                nxt = min(chunk_cap, target - step - n) if step + n < target else 0
+                pending, pending_at = (batches.pool.submit(batches.make, step + n, nxt), (step + n, nxt)) \
+                    if nxt else (None, None)
+                step += n
+                if step < target:  # the log holds one chunk: read it before the next
+                    _read_log(log, n, start_of=step - n, members=members)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            _read_log(log, n, start_of=step - n, members=members)
+            opt.steps_done = step
+            dt = time.perf_counter() - t0
+            elapsed += dt
+            window_time += dt
+            window_tokens += (step - start) * tokens_per_step
+            for m in members:
+                if not m.done:
+                    tokens_done[id(m)] += (step - start) * tokens_per_step
+            pbar.update(step - start)
+
+            for m in members:
+                if m.error is not None and not m.done:
+                    m.done, m.elapsed = True, elapsed
+            if step % base.eval_every == 0 or step == steps:
+                live = [k for k, m in enumerate(members) if not m.done]
+                metrics = evaluate_ensemble(ensemble, task, base.eval_batches, eval_bs, base.eval_seed, amp_dtype)
+                for k in live:
+                    m = members[k]
+                    record = {
+                        "step": step, "loss": metrics[k]["loss"], "token_acc": metrics[k]["token_acc"],
+                        "seq_acc": metrics[k]["seq_acc"], "train_loss": m.window_loss / max(m.window_n, 1),
+                        "lr": lr_at(step - 1, m.config), "tokens_per_s": window_tokens / max(window_time, 1e-9),
+                        "elapsed": elapsed,
+                    }
+                    m.window_loss, m.window_n = 0.0, 0
+                    m.history.append(record)
+                    m.logger.log(record)
+                    tgt = m.config.target_acc
+                    if tgt is not None and m.steps_to_target is None and record["token_acc"] >= tgt:
+                        m.steps_to_target = step
+                        m.stopped_early = m.config.early_stop and step < steps
+                window_time, window_tokens = 0.0, 0
+                if base.progress:
+                    best = max(metrics[k]["token_acc"] for k in live) if live else float("nan")
+                    pbar.write(f"[{task.name} x{K}] step {step}: best token_acc {best:.4f}")
+            for k, m in enumerate(members):
+                if m.done:
+                    continue
+                if m.stopped_early or step == steps or step % ckpt_every == 0:
+                    save(m, k, step)
+                if m.stopped_early or step == steps:
+                    m.done, m.elapsed = True, elapsed
+            if base.interrupt_after is not None and step >= base.interrupt_after and step < steps:
+                for k, m in enumerate(members):
+                    if not m.done:
+                        save(m, k, step)
+                interrupted = True
+                break
+    finally:
+        pbar.close()
+        batches.close()
+        for m in members:
+            if m.logger is not None:
+                m.logger.close()
+
+    for k, (i, m) in enumerate(zip(slots, members)):
+        ensemble.write_member(k, m.model)
+        if m.error is not None:
+            results[i] = m.error
+            continue
+        result = TrainResult(
+            step=m.history[-1]["step"] if (m.stopped_early and m.history) else step,
+            final=m.history[-1] if m.history else None, best=best_record(m.history),
+            steps_to_target=m.steps_to_target, stopped_early=m.stopped_early,
+            interrupted=interrupted and not m.done, elapsed=m.elapsed if m.elapsed is not None else elapsed,
+            tokens=tokens_done[id(m)], n_params=sum(p.numel() for p in m.model.parameters()),
+            history=m.history)
+        if m.out is not None and not result.interrupted:
+            write_result(m.out, result)
+        results[i] = result
+    return results  # type: ignore[return-value]
+
+
+def _read_log(log: torch.Tensor, n: int, start_of: int, members: list[_Member]) -> None:
+    """Fold the device log of steps ``start_of .. start_of+n-1`` into the members' windows
+    and stop the first member whose loss (or clipped gradient norm) is non-finite there."""
+    values = log[:n].cpu()                                                       # (n, 2, K)
+    for k, m in enumerate(members):
+        if m.done or m.error is not None:
+            continue
+        loss, gnorm = values[:, 0, k], values[:, 1, k]
+        bad_loss = ~torch.isfinite(loss)
+        bad_norm = ~torch.isfinite(gnorm) if m.config.grad_clip is not None else torch.zeros_like(bad_loss)
+        bad = bad_loss | bad_norm
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0])
+            what, value = ("loss", float(loss[j])) if bad_loss[j] else ("gradient norm", float(gnorm[j]))
+            m.error = NonFiniteLossError(_nonfinite_message(what, value, start_of + j, m.out))
+            m.window_loss += float(loss[:j].sum())
+            m.window_n += j
+            continue
+        m.window_loss += float(loss.sum())
+        m.window_n += n

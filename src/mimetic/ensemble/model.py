@@ -26,15 +26,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..models import MambaLM
+from ..models import MambaConfig, MambaLM
 from ..modules import MHA, Mamba, Mamba2, RMSNorm
 from ..modules.attention import apply_rotary
 from ..ops import causal_conv1d, rms_norm, selective_scan, ssd_scan
 
 
-def shape_signature(model: MambaLM) -> dict:
+def shape_signature(config: MambaConfig) -> dict:
     """What must agree for models to share an ensemble: the config without its init."""
-    return replace(model.config, init="default", init_cfg={}).to_dict()
+    return replace(config, init="default", init_cfg={}).to_dict()
 
 
 def stacked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -62,7 +62,7 @@ class EnsembleLM(nn.Module):
         for i, m in enumerate(members):
             if not isinstance(m, MambaLM):
                 raise TypeError(f"ensemble member {i} is a {type(m).__name__}, not a MambaLM")
-            if shape_signature(m) != shape_signature(first):
+            if shape_signature(m.config) != shape_signature(first.config):
                 raise ValueError(f"ensemble member {i} differs in shape from member 0 "
                                  "(members may differ only in their initialization and weights)")
         cfg = first.config

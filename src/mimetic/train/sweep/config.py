@@ -441,24 +441,33 @@ def _check_model_path(at: str, keys: list[str], layers: list[str]) -> None:
         raise _one_line(f"{at}: {bad[0]} has no argument {rest[0]}")
 
 
+def mamba_config(model_cfg: dict[str, Any], vocab_size: int, point: GridPoint, init: str,
+                 init_cfg: dict[str, Any]):
+    """The ``MambaConfig`` of a grid point: ``model_cfg`` (its [model] table with the point's
+    axes) with the grid's layer type, d_state and init. ``ssm_cfg`` entries whose value is a
+    table named after a layer type apply to that type only; attention points make every layer
+    attention (``attn_layer_idx = all``) with ``attn_cfg``."""
+    from ...models import MambaConfig
+
+    kwargs = {k: v for k, v in model_cfg.items() if k != "ssm_cfg"}
+    if point.layer == ATTENTION:
+        kwargs["attn_layer_idx"] = list(range(kwargs["n_layer"]))
+    else:
+        ssm = model_cfg.get("ssm_cfg", {})
+        shared = {k: v for k, v in ssm.items() if not isinstance(v, dict)}
+        kwargs["ssm_cfg"] = {**shared, **ssm.get(point.layer, {}), "layer": point.layer, "d_state": point.d_state}
+        kwargs.pop("attn_cfg", None)  # pure SSM: attention settings only matter for baselines
+    return MambaConfig(**kwargs, vocab_size=vocab_size, init=init, init_cfg=init_cfg)
+
+
 def _check_model_config(cfg: SweepConfig, point: GridPoint, vocab_size: int) -> None:
     """Build the ``MambaConfig`` that ``runner.build_model`` would build for ``point``, so that
     its checks run now; skipped when the models are not importable."""
     try:
-        from ...models import MambaConfig
+        import mimetic.models  # noqa: F401
     except ImportError:
         return
-    model = cfg.model_for(point)
-    kwargs = {k: v for k, v in model.items() if k != "ssm_cfg"}
-    if point.layer == ATTENTION:
-        kwargs["attn_layer_idx"] = list(range(kwargs["n_layer"]))
-    else:
-        ssm = model.get("ssm_cfg", {})
-        shared = {k: v for k, v in ssm.items() if not isinstance(v, dict)}
-        kwargs["ssm_cfg"] = {**shared, **ssm.get(point.layer, {}), "layer": point.layer, "d_state": point.d_state}
-        kwargs.pop("attn_cfg", None)
-    init, init_cfg = cfg.init_for(point)
-    MambaConfig(**kwargs, vocab_size=vocab_size, init=init, init_cfg=init_cfg)
+    mamba_config(cfg.model_for(point), vocab_size, point, *cfg.init_for(point))
 
 
 def _check_model_keys(where: str, model: dict[str, Any], layers: list[str], axes: set[str]) -> None:

@@ -12,12 +12,13 @@ from typing import Any, Callable
 
 import torch
 
-from ...tasks import Task, derive_seed, evaluate
+from ...tasks import Task, derive_seed
 from ..config import TrainConfig
 from ..loop import train
-from .config import ATTENTION, GRID_KEYS, GridPoint, SweepConfig, axis_columns, freeze_value, load_sweep
+from .config import GRID_KEYS, GridPoint, SweepConfig, axis_columns, freeze_value, load_sweep, mamba_config
+from .packed import pack_points, run_pack
+from .rows import ROW_FILE, length_evals, result_row, write_row
 
-ROW_FILE = "row.json"
 RESULTS_CSV = "results.csv"
 SUMMARY_CSV = "summary.csv"
 
@@ -36,18 +37,10 @@ def build_model(
     named after a layer type ("Mamba1"/"Mamba2") apply to that type only. Attention points
     make every layer attention (``attn_layer_idx = all``) with ``attn_cfg``.
     """
-    from ...models import MambaConfig, MambaLM
+    from ...models import MambaLM
 
-    cfg = {k: v for k, v in model_cfg.items() if k != "ssm_cfg"}
-    if point.layer == ATTENTION:
-        cfg["attn_layer_idx"] = list(range(cfg["n_layer"]))
-    else:
-        ssm = {k: v for k, v in model_cfg.get("ssm_cfg", {}).items() if not isinstance(v, dict)}
-        ssm.update(model_cfg.get("ssm_cfg", {}).get(point.layer, {}))
-        cfg["ssm_cfg"] = {**ssm, "layer": point.layer, "d_state": point.d_state}
-        cfg.pop("attn_cfg", None)  # pure SSM: attention settings only matter for baselines
     init, init_cfg = init_spec if init_spec is not None else (point.init, {})
-    return MambaLM(MambaConfig(**cfg, vocab_size=task.vocab_size, init=init, init_cfg=init_cfg))
+    return MambaLM(mamba_config(model_cfg, task.vocab_size, point, init, init_cfg))
 
 
 @dataclass
@@ -87,48 +80,22 @@ def run_point(
         **cfg.train_for(point), seed=point.seed, out_dir=str(run_dir), resume=True, device=device, progress=progress
     )
     result = train(model, task, tcfg)
-
-    row: dict[str, Any] = {**point.to_dict(), "seq_len": task.seq_len}
-    final, best = result.final or {}, result.best or {}
-    row.update(
-        final_token_acc=final.get("token_acc"),
-        final_seq_acc=final.get("seq_acc"),
-        final_loss=final.get("loss"),
-        best_token_acc=best.get("token_acc"),
-        best_seq_acc=best.get("seq_acc"),
-        best_step=best.get("step"),
-        steps_to_target=result.steps_to_target,
-        steps=result.step,
-        stopped_early=result.stopped_early,
-        elapsed_s=round(result.elapsed, 3),
-        tokens=result.tokens,
-        n_params=result.n_params,
-    )
-    lengths = cfg.eval.get("lengths", [])
-    if lengths:
-        # train() leaves the final weights in `model`, also when it returned a stored result
-        # (a point whose training finished before a crash in this length evaluation).
-        for n in lengths:
-            m = evaluate(
-                model, task.with_length(n),
-                num_batches=cfg.eval.get("batches", 4),
-                batch_size=cfg.eval.get("batch_size", tcfg.eval_batch_size or tcfg.batch_size),
-                seed=tcfg.eval_seed,
-                autocast_dtype=torch.bfloat16 if next(model.parameters()).is_cuda else None,
-            )
-            row[f"gen_token_acc@{n}"] = m["token_acc"]
-            row[f"gen_seq_acc@{n}"] = m["seq_acc"]
-    tmp = run_dir / (ROW_FILE + ".tmp")
-    tmp.write_text(json.dumps(row))
-    os.replace(tmp, run_dir / ROW_FILE)
+    row = result_row(point, task, result)
+    # train() leaves the final weights in `model`, also when it returned a stored result
+    # (a point whose training finished before a crash in this length evaluation).
+    row.update(length_evals(cfg, model, task, tcfg))
+    write_row(run_dir, row)
     return row
 
 
-def _worker(args: tuple) -> dict[str, Any]:
-    cfg, point, run_dir, device, factory, threads = args
+def _worker(args: tuple) -> list[dict[str, Any]]:
+    cfg, points, runs, device, factory, threads, packed = args
     if threads:
         torch.set_num_threads(threads)
-    return run_point(cfg, point, Path(run_dir), device=device, progress=False, model_factory=factory)
+    if packed:
+        return run_pack(cfg, points, Path(runs), device=device, progress=False)
+    return [run_point(cfg, points[0], Path(runs) / points[0].run_id, device=device, progress=False,
+                      model_factory=factory)]
 
 
 def run_sweep(
@@ -141,6 +108,7 @@ def run_sweep(
     dry_run: bool = False,
     plot: bool = True,
     model_factory: ModelFactory | None = None,
+    pack: str | int = "auto",
 ) -> SweepResult:
     """Run every point of the sweep in ``config_path`` (TOML; format in ``sweep/config.py``).
 
@@ -151,16 +119,21 @@ def run_sweep(
             per run: grid keys, seq_len, final/best metrics, steps_to_target, steps, time,
             n_params, gen_*@<length> for [eval] lengths), ``summary.csv`` (mean/std over
             seeds), ``plots/*.png``, ``sweep.json`` (the parsed config).
-        workers: parallel processes (spawned). Points are spread over the visible GPUs
-            round-robin when ``device`` is None and CUDA has several; on CPU each worker gets
-            ``cpu_count // workers`` threads. 1 = run in this process.
+        workers: parallel processes (spawned). Jobs (packs, or points with ``pack="off"``)
+            are spread over the visible GPUs round-robin when ``device`` is None and CUDA has
+            several; on CPU each worker gets ``cpu_count // workers`` threads. 1 = run in this
+            process.
         device: "cuda", "cuda:1", "cpu"... ; None = CUDA if available.
         progress: progress bars (per run in this process, per sweep with workers > 1).
         dry_run: validate and list the points without training (rows hold only grid keys).
         plot: draw the PNG plots at the end.
         model_factory: ``f(model_cfg, task, point) -> nn.Module``; default ``build_model``
             (``MambaLM``). Must be a picklable top-level function when ``workers > 1``.
-
+            A custom factory trains one point at a time (its models cannot be stacked).
+        pack: "auto" = points of one shape that differ only in seed, init, lr, weight decay
+            (see ``sweep/packed.py``) train together as one ensemble of as many models as fit
+            the device, each model exactly its own run; an int caps the pack size; "off" (or
+            1) trains one point at a time.
     Points already finished in ``out_dir`` (``row.json`` present) are skipped and partially
     trained ones resume from their checkpoints, so re-running a sweep continues it. Results
     CSV and summary are rewritten after every finished point.
@@ -189,24 +162,38 @@ def run_sweep(
         rows[point] = row
         write_results(out, [rows[p] for p in points if p in rows])
 
+    if pack == "off" or model_factory is not None:
+        jobs, packed = [[p] for p in todo], False
+    else:
+        if isinstance(pack, bool) or not (pack == "auto" or (isinstance(pack, int) and pack >= 1)):
+            raise ValueError(f"pack must be 'auto', 'off' or a positive int, got {pack!r}")
+        jobs = pack_points(cfg, todo, out / "runs", capacity=None if pack == "auto" else pack, device=device)
+        packed = True
+
     bar = tqdm(total=len(points), initial=skipped, desc=f"sweep {cfg.name}", disable=not progress)
     if workers <= 1:
-        for p in todo:
-            bar.set_postfix_str(p.run_id)
-            finished(p, run_point(cfg, p, out / "runs" / p.run_id, device, progress, model_factory))
-            bar.update(1)
+        for job in jobs:
+            bar.set_postfix_str(job[0].run_id + (f" +{len(job) - 1}" if len(job) > 1 else ""))
+            if packed:
+                job_rows = run_pack(cfg, job, out / "runs", device, progress)
+            else:
+                job_rows = [run_point(cfg, job[0], out / "runs" / job[0].run_id, device, progress, model_factory)]
+            for p, row in zip(job, job_rows):
+                finished(p, row)
+            bar.update(len(job))
     else:
         n_gpu = torch.cuda.device_count() if device is None else 0
         threads = 0 if n_gpu else max(1, (os.cpu_count() or 1) // workers)
-        jobs = []
-        for i, p in enumerate(todo):
+        args = []
+        for i, job in enumerate(jobs):
             dev = f"cuda:{i % n_gpu}" if n_gpu > 1 else device
-            jobs.append((cfg, p, str(out / "runs" / p.run_id), dev, model_factory, threads))
+            args.append((cfg, job, str(out / "runs"), dev, model_factory, threads, packed))
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_worker, job): job[1] for job in jobs}
+            futures = {pool.submit(_worker, a): a[1] for a in args}
             for fut in as_completed(futures):
-                finished(futures[fut], fut.result())
-                bar.update(1)
+                for p, row in zip(futures[fut], fut.result()):
+                    finished(p, row)
+                bar.update(len(futures[fut]))
     bar.close()
 
     ordered = [rows[p] for p in points]

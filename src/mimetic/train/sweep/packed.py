@@ -1,0 +1,135 @@
+"""Packing grid points into ensembles: points of one shape train together as one program.
+
+Points whose models, tasks and training settings agree except in what an ensemble member may
+own (seed, init and its knobs, lr, weight decay and the other
+``mimetic.ensemble.train.PER_MEMBER_FIELDS``) form a group; a group is split into packs of
+as many members as fit the device (:func:`pack_capacity` measures it), and each pack is one
+:func:`~mimetic.ensemble.train_ensemble` call. A pack's rows are the rows one-at-a-time
+runs give (same files in each run folder, same columns), plus ``error`` for a member that
+diverged (the others finish).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...ensemble.model import EnsembleLM, shape_signature
+from ...ensemble.train import PER_MEMBER_FIELDS, member_losses, train_ensemble
+from ...tasks import derive_seed
+from ..checkpoint import list_checkpoints
+from ..config import TrainConfig
+from ..loop import RESULT_FILE, batch_for_step
+from .config import GridPoint, SweepConfig, mamba_config
+from .rows import length_evals, result_row, write_row
+
+#: Most members in one pack: beyond this the ops are large enough to fill the GPU.
+MAX_PACK = 64
+#: Most members in one pack on the CPU (no memory probe there).
+MAX_PACK_CPU = 16
+#: Share of the free device memory a pack may plan to use.
+MEMORY_SHARE = 0.6
+
+
+def _train_config(cfg: SweepConfig, point: GridPoint, run_dir: Path, device: str | None,
+                  progress: bool) -> TrainConfig:
+    return TrainConfig(**cfg.train_for(point), seed=point.seed, out_dir=str(run_dir), resume=True,
+                       device=device, progress=progress)
+
+
+def _resume_step(run_dir: Path) -> int | str:
+    """Where a point's run stands: "done" (result.json), its newest checkpoint step, or 0."""
+    if (run_dir / RESULT_FILE).exists():
+        return "done"
+    found = list_checkpoints(run_dir)
+    return found[-1][0] if found else 0
+
+
+def group_key(cfg: SweepConfig, point: GridPoint, run_dir: Path) -> str:
+    """Points with equal keys can share an ensemble: same task, model shape, shared training
+    settings and resume step."""
+    task = cfg.task_for(point)
+    mcfg = mamba_config(cfg.model_for(point), task.vocab_size, point, *cfg.init_for(point))
+    train = {k: v for k, v in cfg.train_for(point).items() if k not in PER_MEMBER_FIELDS}
+    return json.dumps([task.to_dict(), shape_signature(mcfg), train, _resume_step(run_dir)],
+                      sort_keys=True, default=str)
+
+
+def pack_points(cfg: SweepConfig, points: list[GridPoint], runs: Path,
+                capacity: int | None = None, device: str | None = None) -> list[list[GridPoint]]:
+    """``points`` grouped by :func:`group_key` (in file order) and split into packs of at most
+    ``capacity`` members (None: :func:`pack_capacity` of each group on ``device``)."""
+    groups: dict[str, list[GridPoint]] = {}
+    for p in points:
+        groups.setdefault(group_key(cfg, p, runs / p.run_id), []).append(p)
+    packs = []
+    for members in groups.values():
+        size = capacity if capacity is not None else pack_capacity(cfg, members[0], device)
+        packs += [members[i:i + size] for i in range(0, len(members), size)]
+    return packs
+
+
+def _device(device: str | None) -> torch.device:
+    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def pack_capacity(cfg: SweepConfig, point: GridPoint, device: str | None = None) -> int:
+    """How many members of ``point``'s shape one pack may hold on ``device``: on CUDA, measured
+    as the peak memory of one training step of a 2-member ensemble at the real batch shape
+    (parameters, gradients, AdamW state, activations), scaled into ``MEMORY_SHARE`` of the free
+    memory (at most ``MAX_PACK``); on the CPU ``MAX_PACK_CPU``."""
+    dev = _device(device)
+    if dev.type != "cuda":
+        return MAX_PACK_CPU
+    from ...models import MambaLM
+
+    task = cfg.task_for(point)
+    tcfg = TrainConfig(**cfg.train_for(point))
+    mcfg = mamba_config(cfg.model_for(point), task.vocab_size, point, *cfg.init_for(point))
+    torch.cuda.synchronize(dev)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    ensemble = EnsembleLM([MambaLM(mcfg), MambaLM(mcfg)]).to(dev)
+    state = [torch.zeros_like(p) for p in ensemble.parameters() for _ in range(2)]  # AdamW moments
+    ids, targets, mask = (t.to(dev) for t in batch_for_step(task, tcfg, 0))
+    stack = lambda t: torch.stack([t, t], dim=-1)  # noqa: E731
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = ensemble(stack(ids))
+    member_losses(logits, stack(targets), stack(mask)).sum().backward()
+    torch.cuda.synchronize(dev)
+    per_member = (torch.cuda.max_memory_allocated(dev) - base) / 2
+    del ensemble, state, logits
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(dev)
+    return int(max(1, min(MAX_PACK, MEMORY_SHARE * free // max(per_member, 1))))
+
+
+def run_pack(cfg: SweepConfig, points: list[GridPoint], runs: Path, device: str | None = None,
+             progress: bool = False) -> list[dict[str, Any]]:
+    """Train ``points`` (one pack) as one ensemble in their run folders (resuming from their
+    checkpoints) and return their rows, each also written to ``row.json`` as ``run_point``
+    does. Each model is initialised under ``torch.manual_seed(derive_seed("init", seed))``,
+    as in ``run_point``, so a pack member starts from the weights its lone run would."""
+    from ...models import MambaLM
+
+    task = cfg.task_for(points[0])
+    models, tcfgs = [], []
+    for p in points:
+        (runs / p.run_id).mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(derive_seed("init", p.seed))
+        models.append(MambaLM(mamba_config(cfg.model_for(p), task.vocab_size, p, *cfg.init_for(p))))
+        tcfgs.append(_train_config(cfg, p, runs / p.run_id, device, progress))
+    results = train_ensemble(models, task, tcfgs)
+    rows = []
+    for p, model, tcfg, result in zip(points, models, tcfgs, results):
+        if isinstance(result, Exception):
+            row: dict[str, Any] = {**p.to_dict(), "seq_len": task.seq_len, "error": str(result)}
+        else:
+            row = result_row(p, task, result)
+            row.update(length_evals(cfg, model, task, tcfg))
+        write_row(runs / p.run_id, row)
+        rows.append(row)
+    return rows

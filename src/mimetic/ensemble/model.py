@@ -37,6 +37,20 @@ def shape_signature(config: MambaConfig) -> dict:
     return replace(config, init="default", init_cfg={}).to_dict()
 
 
+def ensemble_problem(model: nn.Module) -> str | None:
+    """Why ``model`` cannot be an ensemble member (None: it can)."""
+    if not isinstance(model, MambaLM):
+        return f"it is a {type(model).__name__}, not a MambaLM"
+    if not model.config.rms_norm:
+        return "it uses LayerNorm (rms_norm=False); only RMSNorm models fold"
+    for layer in model.backbone.layers:
+        if layer.mlp is not None:
+            return "it has MLP blocks (d_intermediate > 0)"
+        if not isinstance(layer.mixer, (Mamba, Mamba2, MHA)):
+            return f"it has a {type(layer.mixer).__name__} mixer"
+    return None
+
+
 def stacked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Each member's ``nn.Linear``: x (batch, L, K, in), weight (K, out, in), bias (K, out)
     -> (batch, L, K, out). One batched GEMM over the model axis; under autocast, like
@@ -65,9 +79,10 @@ class EnsembleLM(nn.Module):
             if shape_signature(m.config) != shape_signature(first.config):
                 raise ValueError(f"ensemble member {i} differs in shape from member 0 "
                                  "(members may differ only in their initialization and weights)")
+        problem = ensemble_problem(first)
+        if problem is not None:
+            raise ValueError(f"EnsembleLM cannot hold this model: {problem}")
         cfg = first.config
-        if not cfg.rms_norm:
-            raise ValueError("EnsembleLM supports rms_norm=True models only")
         self.config, self.K = cfg, len(members)
         # The layer modules of member 0 are the shape template (sizes, flags); they are
         # kept outside the module tree so their parameters are not the ensemble's.
@@ -77,12 +92,6 @@ class EnsembleLM(nn.Module):
         for name in self.names:
             stacked = torch.stack([m.get_parameter(name).detach() for m in members])
             self.params[self._key(name)] = nn.Parameter(stacked.clone())
-        self.no_weight_decay = {n for n, p in first.named_parameters() if getattr(p, "_no_weight_decay", False)}
-        for layer in first.backbone.layers:
-            if not isinstance(layer.mixer, (Mamba, Mamba2, MHA)):
-                raise ValueError(f"EnsembleLM cannot fold a {type(layer.mixer).__name__} mixer")
-            if layer.mlp is not None:
-                raise ValueError("EnsembleLM supports d_intermediate=0 (no MLP) models only")
 
     @staticmethod
     def _key(name: str) -> str:

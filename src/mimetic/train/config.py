@@ -30,7 +30,11 @@ class TrainConfig:
     the newest checkpoint in ``out_dir`` (or starts fresh if none).
 
     ``device``: None = "cuda" if available else "cpu". ``amp``: None = bf16 autocast on CUDA,
-    fp32 on CPU; True/False forces it. ``interrupt_after``: stop after this step as if
+    fp32 on CPU; True/False forces it. ``cuda_graph``: None = on CUDA, a ``MambaLM`` that
+    ``mimetic.ensemble.EnsembleLM`` can hold trains through ``train_ensemble`` as a one-member
+    ensemble (batches drawn a chunk ahead, each step one CUDA graph replay, losses read back
+    at eval/checkpoint steps: same numbers, no host work a step); False = the eager loop
+    below; True = require the graph path. ``interrupt_after``: stop after this step as if
     preempted (checkpoint saved, no ``result.json``), used by tests and for time-sliced jobs.
     """
 
@@ -61,6 +65,7 @@ class TrainConfig:
 
     device: str | None = None
     amp: bool | None = None
+    cuda_graph: bool | None = None
     interrupt_after: int | None = None
 
     def __post_init__(self) -> None:

@@ -105,6 +105,18 @@ def best_record(history: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(history, key=lambda r: (r["token_acc"], r["seq_acc"], -r["step"])) if history else None
 
 
+def _use_graph_path(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> bool:
+    """Whether ``train`` hands the run to the CUDA-graph ensemble path (``config.cuda_graph``)."""
+    if config.cuda_graph is False:
+        return False
+    from ..ensemble.model import ensemble_problem
+
+    problem = "training runs on the CPU" if device.type != "cuda" else ensemble_problem(model)
+    if problem is not None and config.cuda_graph:
+        raise ValueError(f"cuda_graph=True, but {problem}")
+    return problem is None
+
+
 def _resolve_device(config: TrainConfig) -> torch.device:
     if config.device is not None:
         return torch.device(config.device)
@@ -127,6 +139,13 @@ def train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResul
     good one. Raises ValueError if ``out_dir`` already holds checkpoints and ``resume`` is off.
     """
     device = _resolve_device(config)
+    if _use_graph_path(model, config, device):
+        from ..ensemble.train import train_ensemble
+
+        (result,) = train_ensemble([model], task, [config], cuda_graph=True)
+        if isinstance(result, Exception):
+            raise result
+        return result
     use_amp = config.amp if config.amp is not None else device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp else None
     out = Path(config.out_dir) if config.out_dir is not None else None

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ...ensemble.model import EnsembleLM, shape_signature
+from ...ensemble.model import EnsembleLM, ensemble_problem, shape_signature
 from ...ensemble.train import PER_MEMBER_FIELDS, member_losses, train_ensemble
 from ...tasks import derive_seed
 from ..checkpoint import list_checkpoints
@@ -114,6 +114,7 @@ def run_pack(cfg: SweepConfig, points: list[GridPoint], runs: Path, device: str 
     does. Each model is initialised under ``torch.manual_seed(derive_seed("init", seed))``,
     as in ``run_point``, so a pack member starts from the weights its lone run would."""
     from ...models import MambaLM
+    from .runner import run_point
 
     task = cfg.task_for(points[0])
     models, tcfgs = [], []
@@ -122,6 +123,8 @@ def run_pack(cfg: SweepConfig, points: list[GridPoint], runs: Path, device: str 
         torch.manual_seed(derive_seed("init", p.seed))
         models.append(MambaLM(mamba_config(cfg.model_for(p), task.vocab_size, p, *cfg.init_for(p))))
         tcfgs.append(_train_config(cfg, p, runs / p.run_id, device, progress))
+    if ensemble_problem(models[0]) is not None:  # e.g. MLP blocks: one point at a time
+        return [run_point(cfg, p, runs / p.run_id, device, progress) for p in points]
     results = train_ensemble(models, task, tcfgs)
     rows = []
     for p, model, tcfg, result in zip(points, models, tcfgs, results):

@@ -122,7 +122,9 @@ def clip_stacked_grad_norm_(params: list[torch.Tensor], max_norm: torch.Tensor) 
     grads = [p.grad for p in params if p.grad is not None]
     sq = torch.stack([g.flatten(1).float().pow(2).sum(1) for g in grads]).sum(0)
     norm = sq.sqrt()
-    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    # A member without clipping (inf) keeps its gradients as they are, also when their norm
+    # overflows (inf / inf would be NaN), as train() does without grad_clip.
+    coef = torch.where(torch.isinf(max_norm), 1.0, (max_norm / (norm + 1e-6)).clamp(max=1.0))
     for g in grads:
         g.mul_(coef.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
     return norm

@@ -85,11 +85,15 @@ def evaluate_ensemble(ensemble: EnsembleLM, task: Task, num_batches: int, batch_
 
 def member_losses(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Each member's mean cross-entropy over its scored positions (fp32), without reading
-    the mask on the host: logits (B, L, K, V), targets (B, L, K), mask (B, L, K) -> (K,)."""
+    the mask on the host: logits (B, L, K, V), targets (B, L, K), mask (B, L, K) -> (K,).
+
+    Unscored logits are replaced by zeros before the cross-entropy (not masked after it), so
+    that, as with ``logits[mask]`` in ``train()``, a non-finite unscored logit reaches
+    neither the loss nor the gradient (0 * NaN would)."""
     V = logits.shape[-1]
-    ce = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1), reduction="none")
-    ce = torch.where(mask.reshape(-1), ce, 0.0).view(mask.shape)
-    return ce.sum((0, 1)) / mask.sum((0, 1))
+    scored = torch.where(mask[..., None], logits.float(), 0.0)
+    ce = F.cross_entropy(scored.reshape(-1, V), targets.reshape(-1), reduction="none").view(mask.shape)
+    return torch.where(mask, ce, 0.0).sum((0, 1)) / mask.sum((0, 1))
 
 
 @dataclass

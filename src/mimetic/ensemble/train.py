@@ -198,7 +198,6 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
     elapsed = max((s["elapsed"] for s in states if s is not None), default=0.0)
     tokens_done = {id(m): (s["tokens"] if s else 0) for m, s in zip(members, states)}
 
-    torch.manual_seed(base.seed)
     ensemble = EnsembleLM([m.model for m in members]).to(device)
     named = ensemble.named_stacked()
     decay = {n for n, p in members[0].model.named_parameters() if wants_decay(n, p)}
@@ -273,7 +272,9 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
                 for p in params:
                     p.grad = None
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
+                # thread_local: packs of a sweep capture and replay on their own streams
+                # in threads of one process (sweep/runner.py).
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     one_step()
                 graph.replay()
 
@@ -318,7 +319,7 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
                 if step < target:  # the log holds one chunk: read it before the next
                     _read_log(log, n, start_of=step - n, members=members)
             if device.type == "cuda":
-                torch.cuda.synchronize(device)
+                torch.cuda.current_stream(device).synchronize()
             _read_log(log, n, start_of=step - n, members=members)
             opt.steps_done = step
             dt = time.perf_counter() - t0

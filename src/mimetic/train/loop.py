@@ -142,6 +142,7 @@ def train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResul
     if _use_graph_path(model, config, device):
         from ..ensemble.train import train_ensemble
 
+        torch.manual_seed(config.seed)  # as below: the global RNG of anything stochastic
         (result,) = train_ensemble([model], task, [config], cuda_graph=True)
         if isinstance(result, Exception):
             raise result

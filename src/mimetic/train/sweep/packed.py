@@ -11,6 +11,7 @@ diverged (the others finish).
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ MAX_PACK = 64
 MAX_PACK_CPU = 16
 #: Share of the free device memory a pack may plan to use.
 MEMORY_SHARE = 0.6
+#: Held while a model is initialised from the global RNG.
+INIT_LOCK = threading.Lock()
 
 
 def _train_config(cfg: SweepConfig, point: GridPoint, run_dir: Path, device: str | None,
@@ -107,6 +110,14 @@ def pack_capacity(cfg: SweepConfig, point: GridPoint, device: str | None = None)
     return int(max(1, min(MAX_PACK, MEMORY_SHARE * free // max(per_member, 1))))
 
 
+def run_pack_on_stream(cfg: SweepConfig, points: list[GridPoint], runs: Path,
+                       device: str | None = None) -> list[dict[str, Any]]:
+    """:func:`run_pack` on a CUDA stream of its own, so that packs trained by threads of one
+    process overlap on the GPU (small models leave most of it idle)."""
+    with torch.cuda.stream(torch.cuda.Stream(_device(device))):
+        return run_pack(cfg, points, runs, device)
+
+
 def run_pack(cfg: SweepConfig, points: list[GridPoint], runs: Path, device: str | None = None,
              progress: bool = False) -> list[dict[str, Any]]:
     """Train ``points`` (one pack) as one ensemble in their run folders (resuming from their
@@ -120,8 +131,9 @@ def run_pack(cfg: SweepConfig, points: list[GridPoint], runs: Path, device: str 
     models, tcfgs = [], []
     for p in points:
         (runs / p.run_id).mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(derive_seed("init", p.seed))
-        models.append(MambaLM(mamba_config(cfg.model_for(p), task.vocab_size, p, *cfg.init_for(p))))
+        with INIT_LOCK:  # the global RNG: packs may be built in threads at once
+            torch.manual_seed(derive_seed("init", p.seed))
+            models.append(MambaLM(mamba_config(cfg.model_for(p), task.vocab_size, p, *cfg.init_for(p))))
         tcfgs.append(_train_config(cfg, p, runs / p.run_id, device, progress))
     if ensemble_problem(models[0]) is not None:  # e.g. MLP blocks: one point at a time
         return [run_point(cfg, p, runs / p.run_id, device, progress) for p in points]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -16,7 +16,7 @@ from ...tasks import Task, derive_seed
 from ..config import TrainConfig
 from ..loop import train
 from .config import GRID_KEYS, GridPoint, SweepConfig, axis_columns, freeze_value, load_sweep, mamba_config
-from .packed import pack_points, run_pack
+from .packed import pack_points, run_pack, run_pack_on_stream
 from .rows import ROW_FILE, length_evals, result_row, write_row
 
 RESULTS_CSV = "results.csv"
@@ -98,6 +98,12 @@ def _worker(args: tuple) -> list[dict[str, Any]]:
                       model_factory=factory)]
 
 
+def _on_one_gpu(device: str | None) -> bool:
+    if device is None:
+        return torch.cuda.device_count() == 1
+    return torch.device(device).type == "cuda"
+
+
 def run_sweep(
     config_path: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
@@ -119,10 +125,11 @@ def run_sweep(
             per run: grid keys, seq_len, final/best metrics, steps_to_target, steps, time,
             n_params, gen_*@<length> for [eval] lengths), ``summary.csv`` (mean/std over
             seeds), ``plots/*.png``, ``sweep.json`` (the parsed config).
-        workers: parallel processes (spawned). Jobs (packs, or points with ``pack="off"``)
-            are spread over the visible GPUs round-robin when ``device`` is None and CUDA has
-            several; on CPU each worker gets ``cpu_count // workers`` threads. 1 = run in this
-            process.
+        workers: jobs at once (packs, or points with ``pack="off"``). Packs on one GPU run
+            in threads of this process, each on its own CUDA stream; otherwise jobs run in
+            spawned processes, spread over the visible GPUs round-robin when ``device`` is
+            None and CUDA has several; on CPU each worker gets ``cpu_count // workers``
+            threads. 1 = one job at a time in this process.
         device: "cuda", "cuda:1", "cpu"... ; None = CUDA if available.
         progress: progress bars (per run in this process, per sweep with workers > 1).
         dry_run: validate and list the points without training (rows hold only grid keys).
@@ -181,6 +188,13 @@ def run_sweep(
             for p, row in zip(job, job_rows):
                 finished(p, row)
             bar.update(len(job))
+    elif packed and _on_one_gpu(device):
+        with ThreadPoolExecutor(max_workers=workers) as threads_pool:
+            futures = {threads_pool.submit(run_pack_on_stream, cfg, job, out / "runs", device): job for job in jobs}
+            for fut in as_completed(futures):
+                for p, row in zip(futures[fut], fut.result()):
+                    finished(p, row)
+                bar.update(len(futures[fut]))
     else:
         n_gpu = torch.cuda.device_count() if device is None else 0
         threads = 0 if n_gpu else max(1, (os.cpu_count() or 1) // workers)

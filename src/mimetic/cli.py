@@ -71,11 +71,20 @@ def cmd_train(args) -> None:
           f"seq_acc={final.get('seq_acc', float('nan')):.3f}; model saved to {Path(args.out) / 'model'}")
 
 
+def _pack_arg(value: str) -> str | int:
+    if value in ("auto", "off"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"--pack must be auto, off or a positive int, got {value!r}") from None
+
+
 def cmd_sweep(args) -> None:
     from .train.sweep import run_sweep
 
     result = run_sweep(args.config, args.out, workers=args.workers, device=args.device,
-                       progress=not args.no_progress, dry_run=args.dry_run)
+                       progress=not args.no_progress, dry_run=args.dry_run, pack=_pack_arg(args.pack))
     print(f"{len(result.rows)} runs ({result.skipped} already done)")
     for path in (result.csv_path, result.summary_path, *result.plots):
         if path is not None:
@@ -145,7 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="run a grid of experiments from a TOML file")
     s.add_argument("config")
     s.add_argument("--out", default=None, help="output directory (default: runs/<config name>)")
-    s.add_argument("--workers", type=int, default=1, help="parallel runs (processes)")
+    s.add_argument("--workers", type=int, default=1,
+                   help="jobs at once: packs in threads on one GPU, else processes")
+    s.add_argument("--pack", default="auto",
+                   help="auto: train points of one shape together as ensembles (each model exactly "
+                        "its own run); N: at most N models a pack; off: one point at a time")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     s.add_argument("--dry-run", action="store_true", help="list the grid points and stop")
     s.add_argument("--no-progress", action="store_true")

@@ -148,7 +148,8 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
     differ only in ``PER_MEMBER_FIELDS``. Members finished before (``resume`` and a
     ``result.json``) return their stored result and train nothing; the others must resume
     from the same step. ``cuda_graph``: None = on when training on CUDA. Each model ends
-    holding its member's final weights.
+    holding its member's final weights (those of its stop step when it stopped early; a
+    member that diverged holds those of its newest checkpoint, or its initial ones).
     """
     if len(models) != len(configs) or not models:
         raise ValueError(f"need one config per model, got {len(models)} models and {len(configs)} configs")
@@ -363,6 +364,7 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
                     save(m, k, step)
                 if m.stopped_early or step == steps:
                     m.done, m.elapsed = True, elapsed
+                    ensemble.write_member(k, m.model)  # its final weights; the slot trains on
             if base.interrupt_after is not None and step >= base.interrupt_after and step < steps:
                 for k, m in enumerate(members):
                     if not m.done:
@@ -377,8 +379,9 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
                 m.logger.close()
 
     for k, (i, m) in enumerate(zip(slots, members)):
-        ensemble.write_member(k, m.model)
-        if m.error is not None:
+        if not m.done:  # interrupted: the weights it stopped with
+            ensemble.write_member(k, m.model)
+        if m.error is not None:  # its model holds its newest checkpoint's weights (see save)
             results[i] = m.error
             continue
         result = TrainResult(

@@ -1,0 +1,97 @@
+"""Packed sweeps (points of one shape trained as ensembles) give the rows one-at-a-time runs give."""
+import csv
+import json
+
+import pytest
+
+from mimetic.train.sweep import load_sweep, run_sweep
+from mimetic.train.sweep.packed import group_key, pack_points
+
+from .test_sweep import write_toml
+
+GRID = {
+    "sweep": {"name": "packed"},
+    "grid": {
+        "task": ["copy"],
+        "init": ["default", "mimetic", "no_tie"],
+        "layer": ["Mamba1", "Mamba2", "attention"],
+        "d_state": [4],
+        "length": [3, 5],
+        "seed": [0, 1],
+        "train": {"lr": [2e-3, 5e-3]},
+    },
+    "inits": {"no_tie": {"init": "mimetic", "init_cfg": {"tie_bc": False}}},
+    "tasks": {"copy": {"vocab": 5}},
+    "model": {"d_model": 16, "n_layer": 2, "ssm_cfg": {"Mamba2": {"headdim": 8}},
+              "attn_cfg": {"num_heads": 2, "rotary_emb_dim": 4}},
+    "train": {"steps": 12, "batch_size": 8, "eval_every": 4, "eval_batches": 1, "warmup_steps": 2,
+              "target_acc": 0.6},
+    "eval": {"lengths": [7], "batches": 1},
+}
+METRICS = ("final_token_acc", "final_loss", "best_token_acc", "best_step", "steps", "steps_to_target",
+           "n_params", "tokens", "gen_token_acc@7")
+
+
+def _rows(path):
+    return {r["run_id"]: r for r in (json.loads(p.read_text()) | {"run_id": p.parent.name}
+                                     for p in sorted(path.glob("runs/*/row.json")))}
+
+
+def test_packs_group_by_shape_and_split_by_capacity(tmp_path):
+    cfg = load_sweep(write_toml(tmp_path / "g.toml", GRID))
+    points = cfg.points()
+    packs = pack_points(cfg, points, tmp_path / "runs", capacity=100)
+    # one pack per (layer, length): seeds, inits and lr differ inside a pack
+    assert len(packs) == 3 * 2
+    assert sorted(len(p) for p in packs) == [4, 4, 12, 12, 12, 12]
+    for pack in packs:
+        assert len({group_key(cfg, p, tmp_path / "runs" / p.run_id) for p in pack}) == 1
+        assert len({(p.layer, p.length) for p in pack}) == 1
+    small = pack_points(cfg, points, tmp_path / "runs", capacity=5)
+    assert max(len(p) for p in small) == 5 and sum(len(p) for p in small) == len(points)
+
+
+def test_packed_sweep_gives_the_rows_of_one_at_a_time(tmp_path):
+    path = write_toml(tmp_path / "g.toml", GRID)
+    lone = run_sweep(path, tmp_path / "off", progress=False, plot=False, pack="off")
+    packed = run_sweep(path, tmp_path / "auto", progress=False, plot=False, pack=5)
+    assert len(lone.rows) == len(packed.rows) == len(load_sweep(path).points())
+    a, b = _rows(tmp_path / "off"), _rows(tmp_path / "auto")
+    assert a.keys() == b.keys()
+    for run_id in a:
+        for k in METRICS:
+            if isinstance(a[run_id][k], float):
+                assert b[run_id][k] == pytest.approx(a[run_id][k], abs=1e-5), (run_id, k)
+            else:
+                assert b[run_id][k] == a[run_id][k], (run_id, k)
+    # the same files in every run folder: metrics, result, checkpoints
+    for run in (tmp_path / "auto" / "runs").iterdir():
+        assert {"metrics.jsonl", "result.json", "row.json", "checkpoints"} <= {p.name for p in run.iterdir()}
+    csv_rows = list(csv.DictReader((tmp_path / "auto" / "results.csv").open()))
+    assert {"train.lr", "final_token_acc", "gen_token_acc@7"} <= set(csv_rows[0])
+
+
+def test_packed_sweep_resumes_a_lost_point(tmp_path):
+    path = write_toml(tmp_path / "g.toml", GRID)
+    first = run_sweep(path, tmp_path / "out", progress=False, plot=False)
+    victim = sorted((tmp_path / "out" / "runs").iterdir())[3]
+    (victim / "row.json").unlink()
+    second = run_sweep(path, tmp_path / "out", progress=False, plot=False)
+    assert second.skipped == len(first.rows) - 1
+    assert second.rows == first.rows
+
+
+def test_unfoldable_models_run_one_at_a_time(tmp_path):
+    data = json.loads(json.dumps(GRID))
+    data["grid"] |= {"layer": ["Mamba2"], "init": ["default"], "length": [3], "train": {"lr": [2e-3]}}
+    data["model"]["d_intermediate"] = 8  # MLP blocks: EnsembleLM cannot fold them
+    path = write_toml(tmp_path / "mlp.toml", data)
+    res = run_sweep(path, tmp_path / "out", progress=False, plot=False)
+    assert len(res.rows) == 2 and all(r["final_token_acc"] is not None for r in res.rows)
+
+
+@pytest.mark.parametrize("pack", [0, -2, "many", True])
+def test_bad_pack_argument(tmp_path, pack):
+    path = write_toml(tmp_path / "g.toml", GRID)
+    with pytest.raises(ValueError, match="pack must be"):
+        run_sweep(path, tmp_path / "out", progress=False, plot=False, pack=pack)

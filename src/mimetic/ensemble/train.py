@@ -291,37 +291,29 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
         m.last_saved = at_step
 
     batches = _Batches(task, members, threads=min(8, torch.get_num_threads()))
+    prefetch = ThreadPoolExecutor(1, thread_name_prefix="mimetic-prefetch")
     pbar = tqdm(total=steps, initial=step, disable=not base.progress, desc=f"{task.name} x{K}", leave=False)
     interrupted = False
     window_time, window_tokens = 0.0, 0
+    stops = {steps} | set(range(base.eval_every, steps, base.eval_every)) | set(range(ckpt_every, steps, ckpt_every))
+    if base.interrupt_after is not None:
+        stops.add(base.interrupt_after)
+    plan = chunk_plan(step, steps, stops, chunk_cap)
     try:
-        pending, pending_at = None, None
-        while step < steps and any(not m.done for m in members):
-            # The next read-back: an eval or checkpoint step, the end, or the interrupt.
-            stops = [steps, (step // base.eval_every + 1) * base.eval_every,
-                     (step // ckpt_every + 1) * ckpt_every]
-            if base.interrupt_after is not None and base.interrupt_after > step:
-                stops.append(base.interrupt_after)
-            target = min(stops)
-            t0 = time.perf_counter()
-            start = step
-            while step < target:
-                n = min(chunk_cap, target - step)
-                chunk = pending.result() if pending is not None and pending_at == (step, n) else batches.make(step, n)
-                buf_ids[:n].copy_(chunk[0], non_blocking=False)
-                buf_tgt[:n].copy_(chunk[1], non_blocking=False)
-                buf_mask[:n].copy_(chunk[2], non_blocking=False)
-                pos_t.zero_()
-                run(n)
-                nxt = min(chunk_cap, target - step - n) if step + n < target else 0
-                pending, pending_at = (batches.pool.submit(batches.make, step + n, nxt), (step + n, nxt)) \
-                    if nxt else (None, None)
-                step += n
-                if step < target:  # the log holds one chunk: read it before the next
-                    _read_log(log, n, start_of=step - n, members=members)
-            if device.type == "cuda":
-                torch.cuda.current_stream(device).synchronize()
-            _read_log(log, n, start_of=step - n, members=members)
+        pending = prefetch.submit(batches.make, *plan[0][:2]) if plan else None
+        t0, start = time.perf_counter(), step
+        for idx, (first, n, readback) in enumerate(plan):
+            chunk = pending.result()
+            for buf, part in zip((buf_ids, buf_tgt, buf_mask), chunk):
+                buf[:n].copy_(part)
+            pos_t.zero_()
+            run(n)
+            # Draw the next chunk on the CPU while the GPU trains on this one.
+            pending = prefetch.submit(batches.make, *plan[idx + 1][:2]) if idx + 1 < len(plan) else None
+            _read_log(log, n, start_of=first, members=members)  # waits for the chunk's steps
+            step = first + n
+            if not readback:
+                continue
             opt.steps_done = step
             dt = time.perf_counter() - t0
             elapsed += dt
@@ -371,8 +363,12 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
                         save(m, k, step)
                 interrupted = True
                 break
+            if all(m.done for m in members):
+                break
+            t0, start = time.perf_counter(), step
     finally:
         pbar.close()
+        prefetch.shutdown(wait=False, cancel_futures=True)
         batches.close()
         for m in members:
             if m.logger is not None:
@@ -395,6 +391,19 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
             write_result(m.out, result)
         results[i] = result
     return results  # type: ignore[return-value]
+
+
+def chunk_plan(step: int, steps: int, stops: set[int], chunk_cap: int) -> list[tuple[int, int, bool]]:
+    """The steps ``step .. steps-1`` as chunks (first step, length, ends at a read-back):
+    cut at every step of ``stops`` (evaluations, checkpoints, the interrupt) and into
+    pieces of at most ``chunk_cap`` steps (the device buffer)."""
+    plan = []
+    for stop in sorted(t for t in stops if step < t <= steps):
+        while step < stop:
+            n = min(chunk_cap, stop - step)
+            plan.append((step, n, step + n == stop))
+            step += n
+    return plan
 
 
 def _read_log(log: torch.Tensor, n: int, start_of: int, members: list[_Member]) -> None:

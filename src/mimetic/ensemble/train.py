@@ -296,8 +296,8 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
     interrupted = False
     window_time, window_tokens = 0.0, 0
     stops = {steps} | set(range(base.eval_every, steps, base.eval_every)) | set(range(ckpt_every, steps, ckpt_every))
-    if base.interrupt_after is not None:
-        stops.add(base.interrupt_after)
+    if base.interrupt_after is not None:  # train() stops after at least one step, also on resume
+        stops.add(max(base.interrupt_after, step + 1))
     plan = chunk_plan(step, steps, stops, chunk_cap)
     try:
         pending = prefetch.submit(batches.make, *plan[0][:2]) if plan else None

@@ -73,6 +73,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import dataclasses
 import datetime
 import inspect
 import json
@@ -336,9 +338,12 @@ def anatomy_one(cfg, point: GridPoint, sizes: Sizes, device: torch.device, scrat
     rec["eval_ckpt_ms_per_step"] = round((rec["eval_ms"] + rec["checkpoint_ms"]) / tcfg.eval_every, 4)
 
     check = train_config(cfg, sizes, device, steps=sizes.train_steps, eval_every=sizes.train_steps,
-                         eval_batches=1, target_acc=None)
-    result = train(model, task, check)
+                         eval_batches=1, target_acc=None, cuda_graph=False)
+    result = train(copy.deepcopy(model), task, check)
     rec["train_ms_per_step_mean"] = ms(result.elapsed / result.step)
+    if device.type == "cuda":  # the CUDA-graph step (issue 15 part 2); its mean holds the capture
+        result = train(copy.deepcopy(model), task, dataclasses.replace(check, cuda_graph=None))
+        rec["graph_train_ms_per_step_mean"] = ms(result.elapsed / result.step)
     return rec
 
 
@@ -373,7 +378,8 @@ def write_toml(data: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def sweep_file(base: Path, name: str, grid: dict, steps: int, sizes: Sizes, min_points: int, scratch: Path) -> Path:
+def sweep_file(base: Path, name: str, grid: dict, steps: int, sizes: Sizes, min_points: int, scratch: Path,
+               eager: bool = False) -> Path:
     """A copy of the sweep ``base`` with ``grid`` overrides, ``steps`` per run (two evals of one
     batch, no early stop, no [eval] lengths) and, unless ``grid`` sets the seeds, seeds
     0..k-1, k the fewest that give at least ``min_points`` points."""
@@ -382,6 +388,8 @@ def sweep_file(base: Path, name: str, grid: dict, steps: int, sizes: Sizes, min_
     data.pop("eval", None)
     data["grid"].update({"seed": [0], **grid})
     data["train"].update(steps=steps, eval_every=max(1, steps // 2), eval_batches=1, early_stop=False)
+    if eager and "cuda_graph" in {f.name for f in dataclasses.fields(TrainConfig)}:
+        data["train"]["cuda_graph"] = False  # today's runner: train()'s eager loop
     if sizes.batch is not None:
         data["train"].update(batch_size=sizes.batch, eval_batch_size=sizes.batch)
     if "seed" not in grid:
@@ -568,8 +576,9 @@ def run_anatomy(report: Report, sizes: Sizes, device: torch.device, scratch: Pat
         report.measure("anatomy", f"{name}/{point.layer}", lambda: anatomy_one(cfg, point, sizes, device, scratch))
 
 
-def quick_grid_file(name: str, steps: int, sizes: Sizes, min_points: int, scratch: Path) -> Path:
-    return sweep_file(COPY_QUICK, name, {"length": list(sizes.grid_lengths)}, steps, sizes, min_points, scratch)
+def quick_grid_file(name: str, steps: int, sizes: Sizes, min_points: int, scratch: Path, eager: bool) -> Path:
+    return sweep_file(COPY_QUICK, name, {"length": list(sizes.grid_lengths)}, steps, sizes, min_points, scratch,
+                      eager)
 
 
 def sample_file(sizes: Sizes, workers: int, scratch: Path, packed: bool) -> Path:
@@ -582,7 +591,7 @@ def sample_file(sizes: Sizes, workers: int, scratch: Path, packed: bool) -> Path
     else:
         grid["seed"] = load_sweep(COPY_LENGTH).grid["seed"]
     name = f"copy_length_sample_{'packed' if packed else 'w' + str(workers)}"
-    return sweep_file(COPY_LENGTH, name, grid, sizes.sample_steps, sizes, workers, scratch)
+    return sweep_file(COPY_LENGTH, name, grid, sizes.sample_steps, sizes, workers, scratch, eager=not packed)
 
 
 def has_pack() -> bool:
@@ -596,12 +605,14 @@ def run_runner(report: Report, sizes: Sizes, workers: list[int], scratch: Path, 
     (``pack="off"`` where ``run_sweep`` takes ``pack``), "packed" passes ``pack="auto"``."""
     if section == "runner" and has_pack():
         kwargs = {"pack": "off", **kwargs}
-    toml = quick_grid_file(f"copy_quick_{section}", sizes.runner_steps, sizes, max(workers), scratch)
+    eager = section == "runner"
+    toml = quick_grid_file(f"copy_quick_{section}", sizes.runner_steps, sizes, max(workers), scratch, eager)
     runs = []
     for w in workers:
         runs.append(report.measure(section, f"copy_quick/W{w}", lambda: time_sweep(toml, w, scratch, **kwargs)))
     if device.type == "cuda":
-        prof_toml = quick_grid_file(f"copy_quick_{section}_profiled", sizes.profile_sweep_steps, sizes, 1, scratch)
+        prof_toml = quick_grid_file(f"copy_quick_{section}_profiled", sizes.profile_sweep_steps, sizes, 1, scratch,
+                                    eager)
         report.measure(section, "copy_quick/W1/profiled",
                        lambda: time_sweep(prof_toml, 1, scratch, profile=True, **kwargs))
     best = best_workers(runs, max(workers))

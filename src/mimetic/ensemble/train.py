@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ PER_MEMBER_FIELDS = ("seed", "lr", "min_lr_ratio", "warmup_steps", "weight_decay
                      "target_acc", "early_stop", "out_dir")
 #: Eager steps before the CUDA graph is captured (kernel compilation, autotuning, allocator).
 WARMUP_STEPS = 2
+#: Held while a CUDA graph is captured (see ``train_ensemble``).
+CAPTURE_LOCK = threading.Lock()
 #: Upper bound on the bytes of one chunk of batches held on the device.
 CHUNK_BYTES = 256 * 2**20
 
@@ -273,9 +276,11 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
                 for p in params:
                     p.grad = None
                 graph = torch.cuda.CUDAGraph()
-                # thread_local: packs of a sweep capture and replay on their own streams
-                # in threads of one process (sweep/runner.py).
-                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                # Packs of a sweep capture and replay on their own streams in threads of one
+                # process (sweep/runner.py): one capture at a time (entering a capture syncs
+                # the device, which a capture in another thread does not permit), and
+                # thread_local so that the other threads' replays go on meanwhile.
+                with CAPTURE_LOCK, torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     one_step()
                 graph.replay()
 
@@ -367,6 +372,9 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
                 break
             t0, start = time.perf_counter(), step
     finally:
+        if graph is not None:
+            with CAPTURE_LOCK:  # free it now, not at interpreter exit (after CUDA's teardown)
+                graph.reset()
         pbar.close()
         prefetch.shutdown(wait=False, cancel_futures=True)
         batches.close()

@@ -61,15 +61,17 @@ def group_key(cfg: SweepConfig, point: GridPoint, run_dir: Path) -> str:
 
 
 def pack_points(cfg: SweepConfig, points: list[GridPoint], runs: Path,
-                capacity: int | None = None, device: str | None = None) -> list[list[GridPoint]]:
+                capacity: int | None = None, device: str | None = None,
+                concurrent: int = 1) -> list[list[GridPoint]]:
     """``points`` grouped by :func:`group_key` (in file order) and split into packs of at most
-    ``capacity`` members (None: :func:`pack_capacity` of each group on ``device``)."""
+    ``capacity`` members (None: :func:`pack_capacity` of each group on ``device``, sharing
+    the memory among ``concurrent`` packs at once)."""
     groups: dict[str, list[GridPoint]] = {}
     for p in points:
         groups.setdefault(group_key(cfg, p, runs / p.run_id), []).append(p)
     packs = []
     for members in groups.values():
-        size = capacity if capacity is not None else pack_capacity(cfg, members[0], device)
+        size = capacity if capacity is not None else pack_capacity(cfg, members[0], device, concurrent)
         packs += [members[i:i + size] for i in range(0, len(members), size)]
     return packs
 
@@ -78,11 +80,11 @@ def _device(device: str | None) -> torch.device:
     return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def pack_capacity(cfg: SweepConfig, point: GridPoint, device: str | None = None) -> int:
+def pack_capacity(cfg: SweepConfig, point: GridPoint, device: str | None = None, concurrent: int = 1) -> int:
     """How many members of ``point``'s shape one pack may hold on ``device``: on CUDA, measured
     as the peak memory of one training step of a 2-member ensemble at the real batch shape
     (parameters, gradients, AdamW state, activations), scaled into ``MEMORY_SHARE`` of the free
-    memory (at most ``MAX_PACK``); on the CPU ``MAX_PACK_CPU``."""
+    memory divided among ``concurrent`` packs (at most ``MAX_PACK``); on the CPU ``MAX_PACK_CPU``."""
     dev = _device(device)
     if dev.type != "cuda":
         return MAX_PACK_CPU
@@ -107,7 +109,7 @@ def pack_capacity(cfg: SweepConfig, point: GridPoint, device: str | None = None)
     del ensemble, state, logits
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info(dev)
-    return int(max(1, min(MAX_PACK, MEMORY_SHARE * free // max(per_member, 1))))
+    return int(max(1, min(MAX_PACK, MEMORY_SHARE * free / max(1, concurrent) // max(per_member, 1))))
 
 
 def run_pack_on_stream(cfg: SweepConfig, points: list[GridPoint], runs: Path,

@@ -174,7 +174,8 @@ def run_sweep(
     else:
         if isinstance(pack, bool) or not (pack == "auto" or (isinstance(pack, int) and pack >= 1)):
             raise ValueError(f"pack must be 'auto', 'off' or a positive int, got {pack!r}")
-        jobs = pack_points(cfg, todo, out / "runs", capacity=None if pack == "auto" else pack, device=device)
+        jobs = pack_points(cfg, todo, out / "runs", capacity=None if pack == "auto" else pack, device=device,
+                           concurrent=max(1, workers))
         packed = True
 
     bar = tqdm(total=len(points), initial=skipped, desc=f"sweep {cfg.name}", disable=not progress)

@@ -288,7 +288,7 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
         if m.out is None or at_step == m.last_saved:
             return
         ensemble.write_member(k, m.model)
-        opt.steps_done = at_step
+        opt.steps_done = at_step  # graph replays run no Python: the counter is the step
         state = checkpoint_state(
             at_step, opt.member_state_dict(k, m.model, lr_at(max(at_step - 1, 0), m.config), m.config.weight_decay),
             m.config, elapsed, tokens_done[id(m)], m.history, m.steps_to_target)
@@ -319,7 +319,6 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
             step = first + n
             if not readback:
                 continue
-            opt.steps_done = step
             dt = time.perf_counter() - t0
             elapsed += dt
             window_time += dt

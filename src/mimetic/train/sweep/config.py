@@ -228,6 +228,13 @@ class SweepConfig:
         """The ``[train]`` table with the point's ``train.*`` axes applied."""
         return {**self.train, **{keys[0]: value for keys, value in self._overrides(point, "train")}}
 
+    def train_config(self, point: GridPoint, run_dir: Path, device: str | None = None,
+                     progress: bool = False) -> TrainConfig:
+        """The ``TrainConfig`` of a point's run in ``run_dir``: ``train_for(point)`` with the
+        point's seed, resuming whatever the folder holds."""
+        return TrainConfig(**self.train_for(point), seed=point.seed, out_dir=str(run_dir), resume=True,
+                           device=device, progress=progress)
+
     def init_for(self, point: GridPoint) -> tuple[str, dict[str, Any]]:
         """(MambaConfig.init, MambaConfig.init_cfg) of a grid point's init name."""
         if point.init in self.inits:

@@ -36,12 +36,6 @@ MEMORY_SHARE = 0.6
 INIT_LOCK = threading.Lock()
 
 
-def _train_config(cfg: SweepConfig, point: GridPoint, run_dir: Path, device: str | None,
-                  progress: bool) -> TrainConfig:
-    return TrainConfig(**cfg.train_for(point), seed=point.seed, out_dir=str(run_dir), resume=True,
-                       device=device, progress=progress)
-
-
 def _resume_step(run_dir: Path) -> int | str:
     """Where a point's run stands: "done" (result.json), its newest checkpoint step, or 0."""
     if (run_dir / RESULT_FILE).exists():
@@ -136,7 +130,7 @@ def run_pack(cfg: SweepConfig, points: list[GridPoint], runs: Path, device: str 
         with INIT_LOCK:  # the global RNG: packs may be built in threads at once
             torch.manual_seed(derive_seed("init", p.seed))
             models.append(MambaLM(mamba_config(cfg.model_for(p), task.vocab_size, p, *cfg.init_for(p))))
-        tcfgs.append(_train_config(cfg, p, runs / p.run_id, device, progress))
+        tcfgs.append(cfg.train_config(p, runs / p.run_id, device, progress))
     if ensemble_problem(models[0]) is not None:  # e.g. MLP blocks: one point at a time
         return [run_point(cfg, p, runs / p.run_id, device, progress) for p in points]
     results = train_ensemble(models, task, tcfgs)

@@ -13,7 +13,6 @@ from typing import Any, Callable
 import torch
 
 from ...tasks import Task, derive_seed
-from ..config import TrainConfig
 from ..loop import train
 from .config import GRID_KEYS, GridPoint, SweepConfig, axis_columns, freeze_value, load_sweep, mamba_config
 from .packed import pack_points, run_pack, run_pack_on_stream
@@ -76,9 +75,7 @@ def run_point(
         model = build_model(model_cfg, task, point, cfg.init_for(point))
     else:
         model = model_factory(model_cfg, task, point)
-    tcfg = TrainConfig(
-        **cfg.train_for(point), seed=point.seed, out_dir=str(run_dir), resume=True, device=device, progress=progress
-    )
+    tcfg = cfg.train_config(point, run_dir, device, progress)
     result = train(model, task, tcfg)
     row = result_row(point, task, result)
     # train() leaves the final weights in `model`, also when it returned a stored result

@@ -15,12 +15,14 @@ from .maps import (
     layer_kind,
     map_heads,
     mixer_attention_map,
+    mixer_inputs,
     scan_inputs,
     selective_scan_map,
     softmax_attention_map,
     ssd_map,
 )
 from .plot import plot_attention_maps
+from .separation import bc_scores, bc_separation, separation
 from .summary import PATTERNS, map_summary, pattern_matrix
 
 __all__ = [
@@ -30,14 +32,18 @@ __all__ = [
     "MapMemoryError",
     "attention_maps",
     "attn_command",
+    "bc_scores",
+    "bc_separation",
     "layer_kind",
     "map_heads",
     "map_summary",
     "mixer_attention_map",
+    "mixer_inputs",
     "pattern_matrix",
     "plot_attention_maps",
     "scan_inputs",
     "selective_scan_map",
+    "separation",
     "softmax_attention_map",
     "ssd_map",
 ]

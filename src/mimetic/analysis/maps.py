@@ -389,6 +389,34 @@ def _resolve_layers(model: nn.Module, layers: int | Iterable[int] | None) -> lis
 
 
 @torch.no_grad()
+def mixer_inputs(model: nn.Module, input_ids: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """What the chosen layers' mixers receive: {layer index: (batch, L, d_model)}.
+
+    Runs ``model`` on ``input_ids`` (batch, L) with forward pre-hooks on the mixers of
+    ``layers`` (resolved indices, see :func:`_resolve_layers`) and stops after the last one.
+    """
+    mixers = {i: model.backbone.layers[i].mixer for i in layers}
+    captured: dict[int, torch.Tensor] = {}
+
+    def hook_for(i):
+        def hook(module, args):
+            captured[i] = args[0].detach()
+            if len(captured) == len(mixers):
+                raise _Captured
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(i)) for i, m in mixers.items()]
+    try:
+        model(input_ids.to(next(model.parameters()).device))
+    except _Captured:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+@torch.no_grad()
 def attention_maps(model: nn.Module, input_ids: torch.Tensor,
                    layers: int | Iterable[int] | None = None, reduce: str = "mean_abs",
                    channels: Sequence[int] | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -424,23 +452,7 @@ def attention_maps(model: nn.Module, input_ids: torch.Tensor,
     total = sum(map_bytes(batch, map_heads(m, reduce, channels), L) for m in mixers.values())
     _check_bytes(total, max_bytes, f"the maps of layers {idx} for input {tuple(input_ids.shape)}")
 
-    captured: dict[int, torch.Tensor] = {}
-
-    def hook_for(i):
-        def hook(module, args):
-            captured[i] = args[0].detach()
-            if len(captured) == len(idx):
-                raise _Captured
-        return hook
-
-    handles = [mixers[i].register_forward_pre_hook(hook_for(i)) for i in idx]
-    try:
-        model(input_ids.to(next(model.parameters()).device))
-    except _Captured:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
+    captured = mixer_inputs(model, input_ids, idx)
     return {i: mixer_attention_map(mixers[i], captured[i], reduce=reduce, channels=channels,
                                    max_bytes=max_bytes, tile_size=tile_size,
                                    work_bytes=work_bytes)

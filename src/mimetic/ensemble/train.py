@@ -37,11 +37,12 @@ from tqdm.auto import tqdm
 
 from ..models import MambaLM
 from ..tasks import EvalTally, Task, eval_batches
-from ..train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from ..train.checkpoint import save_checkpoint
 from ..train.config import TrainConfig
-from ..train.loop import (RESULT_FILE, NonFiniteLossError, TrainResult, _nonfinite_message, _resolve_device,
+from ..train.loop import (NonFiniteLossError, TrainResult, _nonfinite_message, _resolve_device,
                           batch_for_step, best_record, checkpoint_state, write_result)
 from ..train.metrics import MetricsLogger
+from ..train.resume import open_run, run_lock, run_settings
 from ..train.optim import lr_at, wants_decay
 from .model import EnsembleLM
 from .optim import StackedAdamW, adamw_factors, clip_stacked_grad_norm_
@@ -159,6 +160,14 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
     problems = shared_config_problems(configs)
     if problems:
         raise ValueError(f"ensemble members must share TrainConfig fields {problems}")
+    with contextlib.ExitStack() as locks:  # one run per output folder (train.resume.run_lock)
+        for cfg in configs:
+            locks.enter_context(run_lock(cfg.out_dir))
+        return _train_ensemble(models, task, configs, cuda_graph)
+
+
+def _train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[TrainConfig],
+                    cuda_graph: bool | None) -> list[TrainResult | Exception]:
     base = configs[0]
     device = _resolve_device(base)
     use_amp = base.amp if base.amp is not None else device.type == "cuda"
@@ -170,30 +179,21 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
     results: list[TrainResult | Exception | None] = [None] * len(models)
     members: list[_Member] = []
     slots: list[int] = []
+    states: list[dict[str, Any] | None] = []
     for i, (model, cfg) in enumerate(zip(models, configs)):
         out = Path(cfg.out_dir) if cfg.out_dir is not None else None
         model.to(device)
-        if out is not None and cfg.resume and (out / RESULT_FILE).exists():
-            last = latest_checkpoint(out)
-            if last is not None:
-                load_checkpoint(last, model, device)
-            results[i] = TrainResult.from_dict(json.loads((out / RESULT_FILE).read_text()))
+        kind, found = open_run(out, cfg, task, model, device)  # loads the weights it resumes from
+        if kind == "finished":
+            results[i] = TrainResult.from_dict(found)
             continue
-        if out is not None and not cfg.resume and list_checkpoints(out):
-            raise ValueError(f"{out} already holds checkpoints; pass resume=True or use a fresh out_dir")
         members.append(_Member(cfg, model, out))
         slots.append(i)
+        states.append(found if kind == "resume" else None)
     if not members:
         return results  # type: ignore[return-value]
 
-    # Resume: every member from its newest checkpoint, all at one step.
-    states = []
-    for m in members:
-        ckpt = latest_checkpoint(m.out) if (m.out is not None and m.config.resume) else None
-        state = load_checkpoint(ckpt, m.model, device) if ckpt is not None else None
-        if state is not None and state["data"]["seed"] != m.config.seed:
-            raise ValueError(f"checkpoint {ckpt} was made with seed {state['data']['seed']}, not {m.config.seed}")
-        states.append(state)
+    # Resume: every member from its newest good checkpoint, all at one step.
     start_steps = {0 if s is None else s["step"] for s in states}
     if len(start_steps) > 1:
         raise ValueError(f"ensemble members resume from different steps {sorted(start_steps)}; "
@@ -291,7 +291,8 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
         opt.steps_done = at_step  # graph replays run no Python: the counter is the step
         state = checkpoint_state(
             at_step, opt.member_state_dict(k, m.model, lr_at(max(at_step - 1, 0), m.config), m.config.weight_decay),
-            m.config, elapsed, tokens_done[id(m)], m.history, m.steps_to_target)
+            m.config, elapsed, tokens_done[id(m)], m.history, m.steps_to_target,
+            run_settings(m.config, task, m.model))
         save_checkpoint(m.out, at_step, m.model, state, keep=m.config.keep_checkpoints)
         m.last_saved = at_step
 

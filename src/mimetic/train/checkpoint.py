@@ -8,23 +8,41 @@ Layout: ``<out_dir>/checkpoints/step_0000100/`` holding
   None, lists and dicts (optimizer state, schedule position, RNG states, data-stream position,
   counters, eval history), so that ``torch.load(..., weights_only=True)`` reads it.
 
-Atomicity: both files are written into a temporary sibling directory which is then renamed
+* ``checksum.json``: the SHA-256 of both files, checked on load (a flipped byte or a
+  truncated file is an error naming the file, not a silently different run).
+
+On load every floating tensor (weights and optimizer state) must be finite: a checkpoint
+holding NaN/inf is refused naming the file and the tensor. ``newest_good_checkpoint`` falls
+back to the older checkpoint kept beside a bad newest one, with a warning.
+
+Atomicity: all files are written into a temporary sibling directory which is then renamed
 with ``os.replace``; a directory named ``step_*`` is therefore always complete, and a crash
 mid-save leaves only a ``.tmp-*`` directory that is ignored (and cleaned up next save).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 
 CHECKPOINT_DIR = "checkpoints"
+CHECKSUM_FILE = "checksum.json"
+WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (unreadable, wrong checksum, non-finite values); the
+    message names the file and, for non-finite values, the tensor."""
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -81,8 +99,10 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(state, tmp / "state.pt")
+    save_model(model, str(tmp / WEIGHTS_FILE))
+    torch.save(state, tmp / STATE_FILE)
+    sums = {name: file_sha256(tmp / name) for name in (WEIGHTS_FILE, STATE_FILE)}
+    (tmp / CHECKSUM_FILE).write_text(json.dumps({"sha256": sums}, indent=1))
     if final.exists():  # same step saved before (e.g. re-run after a crash): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -93,14 +113,111 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(
-    path: str | os.PathLike, model: torch.nn.Module, device: torch.device | str = "cpu"
-) -> dict[str, Any]:
-    """Load weights into ``model`` (strict) and return the state dict (``weights_only=True``)."""
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_checksums(path: Path) -> None:
+    """Compare the files of checkpoint ``path`` with its ``checksum.json`` (checkpoints written
+    before checksums existed have none and are only checked for readability and finiteness)."""
+    sums_file = path / CHECKSUM_FILE
+    if not sums_file.exists():
+        return
+    try:
+        sums = json.loads(sums_file.read_text())["sha256"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{sums_file}: unreadable checksum file ({e})") from None
+    for name, want in sums.items():
+        if file_sha256(path / name) != want:
+            raise CheckpointError(f"{path / name}: checksum mismatch (the file changed after it was saved)")
+
+
+def _nonfinite_tensor(tree: Any, prefix: str = "") -> str | None:
+    """The dotted name of the first floating tensor in ``tree`` (dicts/lists) holding NaN/inf."""
+    if isinstance(tree, torch.Tensor):
+        bad = tree.is_floating_point() and not bool(torch.isfinite(tree).all())
+        return (prefix or "<tensor>") if bad else None
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    for k, v in items:
+        found = _nonfinite_tensor(v, f"{prefix}.{k}" if prefix else str(k))
+        if found is not None:
+            return found
+    return None
+
+
+def verify_checkpoint(path: str | os.PathLike, check_finite: bool = True) -> dict[str, Any]:
+    """Check checkpoint ``path`` (files present, checksums, every tensor readable and, unless
+    ``check_finite`` is off, finite) and return its state dict; raises ``CheckpointError``
+    naming the file (and tensor)."""
     path = Path(path)
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=True, device=str(device))
-    del missing, unexpected  # strict=True already raised on any mismatch
-    return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    for name in (WEIGHTS_FILE, STATE_FILE):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path / name}: missing")
+    _check_checksums(path)
+    try:
+        weights = load_file(str(path / WEIGHTS_FILE))
+    except Exception as e:  # safetensors raises its own error types for truncated/garbled files
+        raise CheckpointError(f"{path / WEIGHTS_FILE}: unreadable ({' '.join(str(e).split())})") from None
+    bad = _nonfinite_tensor(weights) if check_finite else None
+    if bad is not None:
+        raise CheckpointError(f"{path / WEIGHTS_FILE}: tensor {bad} holds non-finite values (NaN/inf)")
+    try:
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip errors of a truncated or foreign file
+        raise CheckpointError(f"{path / STATE_FILE}: unreadable ({' '.join(str(e).split())})") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{path / STATE_FILE}: not a training checkpoint state (no 'step')")
+    bad = _nonfinite_tensor(state.get("optimizer", {})) if check_finite else None
+    if bad is not None:
+        raise CheckpointError(f"{path / STATE_FILE}: tensor optimizer.{bad} holds non-finite values (NaN/inf)")
+    return state
+
+
+def load_weights(path: str | os.PathLike, model: torch.nn.Module, device: torch.device | str = "cpu") -> None:
+    """Load the weights of (verified) checkpoint ``path`` into ``model`` (strict)."""
+    try:
+        load_model(model, str(Path(path) / WEIGHTS_FILE), strict=True, device=str(device))
+    except RuntimeError as e:  # missing/unexpected/mis-shaped tensors: another model
+        first = str(e).strip().splitlines()
+        raise CheckpointError(f"{Path(path) / WEIGHTS_FILE} does not fit this model: "
+                              f"{' '.join(line.strip() for line in first[:3])}") from None
+
+
+def load_checkpoint(
+    path: str | os.PathLike, model: torch.nn.Module, device: torch.device | str = "cpu", *,
+    check_finite: bool = True,
+) -> dict[str, Any]:
+    """Verify checkpoint ``path``, load its weights into ``model`` (strict) and return its
+    state dict (``weights_only=True``). Raises ``CheckpointError`` for a bad checkpoint;
+    ``check_finite=False`` accepts NaN/inf (e.g. to inspect a diverged run's weights)."""
+    state = verify_checkpoint(path, check_finite)
+    load_weights(path, model, device)
+    return state
+
+
+def newest_good_checkpoint(out_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
+    """(path, state) of the newest checkpoint in ``out_dir`` that passes ``verify_checkpoint``;
+    a bad newer one is skipped with a warning naming it and the reason. None if there are no
+    checkpoints; ``CheckpointError`` if there are some and none is usable."""
+    found = list_checkpoints(out_dir)
+    problems = []
+    for _, path in reversed(found):
+        try:
+            state = verify_checkpoint(path)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        if problems:
+            warnings.warn(f"skipped bad checkpoint(s), resuming from {path}: {'; '.join(problems)}",
+                          stacklevel=2)
+        return path, state
+    if problems:
+        raise CheckpointError(f"no usable checkpoint in {Path(out_dir)}: {'; '.join(problems)}")
+    return None
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:

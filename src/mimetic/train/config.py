@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
+
+from .._validate import bool_arg, int_arg, real_arg
 
 
 @dataclass
@@ -68,24 +71,16 @@ class TrainConfig:
     cuda_graph: bool | None = None
     interrupt_after: int | None = None
 
+    #: Resume only: settings that may differ from the checkpoint's (True = any). By default a
+    #: resumed run refuses a changed setting, naming it (see ``mimetic.train.resume``).
+    allow_changed: bool | tuple[str, ...] = ()
+
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # type: ignore[assignment]  # TOML/JSON give lists
-        problems = []
-        for name in ("steps", "batch_size", "eval_every", "eval_batches", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}={getattr(self, name)} must be >= 1")
-        if self.warmup_steps < 0:
-            problems.append(f"warmup_steps={self.warmup_steps} must be >= 0")
-        if self.lr <= 0:
-            problems.append(f"lr={self.lr} must be > 0")
-        if not 0 <= self.min_lr_ratio <= 1:
-            problems.append(f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
-        if self.target_acc is not None and not 0 < self.target_acc <= 1:
-            problems.append(f"target_acc={self.target_acc} must be in (0, 1]")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            problems.append(f"checkpoint_every={self.checkpoint_every} must be >= 1")
-        if self.resume and self.out_dir is None:
-            problems.append("resume=True needs out_dir")
+        if isinstance(self.betas, (list, tuple)):
+            self.betas = tuple(self.betas)  # type: ignore[assignment]  # TOML/JSON give lists
+        if isinstance(self.allow_changed, (list, tuple)):
+            self.allow_changed = tuple(self.allow_changed)
+        problems = config_problems(self)
         if problems:
             raise ValueError("TrainConfig: " + "; ".join(problems))
 
@@ -102,3 +97,70 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
+
+
+_POSITIVE_INTS = ("steps", "batch_size", "eval_every", "eval_batches", "keep_checkpoints")
+_OPTIONAL_POSITIVE_INTS = ("eval_batch_size", "checkpoint_every", "interrupt_after")
+_BOOLS = ("early_stop", "resume", "tensorboard", "progress")
+_OPTIONAL_BOOLS = ("amp", "cuda_graph")
+
+
+def _problem(check, *args, **kw) -> str | None:
+    """The message of ``check(*args, **kw)``'s ValueError without its prefix, or None."""
+    try:
+        check("TrainConfig", *args, **kw)
+    except ValueError as e:
+        return str(e).split(": ", 1)[1]
+    return None
+
+
+def config_problems(c: TrainConfig) -> list[str]:
+    """Every invalid field of ``c`` as "name=value must be ...": types (no bools for numbers,
+    no floats for step counts: ``steps=6.5`` would train 7 steps and report 6), ranges
+    (``grad_clip`` > 0: a negative one ascends the gradient, 0 freezes training;
+    ``weight_decay`` >= 0) and consistency (``resume`` needs ``out_dir``)."""
+    found = [_problem(int_arg, n, getattr(c, n), minimum=1) for n in _POSITIVE_INTS]
+    found += [_problem(int_arg, n, getattr(c, n), minimum=1, optional=True) for n in _OPTIONAL_POSITIVE_INTS]
+    found += [_problem(int_arg, "warmup_steps", c.warmup_steps, minimum=0),
+              _problem(int_arg, "seed", c.seed), _problem(int_arg, "eval_seed", c.eval_seed),
+              _problem(real_arg, "lr", c.lr, low=0, low_open=True),
+              _problem(real_arg, "min_lr_ratio", c.min_lr_ratio, low=0, high=1),
+              _problem(real_arg, "weight_decay", c.weight_decay, low=0),
+              _problem(real_arg, "eps", c.eps, low=0, low_open=True),
+              _problem(real_arg, "grad_clip", c.grad_clip, low=0, low_open=True, optional=True),
+              _problem(real_arg, "target_acc", c.target_acc, low=0, high=1, low_open=True, optional=True)]
+    found += [_problem(bool_arg, n, getattr(c, n)) for n in _BOOLS]
+    found += [_problem(bool_arg, n, getattr(c, n), optional=True) for n in _OPTIONAL_BOOLS]
+    if not (isinstance(c.betas, tuple) and len(c.betas) == 2
+            and all(_problem(real_arg, "b", b, low=0, high=1, high_open=True) is None for b in c.betas)):
+        found.append(f"betas={c.betas!r} must be two numbers in [0, 1)")
+    if c.out_dir is not None and not isinstance(c.out_dir, (str, os.PathLike)):
+        found.append(f"out_dir={c.out_dir!r} must be a path (str) or None")
+    if c.device is not None:
+        found.append(device_problem(c.device))
+    if not (isinstance(c.allow_changed, bool) or all(isinstance(n, str) for n in c.allow_changed)):
+        found.append(f"allow_changed={c.allow_changed!r} must be true/false or a list of setting names")
+    if c.resume and c.out_dir is None:
+        found.append("resume=True needs out_dir")
+    return [p for p in found if p is not None]
+
+
+def device_problem(device: Any) -> str | None:
+    """Why ``device`` cannot be trained on here (None if it can): not a device string, or a
+    CUDA device on a machine without CUDA (or without that many GPUs)."""
+    import torch
+
+    if not isinstance(device, (str, torch.device)):
+        return f"device={device!r} must be a device name such as 'cpu' or 'cuda'"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        return f"device={device!r} is not a device name (e.g. 'cpu', 'cuda', 'cuda:1')"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"device={device!r} but CUDA is not available here (use 'cpu')"
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible"
+    elif dev.type not in ("cpu", "mps", "xpu", "meta"):
+        return f"device={device!r}: training supports 'cpu' and 'cuda'"
+    return None

@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..tasks import Task, evaluate, make_generator, model_logits
-from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .metrics import MetricsLogger
 from .optim import build_optimizer, lr_at
+from .resume import open_run, run_lock, run_settings
 
 #: Seed-stream tag of training batches (evaluation uses ``mimetic.tasks.EVAL_STREAM``).
 TRAIN_STREAM = "train"
@@ -76,8 +77,10 @@ def masked_loss_and_acc(logits: torch.Tensor, targets: torch.Tensor, mask: torch
 
 
 def checkpoint_state(step: int, optimizer_state: dict, config: TrainConfig, elapsed: float, tokens: int,
-                     history: list[dict[str, Any]], steps_to_target: int | None) -> dict[str, Any]:
-    """The ``state.pt`` of a training checkpoint after ``step`` steps (weights_only-loadable)."""
+                     history: list[dict[str, Any]], steps_to_target: int | None,
+                     settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``state.pt`` of a training checkpoint after ``step`` steps (weights_only-loadable);
+    ``settings``: ``resume.run_settings`` of the run, checked when it resumes."""
     return {
         "format": 1,
         "step": step,
@@ -90,6 +93,7 @@ def checkpoint_state(step: int, optimizer_state: dict, config: TrainConfig, elap
         "history": history,
         "steps_to_target": steps_to_target,
         "config": config.to_dict(),
+        **({"settings": settings} if settings is not None else {}),
     }
 
 
@@ -132,12 +136,20 @@ def train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResul
     same parameters as an uninterrupted one (same batches, optimizer state and RNG).
 
     With ``resume=True`` on a finished run (``result.json`` in ``out_dir``), nothing is
-    trained: the final checkpoint is loaded into ``model`` and the stored result returned.
+    trained: the final checkpoint is loaded into ``model`` and the stored result returned;
+    with more ``steps`` than it finished, it trains on from its final checkpoint.
 
     Raises ``NonFiniteLossError`` naming the step if the loss or gradient norm is NaN/inf;
     parameters are not updated by that step and the newest checkpoint on disk stays the last
-    good one. Raises ValueError if ``out_dir`` already holds checkpoints and ``resume`` is off.
+    good one. Raises ValueError if ``out_dir`` already holds checkpoints and ``resume`` is off,
+    or if resuming with settings other than the checkpoint's (``mimetic.train.resume``);
+    ``RunLockedError`` if another run is using ``out_dir``.
     """
+    with run_lock(config.out_dir):
+        return _train(model, task, config)
+
+
+def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResult:
     device = _resolve_device(config)
     if _use_graph_path(model, config, device):
         from ..ensemble.train import train_ensemble
@@ -151,17 +163,11 @@ def train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResul
     amp_dtype = torch.bfloat16 if use_amp else None
     out = Path(config.out_dir) if config.out_dir is not None else None
 
-    if out is not None and config.resume and (out / RESULT_FILE).exists():
-        # Finished before: hand back the stored result and the final weights, train nothing.
-        model.to(device)
-        last = latest_checkpoint(out)
-        if last is not None:
-            load_checkpoint(last, model, device)
-        return TrainResult.from_dict(json.loads((out / RESULT_FILE).read_text()))
-    if out is not None and not config.resume and list_checkpoints(out):
-        raise ValueError(f"{out} already holds checkpoints; pass resume=True or use a fresh out_dir")
-
     model.to(device)
+    kind, found = open_run(out, config, task, model, device)
+    if kind == "finished":  # done before: the stored result, the final weights, nothing trained
+        return TrainResult.from_dict(found)
+    settings = run_settings(config, task, model)
     torch.manual_seed(config.seed)  # global RNG: dropout and anything else stochastic in the model
     optimizer = build_optimizer(model, config)
     n_params = sum(p.numel() for p in model.parameters())
@@ -169,21 +175,19 @@ def train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResul
     step, elapsed, tokens = 0, 0.0, 0
     history: list[dict[str, Any]] = []
     steps_to_target: int | None = None
-    ckpt = latest_checkpoint(out) if (out is not None and config.resume) else None
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, model, device)
+    resumed = kind == "resume"
+    if resumed:
+        state = found
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         step, elapsed, tokens = state["step"], state["elapsed"], state["tokens"]
         history, steps_to_target = state["history"], state["steps_to_target"]
-        if state["data"]["seed"] != config.seed:
-            raise ValueError(f"checkpoint {ckpt} was made with seed {state['data']['seed']}, not {config.seed}")
-    logger = MetricsLogger(out, tensorboard=config.tensorboard, fresh=ckpt is None)
+    logger = MetricsLogger(out, tensorboard=config.tensorboard, fresh=not resumed)
     logger.truncate_after(step)
 
     ckpt_every = config.checkpoint_every or config.eval_every
     eval_bs = config.eval_batch_size or config.batch_size
-    last_saved = step if ckpt is not None else -1
+    last_saved = step if resumed else -1
     stopped_early = interrupted = False
 
     def save(at_step: int) -> None:
@@ -191,7 +195,7 @@ def train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResul
         if out is None or at_step == last_saved:
             return
         state = checkpoint_state(at_step, optimizer.state_dict(), config, elapsed, tokens, history,
-                                 steps_to_target)
+                                 steps_to_target, settings)
         save_checkpoint(out, at_step, model, state, keep=config.keep_checkpoints)
         last_saved = at_step
 

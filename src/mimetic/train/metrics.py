@@ -11,11 +11,29 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records of ``<out_dir>/metrics.jsonl`` (empty list if there is none)."""
+    """All records of ``<out_dir>/metrics.jsonl`` (empty list if there is none).
+
+    A torn last line (a kill or a full disk during the append) is dropped with a warning:
+    its record is the only one lost, and a resumed run rewrites the file without it. A bad
+    line elsewhere is a ValueError naming the file and line.
+    """
     path = Path(out_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for n, (lineno, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError("not an eval record")
+        except ValueError as e:
+            if n == len(lines) - 1:
+                warnings.warn(f"{path}:{lineno}: dropped a torn last line ({e})", stacklevel=2)
+                break
+            raise ValueError(f"{path}:{lineno}: not a metrics record ({e})") from None
+        records.append(record)
+    return records
 
 
 class MetricsLogger:

@@ -1,0 +1,67 @@
+"""Entry checks for plain (non-tensor) arguments: one-line errors naming the argument, its
+value and what is allowed.
+
+Used where a value enters the library (configs, layer constructors, sweep files), never in
+inner loops. ``bool`` is not accepted as an int or a float (``n_layer=True`` is a mistake,
+not 1), and floats must be finite unless a bound says otherwise.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def int_arg(where: str, name: str, value: Any, *, minimum: int | None = None, optional: bool = False) -> None:
+    """Raise ValueError unless ``value`` is an int (not bool) >= ``minimum`` (or None if ``optional``)."""
+    if optional and value is None:
+        return
+    bound = f" >= {minimum}" if minimum is not None else ""
+    if not _is_int(value):
+        raise ValueError(f"{where}: {name}={value!r} must be an integer{bound}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{where}: {name}={value!r} must be an integer{bound}")
+
+
+def real_arg(where: str, name: str, value: Any, *, low: float | None = None, high: float | None = None,
+             low_open: bool = False, high_open: bool = False, optional: bool = False) -> None:
+    """Raise ValueError unless ``value`` is a finite real number in the given interval.
+
+    ``low``/``high``: bounds (None = unbounded); ``*_open``: the bound itself is excluded.
+    """
+    if optional and value is None:
+        return
+    if low is not None and high is not None:
+        bound = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    elif low is not None:
+        bound = f"{'>' if low_open else '>='} {low}"
+    elif high is not None:
+        bound = f"{'<' if high_open else '<='} {high}"
+    else:
+        bound = "finite"
+    if not _is_real(value) or not math.isfinite(value):
+        raise ValueError(f"{where}: {name}={value!r} must be a finite number" + ("" if bound == "finite" else f" {bound}"))
+    if (low is not None and (value < low or (low_open and value == low))) or \
+            (high is not None and (value > high or (high_open and value == high))):
+        raise ValueError(f"{where}: {name}={value!r} must be {bound}")
+
+
+def bool_arg(where: str, name: str, value: Any, *, optional: bool = False) -> None:
+    """Raise ValueError unless ``value`` is a bool (a string such as "no" is not taken as true)."""
+    if optional and value is None:
+        return
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}: {name}={value!r} must be true or false")
+
+
+def choice_arg(where: str, name: str, value: Any, allowed: tuple | list) -> None:
+    """Raise ValueError unless ``value`` is one of ``allowed``."""
+    if isinstance(value, bool) or value not in allowed:  # True == 1 would match an int choice
+        raise ValueError(f"{where}: {name}={value!r} must be one of {list(allowed)}")

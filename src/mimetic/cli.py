@@ -84,7 +84,8 @@ def cmd_sweep(args) -> None:
     from .train.sweep import run_sweep
 
     result = run_sweep(args.config, args.out, workers=args.workers, device=args.device,
-                       progress=not args.no_progress, dry_run=args.dry_run, pack=_pack_arg(args.pack))
+                       progress=not args.no_progress, dry_run=args.dry_run, pack=_pack_arg(args.pack),
+                       ray=args.ray)
     print(f"{len(result.rows)} runs ({result.skipped} already done)")
     for path in (result.csv_path, result.summary_path, *result.plots):
         if path is not None:
@@ -160,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: train points of one shape together as ensembles (each model exactly "
                         "its own run); N: at most N models a pack; off: one point at a time")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    s.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run each pack (or point) as a Ray task with a GPU share: on a local Ray "
+                        "instance, or on the cluster at ADDRESS (auto, ray://host:10001); needs mimetic[ray]")
     s.add_argument("--dry-run", action="store_true", help="list the grid points and stop")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_sweep)

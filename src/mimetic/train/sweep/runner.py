@@ -112,6 +112,7 @@ def run_sweep(
     plot: bool = True,
     model_factory: ModelFactory | None = None,
     pack: str | int = "auto",
+    ray: str | bool | None = None,
 ) -> SweepResult:
     """Run every point of the sweep in ``config_path`` (TOML; format in ``sweep/config.py``).
 
@@ -138,6 +139,9 @@ def run_sweep(
             (see ``sweep/packed.py``) train together as one ensemble of as many models as fit
             the device, each model exactly its own run; an int caps the pack size; "off" (or
             1) trains one point at a time.
+        ray: None = run here; True/"local" = each job a task on a local Ray instance, an
+            address (``"auto"``, ``"ray://head:10001"``) = on that cluster, one GPU share a
+            job (``sweep/ray_runner.py``; ``workers`` and ``device`` are then Ray's).
     Points already finished in ``out_dir`` (``row.json`` present) are skipped and partially
     trained ones resume from their checkpoints, so re-running a sweep continues it. Results
     CSV and summary are rewritten after every finished point.
@@ -166,7 +170,17 @@ def run_sweep(
         rows[point] = row
         write_results(out, [rows[p] for p in points if p in rows])
 
-    if pack == "off" or model_factory is not None:
+    bar = tqdm(total=len(points), initial=skipped, desc=f"sweep {cfg.name}", disable=not progress)
+    if ray is not None and ray is not False:
+        from .ray_runner import run_on_ray
+
+        for job, job_rows, _ in run_on_ray(cfg, todo, out / "runs", pack=pack, model_factory=model_factory,
+                                           address=ray):
+            for p, row in zip(job, job_rows):
+                finished(p, row)
+            bar.update(len(job))
+        jobs, packed, workers = [], False, 1  # all trained: the loops below have nothing to do
+    elif pack == "off" or model_factory is not None:
         jobs, packed = [[p] for p in todo], False
     else:
         if isinstance(pack, bool) or not (pack == "auto" or (isinstance(pack, int) and pack >= 1)):
@@ -175,7 +189,6 @@ def run_sweep(
                            concurrent=max(1, workers))
         packed = True
 
-    bar = tqdm(total=len(points), initial=skipped, desc=f"sweep {cfg.name}", disable=not progress)
     if workers <= 1:
         for job in jobs:
             bar.set_postfix_str(job[0].run_id + (f" +{len(job) - 1}" if len(job) > 1 else ""))

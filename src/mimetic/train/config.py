@@ -70,6 +70,9 @@ class TrainConfig:
     amp: bool | None = None
     cuda_graph: bool | None = None
     interrupt_after: int | None = None
+    #: Under torchrun with several processes: "ddp" (DistributedDataParallel, a replica per
+    #: rank) or "fsdp" (FSDP2, parameters and optimizer state sharded); see ``train.distributed``.
+    parallel: str = "ddp"
 
     #: Resume only: settings that may differ from the checkpoint's (True = any). By default a
     #: resumed run refuses a changed setting, naming it (see ``mimetic.train.resume``).
@@ -131,6 +134,8 @@ def config_problems(c: TrainConfig) -> list[str]:
               _problem(real_arg, "target_acc", c.target_acc, low=0, high=1, low_open=True, optional=True)]
     found += [_problem(bool_arg, n, getattr(c, n)) for n in _BOOLS]
     found += [_problem(bool_arg, n, getattr(c, n), optional=True) for n in _OPTIONAL_BOOLS]
+    if c.parallel not in ("ddp", "fsdp"):
+        found.append(f"parallel={c.parallel!r} must be 'ddp' or 'fsdp'")
     if not (isinstance(c.betas, tuple) and len(c.betas) == 2
             and all(_problem(real_arg, "b", b, low=0, high=1, high_open=True) is None for b in c.betas)):
         found.append(f"betas={c.betas!r} must be two numbers in [0, 1)")
@@ -138,7 +143,8 @@ def config_problems(c: TrainConfig) -> list[str]:
         found.append(f"out_dir={c.out_dir!r} must be a path (str) or None")
     if c.device is not None:
         found.append(device_problem(c.device))
-    if not (isinstance(c.allow_changed, bool) or all(isinstance(n, str) for n in c.allow_changed)):
+    if not (isinstance(c.allow_changed, bool)
+            or (isinstance(c.allow_changed, tuple) and all(isinstance(n, str) for n in c.allow_changed))):
         found.append(f"allow_changed={c.allow_changed!r} must be true/false or a list of setting names")
     if c.resume and c.out_dir is None:
         found.append("resume=True needs out_dir")

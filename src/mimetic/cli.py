@@ -64,11 +64,33 @@ def cmd_train(args) -> None:
     result = train(model, task, TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         eval_every=args.eval_every, target_acc=args.target_acc, out_dir=args.out,
-        resume=args.resume, device=args.device))
+        resume=args.resume, device=args.device, parallel=args.parallel))
+    model = _model_to_save(model, config, args.out)
+    if model is None:  # another rank of a torchrun job: rank 0 saves and prints
+        return
     model.save_pretrained(Path(args.out) / "model")
     final = result.final or {}
     print(f"step {result.step}: token_acc={final.get('token_acc', float('nan')):.3f} "
           f"seq_acc={final.get('seq_acc', float('nan')):.3f}; model saved to {Path(args.out) / 'model'}")
+
+
+def _model_to_save(model, config, out: str):
+    """The trained model to save; under torchrun (leaving its process group) None on ranks
+    other than 0, and with FSDP2 (``model`` sharded) the final checkpoint in a plain model."""
+    from .train.distributed import is_main_process, shutdown, world_size
+
+    if world_size() <= 1:
+        return model
+    shutdown()
+    if not is_main_process():
+        return None
+    if any(hasattr(p, "full_tensor") for p in model.parameters()):  # FSDP2's DTensors
+        from .models import MambaLM
+        from .train import latest_checkpoint, load_checkpoint
+
+        model = MambaLM(config)
+        load_checkpoint(latest_checkpoint(out), model)
+    return model
 
 
 def _pack_arg(value: str) -> str | int:
@@ -150,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None)
     t.add_argument("--out", default="runs/train")
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp",
+                   help="under torchrun with several processes: DDP (a replica a GPU) or FSDP2 (sharded)")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sweep", help="run a grid of experiments from a TOML file")

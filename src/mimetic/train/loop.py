@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from ..tasks import Task, evaluate, make_generator, model_logits
 from .checkpoint import latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
+from .distributed import is_main_process, parallel_for
 from .metrics import MetricsLogger
 from .optim import build_optimizer, lr_at
 from .resume import open_run, run_lock, run_settings
@@ -144,14 +146,20 @@ def train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResul
     good one. Raises ValueError if ``out_dir`` already holds checkpoints and ``resume`` is off,
     or if resuming with settings other than the checkpoint's (``mimetic.train.resume``);
     ``RunLockedError`` if another run is using ``out_dir``.
+
+    Under ``torchrun`` with several processes it trains data-parallel (DDP, or FSDP2 with
+    ``parallel="fsdp"``) with the same global batch, rank 0 writing the files; see
+    ``mimetic.train.distributed``.
     """
-    with run_lock(config.out_dir):
+    # One lock per run: the ranks of a torchrun job are one run (rank 0 holds it).
+    with run_lock(config.out_dir if is_main_process() else None):
         return _train(model, task, config)
 
 
 def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResult:
-    device = _resolve_device(config)
-    if _use_graph_path(model, config, device):
+    par = parallel_for(config, _resolve_device(config))  # one process, or this rank of torchrun's
+    device = par.device
+    if par.world_size == 1 and _use_graph_path(model, config, device):
         from ..ensemble.train import train_ensemble
 
         torch.manual_seed(config.seed)  # as below: the global RNG of anything stochastic
@@ -169,8 +177,9 @@ def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResu
         return TrainResult.from_dict(found)
     settings = run_settings(config, task, model)
     torch.manual_seed(config.seed)  # global RNG: dropout and anything else stochastic in the model
-    optimizer = build_optimizer(model, config)
     n_params = sum(p.numel() for p in model.parameters())
+    train_model = par.wrap(model)  # the DDP wrapper, or `model` itself (FSDP2 shards it in place)
+    optimizer = build_optimizer(model, config)
 
     step, elapsed, tokens = 0, 0.0, 0
     history: list[dict[str, Any]] = []
@@ -178,11 +187,11 @@ def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResu
     resumed = kind == "resume"
     if resumed:
         state = found
-        optimizer.load_state_dict(state["optimizer"])
+        par.load_optimizer_state(optimizer, state["optimizer"])
         set_rng_state(state["rng"])
         step, elapsed, tokens = state["step"], state["elapsed"], state["tokens"]
         history, steps_to_target = state["history"], state["steps_to_target"]
-    logger = MetricsLogger(out, tensorboard=config.tensorboard, fresh=not resumed)
+    logger = MetricsLogger(out if par.is_main else None, tensorboard=config.tensorboard, fresh=not resumed)
     logger.truncate_after(step)
 
     ckpt_every = config.checkpoint_every or config.eval_every
@@ -194,32 +203,35 @@ def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResu
         nonlocal last_saved
         if out is None or at_step == last_saved:
             return
-        state = checkpoint_state(at_step, optimizer.state_dict(), config, elapsed, tokens, history,
+        full_model = par.gather_model(model)  # collectives under FSDP2: every rank comes here
+        state = checkpoint_state(at_step, par.optimizer_state(optimizer), config, elapsed, tokens, history,
                                  steps_to_target, settings)
-        save_checkpoint(out, at_step, model, state, keep=config.keep_checkpoints)
+        if par.is_main:
+            save_checkpoint(out, at_step, full_model, state, keep=config.keep_checkpoints)
+        par.barrier()
         last_saved = at_step
 
-    pbar = tqdm(total=config.steps, initial=step, disable=not config.progress, desc=task.name, leave=False)
+    pbar = tqdm(total=config.steps, initial=step, disable=not (config.progress and par.is_main), desc=task.name, leave=False)
     window_tokens, window_time, window_loss, window_n = 0, 0.0, 0.0, 0
     model.train()
     try:
         while step < config.steps:
             t0 = time.perf_counter()
-            input_ids, targets, mask = (t.to(device, non_blocking=True) for t in batch_for_step(task, config, step))
+            input_ids, targets, mask = (t.to(device, non_blocking=True) for t in par.shard(batch_for_step(task, config, step)))
             lr = lr_at(step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
             with ctx:
-                logits = model_logits(model, input_ids)
+                logits = model_logits(train_model, input_ids)
             loss, acc = masked_loss_and_acc(logits, targets, mask)
-            loss_value = loss.item()
-            if not torch.isfinite(loss):
+            loss, loss_value = par.reduce_loss(loss, mask)  # loss_value: of the global batch
+            if not math.isfinite(loss_value):
                 raise NonFiniteLossError(_nonfinite_message("loss", loss_value, step, out))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                gnorm = par.clip_grad_norm(model.parameters(), config.grad_clip)
                 if not torch.isfinite(gnorm):
                     raise NonFiniteLossError(_nonfinite_message("gradient norm", float(gnorm), step, out))
             optimizer.step()
@@ -227,7 +239,7 @@ def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResu
 
             dt = time.perf_counter() - t0
             elapsed += dt
-            n_tok = input_ids.numel()
+            n_tok = input_ids.numel() * par.world_size  # the global batch's tokens
             tokens += n_tok
             window_tokens, window_time = window_tokens + n_tok, window_time + dt
             window_loss, window_n = window_loss + loss_value, window_n + 1
@@ -287,8 +299,9 @@ def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResu
         n_params=n_params,
         history=history,
     )
-    if out is not None and not interrupted:
+    if out is not None and not interrupted and par.is_main:
         write_result(out, result)
+    par.barrier()  # every rank returns once the run's files are complete
     return result
 
 

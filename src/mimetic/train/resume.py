@@ -34,7 +34,8 @@ LOCK_FILE = ".lock"
 #: TrainConfig fields that do not change what a run computes (where it writes, how it
 #: reports, on which device, how it is sliced into calls), so resuming may change them.
 NEUTRAL_FIELDS = frozenset({"out_dir", "resume", "progress", "tensorboard", "interrupt_after",
-                            "keep_checkpoints", "checkpoint_every", "device", "cuda_graph", "allow_changed"})
+                            "keep_checkpoints", "checkpoint_every", "device", "cuda_graph", "allow_changed",
+                            "parallel"})
 
 _held: dict[str, tuple[int, int, int]] = {}  # path -> (fd, owning thread, depth)
 _held_lock = threading.Lock()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from .config import GridPoint, SweepConfig
 from .packed import group_key, pack_capacity, pack_points
@@ -32,6 +32,16 @@ from .packed import group_key, pack_capacity, pack_points
 MIN_GPU_SHARE = 0.25
 #: Ray retries of a task whose worker process died (not of a Python exception in it).
 MAX_RETRIES = 3
+
+
+class RayJob(NamedTuple):
+    """A finished Ray task: its points, their rows, its seconds (training and evaluation in
+    the task, worker start-up excluded) and the GPU share it held (0 on the CPU)."""
+
+    points: list[GridPoint]
+    rows: list[dict[str, Any]]
+    seconds: float
+    gpus: float
 
 
 def import_ray():
@@ -110,14 +120,16 @@ def _job(cfg: SweepConfig, points: list[GridPoint], runs: str, packed: bool, mod
 
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
     rows = _worker((cfg, points, runs, device, model_factory, threads, packed))
+    if device == "cuda":  # the worker process may serve the next task: leave the GPU's memory to others
+        torch.cuda.empty_cache()
     return rows, time.perf_counter() - start
 
 
 def run_on_ray(cfg: SweepConfig, todo: list[GridPoint], runs: Path, *, pack: str | int = "auto",
                model_factory: Callable | None = None, address: str | bool | None = None
-               ) -> Iterator[tuple[list[GridPoint], list[dict[str, Any]], float]]:
-    """Train the points ``todo`` as Ray tasks; yields (points, their rows, task seconds) as
-    tasks finish (in any order). Starts a local Ray instance unless connected or ``address``
+               ) -> Iterator[RayJob]:
+    """Train the points ``todo`` as Ray tasks; yields a :class:`RayJob` per task as tasks
+    finish (in any order). Starts a local Ray instance unless connected or ``address``
     names a cluster, and shuts down what it started when done."""
     from .rows import write_row
 
@@ -136,15 +148,15 @@ def run_on_ray(cfg: SweepConfig, todo: list[GridPoint], runs: Path, *, pack: str
         for points, share in jobs:
             opts = {"num_gpus": share, "num_cpus": 1} if gpus else {"num_cpus": min(threads, cpus)}
             ref = task.options(**opts).remote(cfg, points, str(runs), packed, model_factory, threads)
-            pending[ref] = points
+            pending[ref] = (points, share)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            points = pending.pop(done[0])
+            points, share = pending.pop(done[0])
             rows, seconds = ray.get(done[0])
             for p, row in zip(points, rows):  # also here: the run folders may be on another node
                 (runs / p.run_id).mkdir(parents=True, exist_ok=True)
                 write_row(runs / p.run_id, row)
-            yield points, rows, seconds
+            yield RayJob(points, rows, seconds, share)
     finally:
         if started:
             ray.shutdown()

@@ -174,11 +174,10 @@ def run_sweep(
     if ray is not None and ray is not False:
         from .ray_runner import run_on_ray
 
-        for job, job_rows, _ in run_on_ray(cfg, todo, out / "runs", pack=pack, model_factory=model_factory,
-                                           address=ray):
-            for p, row in zip(job, job_rows):
+        for job in run_on_ray(cfg, todo, out / "runs", pack=pack, model_factory=model_factory, address=ray):
+            for p, row in zip(job.points, job.rows):
                 finished(p, row)
-            bar.update(len(job))
+            bar.update(len(job.points))
         jobs, packed, workers = [], False, 1  # all trained: the loops below have nothing to do
     elif pack == "off" or model_factory is not None:
         jobs, packed = [[p] for p in todo], False

@@ -189,7 +189,11 @@ class FullyShardedParallel(DataParallel):
 
     def wrap(self, model):
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError:  # torch < 2.6 kept FSDP2 under _composable
+            from torch.distributed._composable.fsdp import fully_shard
 
         if self.is_main:  # the vessel for checkpoints: the full model, on the host
             self._full = copy.deepcopy(model).to("cpu")
@@ -220,19 +224,31 @@ class FullyShardedParallel(DataParallel):
         return {"state": full, "param_groups": state["param_groups"]}
 
     def load_optimizer_state(self, optimizer, state):
-        from torch.distributed.tensor import DTensor, distribute_tensor
+        try:
+            from torch.distributed.tensor import DTensor
+        except ImportError:  # torch < 2.5
+            from torch.distributed._tensor import DTensor
 
         params = [p for group in optimizer.param_groups for p in group["params"]]
         sharded = {}
         for pid, s in state["state"].items():
             p = params[int(pid)]
             sharded[pid] = {
-                # src_data_rank=None: every rank holds the full tensor, each keeps its shard.
-                k: distribute_tensor(v.to(self.device), p.device_mesh, p.placements, src_data_rank=None)
-                if isinstance(p, DTensor) and torch.is_tensor(v) and v.shape == p.shape else v
+                k: _shard_like(v.to(self.device), p) if isinstance(p, DTensor) and torch.is_tensor(v)
+                and v.shape == p.shape else v
                 for k, v in s.items()
             }
         optimizer.load_state_dict({"state": sharded, "param_groups": state["param_groups"]})
+
+
+def _shard_like(full: torch.Tensor, param) -> Any:
+    """``full`` (held by every rank) as a DTensor placed like the DTensor ``param``."""
+    from torch.distributed.tensor import distribute_tensor
+
+    try:  # src_data_rank=None: every rank has the full tensor, each keeps its shard, no traffic
+        return distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+    except TypeError:  # torch < 2.7: scattered from rank 0 (the same values)
+        return distribute_tensor(full, param.device_mesh, param.placements)
 
 
 def _full_tensor(v: Any) -> Any:

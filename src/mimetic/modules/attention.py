@@ -1,6 +1,8 @@
 """Causal multi-head attention: the Transformer baseline mixer (``mamba_ssm``'s MHA names)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -67,8 +69,20 @@ class MHA(nn.Module):
         rep = self.num_heads // self.num_heads_kv
         k = k.repeat_interleave(rep, dim=2)
         v = v.repeat_interleave(rep, dim=2)
+        poisoned = None
+        if causal:
+            # The kernels mask future keys after q.k (and weight future values by 0), so a
+            # NaN/inf key or value at step j would turn 0 * NaN into NaN at steps i < j. They
+            # see such entries as 0; steps at or after j are set to NaN below, as a causal
+            # computation gives.
+            bad = ~(torch.isfinite(k).all(-1) & torch.isfinite(v).all(-1))  # (b, l, h)
+            poisoned = (bad.cumsum(1, dtype=torch.int32) > 0).transpose(1, 2).unsqueeze(-1)  # (b, h, l, 1)
+            k = torch.nan_to_num(k, nan=0.0, posinf=0.0, neginf=0.0)
+            v = torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                              is_causal=causal, scale=self.softmax_scale)
+        if poisoned is not None:
+            out = out.masked_fill(poisoned, math.nan)
         return self.out_proj(rearrange(out, "b h l d -> b l (h d)"))
 
     def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:

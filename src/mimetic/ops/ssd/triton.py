@@ -217,7 +217,10 @@ def _ssd_scan_kernel(x_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, D_ptr, z_ptr, sin_ptr, 
     else:
         acc = tl.dot(C_i, tl.trans(S.to(C_i.dtype)))
     acc = acc * tl.exp(cs_i)[:, None]
-    # Quadratic part over the column blocks j <= i of this chunk.
+    # Quadratic part over the column blocks j <= i of this chunk. Non-finite values stay
+    # causal: masked entries (j > i) are zeroed after the product (0 * NaN would be NaN), x's
+    # non-finite entries enter the dot as 0 and their rows i >= j are set to NaN at the end.
+    n_bad = tl.zeros((BM,), dtype=tl.int32)
     for s in range(0, (r + 1) * BM, BM):
         tj = t0 + s + offs_m
         mj = (s + offs_m < Q) & (tj < L)
@@ -233,11 +236,16 @@ def _ssd_scan_kernel(x_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, D_ptr, z_ptr, sin_ptr, 
             cb = tl.dot(C_i, tl.trans(B_j))
         causal = (ti[:, None] >= tj[None, :]) & mi[:, None] & mj[None, :]
         decay = tl.exp(tl.where(causal, cs_i[:, None] - cs_j[None, :], float("-inf")))
-        mt = cb * decay * w_j[None, :]
+        mt = tl.where(causal, cb * decay * w_j[None, :], 0.0)
+        fin_x = tl.abs(x_j.to(tl.float32)) < float("inf")  # False for NaN and +-inf
+        x_j = tl.where(fin_x, x_j, tl.zeros_like(x_j))
+        bad_j = tl.sum(tl.where(fin_x, 0, 1), axis=1) > 0
+        n_bad += tl.sum(tl.where(causal & bad_j[None, :], 1, 0), axis=1)
         if DOT_F32:
             acc += tl.dot(mt, x_j.to(tl.float32), input_precision="ieee")
         else:
             acc += tl.dot(mt.to(x_j.dtype), x_j)
+    acc = tl.where(n_bad[:, None] > 0, float("nan"), acc)
     x_offs = b * s_x_b + ti[:, None] * s_x_l + h * P + offs_p[None, :]
     m_out = mi[:, None] & mp
     if HAS_D:

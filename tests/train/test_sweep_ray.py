@@ -53,9 +53,15 @@ def test_ray_without_ray_installed_is_one_line(tmp_path, monkeypatch, capsys):
 ray = pytest.importorskip("ray")
 
 
+def _start(gpus: int = 0) -> None:
+    """A small local instance: 2 CPUs, ``gpus`` GPU resources (without CUDA behind them)."""
+    ray.init(num_cpus=2, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
+             object_store_memory=80 * 2**20)
+
+
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=80 * 2**20)
+    _start()
     # Classes of this test module travel by value: Ray's workers cannot import tests/.
     for module in (__name__, LookbackLM.__module__):
         ray.cloudpickle.register_pickle_by_value(sys.modules[module])
@@ -125,3 +131,27 @@ def test_cli_sweep_ray(tmp_path, local_ray, capsys):
     assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--ray", "--no-progress"]) == 0
     assert "2 runs (0 already done)" in capsys.readouterr().out
     assert len(_rows(tmp_path / "o")) == 2
+
+
+def test_gpu_cluster_path_with_fake_gpus(tmp_path, local_ray):
+    """A cluster with GPU resources (fake ones here: no CUDA behind them): capacity probed in a
+    GPU task, packs as GPU-share tasks, the rows of a local sweep."""
+    from mimetic.train.sweep import load_sweep
+    from mimetic.train.sweep.ray_runner import plan_jobs
+
+    path = write_toml(tmp_path / "g.toml", GRID)
+    cfg = load_sweep(path)
+    jobs, packed = plan_jobs(cfg, cfg.points(), tmp_path / "runs", 3, None, gpus=1.0)
+    assert packed and [(len(p), share) for p, share in jobs] == [(3, 1.0), (1, 0.5)]
+    ray.shutdown()
+    _start(gpus=1)
+    try:
+        jobs, _ = plan_jobs(cfg, cfg.points(), tmp_path / "runs", "auto", None, gpus=1.0)
+        assert [(len(p), share) for p, share in jobs] == [(4, 0.25)]  # CPU capacity 16 -> a quarter GPU
+        local = run_sweep(path, tmp_path / "local", progress=False, plot=False)
+        on_ray = run_sweep(path, tmp_path / "ray", progress=False, plot=False, ray=True)
+        assert len(on_ray.rows) == len(local.rows)
+        _same_rows(_rows(tmp_path / "local"), _rows(tmp_path / "ray"))
+    finally:
+        ray.shutdown()
+        _start()  # as the other tests expect

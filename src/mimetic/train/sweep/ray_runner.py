@@ -91,19 +91,27 @@ def plan_jobs(cfg: SweepConfig, todo: list[GridPoint], runs: Path, pack: str | i
     # Whole groups first (pack_points with no size limit), then sized per group.
     groups = pack_points(cfg, todo, runs, capacity=len(todo) or 1)
     capacities: dict[str, int] = {}
-    probe = ray.remote(num_gpus=1)(pack_capacity) if gpus else None
+    probe = ray.remote(num_gpus=1)(_probe_capacity) if gpus else None
     jobs = []
     for group in groups:
         key = group_key(cfg, group[0], runs / group[0].run_id)
         if isinstance(pack, int) and not isinstance(pack, bool):
             capacities[key] = pack
         elif key not in capacities:
-            capacities[key] = ray.get(probe.remote(cfg, group[0], "cuda")) if probe else pack_capacity(cfg, group[0], "cpu")
+            capacities[key] = ray.get(probe.remote(cfg, group[0])) if probe else pack_capacity(cfg, group[0], "cpu")
         size = capacities[key] if packed else 1
         for i in range(0, len(group), size):
             members = group[i:i + size]
             jobs.append((members, gpu_share(len(members), capacities[key]) if gpus else 0.0))
     return jobs, packed
+
+
+def _probe_capacity(cfg: SweepConfig, point: GridPoint) -> int:
+    """A Ray task on one GPU: ``pack_capacity`` of ``point``'s shape there (a GPU resource
+    without CUDA behind it, as in tests, measures the CPU's)."""
+    import torch
+
+    return pack_capacity(cfg, point, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _job(cfg: SweepConfig, points: list[GridPoint], runs: str, packed: bool, model_factory, threads: int

@@ -95,3 +95,11 @@ def test_bad_pack_argument(tmp_path, pack):
     path = write_toml(tmp_path / "g.toml", GRID)
     with pytest.raises(ValueError, match="pack must be"):
         run_sweep(path, tmp_path / "out", progress=False, plot=False, pack=pack)
+
+
+def test_stream_lease_refuses_more_threads_than_torch_has_pool_streams():
+    """More worker threads than the stream pool holds would share streams (and captures)."""
+    from mimetic.train.sweep.packed import STREAM_POOL, StreamLease
+
+    with pytest.raises(ValueError, match="at most 32 worker threads"):
+        StreamLease(STREAM_POOL + 1)

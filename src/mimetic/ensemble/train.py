@@ -256,32 +256,49 @@ def _train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Tra
 
     graph: torch.cuda.CUDAGraph | None = None
     eager_steps = 0
+    # Warm-up and capture run on the caller's stream, or on a stream of our own when the
+    # caller is on the default stream (which cannot be captured). Never a new stream per
+    # call: torch.cuda.Stream() hands out the 32 streams of a pool in turn, so streams made
+    # by packs in other threads would come back as ours, and their work would join our
+    # capture (the runner gives each of its threads a stream of its own, see
+    # sweep/packed.py).
+    caller = torch.cuda.current_stream(device) if graph_on else None
+    work = None if caller is None else (
+        torch.cuda.Stream(device) if caller == torch.cuda.default_stream(device) else caller)
+
+    def on_work_stream(fn) -> None:
+        if work == caller:
+            fn()
+            return
+        work.wait_stream(caller)
+        with torch.cuda.stream(work):
+            fn()
+        caller.wait_stream(work)
+
+    def capture() -> None:
+        nonlocal graph
+        for p in params:
+            p.grad = None
+        graph = torch.cuda.CUDAGraph()
+        # Packs of a sweep capture and replay in threads of one process (sweep/runner.py):
+        # one capture at a time (entering a capture syncs the device, which a capture in
+        # another thread does not permit), and thread_local so that the other threads'
+        # replays go on meanwhile.
+        with CAPTURE_LOCK, torch.cuda.graph(graph, stream=work, capture_error_mode="thread_local"):
+            one_step()
 
     def run(n: int) -> None:
-        nonlocal graph, eager_steps
+        nonlocal eager_steps
         for _ in range(n):
             if graph is not None:
                 graph.replay()
-            elif not graph_on or eager_steps < WARMUP_STEPS:
-                if graph_on:
-                    side = torch.cuda.Stream()
-                    side.wait_stream(torch.cuda.current_stream())
-                    with torch.cuda.stream(side):
-                        one_step()
-                    torch.cuda.current_stream().wait_stream(side)
-                else:
-                    one_step()
+            elif not graph_on:
+                one_step()
+            elif eager_steps < WARMUP_STEPS:
+                on_work_stream(one_step)
                 eager_steps += 1
             else:
-                for p in params:
-                    p.grad = None
-                graph = torch.cuda.CUDAGraph()
-                # Packs of a sweep capture and replay on their own streams in threads of one
-                # process (sweep/runner.py): one capture at a time (entering a capture syncs
-                # the device, which a capture in another thread does not permit), and
-                # thread_local so that the other threads' replays go on meanwhile.
-                with CAPTURE_LOCK, torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                    one_step()
+                on_work_stream(capture)
                 graph.replay()
 
     def save(m: _Member, k: int, at_step: int) -> None:

@@ -11,6 +11,7 @@ diverged (the others finish).
 from __future__ import annotations
 
 import json
+import queue
 import threading
 from pathlib import Path
 from typing import Any
@@ -106,12 +107,37 @@ def pack_capacity(cfg: SweepConfig, point: GridPoint, device: str | None = None,
     return int(max(1, min(MAX_PACK, MEMORY_SHARE * free / max(1, concurrent) // max(per_member, 1))))
 
 
-def run_pack_on_stream(cfg: SweepConfig, points: list[GridPoint], runs: Path,
-                       device: str | None = None) -> list[dict[str, Any]]:
-    """:func:`run_pack` on a CUDA stream of its own, so that packs trained by threads of one
-    process overlap on the GPU (small models leave most of it idle)."""
-    with torch.cuda.stream(torch.cuda.Stream(_device(device))):
-        return run_pack(cfg, points, runs, device)
+#: torch.cuda.Stream() takes its streams from a pool of this many per device and priority,
+#: in turn: more threads than this would share streams.
+STREAM_POOL = 32
+
+
+class StreamLease:
+    """One CUDA stream per worker thread, made once and lent to one pack at a time.
+
+    Why not a new stream per pack: torch.cuda.Stream() hands out a pool's streams in turn,
+    so after a few packs two threads would share a stream, and one thread's work on a
+    stream that another thread is capturing joins that capture (a wrong graph, or CUDA's
+    "dependency created on uncaptured work in another stream")."""
+
+    def __init__(self, workers: int, device: str | None = None):
+        if workers > STREAM_POOL:
+            raise ValueError(f"at most {STREAM_POOL} worker threads on one GPU (torch's stream pool), "
+                             f"got workers={workers}")
+        self._free = queue.SimpleQueue()
+        for _ in range(workers):
+            self._free.put(torch.cuda.Stream(_device(device)))
+
+    def run_pack(self, cfg: SweepConfig, points: list[GridPoint], runs: Path,
+                 device: str | None = None) -> list[dict[str, Any]]:
+        """:func:`run_pack` on a stream of its own, so that packs trained by threads of one
+        process overlap on the GPU (small models leave most of it idle)."""
+        stream = self._free.get()
+        try:
+            with torch.cuda.stream(stream):
+                return run_pack(cfg, points, runs, device)
+        finally:
+            self._free.put(stream)
 
 
 def run_pack(cfg: SweepConfig, points: list[GridPoint], runs: Path, device: str | None = None,

@@ -15,7 +15,8 @@ import torch
 from ...tasks import Task, derive_seed
 from ..loop import train
 from .config import GRID_KEYS, GridPoint, SweepConfig, axis_columns, freeze_value, load_sweep, mamba_config
-from .packed import pack_points, run_pack, run_pack_on_stream
+from .packed import StreamLease, pack_points, run_pack
+from .record import check_and_record
 from .rows import ROW_FILE, length_evals, result_row, write_row
 
 RESULTS_CSV = "results.csv"
@@ -95,6 +96,21 @@ def _worker(args: tuple) -> list[dict[str, Any]]:
                       model_factory=factory)]
 
 
+def die_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """Worker initializer: exit when the sweep process that started this worker is gone
+    (killed, even with SIGKILL), instead of training on and then waiting forever for a
+    parent that will never collect the result. A daemon thread polls the parent pid."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)  # the result has nowhere to go; checkpoints on disk stay resumable
+
+    threading.Thread(target=watch, name="mimetic-parent-watch", daemon=True).start()
+
+
 def _on_one_gpu(device: str | None) -> bool:
     if device is None:
         return torch.cuda.device_count() == 1
@@ -153,7 +169,10 @@ def run_sweep(
     points = cfg.points()
     if dry_run:
         return SweepResult(rows=[p.to_dict() for p in points], csv_path=None, summary_path=None)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    check_and_record(cfg, points, out / "runs", out)  # never mix rows of two configs (record.py)
     (out / "sweep.json").write_text(json.dumps(_cfg_dict(cfg), indent=1))
 
     rows: dict[GridPoint, dict[str, Any]] = {}
@@ -199,8 +218,9 @@ def run_sweep(
                 finished(p, row)
             bar.update(len(job))
     elif packed and _on_one_gpu(device):
+        streams = StreamLease(workers, device)
         with ThreadPoolExecutor(max_workers=workers) as threads_pool:
-            futures = {threads_pool.submit(run_pack_on_stream, cfg, job, out / "runs", device): job for job in jobs}
+            futures = {threads_pool.submit(streams.run_pack, cfg, job, out / "runs", device): job for job in jobs}
             for fut in as_completed(futures):
                 for p, row in zip(futures[fut], fut.result()):
                     finished(p, row)
@@ -212,7 +232,8 @@ def run_sweep(
         for i, job in enumerate(jobs):
             dev = f"cuda:{i % n_gpu}" if n_gpu > 1 else device
             args.append((cfg, job, str(out / "runs"), dev, model_factory, threads, packed))
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_worker, a): a[1] for a in args}
             for fut in as_completed(futures):
                 for p, row in zip(futures[fut], fut.result()):

@@ -4,8 +4,10 @@ from __future__ import annotations
 import inspect
 from dataclasses import asdict, dataclass, field, fields
 
-from ..init import MIMETIC_KNOBS
+from .._validate import bool_arg, int_arg
+from ..init import MIMETIC_KNOBS, MimeticConfig
 from ..modules import MHA, Mamba, Mamba2
+from ..modules._args import check_mamba2_args, check_mamba_args, check_mha_args
 
 LAYER_TYPES = {"Mamba1": Mamba, "Mamba2": Mamba2}
 INITS = ("default", "mimetic")
@@ -46,10 +48,17 @@ class MambaConfig:
     def __post_init__(self):
         for name in ("d_model", "n_layer", "vocab_size", "pad_vocab_size_multiple"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"MambaConfig.{name} must be a positive integer, got {value!r}")
-        if self.d_intermediate < 0:
-            raise ValueError(f"MambaConfig.d_intermediate must be >= 0, got {self.d_intermediate}")
+        int_arg("MambaConfig", "d_intermediate", self.d_intermediate, minimum=0)
+        for name in ("rms_norm", "residual_in_fp32", "fused_add_norm", "tie_embeddings"):
+            bool_arg("MambaConfig", name, getattr(self, name))
+        for name in ("ssm_cfg", "attn_cfg", "init_cfg"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"MambaConfig: {name}={getattr(self, name)!r} must be a dict")
+        if not isinstance(self.attn_layer_idx, (list, tuple)) or \
+                not all(isinstance(i, int) and not isinstance(i, bool) for i in self.attn_layer_idx):
+            raise ValueError(f"MambaConfig: attn_layer_idx={self.attn_layer_idx!r} must be a list of layer indices")
         layer = self.ssm_cfg.get("layer", "Mamba1")
         if layer not in LAYER_TYPES:
             raise ValueError(f"ssm_cfg['layer'] must be one of {list(LAYER_TYPES)}, got {layer!r}")
@@ -72,6 +81,17 @@ class MambaConfig:
             raise ValueError(f"unknown init_cfg keys: {sorted(unknown)} (known: {list(MIMETIC_KNOBS)})")
         if self.init_cfg and self.init != "mimetic":
             raise ValueError("init_cfg is given but init is not 'mimetic'")
+        self._check_values(layer)
+
+    def _check_values(self, layer: str) -> None:
+        """The mixers' and the init's argument values (types, ranges), as their constructors
+        check them, so that a bad config fails here (e.g. when a sweep file is loaded)."""
+        if len(self.attn_layer_idx) < self.n_layer:
+            (check_mamba_args if layer == "Mamba1" else check_mamba2_args)(self.d_model, **self.mixer_kwargs())
+        if self.attn_layer_idx:
+            check_mha_args(self.d_model, **self.attn_cfg)
+        if self.init == "mimetic":
+            MimeticConfig(**self.init_cfg)
 
     @property
     def layer_type(self) -> str:

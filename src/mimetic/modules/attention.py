@@ -37,6 +37,10 @@ class MHA(nn.Module):
                  causal: bool = True, rotary_emb_dim: int = 0, rotary_emb_base: float = 10000.0,
                  layer_idx: int | None = None, device=None, dtype=None):
         super().__init__()
+        from ._args import check_mha_args
+
+        check_mha_args(embed_dim, num_heads, num_heads_kv, head_dim, qkv_proj_bias, out_proj_bias,
+                       softmax_scale, causal, rotary_emb_dim, rotary_emb_base)
         if not causal:
             raise ValueError("only causal attention is supported (this is a language model mixer)")
         self.num_heads = num_heads

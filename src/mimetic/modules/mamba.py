@@ -9,6 +9,7 @@ from einops import rearrange
 from torch import nn
 
 from ..ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+from ._args import check_hidden, check_mamba_args
 from .batch_parallel import batch_parallel
 
 
@@ -42,8 +43,8 @@ class Mamba(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        if dt_init not in ("random", "constant"):
-            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        check_mamba_args(d_model, d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init, dt_scale,
+                         dt_init_floor, conv_bias, bias, use_fast_path)
         factory = dict(device=device, dtype=dtype)
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
@@ -70,10 +71,13 @@ class Mamba(nn.Module):
         """hidden_states (batch, L, d_model) -> (batch, L, d_model). With ``cache`` (a
         :class:`~mimetic.models.cache.SSMState`), fills it with the final conv and SSM
         states (prefill) or, for L == 1 and a warm cache, takes one recurrent step."""
+        check_hidden("Mamba", hidden_states, self.d_model)
         if cache is not None and cache.seqlen_offset > 0:
             if hidden_states.shape[1] != 1:
                 raise ValueError("a warm cache can only be advanced one token at a time")
             return self.step(hidden_states, cache)
+        if hidden_states.numel() == 0:  # no batch rows or no steps: nothing to scan
+            return self.out_proj(self.in_proj(hidden_states)[..., :self.d_inner])
         if cache is None:
             return batch_parallel(self, self._forward, hidden_states)
         return self._forward(hidden_states, cache)

@@ -7,6 +7,7 @@ from einops import rearrange
 from torch import nn
 
 from ..ops import causal_conv1d, causal_conv1d_update, ssd_scan, ssd_state_update
+from ._args import check_hidden, check_mamba2_args
 from .batch_parallel import batch_parallel
 from .norm import RMSNormGated
 
@@ -48,6 +49,9 @@ class Mamba2(nn.Module):
         dtype=None,
     ):
         super().__init__()
+        check_mamba2_args(d_model, d_state, d_conv, conv_init, expand, headdim, ngroups, A_init_range,
+                          D_has_hdim, rmsnorm, norm_before_gate, dt_min, dt_max, dt_init_floor, dt_limit,
+                          bias, conv_bias, chunk_size, use_mem_eff_path)
         factory = dict(device=device, dtype=dtype)
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
@@ -103,6 +107,7 @@ class Mamba2(nn.Module):
 
     def forward(self, u: torch.Tensor, cache=None) -> torch.Tensor:
         """u (batch, L, d_model) -> (batch, L, d_model); ``cache`` as in :class:`Mamba`."""
+        check_hidden("Mamba2", u, self.d_model)
         if cache is not None and cache.seqlen_offset > 0:
             if u.shape[1] != 1:
                 raise ValueError("a warm cache can only be advanced one token at a time")

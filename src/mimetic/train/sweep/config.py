@@ -24,7 +24,8 @@ A sweep file has these tables (``[grid]``, ``[model]``, ``[train]`` required)::
 
     [inits.no_tie]               # optional, named init variants usable in grid.init (ablations):
     init = "mimetic"             # the base init ("default" or "mimetic") ...
-    init_cfg = { tie_bc = false }  # ... and MambaConfig.init_cfg (mimetic_init_ knobs)
+    init_cfg = { tie_bc = false }  # ... and MambaConfig.init_cfg (mimetic_init_ knobs;
+                                 # horizon = "seq_len": the point's training length)
 
     [model]                      # MambaConfig fields, except those the grid sets
     d_model = 64                 # (vocab_size, init, attn_layer_idx, ssm_cfg.layer/d_state)
@@ -89,6 +90,9 @@ EVAL_KEYS = {"lengths", "batches", "batch_size"}
 SSM_LAYERS = ("Mamba1", "Mamba2")
 ATTENTION = "attention"
 INITS = ("default", "mimetic")
+#: ``init_cfg = { horizon = "seq_len" }`` in an [inits.<name>] table: mimetic init's decay
+#: horizon is each point's training sequence length.
+HORIZON_SEQ_LEN = "seq_len"
 # Set by the sweep per run, so not allowed in the file.
 TRAIN_RESERVED = {"seed", "out_dir", "resume", "device", "progress", "interrupt_after"}
 MODEL_RESERVED = {"vocab_size", "init", "attn_layer_idx"}
@@ -239,7 +243,10 @@ class SweepConfig:
         """(MambaConfig.init, MambaConfig.init_cfg) of a grid point's init name."""
         if point.init in self.inits:
             variant = self.inits[point.init]
-            return variant["init"], dict(variant.get("init_cfg", {}))
+            init_cfg = dict(variant.get("init_cfg", {}))
+            if init_cfg.get("horizon") == HORIZON_SEQ_LEN:
+                init_cfg["horizon"] = self.task_for(point).seq_len
+            return variant["init"], init_cfg
         return point.init, {}
 
     def task_for(self, point: GridPoint):
@@ -287,7 +294,14 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
     if bad:
         raise _one_line(f"{where}: unknown task(s) {bad} in grid.task; valid: {sorted(TASKS)}")
     inits = data.get("inits", {})
+    shadow = sorted(set(inits) & set(INITS))
+    if shadow:
+        raise _one_line(f"{where} [inits.{shadow[0]}]: {shadow[0]!r} is a built-in init; give the variant "
+                        "another name (its rows would be labelled as the built-in's)")
     for iname, variant in inits.items():
+        if not _SAFE_NAME.match(iname):
+            raise _one_line(f"{where} [inits.{iname}]: the name must be letters, digits, '.', '_' or '-' "
+                            "(it is part of the run folder name)")
         _check_keys(f"{where} [inits.{iname}]", set(variant), {"init", "init_cfg"}, ("init",))
         if variant["init"] not in INITS:
             raise _one_line(f"{where} [inits.{iname}]: init must be one of {list(INITS)}, got {variant['init']!r}")
@@ -325,9 +339,19 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
 
     ev = dict(data.get("eval", {}))
     _check_keys(f"{where} [eval]", set(ev), EVAL_KEYS)
+    _check_eval(where, ev)
+    sweep_name = meta.get("name", name)
+    if not isinstance(sweep_name, str) or not _SAFE_NAME.match(sweep_name) or ".." in sweep_name:
+        raise _one_line(f"{where} [sweep]: name={sweep_name!r} must be a plain folder name (letters, digits, "
+                        "'.', '_', '-'; no '/' or '..'): it is the default output folder runs/<name>")
+    metric = meta.get("metric", "final_token_acc")
+    columns = result_columns(grid, ev)
+    if metric not in columns:
+        raise _one_line(f"{where} [sweep]: metric={metric!r} is not a column of results.csv; "
+                        f"numeric columns: {', '.join(columns)}")
 
     cfg = SweepConfig(
-        name=meta.get("name", name),
+        name=sweep_name,
         grid=grid,
         model=model,
         train=train,
@@ -335,7 +359,7 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
         inits=inits,
         eval=ev,
         description=meta.get("description", ""),
-        metric=meta.get("metric", "final_token_acc"),
+        metric=metric,
     )
     # Build every point's task, train config and model config, so that bad values fail now,
     # not mid-sweep.
@@ -343,7 +367,10 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
 
     try:
         for variant in inits.values():
-            MimeticConfig(**variant.get("init_cfg", {}))
+            knobs = dict(variant.get("init_cfg", {}))
+            if knobs.get("horizon") == HORIZON_SEQ_LEN:
+                knobs["horizon"] = 1  # resolved per point (init_for); the other knobs are checked here
+            MimeticConfig(**knobs)
     except (ValueError, TypeError) as e:
         raise _one_line(f"{where}: {e}") from None
     points = cfg.points()
@@ -361,6 +388,33 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
     if clash:
         raise _one_line(f"{where} [grid]: different axis values give the same run folder {clash[0]}")
     return cfg
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: The numeric columns of results.csv that every finished point has (see ``rows.result_row``).
+RESULT_COLUMNS = ("final_token_acc", "final_seq_acc", "final_loss", "best_token_acc", "best_seq_acc",
+                  "best_step", "steps_to_target", "steps", "elapsed_s", "tokens", "n_params", "seq_len")
+
+
+def result_columns(grid: dict[str, list], ev: dict[str, Any]) -> list[str]:
+    """The numeric columns a sweep's results.csv will have: RESULT_COLUMNS, the
+    ``gen_*@<n>`` columns of its [eval] lengths and its numeric grid keys."""
+    gen = [f"gen_{k}@{n}" for n in ev.get("lengths", []) for k in ("token_acc", "seq_acc")]
+    return [*RESULT_COLUMNS, *gen, "d_state", "length", "seed", *sorted(k for k in grid if "." in k)]
+
+
+def _check_eval(where: str, ev: dict[str, Any]) -> None:
+    """[eval]: lengths a list of ints >= 1, batches and batch_size ints >= 1 (checked now,
+    not after the first point trained)."""
+    def positive(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    lengths = ev.get("lengths", [])
+    if not isinstance(lengths, list) or not all(positive(n) for n in lengths):
+        raise _one_line(f"{where} [eval]: lengths={lengths!r} must be a list of integers >= 1")
+    for key in ("batches", "batch_size"):
+        if key in ev and not positive(ev[key]):
+            raise _one_line(f"{where} [eval]: {key}={ev[key]!r} must be an integer >= 1")
 
 
 def _flatten_grid(where: str, raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -489,6 +543,10 @@ def _check_model_keys(where: str, model: dict[str, Any], layers: list[str], axes
     required = tuple(k for k in ("d_model", "n_layer") if f"model.{k}" not in axes)
     _check_keys(f"{where} [model]", set(model), allowed, required)
     ssm_cfg = model.get("ssm_cfg", {})
+    tables = sorted(k for k, v in ssm_cfg.items() if isinstance(v, dict) and k not in SSM_LAYERS)
+    if tables:
+        raise _one_line(f"{where} [model.ssm_cfg.{tables[0]}]: not a layer type; per-layer tables are "
+                        f"{', '.join(SSM_LAYERS)}")
     reserved = sorted({"layer", "d_state"} & set(ssm_cfg))
     if reserved:
         raise _one_line(f"{where} [model.ssm_cfg]: {', '.join(reserved)} set by the grid, remove them")
@@ -500,6 +558,9 @@ def _check_model_keys(where: str, model: dict[str, Any], layers: list[str], axes
 def load_sweep(path: str | Path) -> SweepConfig:
     """Read and validate a sweep TOML file; the sweep's default name is the file's stem."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file not found: {path}" + (" (a folder; give its .toml file)"
+                                                                    if path.is_dir() else ""))
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:

@@ -35,7 +35,9 @@ def cmd_demo(args) -> None:
     from .demo import DemoSettings, run_demo, summary_table
 
     s = DemoSettings(steps=args.steps, layer=args.layer, copy_len=args.copy_len, seed=args.seed)
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads={args.threads} must be >= 1")
         torch.set_num_threads(args.threads)
     print(f"Training a {s.n_layer}-layer {s.layer} (d_model={s.d_model}, d_state={s.d_state}) on "
           f"the copy task (copy_len={s.copy_len}, vocab={s.vocab}) for {s.steps} steps, on CPU: "
@@ -64,7 +66,8 @@ def cmd_train(args) -> None:
     result = train(model, task, TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         eval_every=args.eval_every, target_acc=args.target_acc, out_dir=args.out,
-        resume=args.resume, device=args.device, parallel=args.parallel))
+        resume=args.resume, device=args.device, parallel=args.parallel,
+        allow_changed=_allow_changed(args.allow_changed)))
     model = _model_to_save(model, config, args.out)
     if model is None:  # another rank of a torchrun job: rank 0 saves and prints
         return
@@ -72,6 +75,13 @@ def cmd_train(args) -> None:
     final = result.final or {}
     print(f"step {result.step}: token_acc={final.get('token_acc', float('nan')):.3f} "
           f"seq_acc={final.get('seq_acc', float('nan')):.3f}; model saved to {Path(args.out) / 'model'}")
+
+
+def _allow_changed(names: list[str] | None) -> bool | tuple[str, ...]:
+    """``--allow-changed`` alone: any setting; with names (``lr task.copy_len``): those."""
+    if names is None:
+        return ()
+    return tuple(names) if names else True
 
 
 def _model_to_save(model, config, out: str):
@@ -172,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None)
     t.add_argument("--out", default="runs/train")
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--allow-changed", nargs="*", default=None, metavar="SETTING",
+                   help="with --resume: settings that may differ from the checkpoint's (e.g. lr, "
+                        "task.copy_len, model.init); alone: any")
     t.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp",
                    help="under torchrun with several processes: DDP (a replica a GPU) or FSDP2 (sharded)")
     t.set_defaults(func=cmd_train)
@@ -227,16 +240,34 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, NotImplementedError) as e:
+    except _user_errors() as e:
         if os.environ.get("MIMETIC_DEBUG"):
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"mimetic: error: {msg}", file=sys.stderr)
+        print(f"mimetic: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mimetic: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug: say so, in one line, and how to see more
+        if os.environ.get("MIMETIC_DEBUG"):
+            raise
+        print(f"mimetic: internal error: {type(e).__name__}: {_one_line(e)} (a bug; run again with "
+              "MIMETIC_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return " ".join(text.split("\n")[0].split()) if text else type(e).__name__
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by what the user gave or where they run (bad values, missing or corrupt
+    files, a busy output folder, a full disk): one line and exit 2."""
+    from .train.resume import RunLockedError
+
+    return (ValueError, FileNotFoundError, NotImplementedError, RunLockedError, OSError)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,28 @@ def _read_config(path: Path) -> dict:
     if not cfg_file.is_file():
         raise FileNotFoundError(f"no config.json in {path}")
     try:
-        return json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
+        raw = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{cfg_file} must hold a JSON object (the config), got a {type(raw).__name__}")
+    return raw
+
+
+def _read_weights(weights: Path, reader) -> dict:
+    """``reader(weights)`` with a one-line error naming the file for a truncated or foreign
+    file, and every floating tensor checked finite (NaN weights would load silently and
+    generate garbage)."""
+    try:
+        state = reader(weights)
+    except Exception as e:  # safetensors / pickle errors have their own types
+        raise ValueError(f"{weights}: unreadable ({' '.join(str(e).split())})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{weights}: not a state dict")
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{weights}: tensor {name} holds non-finite values (NaN/inf)")
+    return state
 
 
 def load_state_into(model, state: dict, source: str) -> None:
@@ -72,7 +91,7 @@ def load_pretrained(cls, path, device=None, dtype=None):
         # Loaded weights replace the init, so build with the cheap default init.
         model = cls(_with_default_init(config), device=device, dtype=dtype)
         model.config = config
-        load_state_into(model, load_file(str(weights)), str(weights))
+        load_state_into(model, _read_weights(weights, lambda p: load_file(str(p))), str(weights))
         return model
     if raw.get("model_type") in ("mamba", "mamba2"):
         from .hf_convert import load_transformers_checkpoint
@@ -97,7 +116,7 @@ def _load_mamba_ssm(cls, path: Path, raw: dict, device=None, dtype=None):
     weights = path / "pytorch_model.bin"
     if not weights.is_file():
         raise FileNotFoundError(f"no pytorch_model.bin in {path}")
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state = _read_weights(weights, lambda p: torch.load(p, map_location="cpu", weights_only=True))
     model = cls(config, device=device, dtype=dtype)
     load_state_into(model, state, str(weights))
     return model

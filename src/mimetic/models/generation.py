@@ -6,6 +6,8 @@ import functools
 import torch
 from tqdm.auto import tqdm
 
+from .._validate import int_arg, real_arg
+
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 1, top_p: float = 0.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -34,7 +36,6 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 1, 
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.inference_mode()
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int = 1, top_p: float = 0.0, eos_token_id: int | None = None,
              generator: torch.Generator | None = None, progress: bool = False,
@@ -42,7 +43,22 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     """See :meth:`mimetic.models.MambaLM.generate`. input_ids (batch, L) -> (batch, L + n).
 
     ``cuda_graph=True``: the decode steps replay a captured CUDA graph (see
-    :mod:`mimetic.models.cuda_graph`); the prefill stays an ordinary forward."""
+    :mod:`mimetic.models.cuda_graph`); the prefill stays an ordinary forward. The result is
+    an ordinary tensor (usable in autograd and in-place ops), not an inference-mode one."""
+    int_arg("generate", "max_new_tokens", max_new_tokens, minimum=0)
+    real_arg("generate", "temperature", temperature, low=0)
+    int_arg("generate", "top_k", top_k, minimum=0)
+    real_arg("generate", "top_p", top_p, low=0, high=1)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
+        raise ValueError(f"generate: input_ids must be an integer tensor (batch, length), got "
+                         f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} {tuple(getattr(input_ids, 'shape', ()))}")
+    return _generate(model, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, generator,
+                     progress, cuda_graph, state_dtype).clone()
+
+
+@torch.inference_mode()
+def _generate(model, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, generator, progress,
+              cuda_graph, state_dtype) -> torch.Tensor:
     if cuda_graph:
         from .cuda_graph import check_graphable
 

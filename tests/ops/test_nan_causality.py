@@ -121,3 +121,11 @@ def test_lm_with_a_nan_weight_row_stays_causal(kind):
         ids = torch.randint(0, 7, (2, L), generator=torch.Generator().manual_seed(5))
         ids[:, T_BAD] = 7
         _assert_causal(model(ids), 1, f"MambaLM[{kind}]", math.nan)
+
+
+def test_triton_backend_without_triton_asks_for_the_package(monkeypatch):
+    import mimetic.ops._dispatch as dispatch
+
+    monkeypatch.setattr(dispatch, "triton_available", lambda: False)
+    with pytest.raises(RuntimeError, match="needs the triton package"):
+        dispatch.resolve_backend("triton", torch.zeros(1), has_triton_kernel=False)

@@ -54,10 +54,11 @@ def resolve_backend(backend: str, x: torch.Tensor, has_triton_kernel: bool = Tru
             return "triton"
         return "torch"
     if backend == "triton":
-        if not has_triton_kernel:
-            raise NotImplementedError("this op has no Triton kernel yet; use backend='torch'")
+        # has_kernel is False without triton too: ask for the package first, not a kernel
         if not triton_available():
             raise RuntimeError("backend='triton' needs the triton package (pip install triton)")
+        if not has_triton_kernel:
+            raise NotImplementedError("this op has no Triton kernel yet; use backend='torch'")
         if not x.is_cuda and not triton_interpret():
             raise RuntimeError(
                 "backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (slow; for testing)"

@@ -14,9 +14,9 @@ import torch.multiprocessing as mp
 
 from mimetic.models import MambaConfig, MambaLM
 from mimetic.tasks import make_task
-from mimetic.train import TrainConfig, latest_checkpoint, load_checkpoint, read_metrics, train
+from mimetic.train import NonFiniteLossError, TrainConfig, latest_checkpoint, load_checkpoint, read_metrics, train
 
-from .tiny import LookbackLM
+from .tiny import LookbackLM, TinyLM
 
 TASK = dict(vocab=6, copy_len=4)
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +37,22 @@ def mamba(task):
     torch.manual_seed(0)
     return MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=task.vocab_size,
                                ssm_cfg={"layer": "Mamba2", "d_state": 4, "headdim": 8}, init="mimetic"))
+
+
+class NaNOnRankOne(TinyLM):
+    """NaN logits on rank 1 alone (its rows of the batch) from the 3rd training forward on."""
+
+    def __init__(self, vocab_size):
+        super().__init__(vocab_size)
+        self.calls = 0
+
+    def forward(self, input_ids):
+        out = super().forward(input_ids)
+        if self.training:
+            self.calls += 1
+            if self.calls >= 3 and os.environ.get("RANK") == "1":
+                out = out * float("nan")
+        return out
 
 
 def _free_port() -> int:
@@ -61,6 +77,10 @@ def _rank(rank: int, world: int, port: int, root: str) -> None:
     assert all(hasattr(p, "full_tensor") for p in sharded.parameters())  # FSDP2 did shard it
     train(mamba(task), task, cfg(root / "one_then_two", parallel="fsdp", resume=True))
     assert dist.get_world_size() == 2  # train() joined torchrun's group from the environment
+    try:
+        train(NaNOnRankOne(task.vocab_size), task, cfg(root / "nan"))
+    except NonFiniteLossError as e:
+        (root / f"nan_rank{rank}.txt").write_text(str(e))
     dist.destroy_process_group()
 
 
@@ -148,3 +168,9 @@ def test_torchrun_cli_train(tmp_path):
     assert proc.stdout.count("step 4: token_acc=") == 1  # printed by rank 0 only
     assert MambaLM.from_pretrained(out / "model") is not None
     assert [r["step"] for r in read_metrics(out)] == [2, 4]
+
+
+def test_nan_in_one_ranks_rows_stops_every_rank_at_that_step(runs):
+    messages = [(runs / f"nan_rank{r}.txt").read_text() for r in (0, 1)]
+    for m in messages:  # step 2 = the third step; both name the last good checkpoint
+        assert "non-finite loss (nan) at step 2" in m and "step_0000002" in m, m

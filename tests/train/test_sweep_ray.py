@@ -155,3 +155,27 @@ def test_gpu_cluster_path_with_fake_gpus(tmp_path, local_ray):
     finally:
         ray.shutdown()
         _start()  # as the other tests expect
+
+
+def test_retried_pack_with_members_at_two_steps(tmp_path, local_ray):
+    """A pack's worker that died while saving leaves members at different checkpoint steps;
+    the retried task trains each step's members as its own ensemble, rows as a local sweep's."""
+    import dataclasses
+
+    from mimetic.train.sweep import load_sweep, run_point
+    from mimetic.train.sweep.ray_runner import _job
+
+    path = write_toml(tmp_path / "g.toml", GRID)
+    local = run_sweep(path, tmp_path / "local", progress=False, plot=False)
+    cfg = load_sweep(path)
+    points, runs = cfg.points()[:2], tmp_path / "ray" / "runs"
+    early = dataclasses.replace(cfg, train={**cfg.train, "interrupt_after": 3})
+    run_point(early, points[0], runs / points[0].run_id)  # stopped at step 3, as if preempted
+    (runs / points[0].run_id / "row.json").unlink()
+    rows, _ = _job(cfg, points, str(runs), True, None, 1)
+    assert [r["steps"] for r in rows] == [6, 6]
+    want = _rows(tmp_path / "local")
+    assert len(local.rows) == 4
+    for p, row in zip(points, rows):
+        for k in METRICS:
+            assert row[k] == pytest.approx(want[p.run_id][k], abs=1e-5), (p.run_id, k)

@@ -127,10 +127,27 @@ def _job(cfg: SweepConfig, points: list[GridPoint], runs: str, packed: bool, mod
     import ray
 
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-    rows = _worker((cfg, points, runs, device, model_factory, threads, packed))
+    if packed:
+        # A retried pack whose worker died mid-save can hold members at two checkpoint steps;
+        # regrouped by where each stands, each part resumes as one ensemble.
+        parts = pack_points(cfg, points, Path(runs), capacity=len(points))
+        by_point = {}
+        for part in parts:
+            by_point.update(zip(part, _worker((cfg, part, runs, device, model_factory, threads, True))))
+        rows = [by_point[p] for p in points]
+    else:
+        rows = _worker((cfg, points, runs, device, model_factory, threads, False))
     if device == "cuda":  # the worker process may serve the next task: leave the GPU's memory to others
         torch.cuda.empty_cache()
     return rows, time.perf_counter() - start
+
+
+def _node_cpus(ray) -> tuple[int, int]:
+    """(cores per GPU on the GPU nodes with the fewest, cores of the largest node): what one
+    task can be given without becoming unschedulable."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    per_gpu = [r.get("CPU", 0) / r["GPU"] for r in nodes if r.get("GPU")]
+    return max(1, int(min(per_gpu))) if per_gpu else 1, max(1, int(max((r.get("CPU", 1) for r in nodes), default=1)))
 
 
 def run_on_ray(cfg: SweepConfig, todo: list[GridPoint], runs: Path, *, pack: str | int = "auto",
@@ -149,13 +166,15 @@ def run_on_ray(cfg: SweepConfig, todo: list[GridPoint], runs: Path, *, pack: str
         jobs, packed = plan_jobs(cfg, todo, runs, pack, model_factory, gpus)
         if not jobs:
             return
-        # CPU tasks share the cores; GPU tasks take one core each to feed their GPU.
-        threads = 0 if gpus else max(1, cpus // len(jobs))
+        # CPU tasks share out the cores (at most a node's each); a GPU task gets its share of
+        # its node's cores per GPU, as threads for drawing batches ahead of the GPU.
+        per_gpu, largest = _node_cpus(ray)
         task = ray.remote(max_retries=MAX_RETRIES)(_job)
         pending = {}
         for points, share in jobs:
-            opts = {"num_gpus": share, "num_cpus": 1} if gpus else {"num_cpus": min(threads, cpus)}
-            ref = task.options(**opts).remote(cfg, points, str(runs), packed, model_factory, threads)
+            n_cpus = max(1, int(per_gpu * share)) if gpus else min(largest, max(1, cpus // len(jobs)))
+            opts = {"num_gpus": share, "num_cpus": n_cpus} if gpus else {"num_cpus": n_cpus}
+            ref = task.options(**opts).remote(cfg, points, str(runs), packed, model_factory, n_cpus)
             pending[ref] = (points, share)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -53,6 +53,16 @@ def test_ray_without_ray_installed_is_one_line(tmp_path, monkeypatch, capsys):
 ray = pytest.importorskip("ray")
 
 
+def test_ray_address_without_a_cluster_is_one_line(monkeypatch):
+    from mimetic.train.sweep.ray_runner import connect
+
+    if ray.is_initialized():
+        pytest.skip("a Ray session is already open in this process")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ValueError, match=r"^--ray auto: cannot reach a Ray cluster .*ray start --head"):
+        connect("auto")
+
+
 def _start(gpus: int = 0) -> None:
     """A small local instance: 2 CPUs, ``gpus`` GPU resources (without CUDA behind them)."""
     ray.init(num_cpus=2, num_gpus=gpus, include_dashboard=False, log_to_driver=False,

@@ -61,8 +61,12 @@ def connect(address: str | bool | None) -> bool:
     if ray.is_initialized():
         return False
     local = address in (None, True, "local")
-    ray.init(address=None if local else address, include_dashboard=False if local else None,
-             log_to_driver=False)
+    try:
+        ray.init(address=None if local else address, include_dashboard=False if local else None,
+                 log_to_driver=False)
+    except ConnectionError as e:  # no cluster there: say so in one line
+        raise ValueError(f"--ray {address}: cannot reach a Ray cluster ({' '.join(str(e).split())[:200]}); "
+                         "start one with `ray start --head`, or pass --ray alone for a local instance") from None
     return True
 
 

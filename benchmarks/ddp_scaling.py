@@ -5,7 +5,13 @@
     python benchmarks/ddp_scaling.py --sections sweep --gpus 1 2 4 8
     python benchmarks/ddp_scaling.py --smoke      # CPU check of both sections (gloo, Ray on CPU)
 
-Sections (``--sections``, both by default; GPU counts above the visible ones are skipped):
+Sections (``--sections``, all three by default; GPU counts above the visible ones are skipped):
+
+check
+    Correctness on NCCL before speed: a 2-layer d_model 256 model (length 257, global batch 16,
+    fp32, 30 steps) trained by 1 process and by 2 (DDP, then FSDP2) with the same global
+    batch; the largest relative difference of the per-eval train and eval losses (gloo on the
+    CPU agrees to ~1e-6; on GPUs kernels differ with the batch size, expect <= 1e-3).
 
 ddp
     For each N of ``--gpus``: ``torchrun --standalone --nproc_per_node N`` of this file's
@@ -18,7 +24,8 @@ ddp
     of ``--steps`` steps on a fresh model is timed: tokens/s = ``result.tokens / result.elapsed``
     (training seconds, evaluation excluded; each step ends in the loss's read-back, so it is
     synchronised). Efficiency(N) = tokens/s(N) / (N x tokens/s(1)); goal >= 0.90 at 8.
-    ``--fsdp`` adds FSDP2 (``parallel="fsdp"``) at every N > 1.
+    ``--modes ddp,fsdp`` adds FSDP2 (``parallel="fsdp"``) at every N > 1 (``--modes fsdp``:
+    FSDP2 only, beside the one-process baseline).
 
 sweep
     For each K of ``--gpus``, a fresh process that sees GPUs 0..K-1 (``CUDA_VISIBLE_DEVICES``)
@@ -89,6 +96,18 @@ def ddp_worker(args) -> None:
         ssm["headdim"] = 64 if not args.smoke else 16
     mcfg = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=args.vocab, ssm_cfg=ssm)
 
+    if args.check:  # the correctness run: small, fp32, its history written by rank 0
+        task = make_task("copy", copy_len=128 if not args.smoke else 16, vocab=26)
+        mcfg = MambaConfig(d_model=256 if not args.smoke else 32, n_layer=2, vocab_size=task.vocab_size, ssm_cfg=ssm)
+        torch.manual_seed(0)
+        cfg = TrainConfig(steps=30, batch_size=16, lr=1e-3, warmup_steps=5, eval_every=10, eval_batches=1,
+                          progress=False, device=device, amp=False, cuda_graph=False, parallel=args.parallel)
+        result = train(MambaLM(mcfg), task, cfg)
+        if is_main_process():
+            Path(args.result).write_text(json.dumps({"history": result.history}))
+        shutdown()
+        return
+
     def run(steps: int):
         torch.manual_seed(0)
         model = MambaLM(mcfg)
@@ -113,31 +132,61 @@ def ddp_worker(args) -> None:
 
 def ddp_section(args, counts: list[int]) -> list[dict]:
     rows = []
-    modes = ["ddp"] + (["fsdp"] if args.fsdp else [])
-    for mode in modes:
-        for n in counts:
-            if mode == "fsdp" and n == 1:
+    # The one-process baseline first (what every efficiency is relative to), then each mode.
+    plan = [("ddp", 1)] + [(mode, n) for mode in args.modes.split(",") for n in counts if n > 1]
+    for mode, n in plan:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = Path(tmp) / "row.json"
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+                   __file__, "--ddp-worker", "--result", str(result), "--parallel", mode]
+            cmd += _model_flags(args)
+            env = {**os.environ, "OMP_NUM_THREADS": "1"} if args.smoke else dict(os.environ)
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT,
+                                  timeout=args.timeout)
+            if proc.returncode != 0 or not result.exists():
+                rows.append({"mode": mode, "gpus": n, "error": proc.stderr[-1500:]})
+                print(f"{mode} N={n}: failed\n{proc.stderr[-1500:]}", flush=True)
                 continue
-            with tempfile.TemporaryDirectory() as tmp:
-                result = Path(tmp) / "row.json"
-                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-                       __file__, "--ddp-worker", "--result", str(result), "--parallel", mode]
-                cmd += _model_flags(args)
-                env = {**os.environ, "OMP_NUM_THREADS": "1"} if args.smoke else dict(os.environ)
-                t0 = time.perf_counter()
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT,
-                                      timeout=args.timeout)
-                if proc.returncode != 0 or not result.exists():
-                    rows.append({"mode": mode, "gpus": n, "error": proc.stderr[-1500:]})
-                    print(f"{mode} N={n}: failed\n{proc.stderr[-1500:]}", flush=True)
-                    continue
-                row = json.loads(result.read_text()) | {"wall_s": time.perf_counter() - t0}
-            rows.append(row)
-            print(f"{mode} N={n}: {row['tokens_per_s']:.0f} tok/s, {row['ms_per_step']:.1f} ms/step", flush=True)
+            row = json.loads(result.read_text()) | {"wall_s": time.perf_counter() - t0}
+        rows.append(row)
+        print(f"{mode} N={n}: {row['tokens_per_s']:.0f} tok/s, {row['ms_per_step']:.1f} ms/step", flush=True)
     base = next((r["tokens_per_s"] for r in rows if r.get("gpus") == 1 and "error" not in r), None)
     for r in rows:
         if base and "error" not in r:
             r["efficiency"] = r["tokens_per_s"] / (r["gpus"] * base)
+    return rows
+
+
+def check_section(args) -> list[dict]:
+    """1 process vs 2 (DDP, FSDP2) on the same global batch: the largest relative loss gap."""
+    runs = {}
+    for mode, n in (("ddp", 1), ("ddp", 2), ("fsdp", 2)):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = Path(tmp) / "h.json"
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+                   __file__, "--ddp-worker", "--check", "--result", str(result), "--parallel", mode]
+            cmd += _model_flags(args)
+            env = {**os.environ, "OMP_NUM_THREADS": "1"} if args.smoke else dict(os.environ)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=args.timeout)
+            if proc.returncode != 0 or not result.exists():
+                runs[(mode, n)] = {"error": proc.stderr[-1500:]}
+                print(f"check {mode} N={n}: failed\n{proc.stderr[-1500:]}", flush=True)
+                continue
+            runs[(mode, n)] = json.loads(result.read_text())
+    rows = []
+    ref = runs.get(("ddp", 1), {})
+    for (mode, n), got in runs.items():
+        if n == 1:
+            continue
+        if "error" in got or "error" in ref:
+            rows.append({"mode": mode, "gpus": n, "error": got.get("error") or ref.get("error")})
+            continue
+        gaps = [abs(b[k] - a[k]) / max(abs(a[k]), 1e-12) for a, b in zip(ref["history"], got["history"])
+                for k in ("train_loss", "loss")]
+        rows.append({"mode": mode, "gpus": n, "evals": len(gaps) // 2, "max_rel_loss_gap": max(gaps),
+                     "final_loss_1": ref["history"][-1]["loss"], "final_loss_n": got["history"][-1]["loss"]})
+        print(f"check {mode} N={n}: max relative loss gap {max(gaps):.2e}", flush=True)
     return rows
 
 
@@ -246,7 +295,7 @@ def _table(rows: list[dict], keys: list[str]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", default="ddp,sweep")
+    p.add_argument("--sections", default="check,ddp,sweep")
     p.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--json", default=None)
@@ -260,7 +309,7 @@ def main(argv=None) -> int:
     p.add_argument("--per-gpu", type=int, default=8)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--fsdp", action="store_true", help="also FSDP2 at every N > 1")
+    p.add_argument("--modes", default="ddp", help="ddp, fsdp or ddp,fsdp (at every N > 1)")
     p.add_argument("--parallel", default="ddp", help=argparse.SUPPRESS)
     # sweep
     p.add_argument("--pack", type=int, default=4, help="models per pack (one whole-GPU task each)")
@@ -270,6 +319,7 @@ def main(argv=None) -> int:
     p.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--sweep-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke and not (args.ddp_worker or args.sweep_worker):
         args.n_layer, args.d_model, args.vocab, args.length = 2, 32, 32, 33
@@ -290,6 +340,10 @@ def main(argv=None) -> int:
         return 2
     report = {"versions": _versions(), "args": {k: v for k, v in vars(args).items() if k != "result"}}
     sections = args.sections.split(",")
+    if "check" in sections and (args.smoke or visible >= 2):
+        report["check"] = check_section(args)
+        print(_table(report["check"], ["mode", "gpus", "evals", "max_rel_loss_gap", "final_loss_1",
+                                       "final_loss_n"]))
     if "ddp" in sections:
         report["ddp"] = ddp_section(args, counts)
         print(_table(report["ddp"], ["mode", "gpus", "global_batch", "tokens_per_s", "ms_per_step", "efficiency",
@@ -300,7 +354,7 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1))
-    failed = [r for s in ("ddp", "sweep") for r in report.get(s, []) if "error" in r]
+    failed = [r for s in ("check", "ddp", "sweep") for r in report.get(s, []) if "error" in r]
     return 1 if failed else 0
 
 

@@ -16,7 +16,10 @@ Results, resume and skipping are the local runner's: the driver skips points who
 and a task whose worker dies (killed, preempted node) is retried by Ray, resuming from the
 checkpoints the dead one wrote. The output folder must be one that every node sees (local
 disk for a local instance, a shared file system for a cluster); the driver also writes each
-returned ``row.json`` itself, so finished points are skipped on a re-run either way.
+returned ``row.json`` itself, so finished points are skipped on a re-run either way. Every
+node needs this package (and a custom ``model_factory``'s module) importable. An exception
+raised inside a task (not a dead worker) is not retried: it ends the sweep, as it does
+without Ray.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 from .config import GridPoint, SweepConfig
 from .packed import group_key, pack_capacity, pack_points
 
-#: The smallest GPU share of a task: at most this many inverse tasks share a GPU.
+#: The smallest GPU share of a task (so at most 1 / MIN_GPU_SHARE tasks share a GPU).
 MIN_GPU_SHARE = 0.25
 #: Ray retries of a task whose worker process died (not of a Python exception in it).
 MAX_RETRIES = 3

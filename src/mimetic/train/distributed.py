@@ -102,6 +102,10 @@ class SingleProcess:
     def __init__(self, device: torch.device):
         self.device = device
 
+    def place(self, model: nn.Module) -> None:
+        """Put ``model`` where training starts: on the device."""
+        model.to(self.device)
+
     def shard(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """This rank's rows of a global batch (each tensor (B, ...) -> (B / world, ...))."""
         return batch
@@ -186,6 +190,11 @@ class FullyShardedParallel(DataParallel):
     def __init__(self, device: torch.device, batch_size: int):
         super().__init__(device, batch_size)
         self._full: nn.Module | None = None
+
+    def place(self, model):
+        # Left where it is (the host, usually): ``fully_shard`` moves one block at a time to
+        # the device and keeps this rank's shard, so the whole model is never on one GPU.
+        pass
 
     def wrap(self, model):
         from torch.distributed.device_mesh import init_device_mesh

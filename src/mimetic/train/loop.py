@@ -171,7 +171,7 @@ def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResu
     amp_dtype = torch.bfloat16 if use_amp else None
     out = Path(config.out_dir) if config.out_dir is not None else None
 
-    model.to(device)
+    par.place(model)  # on the device (FSDP2: where it is, each rank's shards move when sharded)
     kind, found = open_run(out, config, task, model, device)
     if kind == "finished":  # done before: the stored result, the final weights, nothing trained
         return TrainResult.from_dict(found)

@@ -229,3 +229,20 @@ def test_plots_draw_one_series_per_axis_value(tmp_path, monkeypatch):
     figs.clear()
     plots.plot_sweep([{k: v for k, v in r.items() if k != "model.d_model"} for r in rows], tmp_path)
     assert sorted(figs[0].axes[0].get_legend_handles_labels()[1]) == ["attention", "default", "mimetic"]
+
+
+def test_ablation_plot_has_a_column_per_init_with_mean_and_seeds(tmp_path, monkeypatch):
+    figs = []
+    monkeypatch.setattr(plots.plt, "close", figs.append)
+    inits = ("default", "mimetic", "decay_only")
+    rows = [{"task": "copy", "init": init, "layer": layer, "d_state": 4, "length": 8, "seed": s,
+             "final_token_acc": 0.1 * i + 0.01 * s}
+            for i, init in enumerate(inits) for layer in ("Mamba1", "Mamba2") for s in range(3)]
+    (path,) = plots.plot_sweep(rows, tmp_path)
+    assert path.name == "copy_acc_by_init.png" and path.exists()
+    ax = figs[0].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(inits)
+    means = [bar.lines[0].get_ydata()[0] for bar in ax.containers]
+    assert means == pytest.approx([0.01, 0.11, 0.21])
+    seeds = [c for c in ax.collections if type(c).__name__ == "PathCollection"]
+    assert sum(len(c.get_offsets()) for c in seeds) == 9  # every seed drawn

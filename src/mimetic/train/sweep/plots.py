@@ -147,4 +147,45 @@ def plot_sweep(
             paths.append(_plot_axis(rows, task, "length", "d_state", metric, out / f"{task}_acc_vs_length.png", title))
         if len(d_states) >= 2:
             paths.append(_plot_axis(rows, task, "d_state", "length", metric, out / f"{task}_acc_vs_d_state.png", title))
+        if len({r["init"] for r in task_rows if r["layer"] != ATTENTION}) >= 3:
+            paths.append(_plot_by_init(task_rows, metric, out / f"{task}_acc_by_init.png", f"{title}: {task}"))
     return paths
+
+
+def _plot_by_init(rows: list[dict[str, Any]], metric: str, path: Path, title: str) -> Path:
+    """An ablation's picture: per SSM layer type a panel, per init a column with every seed's
+    value (dots) and the mean +- std (bar); one series per (length, d_state) combination."""
+    layers = [x for x in SSM_LAYERS if any(r["layer"] == x for r in rows)]
+    inits = list(dict.fromkeys(r["init"] for r in rows if r["layer"] != ATTENTION))
+    combos = sorted({(r["length"], r["d_state"]) for r in rows if r["layer"] != ATTENTION})
+    fig, axes = plt.subplots(1, len(layers), figsize=(max(4.2, 0.55 * len(inits) + 1.5) * len(layers), 3.8),
+                             squeeze=False, sharey=True)
+    width = 0.7 / len(combos)
+    for ax, layer in zip(axes[0], layers):
+        for ci, (length, d_state) in enumerate(combos):
+            offset = (ci - (len(combos) - 1) / 2) * width
+            marker, _ = STYLES[ci % len(STYLES)]
+            for xi, init in enumerate(inits):
+                values = [float(r[metric]) for r in rows if r["layer"] == layer and r["init"] == init
+                          and (r["length"], r["d_state"]) == (length, d_state) and r.get(metric) is not None]
+                if not values:
+                    continue
+                mean, std = _mean_std(values)
+                jitter = [offset + width * 0.3 * ((i % 5) - 2) / 2 for i in range(len(values))]
+                ax.scatter([xi + j for j in jitter], values, s=9, color="gray", alpha=0.6, zorder=2)
+                label = f"length={length}, d_state={d_state}" if len(combos) > 1 and xi == 0 else None
+                ax.errorbar([xi + offset], [mean], yerr=[std], fmt=marker, color="black", capsize=4, zorder=3,
+                            label=label)
+        ax.set_xticks(range(len(inits)), inits, rotation=40, ha="right", fontsize=8)
+        ax.set_title(layer)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel(metric.replace("_", " ") + " (mean +- std; dots: seeds)")
+    if len(combos) > 1:
+        axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

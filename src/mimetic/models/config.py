@@ -6,10 +6,14 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .._validate import bool_arg, int_arg
 from ..init import MIMETIC_KNOBS, MimeticConfig
-from ..modules import MHA, Mamba, Mamba2
+from ..modules import MHA, LinearAttention, Mamba, Mamba2
 from ..modules._args import check_mamba2_args, check_mamba_args, check_mha_args
 
-LAYER_TYPES = {"Mamba1": Mamba, "Mamba2": Mamba2}
+#: ``ssm_cfg["layer"]`` -> mixer class. LinearAttention is the no-decay baseline (mimetic init
+#: does not apply to it: it already is what mimetic init makes a Mamba layer start from).
+LAYER_TYPES = {"Mamba1": Mamba, "Mamba2": Mamba2, "LinearAttention": LinearAttention}
+#: The layer types that mimetic init changes.
+MIMETIC_LAYERS = ("Mamba1", "Mamba2")
 INITS = ("default", "mimetic")
 _RESERVED = {"self", "d_model", "embed_dim", "layer_idx", "device", "dtype"}
 
@@ -87,7 +91,13 @@ class MambaConfig:
         """The mixers' and the init's argument values (types, ranges), as their constructors
         check them, so that a bad config fails here (e.g. when a sweep file is loaded)."""
         if len(self.attn_layer_idx) < self.n_layer:
-            (check_mamba_args if layer == "Mamba1" else check_mamba2_args)(self.d_model, **self.mixer_kwargs())
+            if layer == "LinearAttention":
+                LinearAttention(self.d_model, **self.mixer_kwargs(), device="meta")  # its own checks
+            else:
+                (check_mamba_args if layer == "Mamba1" else check_mamba2_args)(self.d_model, **self.mixer_kwargs())
+        if self.init == "mimetic" and layer not in MIMETIC_LAYERS and len(self.attn_layer_idx) < self.n_layer:
+            raise ValueError(f"MambaConfig: init='mimetic' applies to {list(MIMETIC_LAYERS)} layers, not "
+                             f"{layer} (a baseline: use init='default')")
         if self.attn_layer_idx:
             check_mha_args(self.d_model, **self.attn_cfg)
         if self.init == "mimetic":

@@ -246,3 +246,39 @@ def test_ablation_plot_has_a_column_per_init_with_mean_and_seeds(tmp_path, monke
     assert means == pytest.approx([0.01, 0.11, 0.21])
     seeds = [c for c in ax.collections if type(c).__name__ == "PathCollection"]
     assert sum(len(c.get_offsets()) for c in seeds) == 9  # every seed drawn
+
+
+def test_linear_attention_points_run_with_default_init_and_keep_d_state(tmp_path):
+    """The paper's baseline in a sweep: one point per (d_state, length, seed), init ignored;
+    [model.ssm_cfg]'s shared keys reach only the layers that take them."""
+    from mimetic.train.sweep import load_sweep
+
+    path = tmp_path / "s.toml"
+    path.write_text("""
+[grid]
+task = ["copy"]
+init = ["default", "mimetic"]
+layer = ["Mamba2", "LinearAttention"]
+d_state = [4, 8]
+length = [6]
+seed = [0]
+[model]
+d_model = 16
+n_layer = 1
+[model.ssm_cfg]
+d_conv = 3
+headdim = 8
+[train]
+steps = 2
+""")
+    cfg = load_sweep(path)
+    la = [p for p in cfg.points() if p.layer == "LinearAttention"]
+    assert [(p.init, p.d_state) for p in la] == [("default", 4), ("default", 8)]
+    from mimetic.train.sweep.config import mamba_config
+    mc = mamba_config(cfg.model_for(la[0]), 10, la[0], *cfg.init_for(la[0]))
+    assert mc.ssm_cfg == {"headdim": 8, "layer": "LinearAttention", "d_state": 4}
+    m2 = [p for p in cfg.points() if p.layer == "Mamba2"][0]
+    assert mamba_config(cfg.model_for(m2), 10, m2, *cfg.init_for(m2)).ssm_cfg["d_conv"] == 3
+    path.write_text(path.read_text().replace("d_conv = 3", "d_convv = 3"))
+    with pytest.raises(ValueError, match="d_convv is an argument of none"):
+        load_sweep(path)

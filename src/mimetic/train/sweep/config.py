@@ -10,7 +10,7 @@ A sweep file has these tables (``[grid]``, ``[model]``, ``[train]`` required)::
     [grid]                       # these six keys required; a list (or one value) per key
     task = ["copy"]              # registry names (mimetic.tasks.TASKS)
     init = ["default", "mimetic"]
-    layer = ["Mamba1", "Mamba2", "attention"]
+    layer = ["Mamba1", "Mamba2", "attention"]   # also "LinearAttention"
     d_state = [16, 64]
     length = [64, 128, 256]      # the task's length knob: copy_len for copy, seq_len otherwise
     seed = [0, 1, 2]
@@ -48,7 +48,10 @@ A sweep file has these tables (``[grid]``, ``[model]``, ``[train]`` required)::
 
 Attention points ignore ``init`` and ``d_state`` (``MambaLM`` applies mimetic init only to
 SSM layers, and attention has no state size): they are run once per (task, length, seed) with
-``init = "default"`` and ``d_state`` empty, and drawn as the baseline.
+``init = "default"`` and ``d_state`` empty, and drawn as the baseline. ``LinearAttention``
+points (causal linear attention, the paper's baseline; ``d_state`` is its key size) ignore
+``init`` the same way and keep ``d_state``; ``[model.ssm_cfg]``'s shared keys reach each SSM
+layer type that takes them.
 
 Extra grid axes sweep any other setting by dotted path; their values replace the fixed
 table's (so ``[model]`` may leave out ``d_model`` / ``n_layer`` when an axis sets them):
@@ -87,7 +90,9 @@ TOP_KEYS = {"sweep", "grid", "tasks", "inits", "model", "train", "eval"}
 REQUIRED_TOP = ("grid", "model", "train")
 SWEEP_KEYS = {"name", "description", "metric"}
 EVAL_KEYS = {"lengths", "batches", "batch_size"}
-SSM_LAYERS = ("Mamba1", "Mamba2")
+SSM_LAYERS = ("Mamba1", "Mamba2", "LinearAttention")
+#: SSM layer types without mimetic init (baselines): their points are run with init "default".
+LINEAR_ATTENTION = "LinearAttention"
 ATTENTION = "attention"
 INITS = ("default", "mimetic")
 #: ``init_cfg = { horizon = "seq_len" }`` in an [inits.<name>] table: mimetic init's decay
@@ -194,14 +199,17 @@ class SweepConfig:
         return sorted(k for k in self.grid if k not in GRID_KEYS)
 
     def points(self) -> list[GridPoint]:
-        """Every grid point in file order, attention points collapsed over init and d_state and
-        every point over the extra axes that do not apply to it."""
+        """Every grid point in file order, attention points collapsed over init and d_state,
+        linear-attention points over init, and every point over the extra axes that do not
+        apply to it."""
         paths = self.axis_paths
         seen: dict[GridPoint, None] = {}
         for values in itertools.product(*(self.grid[k] for k in (*GRID_KEYS, *paths))):
             task, init, layer, d_state, length, seed = values[: len(GRID_KEYS)]
             if layer == ATTENTION:
                 init, d_state = "default", None
+            elif layer == LINEAR_ATTENTION:
+                init = "default"
             axes = tuple(
                 (p, v if _axis_applies(p, task, layer) else None) for p, v in zip(paths, values[len(GRID_KEYS):])
             )
@@ -509,13 +517,17 @@ def mamba_config(model_cfg: dict[str, Any], vocab_size: int, point: GridPoint, i
     table named after a layer type apply to that type only; attention points make every layer
     attention (``attn_layer_idx = all``) with ``attn_cfg``."""
     from ...models import MambaConfig
+    from ...models.config import LAYER_TYPES, _accepted_kwargs
 
     kwargs = {k: v for k, v in model_cfg.items() if k != "ssm_cfg"}
     if point.layer == ATTENTION:
         kwargs["attn_layer_idx"] = list(range(kwargs["n_layer"]))
     else:
         ssm = model_cfg.get("ssm_cfg", {})
-        shared = {k: v for k, v in ssm.items() if not isinstance(v, dict)}
+        # [model.ssm_cfg]'s shared keys go to the layer types that take them (LinearAttention
+        # has no conv or dt arguments); a key no grid layer takes is refused at load.
+        takes = _accepted_kwargs(LAYER_TYPES[point.layer])
+        shared = {k: v for k, v in ssm.items() if not isinstance(v, dict) and k in takes}
         kwargs["ssm_cfg"] = {**shared, **ssm.get(point.layer, {}), "layer": point.layer, "d_state": point.d_state}
         kwargs.pop("attn_cfg", None)  # pure SSM: attention settings only matter for baselines
     return MambaConfig(**kwargs, vocab_size=vocab_size, init=init, init_cfg=init_cfg)
@@ -550,6 +562,15 @@ def _check_model_keys(where: str, model: dict[str, Any], layers: list[str], axes
     reserved = sorted({"layer", "d_state"} & set(ssm_cfg))
     if reserved:
         raise _one_line(f"{where} [model.ssm_cfg]: {', '.join(reserved)} set by the grid, remove them")
+    ssm_layers = [x for x in SSM_LAYERS if x in layers]
+    try:
+        from ...models.config import LAYER_TYPES, _accepted_kwargs
+    except ImportError:
+        return
+    for key in (k for k, v in ssm_cfg.items() if not isinstance(v, dict)):
+        if ssm_layers and not any(key in _accepted_kwargs(LAYER_TYPES[x]) for x in ssm_layers):
+            raise _one_line(f"{where} [model.ssm_cfg]: {key} is an argument of none of the grid's "
+                            f"SSM layers ({', '.join(ssm_layers)})")
     heads = "num_heads" in model.get("attn_cfg", {}) or "model.attn_cfg.num_heads" in axes
     if ATTENTION in layers and not heads:
         raise _one_line(f"{where} [model.attn_cfg]: missing key num_heads (needed for layer 'attention')")

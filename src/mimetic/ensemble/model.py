@@ -27,7 +27,8 @@ from einops import rearrange
 from torch import nn
 
 from ..models import MambaConfig, MambaLM
-from ..modules import MHA, Mamba, Mamba2, RMSNorm
+from ..modules import MHA, LinearAttention, Mamba, Mamba2, RMSNorm
+from ..modules.linear_attention import feature_map
 from ..modules.attention import apply_rotary
 from ..ops import causal_conv1d, rms_norm, selective_scan, ssd_scan
 
@@ -46,7 +47,7 @@ def ensemble_problem(model: nn.Module) -> str | None:
     for layer in model.backbone.layers:
         if layer.mlp is not None:
             return "it has MLP blocks (d_intermediate > 0)"
-        if not isinstance(layer.mixer, (Mamba, Mamba2, MHA)):
+        if not isinstance(layer.mixer, (Mamba, Mamba2, LinearAttention, MHA)):
             return f"it has a {type(layer.mixer).__name__} mixer"
     return None
 
@@ -143,6 +144,8 @@ class EnsembleLM(nn.Module):
                 hidden = self._mamba1(pre + "mixer.", mixer, hidden)
             elif isinstance(mixer, Mamba2):
                 hidden = self._mamba2(pre + "mixer.", mixer, hidden)
+            elif isinstance(mixer, LinearAttention):
+                hidden = self._linear_attention(pre + "mixer.", mixer, hidden)
             else:
                 hidden = self._attention(pre + "mixer.", mixer, hidden)
         norm_f: RMSNorm = self._template[0].backbone.norm_f
@@ -205,6 +208,19 @@ class EnsembleLM(nn.Module):
         if m.rmsnorm:
             y = rms_norm(y, self.p(pre + "norm.weight").reshape(-1), z=z.flatten(2), eps=m.norm.eps,
                          group_size=m.norm.group_size, norm_before_gate=m.norm.norm_before_gate)
+        return self._linear(pre + "out_proj", y).flatten(2)
+
+    def _linear_attention(self, pre: str, m: LinearAttention, hidden: torch.Tensor) -> torch.Tensor:
+        K, di, gn = self.K, m.d_inner, m.ngroups * m.d_state
+        q, k, v = self._linear(pre + "in_proj", hidden).split([gn, gn, di], dim=-1)   # (b, L, K, *)
+        q, k = (feature_map(rearrange(t, "b l k (g n) -> b l (k g) n", g=m.ngroups), m.feature_map)
+                for t in (q, k))
+        v = rearrange(v, "b l k (h p) -> b l (k h) p", p=m.headdim)
+        ones = torch.ones(v.shape[:3], device=v.device, dtype=torch.float32)     # dt = 1
+        zeros = torch.zeros(v.shape[2], device=v.device, dtype=torch.float32)    # A = 0: no decay
+        y = rearrange(ssd_scan(v, ones, zeros, k, q, chunk_size=m.chunk_size), "b l (k h) p -> b l (k h p)", k=K)
+        if m.norm is not None:
+            y = rms_norm(y, self.p(pre + "norm.weight").reshape(-1), eps=m.norm.eps, group_size=di)
         return self._linear(pre + "out_proj", y).flatten(2)
 
     def _attention(self, pre: str, m: MHA, hidden: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,9 @@ DEFAULT_A_LOG = -8.0
 
 @dataclass(frozen=True)
 class MimeticConfig:
-    """Knobs of :func:`mimetic_init_` (see the module docstring)."""
+    """Knobs of :func:`mimetic_init_` (see the module docstring). The defaults of the
+    components the paper leaves open (``tie_conv``, ``bc_noise``, ``bc_alpha``, ``horizon``,
+    ``conv_identity``) are the ones a 10-seed ablation chose (experiments/README.md)."""
 
     decay: bool = True
     a_log: float = DEFAULT_A_LOG

@@ -37,10 +37,11 @@ from tqdm.auto import tqdm
 
 from ..models import MambaLM
 from ..tasks import EvalTally, Task, eval_batches
-from ..train.checkpoint import save_checkpoint
+from ..train.checkpoint import first_nonfinite, nonfinite_in_state, save_checkpoint
 from ..train.config import TrainConfig
-from ..train.loop import (NonFiniteLossError, TrainResult, _nonfinite_message, _resolve_device,
-                          batch_for_step, best_record, checkpoint_state, write_result)
+from ..train.loop import (NonFiniteLossError, NonFiniteWeightsError, TrainResult, _nonfinite_message,
+                          _nonfinite_weights_message, _resolve_device, batch_for_step, best_record,
+                          checkpoint_state, write_result)
 from ..train.metrics import MetricsLogger
 from ..train.resume import open_run, run_lock, run_settings
 from ..train.optim import lr_at, wants_decay
@@ -199,6 +200,7 @@ def _train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Tra
         raise ValueError(f"ensemble members resume from different steps {sorted(start_steps)}; "
                          "train them in separate ensembles")
     step = start_steps.pop()
+    step0 = step  # the weights were finite here (loaded checkpoints are checked)
     elapsed = max((s["elapsed"] for s in states if s is not None), default=0.0)
     tokens_done = {id(m): (s["tokens"] if s else 0) for m, s in zip(members, states)}
 
@@ -301,17 +303,28 @@ def _train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Tra
                 on_work_stream(capture)
                 graph.replay()
 
-    def save(m: _Member, k: int, at_step: int) -> None:
+    def save(m: _Member, k: int, at_step: int) -> bool:
+        """Write member ``k``'s checkpoint; False (and ``m.error`` set) if its weights or
+        optimizer state hold NaN/inf: nothing written, ``m.model`` keeps its last saved weights."""
         if m.out is None or at_step == m.last_saved:
-            return
-        ensemble.write_member(k, m.model)
+            return True
         opt.steps_done = at_step  # graph replays run no Python: the counter is the step
         state = checkpoint_state(
             at_step, opt.member_state_dict(k, m.model, lr_at(max(at_step - 1, 0), m.config), m.config.weight_decay),
             m.config, elapsed, tokens_done[id(m)], m.history, m.steps_to_target,
             run_settings(m.config, task, m.model))
-        save_checkpoint(m.out, at_step, m.model, state, keep=m.config.keep_checkpoints)
+        # Checked in the stacked slot, before it is written into the member's model (one
+        # host read: the save point reads the device anyway), as train() checks its model.
+        bad = first_nonfinite((name, ensemble.p(name)[k]) for name in ensemble.names)
+        bad = f"tensor {bad}" if bad is not None else nonfinite_in_state(state)
+        if bad is not None:
+            m.error = NonFiniteWeightsError(_nonfinite_weights_message(bad, at_step, max(m.last_saved, step0), m.out))
+            m.done, m.elapsed = True, elapsed
+            return False
+        ensemble.write_member(k, m.model)
+        save_checkpoint(m.out, at_step, m.model, state, keep=m.config.keep_checkpoints, check_finite=False)
         m.last_saved = at_step
+        return True
 
     batches = _Batches(task, members, threads=min(8, torch.get_num_threads()))
     prefetch = ThreadPoolExecutor(1, thread_name_prefix="mimetic-prefetch")
@@ -374,8 +387,8 @@ def _train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Tra
             for k, m in enumerate(members):
                 if m.done:
                     continue
-                if m.stopped_early or step == steps or step % ckpt_every == 0:
-                    save(m, k, step)
+                if (m.stopped_early or step == steps or step % ckpt_every == 0) and not save(m, k, step):
+                    continue
                 if m.stopped_early or step == steps:
                     m.done, m.elapsed = True, elapsed
                     ensemble.write_member(k, m.model)  # its final weights; the slot trains on

@@ -6,7 +6,7 @@
 """
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .loop import NonFiniteLossError, TrainResult, batch_for_step, train
+from .loop import NonFiniteLossError, NonFiniteWeightsError, TrainResult, batch_for_step, train
 from .metrics import read_metrics
 from .optim import build_optimizer, lr_at, param_groups, wants_decay
 
@@ -14,6 +14,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "NonFiniteLossError",
+    "NonFiniteWeightsError",
     "train",
     "batch_for_step",
     "build_optimizer",

@@ -29,7 +29,7 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import torch
 from safetensors.torch import load_file, load_model, save_model
@@ -85,22 +85,30 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(
-    out_dir: str | os.PathLike, step: int, model: torch.nn.Module, state: dict[str, Any], keep: int = 2
+    out_dir: str | os.PathLike, step: int, model: torch.nn.Module, state: dict[str, Any], keep: int = 2,
+    *, check_finite: bool = True,
 ) -> Path:
     """Atomically write checkpoint ``step`` (model + ``state``), then prune to the newest ``keep``.
 
     ``state`` must be weights_only-loadable (tensors, numbers, strings, None, lists, dicts).
-    Returns the checkpoint directory.
+    Returns the checkpoint directory. A checkpoint that loading would refuse (a weight or
+    optimizer tensor holding NaN/inf) is not written: ``CheckpointError`` naming the tensor,
+    nothing on disk changed (``check_finite=False``: the caller has checked).
+    Every file gets the same mode (the process umask's, as ``open`` gives).
     """
     root = checkpoint_root(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
+    bad = nonfinite_in_checkpoint(model, state) if check_finite else None
+    if bad is not None:
+        raise CheckpointError(f"not saving {final}: {bad} holds non-finite values (NaN/inf)")
+    root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-step_{step:07d}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_model(model, str(tmp / WEIGHTS_FILE))
     torch.save(state, tmp / STATE_FILE)
+    same_mode(tmp / WEIGHTS_FILE, like=tmp / STATE_FILE)
     sums = {name: file_sha256(tmp / name) for name in (WEIGHTS_FILE, STATE_FILE)}
     (tmp / CHECKSUM_FILE).write_text(json.dumps({"sha256": sums}, indent=1))
     if final.exists():  # same step saved before (e.g. re-run after a crash): replace it
@@ -111,6 +119,12 @@ def save_checkpoint(
     for stale in root.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def same_mode(path: Path, like: Path) -> None:
+    """Give ``path`` the permission bits of ``like`` (safetensors creates its files 0600,
+    whatever the umask; the files Python writes beside them get the umask's mode)."""
+    os.chmod(path, like.stat().st_mode & 0o777)
 
 
 def file_sha256(path: Path) -> str:
@@ -136,17 +150,48 @@ def _check_checksums(path: Path) -> None:
             raise CheckpointError(f"{path / name}: checksum mismatch (the file changed after it was saved)")
 
 
-def _nonfinite_tensor(tree: Any, prefix: str = "") -> str | None:
-    """The dotted name of the first floating tensor in ``tree`` (dicts/lists) holding NaN/inf."""
+def _named_tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """(dotted name, tensor) of every tensor in ``tree`` (dicts/lists/tuples), in order."""
     if isinstance(tree, torch.Tensor):
-        bad = tree.is_floating_point() and not bool(torch.isfinite(tree).all())
-        return (prefix or "<tensor>") if bad else None
+        yield prefix or "<tensor>", tree
+        return
     items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
     for k, v in items:
-        found = _nonfinite_tensor(v, f"{prefix}.{k}" if prefix else str(k))
-        if found is not None:
-            return found
-    return None
+        yield from _named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+
+
+def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating tensor of ``named`` holding NaN/inf, or None. Reads the
+    host once per device (not once per tensor), so a check of a model on the GPU at a
+    checkpoint costs one synchronisation."""
+    floats = [(n, t.detach()) for n, t in named if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, t) in enumerate(floats):
+        by_device.setdefault(t.device, []).append(i)
+    bad: list[int] = []
+    for idx in by_device.values():
+        ok = torch.stack([torch.isfinite(floats[i][1]).all() for i in idx]).cpu()
+        bad += [i for i, good in zip(idx, ok.tolist()) if not good]
+    return floats[min(bad)][0] if bad else None
+
+
+def _nonfinite_tensor(tree: Any, prefix: str = "") -> str | None:
+    """The dotted name of the first floating tensor in ``tree`` (dicts/lists) holding NaN/inf."""
+    return first_nonfinite(_named_tensors(tree, prefix))
+
+
+def nonfinite_in_checkpoint(model: torch.nn.Module, state: dict[str, Any]) -> str | None:
+    """What a checkpoint of ``model`` and ``state`` would hold that loading refuses: "tensor
+    <name>" (a weight) or "optimizer state <name>" with NaN/inf, or None if all is finite."""
+    bad = first_nonfinite(model.state_dict().items())
+    return f"tensor {bad}" if bad is not None else nonfinite_in_state(state)
+
+
+def nonfinite_in_state(state: dict[str, Any]) -> str | None:
+    """"optimizer state <name>" of the first NaN/inf tensor of a checkpoint ``state``'s
+    optimizer state, or None."""
+    bad = _nonfinite_tensor(state.get("optimizer", {}))
+    return None if bad is None else f"optimizer state optimizer.{bad}"
 
 
 def verify_checkpoint(path: str | os.PathLike, check_finite: bool = True) -> dict[str, Any]:

@@ -138,6 +138,10 @@ class SingleProcess:
     def barrier(self) -> None:
         """Wait for every rank (so that files rank 0 wrote exist when any rank goes on)."""
 
+    def from_main(self, value: Any) -> Any:
+        """The main rank's ``value`` (picklable) on every rank (a collective: every rank calls it)."""
+        return value
+
 
 class DataParallel(SingleProcess):
     """DistributedDataParallel over the default process group: a full replica per rank."""
@@ -177,6 +181,11 @@ class DataParallel(SingleProcess):
 
     def barrier(self):
         dist.barrier()
+
+    def from_main(self, value):
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 class FullyShardedParallel(DataParallel):

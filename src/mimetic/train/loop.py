@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..tasks import Task, evaluate, make_generator, model_logits
-from .checkpoint import latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import latest_checkpoint, nonfinite_in_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .distributed import is_main_process, parallel_for
 from .metrics import MetricsLogger
@@ -30,6 +30,12 @@ RESULT_FILE = "result.json"
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when the loss (or gradient norm) is NaN/inf; the message names the step."""
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+    """Raised at a checkpoint when the weights (or optimizer state) hold NaN/inf although the
+    losses were finite; nothing is saved, and the message names the tensor and the steps in
+    which it turned non-finite (after the last checkpoint that was checked finite)."""
 
 
 @dataclass
@@ -143,7 +149,10 @@ def train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResul
 
     Raises ``NonFiniteLossError`` naming the step if the loss or gradient norm is NaN/inf;
     parameters are not updated by that step and the newest checkpoint on disk stays the last
-    good one. Raises ValueError if ``out_dir`` already holds checkpoints and ``resume`` is off,
+    good one. Raises ``NonFiniteWeightsError`` (a ``NonFiniteLossError``) at a checkpoint
+    whose weights or optimizer state hold NaN/inf while the losses were finite, naming the
+    tensor and the steps since the last checkpoint; nothing is saved, the newest checkpoint
+    on disk stays the last good one. Raises ValueError if ``out_dir`` already holds checkpoints and ``resume`` is off,
     or if resuming with settings other than the checkpoint's (``mimetic.train.resume``);
     ``RunLockedError`` if another run is using ``out_dir``.
 
@@ -197,6 +206,7 @@ def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResu
     ckpt_every = config.checkpoint_every or config.eval_every
     eval_bs = config.eval_batch_size or config.batch_size
     last_saved = step if resumed else -1
+    start_step = step  # the weights were finite here (loaded checkpoints are checked)
     stopped_early = interrupted = False
 
     def save(at_step: int) -> None:
@@ -206,8 +216,14 @@ def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResu
         full_model = par.gather_model(model)  # collectives under FSDP2: every rank comes here
         state = checkpoint_state(at_step, par.optimizer_state(optimizer), config, elapsed, tokens, history,
                                  steps_to_target, settings)
+        # Weights can turn NaN/inf while the losses stay finite (an unclipped inf gradient
+        # in the last step before a checkpoint, a parameter the loss does not see): such a
+        # checkpoint would be refused on load, and pruning could drop the last good one.
+        bad = par.from_main(nonfinite_in_checkpoint(full_model, state) if par.is_main else None)
+        if bad is not None:
+            raise NonFiniteWeightsError(_nonfinite_weights_message(bad, at_step, max(last_saved, start_step), out))
         if par.is_main:
-            save_checkpoint(out, at_step, full_model, state, keep=config.keep_checkpoints)
+            save_checkpoint(out, at_step, full_model, state, keep=config.keep_checkpoints, check_finite=False)
         par.barrier()
         last_saved = at_step
 
@@ -305,7 +321,19 @@ def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResu
     return result
 
 
-def _nonfinite_message(what: str, value: float, step: int, out: Path | None) -> str:
+def _last_good(out: Path | None) -> str:
     last = latest_checkpoint(out) if out is not None else None
-    where = f"; last good checkpoint: {last}" if last is not None else "; no checkpoint saved yet"
-    return f"non-finite {what} ({value}) at step {step}; training stopped{where}"
+    return f"; last good checkpoint: {last}" if last is not None else "; no checkpoint saved yet"
+
+
+def _nonfinite_message(what: str, value: float, step: int, out: Path | None) -> str:
+    return f"non-finite {what} ({value}) at step {step}; training stopped{_last_good(out)}"
+
+
+def _nonfinite_weights_message(what: str, step: int, good_step: int, out: Path | None) -> str:
+    """``what``: "tensor <name>" / "optimizer state <name>" (``nonfinite_in_checkpoint``);
+    ``good_step``: the last step after which the weights were known finite."""
+    steps = f"step {step}" if good_step + 1 == step else f"steps {good_step + 1}-{step}"
+    return (f"non-finite values in {what} after step {step} although the losses were finite "
+            f"(finite after step {good_step}: they turned non-finite in {steps}); "
+            f"training stopped without saving them{_last_good(out)}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from mimetic.tasks import CopyTask, InductionHeadsTask, MQARTask, SelectiveCopyTask, Task
+from mimetic.tasks import CopyTask, InductionHeadsTask, JelassiCopyTask, MQARTask, SelectiveCopyTask, Task
 
 
 def _one_hot(pred: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -25,6 +25,21 @@ def oracle_predictions(task: Task, input_ids: torch.Tensor) -> torch.Tensor:
             n = x.index(task.sep) - 1
             for t in range(n + 1, L):
                 pred[b, t] = x[t - n]
+        elif isinstance(task, JelassiCopyTask):
+            # At position t: the string is between the last '$' and the last '|' at or before
+            # t; offset i past that '|' predicts letter i, offset n the end token.
+            dollar = sep = None
+            for t in range(L):
+                if x[t] == task.bos:
+                    dollar, sep = t, None
+                elif x[t] == task.sep:
+                    sep = t
+                if dollar is not None and sep is not None:
+                    n, i = sep - dollar - 1, t - sep
+                    if i < n:
+                        pred[b, t] = x[dollar + 1 + i]
+                    elif i == n:
+                        pred[b, t] = task.end
         elif isinstance(task, MQARTask):
             P = task.num_kv_pairs
             table = {x[2 * i]: x[2 * i + 1] for i in range(P)}

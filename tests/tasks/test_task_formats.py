@@ -17,6 +17,7 @@ from .oracles import oracle_predictions
 
 SMALL = {
     "copy": dict(vocab=8, copy_len=12),
+    "copy_jelassi": dict(vocab=6, min_len=2, max_len=8, context_len=48),
     "mqar": dict(num_kv_pairs=6, seq_len=48, vocab_size=64),
     "selective_copy": dict(seq_len=64, num_tokens=8, vocab_size=10),
     "induction_heads": dict(seq_len=32, vocab_size=12),
@@ -32,8 +33,8 @@ def task(request):
     return make_task(request.param, **SMALL[request.param])
 
 
-def test_registry_has_the_four_tasks():
-    assert set(TASKS) == {"copy", "mqar", "selective_copy", "induction_heads"}
+def test_registry_has_the_five_tasks():
+    assert set(TASKS) == {"copy", "copy_jelassi", "mqar", "selective_copy", "induction_heads"}
 
 
 def test_batch_shapes_dtypes_ranges(task):
@@ -167,7 +168,7 @@ def test_induction_heads_format_exactly():
     assert ((x == t.special).sum(1) == 2).all(), "special token exactly twice"
     assert (x[:, -1] == t.special).all()
     first = (x == t.special).float().argmax(1)
-    assert int(first.max()) <= 17
+    assert int(first.max()) == 16, "trigger uniform over 0 .. L-4 (safari: the first n-2 of n+1)"
     assert torch.equal(y[:, -1], x.gather(1, (first + 1)[:, None]).squeeze(1))
     assert (m.sum(1) == 1).all() and m[:, -1].all()
     assert len(set(first.tolist())) > 10, "the first special token's position varies"
@@ -185,9 +186,17 @@ def test_induction_heads_format_exactly():
         ("mqar", dict(num_kv_pairs=4, num_queries=5), "num_queries"),
         ("selective_copy", dict(seq_len=10, num_tokens=8), "seq_len=10 too short"),
         ("selective_copy", dict(vocab_size=2), "vocab_size=2 too small"),
-        ("induction_heads", dict(seq_len=2), "seq_len=2 too short"),
+        ("induction_heads", dict(seq_len=3), "seq_len=3 too short"),
+        ("induction_heads", dict(vocab_size=16, data_vocab=16), "data_vocab=16"),
+        ("induction_heads", dict(data_vocab=1), "data_vocab=1"),
+        ("copy_jelassi", dict(min_len=0), "min_len=0"),
+        ("copy_jelassi", dict(min_len=6, max_len=5), "max_len=5 must be >= min_len=6"),
+        ("copy_jelassi", dict(max_len=60, context_len=120), "context_len=120 too short"),
+        ("copy_jelassi", dict(vocab=1), "vocab=1 too small"),
+        ("copy_jelassi", dict(context_len=100.0), "context_len must be an int"),
+        ("copy_jelassi", dict(packed=1), "packed must be true or false"),
         ("induction_heads", dict(vocab_size=2), "vocab_size"),
-        ("nope", {}, "valid tasks: copy, induction_heads, mqar, selective_copy"),
+        ("nope", {}, "valid tasks: copy, copy_jelassi, induction_heads, mqar, selective_copy"),
         ("copy", dict(length=3), "unknown knob"),
     ],
 )

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mimetic.tasks import CopyTask, InductionHeadsTask, MQARTask, SelectiveCopyTask
+from mimetic.tasks import CopyTask, InductionHeadsTask, JelassiCopyTask, MQARTask, SelectiveCopyTask
 
 from .oracles import oracle_predictions
 
@@ -40,7 +40,7 @@ def test_selective_copy_any_valid_knobs(M, extra, V, seed):
 
 
 @settings(max_examples=30, deadline=None)
-@given(L=st.integers(3, 40), V=st.integers(3, 20), seed=st.integers(0, 2**31))
+@given(L=st.integers(4, 40), V=st.integers(3, 20), seed=st.integers(0, 2**31))
 def test_induction_heads_any_valid_knobs(L, V, seed):
     x, _, _ = check(InductionHeadsTask(seq_len=L, vocab_size=V), seed)
     assert ((x == V - 1).sum(1) == 2).all()
@@ -51,3 +51,19 @@ def test_induction_heads_any_valid_knobs(L, V, seed):
 def test_copy_any_valid_knobs(n, V, seed):
     x, y, m = check(CopyTask(vocab=V, copy_len=n), seed)
     assert (m.sum(1) == n).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(lo=st.integers(1, 8), span=st.integers(0, 8), extra=st.integers(0, 40), V=st.integers(2, 12),
+       packed=st.booleans(), score_end=st.booleans(), seed=st.integers(0, 2**31))
+def test_copy_jelassi_any_valid_knobs(lo, span, extra, V, packed, score_end, seed):
+    hi = lo + span
+    task = JelassiCopyTask(vocab=V, min_len=lo, max_len=hi, context_len=2 * hi + 3 + extra,
+                           packed=packed, score_end=score_end)
+    x, y, m = check(task, seed)
+    # Each complete example scores n (+1 with the end token) positions; the first '|' of
+    # every row belongs to a complete example (the longest example fits).
+    assert (m.sum(1) >= lo).all()
+    if not packed:
+        n = (x == task.sep).float().argmax(1) - 1
+        assert torch.equal(m.sum(1), n + int(score_end))

@@ -80,6 +80,16 @@ class Task:
         """
         return dataclasses.replace(self, seq_len=seq_len)  # type: ignore[type-var]
 
+    def length_eval_task(self, length: int) -> "Task":
+        """The task a model trained on ``self`` is evaluated on at ``length`` (a value of the
+        length knob), for length generalization (sweeps' ``[eval] lengths``).
+
+        Default: ``with_length(length)``, the same format at another length. Tasks whose
+        training format mixes lengths override it to test one length exactly (copy_jelassi:
+        strings of exactly ``length`` characters, one per context, as in Jelassi et al.).
+        """
+        return self.with_length(length)
+
     @property
     def length(self) -> int:
         """The value of the length knob (what sweeps and plots call the task's length)."""

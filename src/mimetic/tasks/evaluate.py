@@ -1,4 +1,5 @@
-"""Held-out evaluation of a model on a task: exact-match accuracy per token and per sequence."""
+"""Held-out evaluation of a model on a task: exact-match accuracy per token and per sequence;
+copy accuracy per string length (Jelassi et al.'s protocol)."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from .base import Task, make_generator
+from .copy import CopyTask
+from .copy_jelassi import JelassiCopyTask
 
 #: Tag of the evaluation seed stream. Training batches use the tag "train" (see
 #: ``mimetic.train``), so evaluation batches come from a different seed space than any
@@ -117,3 +120,47 @@ def evaluate(
     finally:
         model.train(was_training)
     return tally.result()
+
+
+def copy_accuracy_by_length(
+    model: torch.nn.Module,
+    task: Task,
+    lengths,
+    num_batches: int = 8,
+    batch_size: int = 64,
+    seed: int = 0,
+    *,
+    device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[int, tuple[float, float]]:
+    """Jelassi et al.'s copy evaluation of a trained ``model``: per string length n,
+    ``(exact, char_acc)``.
+
+    For each n in ``lengths`` the model reads ``num_batches`` batches of
+    ``task.length_eval_task(n)`` (copy_jelassi: one string of exactly n letters per context,
+    ``$ s | s .`` then pad; copy: ``copy_len = n``) and is scored teacher-forced: at each
+    position of the copy the argmax given the true prefix. ``exact`` is the fraction of strings
+    whose n copied letters are all right (teacher-forced, which is what greedy decoding of the
+    string gives when every step is right), ``char_acc`` the fraction of copied letters that are
+    right. Both use ``evaluate`` on that task, whose sequences each hold one string with
+    exactly its n letters scored, so they are its ``seq_acc`` and ``token_acc``.
+
+    Args:
+        task: a ``copy_jelassi`` or ``copy`` task (what the model was trained on; its string
+            lengths are replaced by each n, its alphabet and context are kept).
+        lengths: string lengths to test, e.g. ``range(5, 101)`` to test past a training range
+            of [5, 50].
+        num_batches, batch_size, seed, device, autocast_dtype: as for ``evaluate`` (the same
+            held-out "eval" stream).
+
+    Returns:
+        ``{n: (exact, char_acc)}`` in the order of ``lengths``.
+    """
+    if not isinstance(task, (CopyTask, JelassiCopyTask)):
+        raise ValueError(f"copy_accuracy_by_length needs a copy or copy_jelassi task, got {task.name!r}")
+    out: dict[int, tuple[float, float]] = {}
+    for n in lengths:
+        m = evaluate(model, task.length_eval_task(int(n)), num_batches=num_batches, batch_size=batch_size,
+                     seed=seed, device=device, autocast_dtype=autocast_dtype)
+        out[int(n)] = (m["seq_acc"], m["token_acc"])
+    return out

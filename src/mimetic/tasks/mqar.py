@@ -22,12 +22,15 @@ class MQARTask(Task):
     * positions ``0 .. 2P-1``: ``k_1 v_1 k_2 v_2 ... k_P v_P``; the P keys of a sequence are
       distinct (sampled without replacement), and so are the P values.
     * positions ``2P .. L-1``: the query region, cut into ``S = (L - 2P) // 2`` two-token slots
-      starting at ``2P + 2g`` (g = 0 .. S-1). Q distinct slots get a query: the first token of
-      the slot is a key, Q distinct keys chosen at random among the P; queries appear in random
-      order relative to the pairs. Which slots: sampled without replacement with probability
-      proportional to ``(g + 1) ** (power_a - 1)`` (Zoology's power law, default
-      ``power_a = 0.01``, which favours queries near the start of the region, i.e. short
-      key-query gaps; ``power_a = 1`` is uniform).
+      starting at ``2P + 2g`` (g = 0 .. S-1). Slots are drawn one after another without
+      replacement, each draw with probability proportional to ``(g + 1) ** (power_a - 1)``
+      among the slots not yet drawn (Zoology's power law, default ``power_a = 0.01``, which
+      favours the start of the region, i.e. short key-query gaps; ``power_a = 1`` is uniform).
+      The j-th draw gets the query of the j-th queried pair, in pair order: with Q = P (the
+      default, Zoology's only setting) pair j's key goes in the slot of draw j, exactly as
+      Zoology places ``keys[j]`` at ``gaps[j]``, so earlier pairs tend to be queried earlier
+      (not a uniformly random query order). With Q < P, Q distinct pairs are chosen uniformly
+      and keep that rule in their pair order. The first token of a query slot is the key.
     * every other position in the query region (the second token of each slot, unused slots,
       and a trailing position when L - 2P is odd) is filler: uniform random tokens from the
       whole vocabulary ``[0, V)`` if ``random_non_queries`` (Zoology's default; fillers may thus
@@ -38,7 +41,11 @@ class MQARTask(Task):
       convention), which keeps ``targets`` a valid token everywhere.
 
     Requirements: ``num_queries <= num_kv_pairs``; ``V // 2 - 1 >= P`` distinct keys;
-    ``L >= 2P + 2Q`` (room for the pairs and one slot per query).
+    ``L >= 2P + 2Q`` (room for the pairs and one slot per query). Zoology also asserts an
+    even ``seq_len`` and ``vocab_size > seq_len``; those are not needed for the format and not
+    enforced here (an odd L ends with one filler position). Every setting Zoology accepts gives
+    the same distribution of (input, scored targets) here; the random numbers differ (torch
+    generator, not numpy's global one).
     Knobs and defaults follow Zoology's defaults: ``vocab_size=8192, seq_len=64,
     num_kv_pairs=8``; ``num_queries`` defaults to ``num_kv_pairs`` (Zoology queries every key).
     """
@@ -94,10 +101,16 @@ class MQARTask(Task):
         input_ids[:, 0 : 2 * P : 2] = keys
         input_ids[:, 1 : 2 * P : 2] = values
 
-        # Which pairs are queried (Q of P, random order) and in which slots (power law).
-        which = random_subset_rows(B, P, Q, generator)  # (B, Q) indices into the pairs
+        # Which pairs are queried: all of them in pair order when Q == P (Zoology); else Q
+        # of P uniformly, kept in pair order, so draw j always serves the j-th queried pair.
+        if Q == P:
+            which = torch.arange(P).expand(B, P)
+        else:
+            which = random_subset_rows(B, P, Q, generator).sort(dim=1).values  # (B, Q)
         n_slots = (L - 2 * P) // 2
         weights = (torch.arange(1, n_slots + 1, dtype=torch.float64) ** (self.power_a - 1.0))
+        # Without replacement, torch.multinomial returns the slots in draw order (successive
+        # sampling, as numpy's choice(replace=False, p=...) in Zoology): column j is draw j.
         slots = torch.multinomial(
             weights.expand(B, n_slots), Q, replacement=False, generator=generator
         )  # (B, Q)

@@ -26,8 +26,20 @@ class SelectiveCopyTask(Task):
       where the outputs are read at the marker positions; the inputs never contain the
       answers after the region). Unscored targets are the next input token.
 
-    Defaults follow the Mamba paper's setting: vocabulary 16, 16 tokens to memorize, sequence
-    length 4096 (here the total input length, so the region is 4080 long).
+    This is the S4 repository's copying generator with ``variable=True`` (the "selective"
+    variant the Mamba paper builds on; the Mamba authors did not release their own script), in
+    its terms ``l_memorize = num_tokens``, ``n_tokens = vocab_size`` and ``l_noise = seq_len -
+    2 * num_tokens``: data tokens uniform over ``[1, V-1)``, their M positions a uniformly random
+    sorted subset of the first ``l_noise + M`` positions, then M markers ``V-1``, outputs read at
+    the markers. Only the loss and metrics are computed at the markers (the model emits logits
+    everywhere).
+
+    Defaults are the Mamba paper's Table 1 setting: vocabulary 16 including the blank ("noise")
+    token (so the marker and 14 data values), 16 tokens to memorize, sequence length 4096. The
+    paper does not say whether 4096 is the input length or S4's ``l_noise``; the default reads
+    it as the input length (``l_noise = 4064``); ``seq_len = 4128`` gives the other reading.
+    Table 1 trains 2 layers, D = 64, batch 64, constant lr 1e-4, 400K steps (see
+    ``experiments/mamba_tables.toml``).
     """
 
     name = "selective_copy"

@@ -38,6 +38,31 @@ class AttnResult:
         return out
 
 
+#: The file name ``attn_command`` writes into a folder given as ``out_png``.
+DEFAULT_PNG = "attention_maps.png"
+
+
+def _png_path(out_png: str | os.PathLike) -> str:
+    """Where the picture goes: ``out_png`` itself; ``<folder>/attention_maps.png`` for an
+    existing folder (or a path ending in a separator); ``.png`` added to a name without a
+    suffix (matplotlib's default format, which it would add silently)."""
+    path = os.fspath(out_png)
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"out_png must be a file path, got {out_png!r}")
+    if os.path.isdir(path) or path.endswith(os.sep):
+        return os.path.join(path, DEFAULT_PNG)
+    suffix = os.path.splitext(path)[1]
+    if not suffix:
+        return path + ".png"
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix[1:].lower() not in formats:
+        raise ValueError(f"out_png {path!r}: matplotlib cannot write {suffix!r} files "
+                         f"(use one of {', '.join('.' + f for f in sorted(formats))})")
+    return path
+
+
 def _load_model(model, device) -> nn.Module:
     from ..models import MambaLM
 
@@ -110,7 +135,8 @@ def attn_command(model: nn.Module | str | os.PathLike,
             ``"induction_heads"``; one sequence drawn with ``seed`` and ``task_kwargs``),
             a string of token ids (``"3 1 4 1 5"`` or ``"3,1,4"``), or ids as a tensor /
             list, (L,) or (batch, L).
-        out_png: where to write the picture.
+        out_png: where to write the picture (a folder: ``attention_maps.png`` in it; no
+            suffix: ``.png`` added); ``AttnResult.path`` is the file written.
         layers: layer indices (None: all; negative counts from the end).
         log_scale: log colour scale (default) or linear.
         reduce, channels: Mamba-1 channel reduction / channel (or head) subset, see
@@ -132,6 +158,7 @@ def attn_command(model: nn.Module | str | os.PathLike,
         TypeError / ValueError / IndexError for a bad model, input or layer index;
         ``FileNotFoundError`` for a missing checkpoint; ``MapMemoryError`` over ``max_bytes``.
     """
+    out_png = _png_path(out_png)
     model = _load_model(model, device)
     ids, labels, marks, task = _parse_inputs(inputs, model.config.vocab_size, seed, task_kwargs)
     maps = attention_maps(model, ids, layers=layers, reduce=reduce, channels=channels,

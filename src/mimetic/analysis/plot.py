@@ -141,6 +141,8 @@ def plot_attention_maps(maps: Mapping, path: str | os.PathLike, log_scale: bool 
     if title:
         fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
     path = os.fspath(path)
+    if not os.path.splitext(path)[1]:  # matplotlib would write path + ".png": say so
+        path += ".png"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path

@@ -386,7 +386,7 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
         try:
             task = cfg.task_for(point)
             for n in ev.get("lengths", []):
-                task.with_length(n)
+                task.length_eval_task(n)  # what rows.length_evals tests at n
             TrainConfig(**cfg.train_for(point))
             _check_model_config(cfg, point, task.vocab_size)
         except (ValueError, TypeError) as e:

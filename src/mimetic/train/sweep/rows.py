@@ -39,11 +39,13 @@ def result_row(point: GridPoint, task: Task, result: TrainResult) -> dict[str, A
 
 def length_evals(cfg: SweepConfig, model: torch.nn.Module, task: Task, tcfg: TrainConfig) -> dict[str, float]:
     """``gen_token_acc@n`` / ``gen_seq_acc@n`` of the trained ``model`` for each ``[eval]``
-    length n (the length generalization columns); empty without ``[eval] lengths``."""
+    length n (the length generalization columns), on ``task.length_eval_task(n)`` (for
+    copy_jelassi: strings of exactly n letters, so these are Jelassi et al.'s character
+    accuracy and string exact match); empty without ``[eval] lengths``."""
     out: dict[str, float] = {}
     for n in cfg.eval.get("lengths", []):
         m = evaluate(
-            model, task.with_length(n),
+            model, task.length_eval_task(n),
             num_batches=cfg.eval.get("batches", 4),
             batch_size=cfg.eval.get("batch_size", tcfg.eval_batch_size or tcfg.batch_size),
             seed=tcfg.eval_seed,

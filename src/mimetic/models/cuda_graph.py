@@ -73,8 +73,9 @@ class DecodeGraph:
         device = next(model.parameters()).device
         self.static_ids = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=device)
         saved = [(s.conv_state.clone(), s.ssm_state.clone()) for s in cache.layers]
-        offset = cache.seqlen_offset
+        offset, max_seqlen = cache.seqlen_offset, cache.max_seqlen
         _set_offset(cache, max(offset, 1))  # > 0: the layers take their recurrent step
+        cache.max_seqlen = max(max_seqlen, cache.seqlen_offset + 1)  # room for the captured step
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
@@ -88,6 +89,7 @@ class DecodeGraph:
             s.conv_state.copy_(conv)
             s.ssm_state.copy_(ssm)
         _set_offset(cache, offset)
+        cache.max_seqlen = max_seqlen
         self._bound = [(s.conv_state, s.ssm_state) for s in cache.layers]
 
     def _check_bound(self) -> None:

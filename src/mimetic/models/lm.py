@@ -90,12 +90,28 @@ class MambaLM(nn.Module):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got "
                              f"[{int(input_ids.min())}, {int(input_ids.max())}]")
 
+    def _check_cache(self, cache: InferenceCache, input_ids: torch.Tensor) -> None:
+        """The cache fits this model and batch and has room for the new tokens (host-side
+        numbers only: no device read). Mamba layers keep a fixed-size state and would
+        accept any length; the cache's ``max_seqlen`` is the promise checked here."""
+        if not isinstance(cache, InferenceCache):
+            raise TypeError(f"cache must be an InferenceCache (model.allocate_cache), got {type(cache).__name__}")
+        if len(cache.layers) != len(self.backbone.layers):
+            raise ValueError(f"cache holds {len(cache.layers)} layers, the model has {len(self.backbone.layers)}")
+        if input_ids.shape[0] != cache.batch_size:
+            raise ValueError(f"cache was allocated for batch {cache.batch_size}, got {input_ids.shape[0]}")
+        if cache.seqlen_offset + input_ids.shape[1] > cache.max_seqlen:
+            raise ValueError(f"cache holds {cache.max_seqlen} tokens: {cache.seqlen_offset} consumed, "
+                             f"{input_ids.shape[1]} more do not fit (allocate_cache with a larger max_seqlen)")
+
     def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None,
                 num_last_tokens: int = 0) -> torch.Tensor:
         """input_ids (batch, L) -> logits (batch, L, vocab_size), or of the last
         ``num_last_tokens`` positions only. With ``cache``, the layers' states are filled
         (prefill) and the cache advanced by L."""
         self._check_ids(input_ids)
+        if cache is not None:
+            self._check_cache(cache, input_ids)
         hidden = self.backbone(input_ids, cache=cache)
         if cache is not None:
             cache.advance(input_ids.shape[1])
@@ -112,6 +128,9 @@ class MambaLM(nn.Module):
         ``state_dtype``: the Mamba layers' SSM states. float32 keeps the recurrence
         accurate over long generations; the model's half dtype (as ``mamba_ssm`` does)
         halves the state bytes that each decoding step reads and writes."""
+        for name, value in (("batch_size", batch_size), ("max_seqlen", max_seqlen)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         cache = InferenceCache(batch_size=batch_size, max_seqlen=max_seqlen)
         for layer in self.backbone.layers:
             mixer = layer.mixer

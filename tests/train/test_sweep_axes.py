@@ -282,3 +282,52 @@ steps = 2
     path.write_text(path.read_text().replace("d_conv = 3", "d_convv = 3"))
     with pytest.raises(ValueError, match="d_convv is an argument of none"):
         load_sweep(path)
+
+
+ZIP_SWEEP = """
+[grid]
+task = ["mqar"]
+init = ["default"]
+layer = ["Mamba2"]
+d_state = [4]
+seed = [0, 1]
+[[grid.zip]]
+length = [16, 32]
+"tasks.mqar.num_kv_pairs" = [2, 4]
+[tasks.mqar]
+vocab_size = 64
+[model]
+d_model = 16
+n_layer = 1
+[model.ssm_cfg.Mamba2]
+headdim = 8
+[train]
+steps = 2
+"""
+
+
+def test_zipped_keys_advance_together(tmp_path):
+    from mimetic.train.sweep import load_sweep
+
+    path = tmp_path / "z.toml"
+    path.write_text(ZIP_SWEEP)
+    cfg = load_sweep(path)
+    got = [(p.length, dict(p.axes)["tasks.mqar.num_kv_pairs"], p.seed) for p in cfg.points()]
+    assert got == [(16, 2, 0), (32, 4, 0), (16, 2, 1), (32, 4, 1)]
+    assert [cfg.task_for(p).num_kv_pairs for p in cfg.points()[:2]] == [2, 4]
+
+
+@pytest.mark.parametrize("edit, match", [
+    (('"tasks.mqar.num_kv_pairs" = [2, 4]', '"tasks.mqar.num_kv_pairs" = [2, 4, 8]'), "all of one length"),
+    (('"tasks.mqar.num_kv_pairs" = [2, 4]', ''), "at least two keys"),
+    (('seed = [0, 1]', 'seed = [0, 1]\nlength = [8]'), "also a \\[grid\\] key"),
+    (('"tasks.mqar.num_kv_pairs" = [2, 4]', '"tasks.mqar.num_kv_pairs" = [2, 400]'), "num_kv_pairs|kv"),
+])
+def test_bad_zips_are_one_line_errors(tmp_path, edit, match):
+    from mimetic.train.sweep import load_sweep
+
+    path = tmp_path / "z.toml"
+    path.write_text(ZIP_SWEEP.replace(*edit))
+    with pytest.raises(ValueError, match=match) as e:
+        load_sweep(path)
+    assert "\n" not in str(e.value)

@@ -63,6 +63,14 @@ table's (so ``[model]`` may leave out ``d_model`` / ``n_layer`` when an axis set
 - ``tasks.<task>.<knob>`` for a task of ``grid.task``, except its length knob.
 
 A value that is itself a list needs the outer list: ``"train.betas" = [[0.9, 0.95]]``.
+
+Keys whose values go together (Zoology's MQAR grid pairs each sequence length with its number
+of key-value pairs) are zipped instead of crossed, in ``[[grid.zip]]`` tables of equally long
+lists (grid keys or dotted paths; not also given in ``[grid]``)::
+
+    [[grid.zip]]
+    length = [64, 128, 256, 512]
+    "tasks.mqar.num_kv_pairs" = [4, 8, 16, 64]
 An axis that does not apply to a point is dropped from it (value None): ``tasks.<other task>``,
 ``model.ssm_cfg.*`` for attention, ``model.ssm_cfg.<other layer>.*`` and ``model.attn_cfg.*``
 for SSM layers. Each extra axis adds a ``-<path>=<value>`` suffix to the run folder
@@ -192,11 +200,26 @@ class SweepConfig:
     eval: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     metric: str = "final_token_acc"
+    zips: list[tuple[str, ...]] = field(default_factory=list)
 
     @property
     def axis_paths(self) -> list[str]:
         """The extra grid axes (dotted paths), sorted."""
         return sorted(k for k in self.grid if k not in GRID_KEYS)
+
+    def _value_rows(self):
+        """Every combination of grid values, as tuples in (*GRID_KEYS, *axis_paths) order: the
+        product of the keys' lists, except that the keys of one ``[[grid.zip]]`` group advance
+        together."""
+        keys = (*GRID_KEYS, *self.axis_paths)
+        zipped = {k for group in self.zips for k in group}
+        free = [k for k in keys if k not in zipped]
+        for free_values in itertools.product(*(self.grid[k] for k in free)):
+            for rows in itertools.product(*(range(len(self.grid[g[0]])) for g in self.zips)):
+                value = dict(zip(free, free_values))
+                for group, i in zip(self.zips, rows):
+                    value.update((k, self.grid[k][i]) for k in group)
+                yield tuple(value[k] for k in keys)
 
     def points(self) -> list[GridPoint]:
         """Every grid point in file order, attention points collapsed over init and d_state,
@@ -204,7 +227,7 @@ class SweepConfig:
         apply to it."""
         paths = self.axis_paths
         seen: dict[GridPoint, None] = {}
-        for values in itertools.product(*(self.grid[k] for k in (*GRID_KEYS, *paths))):
+        for values in self._value_rows():
             task, init, layer, d_state, length, seed = values[: len(GRID_KEYS)]
             if layer == ATTENTION:
                 init, d_state = "default", None
@@ -262,7 +285,10 @@ class SweepConfig:
         other tasks are ignored), then the length knob."""
         knobs = dict(self.tasks.get(point.task, {}))
         knobs.update((keys[1], v) for keys, v in self._overrides(point, "tasks") if keys[0] == point.task)
-        return make_task(point.task, **knobs).with_length(point.length)
+        # The length goes in with the other knobs: a task built at its default length first
+        # could fail for knobs that only fit the point's length (64 MQAR pairs need 256 tokens).
+        knobs[TASKS[point.task].length_knob] = point.length
+        return make_task(point.task, **knobs)
 
 
 def _one_line(msg: str) -> ValueError:
@@ -295,7 +321,10 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
     meta = data.get("sweep", {})
     _check_keys(f"{where} [sweep]", set(meta), SWEEP_KEYS)
 
-    raw_grid = _flatten_grid(where, data["grid"])
+    grid_table = dict(data["grid"])
+    zip_tables = grid_table.pop("zip", [])
+    raw_grid = _flatten_grid(where, grid_table)
+    zips = _zip_groups(where, zip_tables, raw_grid)  # adds the zipped keys' lists to raw_grid
     _check_keys(f"{where} [grid]", {k for k in raw_grid if "." not in k}, set(GRID_KEYS), GRID_KEYS)
     grid = {k: _as_list(where, k, raw_grid[k]) for k in GRID_KEYS}
     bad = [t for t in grid["task"] if t not in TASKS]
@@ -368,6 +397,7 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
         eval=ev,
         description=meta.get("description", ""),
         metric=metric,
+        zips=zips,
     )
     # Build every point's task, train config and model config, so that bad values fail now,
     # not mid-sweep.
@@ -423,6 +453,30 @@ def _check_eval(where: str, ev: dict[str, Any]) -> None:
     for key in ("batches", "batch_size"):
         if key in ev and not positive(ev[key]):
             raise _one_line(f"{where} [eval]: {key}={ev[key]!r} must be an integer >= 1")
+
+
+def _zip_groups(where: str, tables: Any, raw_grid: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The ``[[grid.zip]]`` tables: each a group of keys whose lists are taken together, the
+    i-th values of one point, instead of crossed. Their lists go into ``raw_grid`` (so they
+    are checked as any grid key or axis is); returns the groups' keys."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise _one_line(f"{where} [grid]: zip must be [[grid.zip]] tables of equally long lists")
+    groups = []
+    for i, table in enumerate(tables):
+        at = f"{where} [[grid.zip]] #{i + 1}"
+        flat = _flatten_grid(at, table)
+        if len(flat) < 2:
+            raise _one_line(f"{at}: needs at least two keys to zip, got {sorted(flat)}")
+        lengths = {k: len(v) if isinstance(v, list) else -1 for k, v in flat.items()}
+        if min(lengths.values()) < 1 or len(set(lengths.values())) != 1:
+            raise _one_line(f"{at}: every key needs a non-empty list, all of one length; got lengths "
+                            + ", ".join(f"{k}={n if n >= 0 else 'not a list'}" for k, n in lengths.items()))
+        for key, values in flat.items():
+            if key in raw_grid:
+                raise _one_line(f"{at}: {key} is also a [grid] key; give it in one place")
+            raw_grid[key] = values
+        groups.append(tuple(flat))
+    return groups
 
 
 def _flatten_grid(where: str, raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:

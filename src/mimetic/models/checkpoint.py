@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -15,15 +16,35 @@ FORMAT_TAG = "mimetic"
 
 def save_pretrained(model, path) -> None:
     """Write ``config.json`` (tagged ``"format": "mimetic"``) and ``model.safetensors``.
-    Tied weights are stored once (the LM head is re-tied on load)."""
+    Tied weights are stored once (the LM head is re-tied on load).
+
+    Each file is written under a temporary name and renamed into place (a crash leaves the
+    old file or the new one, never half of one); both get the mode the umask gives. Weights
+    holding NaN/inf are refused (``from_pretrained`` would refuse the files), naming the
+    tensor; nothing is written then."""
+    from ..train.checkpoint import first_nonfinite
+
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, not a folder")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)
-    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    bad = first_nonfinite(state.items())
+    if bad is not None:
+        raise ValueError(f"not saving {path}: tensor {bad} holds non-finite values (NaN/inf)")
+    path.mkdir(parents=True, exist_ok=True)
     config = {"format": FORMAT_TAG, **model.config.to_dict()}
-    (path / "config.json").write_text(json.dumps(config, indent=2))
+    tmp_config, tmp_weights = path / f".config.json.tmp-{os.getpid()}", path / f".model.safetensors.tmp-{os.getpid()}"
+    try:
+        tmp_config.write_text(json.dumps(config, indent=2))
+        save_file(state, str(tmp_weights), metadata={"format": "pt"})
+        os.chmod(tmp_weights, tmp_config.stat().st_mode & 0o777)  # safetensors writes 0600
+        os.replace(tmp_weights, path / "model.safetensors")
+        os.replace(tmp_config, path / "config.json")
+    finally:
+        for tmp in (tmp_config, tmp_weights):
+            tmp.unlink(missing_ok=True)
 
 
 def _read_config(path: Path) -> dict:

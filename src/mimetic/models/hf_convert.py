@@ -258,11 +258,14 @@ def read_transformers_weights(path: Path) -> tuple[dict, str]:
         return _read_weight_file(file), str(file)
     try:
         weight_map = json.loads(file.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{file}: not a valid shard index ({e!r})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in weight_map.items()):
+        raise ValueError(f"{file}: weight_map must map tensor names to shard file names")
     state = {}
     for shard in sorted(set(weight_map.values())):
-        shard_file = path / shard
+        shard_file = _shard_path(path, shard, file)
         if not shard_file.is_file():
             raise FileNotFoundError(f"{file} lists shard {shard!r}, which is missing from {path}")
         state.update(_read_weight_file(shard_file))
@@ -273,10 +276,27 @@ def read_transformers_weights(path: Path) -> tuple[dict, str]:
     return state, str(file)
 
 
+def _shard_path(path: Path, shard: str, index: Path) -> Path:
+    """The shard file ``shard`` of the index ``index``: inside the checkpoint folder ``path``
+    (after resolving links and ``..``), a ``.safetensors`` or ``.bin`` file; an index
+    pointing elsewhere is refused (it would read a file the folder does not hold)."""
+    shard_file = path / shard
+    root = path.resolve()
+    if not shard or Path(shard).is_absolute() or not shard_file.resolve().is_relative_to(root):
+        raise ValueError(f"{index} lists shard {shard!r}, which lies outside the checkpoint folder {path}")
+    if shard_file.suffix not in (".safetensors", ".bin"):
+        raise ValueError(f"{index} lists shard {shard!r}: shards are .safetensors or .bin files")
+    return shard_file
+
+
 def _read_weight_file(file: Path) -> dict:
+    """Every tensor of ``file``, with a one-line error naming it for an unreadable file or a
+    tensor holding NaN/inf (``checkpoint._read_weights``)."""
+    from .checkpoint import _read_weights
+
     if file.suffix == ".safetensors":
-        return load_file(str(file))
-    return torch.load(file, map_location="cpu", weights_only=True)
+        return _read_weights(file, lambda p: load_file(str(p)))
+    return _read_weights(file, lambda p: torch.load(p, map_location="cpu", weights_only=True))
 
 
 def state_from_transformers(state: dict, config: MambaConfig, source: str) -> dict:

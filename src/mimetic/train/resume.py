@@ -93,7 +93,7 @@ def _check_out_dir(out: Path) -> None:
 
 
 def _acquire(out: Path, fcntl) -> int:
-    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every file
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

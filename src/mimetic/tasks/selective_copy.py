@@ -39,7 +39,7 @@ class SelectiveCopyTask(Task):
     paper does not say whether 4096 is the input length or S4's ``l_noise``; the default reads
     it as the input length (``l_noise = 4064``); ``seq_len = 4128`` gives the other reading.
     Table 1 trains 2 layers, D = 64, batch 64, constant lr 1e-4, 400K steps (see
-    ``experiments/mamba_tables.toml``).
+    ``experiments/mamba_selective_copy.toml``).
     """
 
     name = "selective_copy"

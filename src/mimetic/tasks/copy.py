@@ -30,7 +30,9 @@ class CopyTask(Task):
     the copy, not the string itself (which is unpredictable noise).
 
     Knobs: ``vocab`` data tokens (default 26, a small alphabet), ``copy_len`` (default 64).
-    The length knob for sweeps is ``copy_len``.
+    The length knob for sweeps is ``copy_len``. Jelassi et al.'s own format (strings of
+    varying length packed per context, an end token, per-length evaluation) is the task
+    ``copy_jelassi``.
     """
 
     name = "copy"

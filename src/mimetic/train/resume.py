@@ -46,7 +46,7 @@ class RunLockedError(RuntimeError):
 
 
 @contextlib.contextmanager
-def run_lock(out_dir: str | os.PathLike | None) -> Iterator[None]:
+def run_lock(out_dir: str | os.PathLike | None, what: str = "run") -> Iterator[None]:
     """Hold ``<out_dir>/.lock`` (an exclusive ``flock``) for the duration: a second run into the
     same folder fails at once with ``RunLockedError`` naming the folder and the holder's pid,
     instead of both writing checkpoints and metrics over each other. Re-entrant within one
@@ -68,11 +68,11 @@ def run_lock(out_dir: str | os.PathLike | None) -> Iterator[None]:
         if key in _held:
             fd, owner, depth = _held[key]
             if owner != me:
-                raise RunLockedError(f"{out} is in use by another run in this process; use another out_dir")
+                raise RunLockedError(f"{out} is in use by another {what} in this process; use another out_dir")
             _held[key] = (fd, owner, depth + 1)
             fd = -1
         else:
-            fd = _acquire(out, fcntl)
+            fd = _acquire(out, fcntl, what)
             _held[key] = (fd, me, 1)
     try:
         yield
@@ -92,15 +92,15 @@ def _check_out_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _acquire(out: Path, fcntl) -> int:
+def _acquire(out: Path, fcntl, what: str = "run") -> int:
     fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every file
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise RunLockedError(f"{out} is in use by another run (pid {holder}); wait for it or use "
-                             "another out_dir") from None
+        raise RunLockedError(f"{out} is in use by another {what} (pid {holder}); wait for it or use "
+                             f"another {'--out' if what == 'sweep' else 'out_dir'}") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd

@@ -14,6 +14,7 @@ import torch
 
 from ...tasks import Task, derive_seed
 from ..loop import train
+from ..resume import run_lock
 from .config import GRID_KEYS, GridPoint, SweepConfig, axis_columns, freeze_value, load_sweep, mamba_config
 from .packed import StreamLease, pack_points, run_pack
 from .record import check_and_record
@@ -162,8 +163,6 @@ def run_sweep(
     trained ones resume from their checkpoints, so re-running a sweep continues it. Results
     CSV and summary are rewritten after every finished point.
     """
-    from tqdm.auto import tqdm
-
     cfg = load_sweep(config_path)
     out = Path(out_dir) if out_dir is not None else Path("runs") / cfg.name
     points = cfg.points()
@@ -172,6 +171,17 @@ def run_sweep(
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out, what="sweep"):  # one sweep per folder (each point's run locks its own)
+        return _run_locked(cfg, out, points, workers=workers, device=device, progress=progress, plot=plot,
+                           model_factory=model_factory, pack=pack, ray=ray)
+
+
+def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], *, workers: int, device: str | None,
+                progress: bool, plot: bool, model_factory: ModelFactory | None, pack: str | int,
+                ray: str | bool | None) -> SweepResult:
+    """``run_sweep`` once it holds the folder's lock."""
+    from tqdm.auto import tqdm
+
     check_and_record(cfg, points, out / "runs", out)  # never mix rows of two configs (record.py)
     (out / "sweep.json").write_text(json.dumps(_cfg_dict(cfg), indent=1))
 

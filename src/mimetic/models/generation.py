@@ -49,6 +49,10 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     real_arg("generate", "temperature", temperature, low=0)
     int_arg("generate", "top_k", top_k, minimum=0)
     real_arg("generate", "top_p", top_p, low=0, high=1)
+    int_arg("generate", "eos_token_id", eos_token_id, minimum=0, optional=True)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if eos_token_id is not None and vocab is not None and eos_token_id >= vocab:
+        raise ValueError(f"generate: eos_token_id={eos_token_id} must be a token id, below vocab_size={vocab}")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
         raise ValueError(f"generate: input_ids must be an integer tensor (batch, length), got "
                          f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} {tuple(getattr(input_ids, 'shape', ()))}")

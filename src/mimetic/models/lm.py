@@ -78,6 +78,8 @@ class MambaLM(nn.Module):
             mimetic_init_(self, **self.config.init_cfg)
 
     def _check_ids(self, input_ids: torch.Tensor) -> None:
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(f"input_ids must be a torch.Tensor (batch, length), got {type(input_ids).__name__}")
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
         if input_ids.dtype not in (torch.int64, torch.int32):
@@ -110,6 +112,8 @@ class MambaLM(nn.Module):
         ``num_last_tokens`` positions only. With ``cache``, the layers' states are filled
         (prefill) and the cache advanced by L."""
         self._check_ids(input_ids)
+        if isinstance(num_last_tokens, bool) or not isinstance(num_last_tokens, int) or num_last_tokens < 0:
+            raise ValueError(f"num_last_tokens must be an int >= 0 (0: every position), got {num_last_tokens!r}")
         if cache is not None:
             self._check_cache(cache, input_ids)
         hidden = self.backbone(input_ids, cache=cache)
@@ -152,7 +156,6 @@ class MambaLM(nn.Module):
         # On an empty cache this is a length-1 prefill; on a warm one, a recurrent step.
         return self.forward(input_ids, cache=cache)
 
-    @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int = 1, top_p: float = 0.0, eos_token_id: int | None = None,
                  generator: torch.Generator | None = None, progress: bool = False,

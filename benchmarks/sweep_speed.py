@@ -57,6 +57,13 @@ packed
     step time over its members. Reported as not available when ``run_sweep`` has no
     ``pack`` parameter.
 
+scaling
+    Pack size K (1, 4, 16, 64) against the steady cost of a step (``scaling_one``): one
+    ``train_ensemble`` of K seeds of the quick models at copy_len 128 and the wide ones at
+    copy_len 256, a short and a long run, the difference per extra step (so compilation,
+    capture and the final eval drop out); on CUDA the same difference of kernel time gives
+    the kernel fraction of a steady step, the issue's 80% target.
+
 Each measurement is wrapped: a failure is recorded (with its traceback's tail) and the rest
 goes on; measurements not yet started when ``--budget-s`` seconds have passed are skipped.
 
@@ -104,7 +111,7 @@ from mimetic.train.sweep import GridPoint, build_model, load_sweep, parse_sweep,
 REPO = Path(__file__).resolve().parents[1]
 COPY_QUICK = REPO / "experiments" / "copy_quick.toml"
 COPY_LENGTH = REPO / "experiments" / "copy_length.toml"
-SECTIONS = ("anatomy", "runner", "packed")
+SECTIONS = ("anatomy", "runner", "packed", "scaling")
 PHASES = ("batch", "h2d", "forward", "loss", "sync_loss", "backward", "clip", "sync_gnorm", "optimizer", "sync_acc")
 #: The run count of copy_length.toml's grid before attention collapses over init and d_state.
 GRID_PRODUCT_RUNS = 360
@@ -128,15 +135,18 @@ class Sizes:
     sample_steps: int  # steps per run of the copy_length sample
     sample_lengths: tuple[int, ...]
     sample_d_states: tuple[int, ...]
+    scaling_packs: tuple[int, ...]  # pack sizes K of the scaling section
+    scaling_steps: tuple[int, int]  # (short, long) run lengths whose difference is timed
 
 
 FULL = Sizes(warmup=10, wall_steps=50, synced_steps=30, profile_steps=10, train_steps=60,
              quick_len=64, wide_len=256, batch=None, runner_steps=150, profile_sweep_steps=16,
              grid_lengths=(32, 64, 128), sample_steps=60, sample_lengths=(128, 512),
-             sample_d_states=(16, 128))
+             sample_d_states=(16, 128), scaling_packs=(1, 4, 16, 64), scaling_steps=(30, 130))
 SMOKE = Sizes(warmup=2, wall_steps=6, synced_steps=3, profile_steps=2, train_steps=4,
               quick_len=16, wide_len=16, batch=8, runner_steps=20, profile_sweep_steps=4,
-              grid_lengths=(8, 16), sample_steps=10, sample_lengths=(8, 16), sample_d_states=(16,))
+              grid_lengths=(8, 16), sample_steps=10, sample_lengths=(8, 16), sample_d_states=(16,),
+              scaling_packs=(1, 2), scaling_steps=(2, 5))
 
 
 class Clock:
@@ -533,7 +543,7 @@ class Report:
 
     def __init__(self, out: Path, info: dict[str, Any], budget_s: float):
         self.path = out / "sweep_speed.json"
-        self.data: dict[str, Any] = {"info": info, "anatomy": {}, "runner": {}, "packed": {}}
+        self.data: dict[str, Any] = {"info": info, **{section: {} for section in SECTIONS}}
         self.t0 = time.perf_counter()
         self.budget_s = budget_s
         self.save()
@@ -638,6 +648,66 @@ def measure_packed(report: Report, sizes: Sizes, workers: list[int], scratch: Pa
     run_runner(report, sizes, sorted({1, best}), scratch, device, section="packed", pack="auto")
 
 
+def pack_run(cfg, point: GridPoint, K: int, steps: int, sizes: Sizes, device: torch.device,
+             profile: bool) -> tuple[float, float | None]:
+    """One ``train_ensemble`` of K members (seeds 0..K-1, the point's model, no files, one eval
+    at the end): (wall seconds, CUDA kernel ms under the profiler, or None)."""
+    from mimetic.ensemble.train import train_ensemble
+
+    task = cfg.task_for(point)
+    models = []
+    for k in range(K):
+        torch.manual_seed(k)
+        models.append(build_model(cfg.model_for(point), task, dataclasses.replace(point, seed=k), cfg.init_for(point)))
+    tcfgs = [train_config(cfg, sizes, device, steps=steps, eval_every=steps, eval_batches=1, seed=k,
+                          early_stop=False, warmup_steps=min(cfg.train.get("warmup_steps", 0), steps))
+             for k in range(K)]
+    ctx = contextlib.nullcontext()
+    if profile and device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile as profiler
+
+        ctx = profiler(activities=[ProfilerActivity.CUDA])
+    sync()
+    t0 = time.perf_counter()
+    with ctx as prof:
+        train_ensemble(models, task, tcfgs)
+        sync()
+    wall = time.perf_counter() - t0
+    return wall, (cuda_event_totals(prof)["kernel_ms"] if prof is not None else None)
+
+
+def scaling_one(cfg, point: GridPoint, K: int, sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """The steady cost of a training step of a K-member pack, without the fixed costs of a
+    run (model build, Triton compilation, graph capture, the final eval): a short and a long
+    run of ``sizes.scaling_steps`` steps, and their difference divided by the extra steps;
+    on CUDA the same difference of kernel time under the profiler (separate runs) gives the
+    kernel fraction of a steady step."""
+    short, long = sizes.scaling_steps
+    pack_run(cfg, point, K, short, sizes, device, profile=False)  # compile and warm up
+    walls = [pack_run(cfg, point, K, n, sizes, device, profile=False)[0] for n in (short, long)]
+    step_s = (walls[1] - walls[0]) / (long - short)
+    rec: dict[str, Any] = {"K": K, "seq_len": cfg.task_for(point).seq_len, "steady_ms_per_step": ms(step_s),
+                           "steady_ms_per_model_step": ms(step_s / K), "walls_s": [round(w, 3) for w in walls]}
+    if device.type == "cuda":
+        kernels = [pack_run(cfg, point, K, n, sizes, device, profile=True)[1] for n in (short, long)]
+        kernel_ms = (kernels[1] - kernels[0]) / (long - short)
+        rec.update(kernel_ms_per_step=round(kernel_ms, 4), kernel_ms_per_model_step=round(kernel_ms / K, 4),
+                   kernel_fraction=round(kernel_ms / max(step_s * 1e3, 1e-9), 3))
+    return rec
+
+
+def run_scaling(report: Report, sizes: Sizes, device: torch.device) -> None:
+    """Pack size K against the steady cost a model-step: the quick models at copy_len 128
+    (ablation_seeds.toml's shape) and the wide ones at copy_len 256."""
+    quick, wide = load_sweep(COPY_QUICK), load_sweep(COPY_LENGTH)
+    length = {"quick": 128 if sizes is FULL else sizes.quick_len, "wide": sizes.wide_len}
+    for name, cfg in (("quick", quick), ("wide", wide)):
+        for layer in ("Mamba1", "Mamba2"):
+            point = GridPoint("copy", "mimetic", layer, 16, length[name], 0)
+            for K in sizes.scaling_packs:
+                report.measure("scaling", f"{name}/{layer}/K{K}", lambda: scaling_one(cfg, point, K, sizes, device))
+
+
 def git_commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
@@ -713,6 +783,15 @@ def print_tables(data: dict[str, Any]) -> None:
                   f"({GRID_PRODUCT_RUNS} runs: {est['gpu_hours_360_runs']:.2f} GPU-h); {est['note']}")
         if isinstance(recs.get("status"), str):
             print(f"\n{section}: {recs['status']}")
+    scaling = {k: v for k, v in data["scaling"].items() if isinstance(v, dict) and "K" in v}
+    if scaling:
+        print("\n## Pack size vs the steady step (train_ensemble, fixed costs subtracted)\n")
+        print("| model (seq) | K | ms/step | ms/model-step | kernel ms/model-step | kernel fraction |")
+        print("|---|---|---|---|---|---|")
+        for key, r in scaling.items():
+            print(f"| {key.rsplit('/', 1)[0]} ({r['seq_len']}) | {r['K']} | {fmt(r['steady_ms_per_step'])} | "
+                  f"{fmt(r['steady_ms_per_model_step'])} | {fmt(r.get('kernel_ms_per_model_step'))} | "
+                  f"{fmt(r.get('kernel_fraction'))} |")
     failed = [f"{s}/{k}: {(v.get('error') or v.get('skipped')).splitlines()[0]}" for s in SECTIONS
               for k, v in data[s].items() if isinstance(v, dict) and ("error" in v or "skipped" in v)]
     if failed:
@@ -749,6 +828,8 @@ def main() -> int:
             run_runner(report, sizes, workers, scratch, device)
         if "packed" in sections:
             measure_packed(report, sizes, workers, scratch, device)
+        if "scaling" in sections:
+            run_scaling(report, sizes, device)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         report.save()

@@ -1,6 +1,6 @@
 # Issue 15 on the GPU. `checks`: the ensemble's correctness numbers and a packed sweep against a
 # one-at-a-time sweep of the same points. `speed`: sweep_speed.py's three sections (before and
-# after, in one process on one machine). Run from the repo root on the device; writes under $OUT.
+# after, in one process on one machine). `scaling`: pack size vs the steady step and its kernel fraction. Run from the repo root on the device; writes under $OUT.
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 set -o pipefail
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -14,4 +14,7 @@ checks)
 speed)
   timeout 560 python3 benchmarks/sweep_speed.py --out $OUT/ss --budget-s 420 2>&1 \
       | tee $OUT/ss.log | grep -v '^{' | tail -60 ;;
+scaling)
+  timeout 560 python3 benchmarks/sweep_speed.py --out $OUT/ss --sections scaling --budget-s 480 2>&1 \
+      | tee $OUT/ss_scaling.log | grep -v '^{' | tail -30 ;;
 esac

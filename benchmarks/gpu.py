@@ -89,7 +89,7 @@ def run_selective_scan(args, rows, details):
         "lane_d16_w4_t64": dict(FORWARD_VARIANT="lane", LANE_D=16, LANE_WARPS=4, LANE_T=64),
         "lane_d16_w8_t128": dict(FORWARD_VARIANT="lane", LANE_D=16, LANE_WARPS=8, LANE_T=128),
         "lane_d16_w8_t64": dict(FORWARD_VARIANT="lane", LANE_D=16, LANE_WARPS=8, LANE_T=64),
-        # Segmented forward (gpu_notes.md, "Segmented forward"): segment length, warps per
+        # Segmented forward (docs/kernels.md, "Selective scan"): segment length, warps per
         # program, steps per B/C load, states per step with the exp on the FMA pipe in
         # pass 1 / pass 3. Its fwd+bwd runs the lane backward at the default tiles.
         **{f"segment_t{t}_w{w}_kb{kb}_p{p1}{p3}": dict(
@@ -292,7 +292,7 @@ CONV_CL_TILE_VARIANTS = dict(
 def run_conv(args, rows, details):
     mod = importlib.import_module("mimetic.ops.causal_conv1d.triton")
     ours = mod.causal_conv1d_triton
-    baselines = [("torch", importlib.import_module("mimetic.ops.causal_conv1d.torch")
+    baselines = [("torch", importlib.import_module("mimetic.ops.causal_conv1d.shifted")
                   .causal_conv1d_torch)]
     try:  # the CUDA kernels mamba_ssm uses (channels-last ones for a channels-last x)
         from causal_conv1d import causal_conv1d_fn

@@ -126,7 +126,7 @@ def force_triton() -> None:
     does for CUDA tensors, and turn off the CPU-only whole-layer batch parallelism."""
     import importlib
 
-    from mimetic.modules import batch_parallel
+    from mimetic.cpu import set_cpu_workers
 
     # import_module: the package attributes of these names are the public functions.
     for name in ("causal_conv1d", "selective_scan", "ssd"):
@@ -137,7 +137,7 @@ def force_triton() -> None:
             return _orig("triton" if backend == "auto" and has_triton_kernel else backend, x,
                          has_triton_kernel)
         mod.resolve_backend = resolve
-    batch_parallel.LAYER_WORKERS = 1
+    set_cpu_workers(1)
     # The interpreter runs each associative scan element by element: 32-step lane tiles
     # (as in the tests) instead of 64-256 keep it to seconds. Same kernels, same copies.
     importlib.import_module("mimetic.ops.selective_scan.triton").LANE_T = 32

@@ -4,7 +4,7 @@ Compiles each kernel with ``triton.compile`` for ``cuda:90`` and runs the ptxas 
 with Triton (``ptxas-blackwell -v -arch=sm_90a``) on the PTX: registers per thread and
 spill-store bytes per thread, for bf16 inputs at Mamba-2's sizes (P=64, N=128), at each
 (row block, warps) configuration given. Offline numbers: they say where a kernel spills,
-not how fast it runs (benchmarks/gpu_notes.md, "SSD kernels offline").
+not how fast it runs (benchmarks/logs/gpu_kernel_log.md, "SSD kernels offline").
 
 Usage:  python benchmarks/ptxas_report.py [--configs 64x4,32x8] [--heads 8]
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU device machine only, from the repo root with .peerbin carried (gpu_notes.md, "Device
+# GPU device machine only, from the repo root with .peerbin carried (benchmarks/logs/gpu_kernel_log.md, "Device
 # workflow"): the GPU half of issue 4's "done when" in two device calls of < 10 minutes,
 # logs and JSON under $OUT (at most 8 files come back):
 #   bash benchmarks/device/full_run.sh tests   # kernel, module and model tests at real sizes

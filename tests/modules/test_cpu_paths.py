@@ -4,15 +4,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+import mimetic.cpu as cpu
 import mimetic.modules.batch_parallel as batch_parallel_mod
 from mimetic.modules.mamba import Mamba
 from mimetic.modules.mamba2 import Mamba2
 from mimetic.ops.causal_conv1d.reference import causal_conv1d_ref
-from mimetic.ops.causal_conv1d.torch import causal_conv1d_torch
+from mimetic.ops.causal_conv1d.shifted import causal_conv1d_torch
 
 
 def _grads(layer, x, workers, monkeypatch):
-    monkeypatch.setattr(batch_parallel_mod, "LAYER_WORKERS", workers)
+    monkeypatch.setattr(cpu, "_workers", cpu.cpu_workers())  # restored after the test
+    cpu.set_cpu_workers(workers)
     monkeypatch.setattr(batch_parallel_mod, "_MIN_LAYER_WORK", 1)
     x = x.clone().requires_grad_()
     y = layer(x)

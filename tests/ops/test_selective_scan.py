@@ -15,12 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mimetic.ops.selective_scan import selective_scan, selective_scan_ref
-from mimetic.ops.selective_scan.step import selective_state_update
-from mimetic.ops.selective_scan.torch import selective_scan_torch
+from mimetic.ops import selective_state_update
+from mimetic.ops.selective_scan.chunked import selective_scan_torch
 from numerics import rel_err
 
 # ``mimetic.ops.selective_scan`` the attribute is the function; get the module itself.
-fast = importlib.import_module("mimetic.ops.selective_scan.torch")
+fast = importlib.import_module("mimetic.ops.selective_scan.chunked")
+cpu = importlib.import_module("mimetic.cpu")
 
 # fp32: float32 arithmetic only. bf16/fp16: one rounding of each result to the input
 # dtype, whose unit roundoff is 2^-8 (bf16) / 2^-11 (fp16); we allow twice that.
@@ -114,7 +115,8 @@ def test_matches_reference_fp32(batch, dim, L, n, groups, chunk_elems, small_chu
 def test_batch_split_across_threads(batch, groups, small_chunks, monkeypatch):
     """Force the batch to be split over worker threads (uneven slices for batch 5)."""
     small_chunks(150)
-    monkeypatch.setattr(fast, "SCAN_WORKERS", 3)
+    monkeypatch.setattr(cpu, "_workers", cpu.cpu_workers())  # restored after the test
+    cpu.set_cpu_workers(3)
     monkeypatch.setattr(fast, "_MIN_WORK_PER_WORKER", 1)
     check_against_reference(make_inputs(batch, 4, 23, 3, groups))
     inputs = make_inputs(batch, 4, 23, 3, groups, h0=False)

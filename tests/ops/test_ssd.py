@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mimetic.ops.ssd import ssd_scan, ssd_scan_ref
-from mimetic.ops.ssd.step import ssd_state_update
-from mimetic.ops.ssd.torch import segsum, ssd_scan_torch
+from mimetic.ops import ssd_state_update
+from mimetic.ops.ssd.chunked import segsum, ssd_scan_torch
 from numerics import rel_err
 
 # fp32: float32 arithmetic only. bf16/fp16: one rounding of each result to the input

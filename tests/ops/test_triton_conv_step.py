@@ -17,7 +17,7 @@ from numerics import rel_err, triton_device
 DEVICE = triton_device()  # skips this module where Triton cannot run
 
 from mimetic.ops import causal_conv1d, causal_conv1d_update  # noqa: E402
-from mimetic.ops.causal_conv1d import step as step_module  # noqa: E402
+from mimetic.ops import _dispatch as dispatch_module  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # ||got - ref|| / ||ref|| against the PyTorch step on the same inputs: both compute in
@@ -148,7 +148,7 @@ def test_auto_takes_kernel_unless_grad_or_float64(monkeypatch):
 
     calls = []
     kernel = step_triton.causal_conv1d_update_triton
-    monkeypatch.setattr(step_module, "resolve_backend", lambda backend, x, **kw: "triton")
+    monkeypatch.setattr(dispatch_module, "resolve_backend", lambda backend, x, **kw: "triton")
     monkeypatch.setattr(step_triton, "causal_conv1d_update_triton",
                         lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
     x, state, weight, bias = conv_inputs()

@@ -445,7 +445,7 @@ def test_compile_op_strides(layout):
     v = views(leaves)
     args = (v["u"], v["delta"], t["A"], v["B"], v["C"], t["D"], v["z"], t["delta_bias"],
             t["initial_state"], True, True, "triton")
-    fake_out, _ = _library._ss_fake(*args)
+    fake_out, *_ = _library._ss_fake(*args)  # out, last state, checkpoints
     out, _ = selective_scan(*args[:5], D=t["D"], z=v["z"], delta_bias=t["delta_bias"],
                             initial_state=t["initial_state"], delta_softplus=True,
                             return_last_state=True, backend="triton")

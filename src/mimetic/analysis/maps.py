@@ -23,34 +23,32 @@ import math
 from collections.abc import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from ..modules import MHA, Mamba, Mamba2
-from ..ops import causal_conv1d
+from ..ops._time_step import process_dt
+from .capture import mixer_inputs, resolve_layers
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB for the returned maps
 DEFAULT_WORK_BYTES = 64 << 20  # scratch memory per tile
 REDUCTIONS = ("mean_abs", "mean", "none")
 
 
+# What layer_kind returns.
+MAMBA1, MAMBA2, ATTENTION = "mamba1", "mamba2", "attention"
+
+
 class MapMemoryError(ValueError):
     """The requested maps would not fit in ``max_bytes``."""
 
 
-# ---- recomputing a layer's scan inputs from its own weights --------------------------------
-
-
-def _conv(mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's causal depthwise conv + SiLU on x (batch, channels, L)."""
-    return causal_conv1d(x, rearrange(mixer.conv1d.weight, "d 1 w -> d w"), mixer.conv1d.bias,
-                         activation="silu")
+# ---- a layer's scan inputs, from the layer itself -------------------------------------------
 
 
 @torch.no_grad()
 def scan_inputs(mixer: nn.Module, hidden_states: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Recompute what a Mamba layer feeds its scan, from the mixer input.
+    """What a Mamba layer feeds its scan, with the time step transformed, in float32.
 
     Args:
         mixer: a :class:`~mimetic.modules.Mamba` or :class:`~mimetic.modules.Mamba2`.
@@ -64,36 +62,27 @@ def scan_inputs(mixer: nn.Module, hidden_states: torch.Tensor) -> dict[str, torc
         ``x`` (batch, L, H, P), ``dt`` (batch, L, H) after bias, softplus and ``dt_limit``,
         ``A`` (H,), ``B``, ``C`` (batch, L, G, N), ``D`` (H,) or (H, P), ``z`` (batch, L, d_inner).
     These are exactly the arguments of ``selective_scan_ref`` / ``ssd_scan_ref`` (with
-    ``delta_softplus`` / ``dt_softplus`` off, since they are already applied).
+    ``delta_softplus`` / ``dt_softplus`` off, since they are already applied). The layer
+    computes them (:meth:`Mamba.scan_inputs`, :meth:`Mamba2.scan_inputs`); this only
+    applies the time-step transform (:func:`mimetic.ops._time_step.process_dt`) and casts.
     """
     u = hidden_states
     if u.dim() != 3 or u.shape[-1] != mixer.d_model:
         raise ValueError(f"mixer input must be (batch, L, {mixer.d_model}), got {tuple(u.shape)}")
     compute = torch.float64 if mixer.out_proj.weight.dtype == torch.float64 else torch.float32
-    if isinstance(mixer, Mamba):
-        x, z = rearrange(mixer.in_proj(u), "b l d -> b d l").chunk(2, dim=1)
-        x = _conv(mixer, x)
-        dt, B, C = mixer.x_proj(rearrange(x, "b d l -> b l d")).split(
-            [mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
-        delta = F.linear(dt.to(compute), mixer.dt_proj.weight.to(compute),
-                         mixer.dt_proj.bias.to(compute))
-        return dict(x=x.to(compute), delta=rearrange(F.softplus(delta), "b l d -> b d l"),
-                    A=mixer.A.to(compute), B=rearrange(B, "b l n -> b n l").to(compute),
-                    C=rearrange(C, "b l n -> b n l").to(compute), D=mixer.D.to(compute),
-                    z=z.to(compute))
-    if isinstance(mixer, Mamba2):
-        z, xBC, dt = mixer._split_proj(mixer.in_proj(u))
-        xBC = rearrange(_conv(mixer, rearrange(xBC, "b l d -> b d l")), "b d l -> b l d")
-        x, B, C = mixer._split_xbc(xBC)
-        dt = F.softplus(dt.to(compute) + mixer.dt_bias.to(compute))
-        if tuple(mixer.dt_limit) != (0.0, math.inf):
-            dt = dt.clamp(min=mixer.dt_limit[0], max=mixer.dt_limit[1])
-        G = mixer.ngroups
-        return dict(x=rearrange(x, "b l (h p) -> b l h p", p=mixer.headdim).to(compute), dt=dt,
-                    A=mixer.A.to(compute),
-                    B=rearrange(B, "b l (g n) -> b l g n", g=G).to(compute),
-                    C=rearrange(C, "b l (g n) -> b l g n", g=G).to(compute),
-                    D=mixer._D().to(compute), z=z.to(compute))
+    kind = layer_kind(mixer)
+    if kind == MAMBA1:
+        s = mixer.scan_inputs(u)
+        delta = process_dt(s["delta"], s["delta_bias"][:, None], s["delta_softplus"],
+                           dtype=compute)
+        return dict(x=s["u"].to(compute), delta=delta, A=s["A"].to(compute),
+                    B=s["B"].to(compute), C=s["C"].to(compute), D=s["D"].to(compute),
+                    z=s["z"].to(compute))
+    if kind == MAMBA2:
+        s, z = mixer.scan_inputs(u)
+        dt = process_dt(s["dt"], s["dt_bias"], s["dt_softplus"], s["dt_limit"], compute)
+        return dict(x=s["x"].to(compute), dt=dt, A=s["A"].to(compute), B=s["B"].to(compute),
+                    C=s["C"].to(compute), D=s["D"].to(compute), z=z.to(compute))
     raise TypeError(f"scan_inputs needs a Mamba or Mamba2 layer, got {type(mixer).__name__}")
 
 
@@ -281,13 +270,13 @@ def softmax_attention_map(q: torch.Tensor, k: torch.Tensor, scale: float,
 
 
 def layer_kind(mixer: nn.Module) -> str:
-    """'mamba1', 'mamba2' or 'attention'; TypeError for any other mixer."""
+    """MAMBA1, MAMBA2 or ATTENTION; TypeError for any other mixer."""
     if isinstance(mixer, Mamba):
-        return "mamba1"
+        return MAMBA1
     if isinstance(mixer, Mamba2):
-        return "mamba2"
+        return MAMBA2
     if isinstance(mixer, MHA):
-        return "attention"
+        return ATTENTION
     raise TypeError(f"no attention map for a {type(mixer).__name__} mixer "
                     "(supported: Mamba, Mamba2, MHA)")
 
@@ -298,11 +287,11 @@ def map_heads(mixer: nn.Module, reduce: str = "mean_abs",
     kind = layer_kind(mixer)
     if channels is not None:
         return len(list(channels))
-    if kind == "mamba1":
+    if kind == MAMBA1:
         if reduce not in REDUCTIONS:
             raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
         return mixer.d_inner if reduce == "none" else 1
-    return mixer.nheads if kind == "mamba2" else mixer.num_heads
+    return mixer.nheads if kind == MAMBA2 else mixer.num_heads
 
 
 def map_bytes(batch: int, heads: int, L: int) -> int:
@@ -333,8 +322,8 @@ def mixer_attention_map(mixer: nn.Module, hidden_states: torch.Tensor, reduce: s
         channels: Mamba-1 channel indices, or Mamba-2 / attention head indices, to return
             as heads (None: all heads, or the reduced Mamba-1 map).
         max_bytes: limit on the returned map's size; :class:`MapMemoryError` above it.
-        tile_size: query rows per tile (None: Mamba-1 picks 16-64 by length; Mamba-2 and
-            attention as many rows as fit in ``work_bytes``). Results do not depend on it.
+        tile_size: query rows per tile (None: Mamba-1 uses 32; Mamba-2 and attention as
+            many rows as fit in ``work_bytes``). Results do not depend on it.
         work_bytes: scratch memory to aim for per tile (default 64 MiB).
 
     Returns:
@@ -346,74 +335,18 @@ def mixer_attention_map(mixer: nn.Module, hidden_states: torch.Tensor, reduce: s
     _check_bytes(map_bytes(batch, map_heads(mixer, reduce, channels), L), max_bytes,
                  f"the map of layer {mixer.layer_idx}")
     tiling = dict(tile_size=tile_size, work_bytes=work_bytes)
-    if kind == "attention":
-        q, k, _ = mixer._qkv(hidden_states, 0)
+    if kind == ATTENTION:
+        q, k = mixer.qk(hidden_states)
         scale = mixer.softmax_scale or mixer.head_dim ** -0.5
         return softmax_attention_map(q, k, scale, heads=channels, **tiling)
     s = scan_inputs(mixer, hidden_states)
-    if kind == "mamba1":
+    if kind == MAMBA1:
         return selective_scan_map(s["delta"], s["A"], s["B"], s["C"], reduce=reduce,
                                   channels=channels, **tiling)
     return ssd_map(s["dt"], s["A"], s["B"], s["C"], heads=channels, **tiling)
 
 
 # ---- a whole model ------------------------------------------------------------------------
-
-
-class _Captured(Exception):
-    """Raised by the last hook to skip the layers after the ones asked for."""
-
-
-def _resolve_layers(model: nn.Module, layers: int | Iterable[int] | None) -> list[int]:
-    from ..models import MambaLM
-
-    if not isinstance(model, MambaLM):
-        raise TypeError(f"attention_maps needs a MambaLM, got {type(model).__name__}")
-    n = len(model.backbone.layers)
-    if layers is None:
-        return list(range(n))
-    wanted = [layers] if isinstance(layers, int) else list(layers)
-    if not wanted:
-        raise ValueError("layers is empty")
-    out = []
-    for i in wanted:
-        if not isinstance(i, int) or isinstance(i, bool):
-            raise TypeError(f"layer indices must be ints, got {i!r}")
-        if not -n <= i < n:
-            raise IndexError(f"layer index {i} out of range: the model has {n} layers "
-                             f"(0..{n - 1})")
-        j = i % n
-        if j not in out:
-            out.append(j)
-    return sorted(out)
-
-
-@torch.no_grad()
-def mixer_inputs(model: nn.Module, input_ids: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
-    """What the chosen layers' mixers receive: {layer index: (batch, L, d_model)}.
-
-    Runs ``model`` on ``input_ids`` (batch, L) with forward pre-hooks on the mixers of
-    ``layers`` (resolved indices, see :func:`_resolve_layers`) and stops after the last one.
-    """
-    mixers = {i: model.backbone.layers[i].mixer for i in layers}
-    captured: dict[int, torch.Tensor] = {}
-
-    def hook_for(i):
-        def hook(module, args):
-            captured[i] = args[0].detach()
-            if len(captured) == len(mixers):
-                raise _Captured
-        return hook
-
-    handles = [m.register_forward_pre_hook(hook_for(i)) for i, m in mixers.items()]
-    try:
-        model(input_ids.to(next(model.parameters()).device))
-    except _Captured:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return captured
 
 
 @torch.no_grad()
@@ -442,7 +375,7 @@ def attention_maps(model: nn.Module, input_ids: torch.Tensor,
         channel reduction (1 head) or the chosen channels; Mamba-2: per head; attention:
         softmax probabilities per head.
     """
-    idx = _resolve_layers(model, layers)
+    idx = resolve_layers(model, layers)
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a tensor, got {type(input_ids).__name__}")
     if input_ids.dim() == 1:

@@ -22,7 +22,8 @@ from einops import rearrange
 from torch import nn
 
 from ..modules import Mamba, Mamba2
-from .maps import _resolve_layers, mixer_inputs, scan_inputs
+from .capture import mixer_inputs, resolve_layers
+from .maps import scan_inputs
 
 
 def bc_scores(mixer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -62,7 +63,7 @@ def bc_separation(model: nn.Module, input_ids: torch.Tensor,
     :class:`~mimetic.models.MambaLM` on ``input_ids`` (batch, L): {layer index: float}.
     ``layers``: indices as in :func:`~mimetic.analysis.attention_maps` (None: every Mamba /
     Mamba2 layer; attention layers have no B and C and are skipped)."""
-    idx = _resolve_layers(model, layers)
+    idx = resolve_layers(model, layers)
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
     idx = [i for i in idx if isinstance(model.backbone.layers[i].mixer, (Mamba, Mamba2))]

@@ -69,6 +69,15 @@ class MHA(nn.Module):
         k = apply_rotary(k, pos, self.rotary_emb_dim, self.rotary_emb_base)
         return q, k, v
 
+    def qk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries and keys of x (b, L, embed_dim) from position 0, rotary embedding
+        applied: q (b, L, num_heads, head_dim), k (b, L, num_heads_kv, head_dim). The
+        layer's attention weights are softmax(q_t . k_s * scale) over s <= t, with scale
+        ``softmax_scale`` or head_dim ** -0.5 and each key shared by num_heads /
+        num_heads_kv query heads."""
+        q, k, _ = self._qkv(x, 0)
+        return q, k
+
     def _attend(self, q, k, v, causal: bool):
         rep = self.num_heads // self.num_heads_kv
         k = k.repeat_interleave(rep, dim=2)

@@ -82,7 +82,15 @@ class Mamba(nn.Module):
             return batch_parallel(self, self._forward, hidden_states)
         return self._forward(hidden_states, cache)
 
-    def _forward(self, hidden_states: torch.Tensor, cache=None) -> torch.Tensor:
+    def scan_inputs(self, hidden_states: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What this layer feeds its selective scan for hidden_states (b, L, d_model): the
+        keyword arguments of :func:`mimetic.ops.selective_scan`, ``u`` (the conv output),
+        ``delta`` (before bias and softplus), ``A``, ``B``, ``C``, ``D``, ``z``,
+        ``delta_bias`` and ``delta_softplus``. The layer's output is
+        ``out_proj(selective_scan(**inputs).transpose(1, 2))``."""
+        return self._scan_inputs(hidden_states, None)
+
+    def _scan_inputs(self, hidden_states: torch.Tensor, cache) -> dict[str, torch.Tensor]:
         # Every (batch, features, L) tensor here has L contiguous, the layout of the conv
         # and the scan, and each projection is one GEMM that reads and writes its operands
         # in the layout they come in, forward and backward: no layout copies (see the
@@ -97,8 +105,12 @@ class Mamba(nn.Module):
             [self.dt_rank, self.d_state, self.d_state], dim=1)   # (batch, rank | n | n, L)
         dt = _weight_bmm(self.dt_proj.weight, dt)  # (batch, d_inner, L); bias goes in the scan
         # D and the dt bias go in as they are (the kernels read any float dtype in fp32).
-        y = selective_scan(x, dt, self.A, B, C, self.D, z=z, delta_bias=self.dt_proj.bias,
-                           delta_softplus=True, return_last_state=cache is not None)
+        return dict(u=x, delta=dt, A=self.A, B=B, C=C, D=self.D, z=z,
+                    delta_bias=self.dt_proj.bias, delta_softplus=True)
+
+    def _forward(self, hidden_states: torch.Tensor, cache=None) -> torch.Tensor:
+        y = selective_scan(**self._scan_inputs(hidden_states, cache),
+                           return_last_state=cache is not None)
         if cache is not None:
             y, last = y
             cache.ssm_state = last.to(cache.ssm_state.dtype)

@@ -116,23 +116,40 @@ class Mamba2(nn.Module):
             return batch_parallel(self, self._forward, u)
         return self._forward(u, cache)
 
-    def _forward(self, u: torch.Tensor, cache=None) -> torch.Tensor:
+    def scan_inputs(self, u: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """What this layer feeds its SSD scan for u (b, L, d_model): the keyword arguments
+        of :func:`mimetic.ops.ssd_scan` (``x``, ``dt`` before bias and softplus, ``A``,
+        ``B``, ``C``, ``chunk_size``, ``D``, ``z``, ``dt_bias``, ``dt_softplus``,
+        ``dt_limit``), and the gate z (b, L, d_inner). With ``rmsnorm`` the gate goes to the
+        norm after the scan (the arguments' ``z`` is None), else into the scan. The layer's
+        output is ``out_proj(norm(y, z))`` (with ``rmsnorm``) or ``out_proj(y)``, with y
+        the scan's output as (b, L, d_inner)."""
+        inputs, z, _ = self._scan_inputs(u, False)
+        return inputs, z
+
+    def _scan_inputs(self, u: torch.Tensor, conv_state: bool):
         z, xBC, dt = self._split_proj(self.in_proj(u))
         xBC = causal_conv1d(rearrange(xBC, "b l d -> b d l"),
                             rearrange(self.conv1d.weight, "d 1 w -> d w"), self.conv1d.bias,
-                            activation="silu", return_final_states=cache is not None)
-        if cache is not None:
-            xBC, cache.conv_state = xBC
+                            activation="silu", return_final_states=conv_state)
+        state = None
+        if conv_state:
+            xBC, state = xBC
         x, B, C = self._split_xbc(rearrange(xBC, "b d l -> b l d"))
-        y = ssd_scan(
-            rearrange(x, "b l (h p) -> b l h p", p=self.headdim), dt, self.A,
-            rearrange(B, "b l (g n) -> b l g n", g=self.ngroups),
-            rearrange(C, "b l (g n) -> b l g n", g=self.ngroups),
+        inputs = dict(
+            x=rearrange(x, "b l (h p) -> b l h p", p=self.headdim), dt=dt, A=self.A,
+            B=rearrange(B, "b l (g n) -> b l g n", g=self.ngroups),
+            C=rearrange(C, "b l (g n) -> b l g n", g=self.ngroups),
             chunk_size=self.chunk_size, D=self._D(),
             z=None if self.rmsnorm else rearrange(z, "b l (h p) -> b l h p", p=self.headdim),
-            dt_bias=self.dt_bias.float(), dt_softplus=True, dt_limit=self.dt_limit,
-            return_final_states=cache is not None,
-        )
+            dt_bias=self.dt_bias.float(), dt_softplus=True, dt_limit=self.dt_limit)
+        return inputs, z, state
+
+    def _forward(self, u: torch.Tensor, cache=None) -> torch.Tensor:
+        inputs, z, conv_state = self._scan_inputs(u, cache is not None)
+        if cache is not None:
+            cache.conv_state = conv_state
+        y = ssd_scan(**inputs, return_final_states=cache is not None)
         if cache is not None:
             y, last = y
             cache.ssm_state = last.to(cache.ssm_state.dtype)

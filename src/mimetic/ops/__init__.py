@@ -1,10 +1,31 @@
-"""The math of Mamba, one folder per op; each public function hides its backends."""
+"""The math of Mamba, one folder per op; each public function hides its backends.
+
+Every op folder has the same shape: ``__init__.py`` holds the public function(s), their
+input checks and one literal backend table (``BACKENDS``; ``STEP_BACKENDS`` for the
+decoding step); ``reference.py`` is the plain oracle; the fast pure-PyTorch path is named
+after its method (``chunked.py``, ``shifted.py``); ``triton.py`` holds the kernels;
+``step.py`` / ``step_triton.py`` the one-token decoding step. ``_dispatch.py`` resolves
+``backend=``, ``_library.py`` wraps the scans for torch.compile.
+
+Notation (shapes in docstrings and variable names use it):
+
+    b      batch
+    L      sequence length (time steps)
+    d      channels of a Mamba-1 scan (the layer's d_inner)
+    n      state size per channel or head (d_state)
+    g      groups sharing B and C (ngroups); they split d (Mamba-1) or h (Mamba-2) evenly
+    h      heads of a Mamba-2 scan (nheads)
+    p      channels per head (headdim); h * p = d_inner
+    chunk  steps per chunk of a chunked algorithm (chunk_size; T inside the code)
+
+Mamba-1 tensors are channel-major, (b, d, L); Mamba-2 tensors are time-major, (b, L, h, p).
+Scans compute in float32 (float64 for float64 inputs) and return the input's dtype;
+final states are float32 (float64 for float64 inputs).
+"""
 from .causal_conv1d import causal_conv1d, causal_conv1d_update
 from .rms_norm import rms_norm
-from .selective_scan import selective_scan
-from .selective_scan.step import selective_state_update
-from .ssd import ssd_scan
-from .ssd.step import ssd_state_update
+from .selective_scan import selective_scan, selective_state_update
+from .ssd import ssd_scan, ssd_state_update
 
 __all__ = [
     "causal_conv1d",

@@ -27,3 +27,10 @@ def check_same_device(**tensors: torch.Tensor | None) -> None:
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
         raise ValueError(f"all tensors must be on one device: {listing}")
+
+
+def check_tensors(**tensors: torch.Tensor | None) -> None:
+    """The checks every op starts with: each given tensor floating, all on one device."""
+    for name, t in tensors.items():
+        check_float(name, t)
+    check_same_device(**tensors)

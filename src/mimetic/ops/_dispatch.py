@@ -1,17 +1,17 @@
 """Backend selection shared by every public op.
 
-Each op lives in its own folder with up to three implementations:
-``reference`` (plain, sequential: the oracle), ``torch`` (fast pure PyTorch) and
-``triton`` (GPU kernels). The public function takes ``backend=`` and calls
-:func:`resolve_backend` to turn ``"auto"`` into a concrete choice, then (for the scans)
-either the ``torch.library`` op of ``_library.py`` while torch.compile traces
-(:func:`compiling`), or the backend itself (:func:`backend_function`) through
+Each op folder has up to three implementations: ``reference`` (plain, sequential: the
+oracle), ``torch`` (fast pure PyTorch, named after its method: ``chunked.py``,
+``shifted.py``) and ``triton`` (GPU kernels). Its ``__init__.py`` lists them in one literal
+table, ``BACKENDS`` (and ``STEP_BACKENDS`` for the decoding step), and the public function
+turns ``backend=`` into a key of that table with :func:`resolve_backend` (the step ops
+with :func:`resolve_step_backend`). The scans then call their ``torch.library`` op
+(``_library.py``) while torch.compile traces (:func:`compiling`), else the backend through
 :func:`call_eager`, which keeps autocast out of it.
 """
 from __future__ import annotations
 
 import functools
-import importlib
 import importlib.util
 import os
 from typing import Callable
@@ -21,9 +21,9 @@ import torch
 BACKENDS = ("auto", "reference", "torch", "triton")
 
 
-# assume_constant_result: torch.compile calls these while tracing and keeps the answer
-# as a constant, instead of tracing into the cache wrapper and importlib (which breaks
-# the graph).
+# assume_constant_result: torch.compile calls this while tracing and keeps the answer as
+# a constant, instead of tracing into the cache wrapper and importlib (which breaks the
+# graph).
 @torch.compiler.assume_constant_result
 def triton_available() -> bool:
     """True when the ``triton`` package can be imported."""
@@ -54,7 +54,7 @@ def resolve_backend(backend: str, x: torch.Tensor, has_triton_kernel: bool = Tru
             return "triton"
         return "torch"
     if backend == "triton":
-        # has_kernel is False without triton too: ask for the package first, not a kernel
+        # ask for the package first, then for a kernel
         if not triton_available():
             raise RuntimeError("backend='triton' needs the triton package (pip install triton)")
         if not has_triton_kernel:
@@ -66,29 +66,23 @@ def resolve_backend(backend: str, x: torch.Tensor, has_triton_kernel: bool = Tru
     return backend
 
 
-@torch.compiler.assume_constant_result
-def has_kernel(op_package: str) -> bool:
-    """True when the op package (e.g. ``mimetic.ops.ssd``) ships a ``triton`` module."""
-    return _has_kernel(op_package)
-
-
-@functools.lru_cache(maxsize=None)
-def _has_kernel(op_package: str) -> bool:
-    return _triton_available() and importlib.util.find_spec(op_package + ".triton") is not None
-
-
-# Module and function name of each backend, by op folder.
-_FUNCTION_NAMES = {"selective_scan": "selective_scan", "ssd": "ssd_scan",
-                   "causal_conv1d": "causal_conv1d"}
-_SUFFIX = {"reference": "ref", "torch": "torch", "triton": "triton"}
-
-
-@functools.lru_cache(maxsize=None)
-def backend_function(op: str, choice: str) -> Callable:
-    """The implementation of op folder ``op`` (e.g. ``"ssd"``) for the resolved backend
-    ``choice``, e.g. ``mimetic.ops.ssd.torch.ssd_scan_torch`` (imported on first use)."""
-    module = importlib.import_module(f"mimetic.ops.{op}.{'reference' if choice == 'reference' else choice}")
-    return getattr(module, f"{_FUNCTION_NAMES[op]}_{_SUFFIX[choice]}")
+def resolve_step_backend(backend: str, x: torch.Tensor, tensors: tuple) -> str:
+    """Backend of a decoding-step op: ``"torch"`` or ``"triton"`` (``"reference"`` is the
+    PyTorch step too). The step kernels have no backward and compute in float32, so a
+    resolved ``"triton"`` falls back to PyTorch for float64 inputs and, under ``"auto"``,
+    when a gradient is wanted; an explicit ``backend="triton"`` that would have to drop
+    the gradient is an error."""
+    choice = resolve_backend(backend, x, has_triton_kernel=triton_available())
+    if choice != "triton":
+        return "torch"
+    if any(t is not None and t.dtype == torch.float64 for t in tensors):
+        return "torch"
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        if backend == "triton":
+            raise RuntimeError("the Triton decoding step has no backward; run it under "
+                               "torch.no_grad() or use backend='torch'")
+        return "torch"
+    return "triton"
 
 
 def compiling() -> bool:

@@ -6,55 +6,51 @@ Compiling a model::
     compiled = torch.compile(model)                    # or backend="aot_eager" to skip codegen
     logits = compiled(input_ids)                        # the first call traces (slow), later ones are fast
     with torch.autocast("cuda", dtype=torch.bfloat16):  # autocast works too, eager or compiled
-        logits = compiled(input_ids)                    # (batch, L, vocab) in bf16
+        logits = compiled(input_ids)                    # (b, L, vocab) in bf16
     loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
     loss.backward()
 
 Nothing else is needed: while dynamo traces, :func:`mimetic.ops.selective_scan` and
 :func:`mimetic.ops.ssd_scan` call the ops below (``torch.ops.mimetic.selective_scan``,
 ``torch.ops.mimetic.ssd_scan``) instead of their backends, so the graph holds one node per
-scan instead of the backends' Python loops and threads (which dynamo cannot trace: the
-CPU path's ``torch.get_num_threads`` alone broke the graph). In eager mode the public
-functions call their backend directly, as before.
+scan instead of the backends' Python loops and threads (which dynamo cannot trace). In
+eager mode the public functions call their backend directly (the op's dispatch costs
+about 0.1 ms a call; benchmarks/RESULTS.md).
 
 Design:
 
-* The forward op runs the backend chosen by the public function (``backend`` is resolved
-  before the op, so the op never inspects devices) and returns its outputs; a final state
-  that was not asked for comes back as an empty (0,) placeholder, since an op's outputs
+* Each backend gives the op a pair of plain functions, ``fwd`` and ``bwd`` (no autograd
+  inside): the Triton backends their kernels' forward and backward, the chunked
+  selective scan its hand-written forward and backward. The forward op returns the
+  backend's outputs and, for the Triton selective scan, its float32 checkpoints (the
+  state entering each chunk) as an extra output that the backward op takes back; so
+  the backward runs no second forward. A final state that was not asked for (or an
+  absent checkpoint) comes back as an empty (0,) placeholder, since an op's outputs
   are fixed by its schema.
-* The backward is a second opaque op, ``<name>_backward``, which recomputes: it reruns the
-  backend forward with autograd on and differentiates it with ``torch.autograd.grad``.
-  This costs one extra forward per backward (the backends' own backward passes already
-  recompute states chunk by chunk), but needs nothing from the backends beyond their
-  public function, whether they are ``autograd.Function``s (selective_scan) or plain
-  autograd code (ssd torch path). Eager mode does not pay it.
-* Fake (meta) kernels give every output's shape, dtype and strides; the real kernels copy
-  an output into that layout only when the backend returned another (torch.compile
-  relies on fake and real strides agreeing).
+* Backends without a hand-written backward (the references, and the chunked SSD, which
+  is plain autograd code) are differentiated by rerunning their forward with autograd
+  (:func:`_autograd_grads`). The chunked selective scan's backward also reruns its
+  forward, without autograd, instead of keeping a dozen intermediates as op outputs.
+* Fake (meta) kernels give every output's shape, dtype and strides, from helpers of
+  the backends themselves for the Triton selective scan (``output_like``,
+  ``checkpoint_shape``); the real kernels copy an output into that layout only when
+  the backend returned another (torch.compile relies on fake and real strides agreeing).
 * Autocast: the kernels run with autocast off. The scans compute in float32 themselves
   and return the input dtype (final states float32), so under ``torch.autocast`` the ops
   see the same mixed bf16/fp32 inputs as without it and give the same answer; autocast
   left on would silently run the backends' matmuls in bf16.
-
-Cost of the op route, measured (min of repeats, eager calls of the op against the direct
-backend call): H100, Triton backend, bf16, selective scan B=8 D=1536 L=2048 N=16:
-forward 1.26 vs 1.27 ms, fwd+bwd 8.23 vs 6.52 ms (the recompute); SSD B=8 L=2048 H=24
-P=64 N=128: fwd+bwd 19.6 vs 19.1 ms; a tiny scan (B=1 D=64 L=16): forward 0.22 vs 0.13 ms
-(custom-op dispatch, ~0.1 ms a call). CPU torch path, batch 16 dim 256 L 256 N 16:
-fwd+bwd 243 vs 193 ms. Hence eager mode keeps the direct call.
 
 The Mamba-1 conv and the norms are plain PyTorch code that dynamo traces (and inductor
 fuses) without help, so they are not wrapped; a Triton backend for them would need the
 same treatment.
 """
 import contextlib
+import threading
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from ._dispatch import backend_function
 
 # --------------------------------------------------------------------------------------
 # Helpers shared by the ops
@@ -69,27 +65,6 @@ def _no_autocast(device_type: str):
     if torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
-
-
-_AUTOGRAD_KEYS = (torch._C.DispatchKey.AutogradFunctionality, torch._C.DispatchKey.AutogradOther,
-                  torch._C.DispatchKey.AutogradNestedTensor)
-
-
-@contextlib.contextmanager
-def _autograd_on():
-    """Re-enable autograd inside a custom op's kernel.
-
-    The dispatcher runs an op's kernel with the Autograd keys excluded (thread-local), so
-    there ``enable_grad`` alone records nothing. The backward kernel needs autograd to
-    differentiate the backend, so it lifts that exclusion (private API; the same guard
-    torch's own higher-order ops use) for the duration of the recompute.
-    """
-    exclude = torch._C._dispatch_tls_local_exclude_set()
-    for key in _AUTOGRAD_KEYS:
-        exclude = exclude.remove(key)
-    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude), \
-            torch.enable_grad():
-        yield
 
 
 def _shares_memory(t: Tensor, others: Sequence[Optional[Tensor]]) -> bool:
@@ -113,28 +88,17 @@ def _grads_fake(inputs: Sequence[Optional[Tensor]], needs: Sequence[bool], ref: 
             for t, need in zip(inputs, needs)]
 
 
-def _recompute_grads(forward: Callable, inputs: Sequence[Optional[Tensor]], needs: Sequence[bool],
-                     grad_outputs: Sequence[Optional[Tensor]]) -> List[Tensor]:
-    """Gradients of ``forward(*inputs)`` (a tuple of tensors) by rerunning it with autograd.
-
-    inputs: tensors or None; needs: which inputs want a gradient; grad_outputs: one per
-    output of forward, None for an output that does not reach the loss. Returns
-    :func:`_grads_fake`'s list, filled.
-    """
+def _finish_grads(grads: Sequence[Optional[Tensor]], inputs: Sequence[Optional[Tensor]],
+                  needs: Sequence[bool], grad_outputs: Sequence[Optional[Tensor]]) -> List[Tensor]:
+    """A backend's gradients as the backward op returns them (:func:`_grads_fake`'s list):
+    laid out like their inputs, zeros for an input that reaches no output."""
     ref = next(g for g in grad_outputs if g is not None)
     result = _grads_fake(inputs, needs, ref)
-    with _autograd_on(), _no_autocast(ref.device.type):
-        leaves = [None if t is None else t.detach().requires_grad_(bool(need))
-                  for t, need in zip(inputs, needs)]
-        wanted = [i for i, leaf in enumerate(leaves) if leaf is not None and leaf.requires_grad]
-        if not wanted:
-            return result
-        outputs = forward(*leaves)
-        pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None and o.requires_grad]
-        grads = torch.autograd.grad([o for o, _ in pairs], [leaves[i] for i in wanted],
-                                    [g for _, g in pairs], allow_unused=True)
     everything = list(inputs) + list(grad_outputs)
-    for i, g in zip(wanted, grads):
+    for i, (t, need) in enumerate(zip(inputs, needs)):
+        if t is None or not need:
+            continue
+        g = grads[i]
         if g is None:  # the input does not reach any output that reaches the loss
             result[i].zero_()
         else:
@@ -142,52 +106,125 @@ def _recompute_grads(forward: Callable, inputs: Sequence[Optional[Tensor]], need
     return result
 
 
+def _autograd_grads(forward: Callable, inputs: Sequence[Optional[Tensor]], needs: Sequence[bool],
+                    grad_outputs: Sequence[Optional[Tensor]]) -> List[Optional[Tensor]]:
+    """Gradients of ``forward(*inputs)`` (a tuple of tensors) by rerunning it with autograd.
+
+    inputs: tensors or None; needs: which want a gradient; grad_outputs: one per output
+    of forward, None for an output that does not reach the loss. A custom op's kernel
+    runs with autograd turned off for its thread (the dispatcher's thread-local state), so
+    the rerun happens on a short-lived helper thread, which starts with autograd on and
+    no autocast; on CUDA it runs on the caller's current stream.
+    """
+    wanted = [i for i, (t, need) in enumerate(zip(inputs, needs)) if t is not None and need]
+    grads: List[Optional[Tensor]] = [None] * len(inputs)
+    if not wanted:
+        return grads
+    ref = next(g for g in grad_outputs if g is not None)
+    stream = torch.cuda.current_stream(ref.device) if ref.device.type == "cuda" else None
+    box: dict = {}
+
+    def work():
+        try:
+            with (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()), \
+                    torch.enable_grad():
+                leaves = [None if t is None else t.detach().requires_grad_(i in wanted)
+                          for i, t in enumerate(inputs)]
+                outputs = forward(*leaves)
+                pairs = [(o, g) for o, g in zip(outputs, grad_outputs)
+                         if g is not None and o.requires_grad]
+                box["grads"] = torch.autograd.grad([o for o, _ in pairs],
+                                                   [leaves[i] for i in wanted],
+                                                   [g for _, g in pairs], allow_unused=True)
+        except BaseException as e:  # re-raised on the caller's thread
+            box["error"] = e
+
+    helper = threading.Thread(target=work, name="mimetic-backward")
+    helper.start()
+    helper.join()
+    if "error" in box:
+        raise box["error"]
+    for i, g in zip(wanted, box["grads"]):
+        grads[i] = g
+    return grads
+
+
 # --------------------------------------------------------------------------------------
 # selective_scan (Mamba-1)
+#
+# The backends are imported when an op first runs: the op packages import this module.
 
 
-def _ss_triton_out(u: Tensor, z: Optional[Tensor]) -> Tensor:
-    """The Triton backend's out (its default lane / segment kernels): laid out like z (like
-    u without z) when that tensor is dense, else contiguous -- ``torch.empty_like`` of it
-    after the backend's copy of inputs whose time axis is strided (see ``_out_like`` in
-    ``selective_scan/triton.py``)."""
-    like = z if z is not None else u
-    if like.stride(-1) != 1 and like.shape[-1] != 1:
-        like = like.contiguous()
-    return torch.empty_like(like, dtype=u.dtype)
+def _ss_backend(backend: str, dtype: torch.dtype):
+    """(fwd, bwd) of a selective-scan backend (float64 runs on the chunked path whatever
+    the backend: the kernels compute in float32)."""
+    if backend == "triton" and dtype != torch.float64:
+        from .selective_scan import triton
+        return triton.selective_scan_fwd, triton.selective_scan_bwd
+    if backend in ("torch", "triton"):
+        from .selective_scan import chunked
+        return chunked.selective_scan_fwd, chunked.selective_scan_bwd
+    return _ss_ref_fwd, _ss_ref_bwd
+
+
+def _ss_ref_run(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+    from .selective_scan.reference import selective_scan_ref
+    return selective_scan_ref(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                              delta_softplus=delta_softplus, return_last_state=True,
+                              initial_state=initial_state)
+
+
+def _ss_ref_fwd(*args):
+    *inputs, delta_softplus, return_last_state, _ = args
+    out, last = _ss_ref_run(*inputs, delta_softplus)
+    return out, last if return_last_state else None, None
+
+
+def _ss_ref_bwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, ckpt,
+                dout, dlast):
+    inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    return _autograd_grads(lambda *t: _ss_ref_run(*t, delta_softplus), inputs, [True] * 9,
+                      (dout, dlast))
 
 
 def _ss_fake(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
              z: Optional[Tensor], delta_bias: Optional[Tensor], initial_state: Optional[Tensor],
-             delta_softplus: bool, return_last_state: bool, backend: str) -> Tuple[Tensor, Tensor]:
+             delta_softplus: bool, return_last_state: bool, backend: str,
+             need_grad: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
     batch, dim, L = u.shape
-    # float64 goes to the torch path whatever the backend (the kernels compute in float32).
-    if backend == "torch" or u.dtype == torch.float64:
-        # the torch path writes out as a (b, d, L) view of (b, L, d) memory
+    ckpt = u.new_empty(0)
+    if backend == "triton" and u.dtype != torch.float64:
+        from .selective_scan import triton
+        out = triton.output_like(u, z)
+        if need_grad:
+            ckpt = u.new_empty(triton.checkpoint_shape(u, A, B), dtype=torch.float32)
+    elif backend in ("torch", "triton"):
+        # the chunked path writes out as a (b, d, L) view of (b, L, d) memory
         out = u.new_empty(batch, L, dim).transpose(1, 2)
-    elif backend == "triton":
-        out = _ss_triton_out(u, z)
     else:
         out = u.new_empty(batch, dim, L)
     last = (u.new_empty(batch, dim, A.shape[1], dtype=_state_dtype(u)) if return_last_state
             else u.new_empty(0))
-    return out, last
+    return out, last, ckpt
 
 
 @torch.library.custom_op("mimetic::selective_scan", mutates_args=())
 def _selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                        D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
                        initial_state: Optional[Tensor], delta_softplus: bool,
-                       return_last_state: bool, backend: str) -> Tuple[Tensor, Tensor]:
+                       return_last_state: bool, backend: str,
+                       need_grad: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
     args = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    out_like, last_like = _ss_fake(*args, delta_softplus, return_last_state, backend)
-    fn = backend_function("selective_scan", backend)
+    out_like, last_like, ckpt_like = _ss_fake(*args, delta_softplus, return_last_state,
+                                              backend, need_grad)
+    fwd, _ = _ss_backend(backend, u.dtype)
     with _no_autocast(u.device.type):
-        result = fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-                    delta_softplus=delta_softplus, return_last_state=return_last_state,
-                    initial_state=initial_state)
-    out, last = result if return_last_state else (result, last_like)
-    return _laid_out(out, out_like, args), _laid_out(last, last_like, args)
+        out, last, ckpt = fwd(*args, delta_softplus, return_last_state, need_grad)
+    if ckpt is not None and tuple(ckpt.shape) != tuple(ckpt_like.shape):
+        raise RuntimeError(f"selective_scan checkpoints {tuple(ckpt.shape)}, but the fake "
+                           f"kernel promised {tuple(ckpt_like.shape)}")
+    return (_laid_out(out, out_like, args), last_like if last is None else _laid_out(last, last_like, args),
+            ckpt_like if ckpt is None else ckpt)
 
 
 _selective_scan_op.register_fake(_ss_fake)
@@ -198,39 +235,38 @@ def _selective_scan_backward_op(grad_out: Tensor, grad_last: Optional[Tensor], u
                                 delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                                 D: Optional[Tensor], z: Optional[Tensor],
                                 delta_bias: Optional[Tensor], initial_state: Optional[Tensor],
-                                delta_softplus: bool, backend: str,
-                                needs: List[bool]) -> List[Tensor]:
-    fn = backend_function("selective_scan", backend)
-
-    def forward(u, delta, A, B, C, D, z, delta_bias, initial_state):
-        return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-                  delta_softplus=delta_softplus, return_last_state=True,
-                  initial_state=initial_state)
-
-    return _recompute_grads(forward, (u, delta, A, B, C, D, z, delta_bias, initial_state),
-                            needs, (grad_out, grad_last))
+                                delta_softplus: bool, backend: str, needs: List[bool],
+                                ckpt: Optional[Tensor] = None) -> List[Tensor]:
+    inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    _, bwd = _ss_backend(backend, u.dtype)
+    if ckpt is not None and not ckpt.numel():
+        ckpt = None
+    with _no_autocast(u.device.type):
+        grads = bwd(*inputs, delta_softplus, ckpt, grad_out, grad_last)
+    return _finish_grads(grads, inputs, needs, (grad_out, grad_last))
 
 
 @_selective_scan_backward_op.register_fake
-def _(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
-      backend, needs):
+def _(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, initial_state,
+      delta_softplus, backend, needs, ckpt=None):
     return _grads_fake((u, delta, A, B, C, D, z, delta_bias, initial_state), needs, grad_out)
 
 
 def _ss_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:9])
-    ctx.delta_softplus, ctx.return_last_state, ctx.backend = inputs[9:]
+    ctx.save_for_backward(*inputs[:9], output[2])
+    ctx.delta_softplus, ctx.return_last_state, ctx.backend = inputs[9:12]
+    ctx.set_materialize_grads(False)
 
 
-def _ss_backward(ctx, grad_out, grad_last):
-    tensors = ctx.saved_tensors
+def _ss_backward(ctx, grad_out, grad_last, grad_ckpt):
+    *tensors, ckpt = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:9])
     if grad_out is None:
         grad_out = torch.zeros_like(tensors[0])
     grads = _selective_scan_backward_op(
-        grad_out, grad_last if ctx.return_last_state else None, *tensors, ctx.delta_softplus,
-        ctx.backend, needs)
-    return (*[g if need else None for g, need in zip(grads, needs)], None, None, None)
+        grad_out, grad_last if ctx.return_last_state else None, *tensors,
+        ctx.delta_softplus, ctx.backend, needs, ckpt)
+    return (*[g if need else None for g, need in zip(grads, needs)], None, None, None, None)
 
 
 _selective_scan_op.register_autograd(_ss_backward, setup_context=_ss_setup_context)
@@ -241,13 +277,43 @@ def selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_sof
     """``torch.ops.mimetic.selective_scan`` with the public function's results: out, or
     (out, last state) with ``return_last_state``. Arguments as in
     :func:`mimetic.ops.selective_scan` (already validated; ``backend`` resolved)."""
-    out, last = _selective_scan_op(u, delta, A, B, C, D, z, delta_bias, initial_state,
-                                   delta_softplus, return_last_state, backend)
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    out, last, _ = _selective_scan_op(*tensors, delta_softplus, return_last_state, backend,
+                                      need_grad)
     return (out, last) if return_last_state else out
 
 
 # --------------------------------------------------------------------------------------
 # ssd_scan (Mamba-2)
+
+
+def _ssd_backend(backend: str, dtype: torch.dtype):
+    """(fwd, bwd) of an SSD backend: the Triton kernels' own, else through autograd of the
+    backend's code (float64 runs on the chunked path whatever the backend)."""
+    if backend == "triton" and dtype != torch.float64:
+        from .ssd import triton
+        return triton.ssd_scan_fwd, triton.ssd_scan_bwd
+    if backend in ("torch", "triton"):
+        from .ssd.chunked import ssd_scan_torch as run
+    else:
+        from .ssd.reference import ssd_scan_ref as run
+
+    def fwd(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size, dt_softplus, dt_limit,
+            return_final_states):
+        result = run(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
+                     dt_softplus=dt_softplus, dt_limit=dt_limit, initial_states=initial_states,
+                     return_final_states=return_final_states)
+        return result if return_final_states else (result, None)
+
+    def bwd(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size, dt_softplus, dt_limit,
+            dout, dfinal):
+        def forward(*inputs):
+            return fwd(*inputs, chunk_size, dt_softplus, dt_limit, True)
+        return _autograd_grads(forward, (x, dt, A, B, C, D, z, dt_bias, initial_states), [True] * 9,
+                          (dout, dfinal))
+
+    return fwd, bwd
 
 
 def _ssd_fake(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
@@ -268,13 +334,11 @@ def _ssd_scan_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Opti
     args = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     y_like, final_like = _ssd_fake(*args, chunk_size, dt_softplus, dt_min, dt_max,
                                    return_final_states, backend)
-    fn = backend_function("ssd", backend)
+    fwd, _ = _ssd_backend(backend, x.dtype)
     with _no_autocast(x.device.type):
-        result = fn(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
-                    dt_softplus=dt_softplus, dt_limit=(dt_min, dt_max),
-                    initial_states=initial_states, return_final_states=return_final_states)
-    y, final = result if return_final_states else (result, final_like)
-    return _laid_out(y, y_like, args), _laid_out(final, final_like, args)
+        y, final = fwd(*args, chunk_size, dt_softplus, (dt_min, dt_max), return_final_states)
+    return (_laid_out(y, y_like, args),
+            final_like if final is None else _laid_out(final, final_like, args))
 
 
 _ssd_scan_op.register_fake(_ssd_fake)
@@ -287,15 +351,11 @@ def _ssd_scan_backward_op(grad_y: Tensor, grad_final: Optional[Tensor], x: Tenso
                           initial_states: Optional[Tensor], chunk_size: int, dt_softplus: bool,
                           dt_min: float, dt_max: float, backend: str,
                           needs: List[bool]) -> List[Tensor]:
-    fn = backend_function("ssd", backend)
-
-    def forward(x, dt, A, B, C, D, z, dt_bias, initial_states):
-        return fn(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
-                  dt_softplus=dt_softplus, dt_limit=(dt_min, dt_max),
-                  initial_states=initial_states, return_final_states=True)
-
-    return _recompute_grads(forward, (x, dt, A, B, C, D, z, dt_bias, initial_states), needs,
-                            (grad_y, grad_final))
+    inputs = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+    _, bwd = _ssd_backend(backend, x.dtype)
+    with _no_autocast(x.device.type):
+        grads = bwd(*inputs, chunk_size, dt_softplus, (dt_min, dt_max), grad_y, grad_final)
+    return _finish_grads(grads, inputs, needs, (grad_y, grad_final))
 
 
 @_ssd_scan_backward_op.register_fake

@@ -1,23 +1,47 @@
-"""Causal depthwise conv1d (+ optional SiLU) and its single-step update for decoding."""
+"""Causal depthwise conv1d (+ optional SiLU) and its decoding step: the public ops and
+their backend tables.
+
+Backends of the conv (``BACKENDS``): ``reference.py`` (a sum of W shifted products, the oracle),
+``shifted.py`` (pure PyTorch: W shifted multiply-adds in the input's own layout) and
+``triton.py``. Of the step (``STEP_BACKENDS``): ``step.py`` (PyTorch) and
+``step_triton.py`` (one fused kernel, no backward).
+"""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import torch
 
-from .._checks import check_float, check_same_device, check_shape
-from .._dispatch import has_kernel, resolve_backend
+from .._checks import check_shape, check_tensors
+from .._dispatch import resolve_backend, resolve_step_backend
 from .reference import causal_conv1d_ref
-from .step import causal_conv1d_update
-
-if TYPE_CHECKING:
-    import torch
-
-# Note: this package has a submodule named `torch` (the pure-PyTorch path); importing it
-# rebinds the name `torch` in this namespace, so this file never uses the torch library
-# at run time (annotations only).
+from .shifted import causal_conv1d_torch
+from .step import causal_conv1d_update_torch
 
 __all__ = ["causal_conv1d", "causal_conv1d_update", "causal_conv1d_ref"]
 
 ACTIVATIONS = (None, "silu", "swish")
+
+
+def _causal_conv1d_triton(*args, **kwargs):
+    from .triton import causal_conv1d_triton  # imports triton: only when it is asked for
+
+    return causal_conv1d_triton(*args, **kwargs)
+
+
+def _causal_conv1d_update_triton(*args, **kwargs):
+    from .step_triton import causal_conv1d_update_triton
+
+    return causal_conv1d_update_triton(*args, **kwargs)
+
+
+BACKENDS = {
+    "reference": causal_conv1d_ref,
+    "torch": causal_conv1d_torch,
+    "triton": _causal_conv1d_triton,
+}
+STEP_BACKENDS = {
+    "torch": causal_conv1d_update_torch,
+    "triton": _causal_conv1d_update_triton,
+}
 
 
 def causal_conv1d(
@@ -32,34 +56,64 @@ def causal_conv1d(
     """Causal depthwise convolution over time.
 
     Args:
-        x: (batch, dim, L). weight: (dim, width). bias: (dim,).
+        x: (b, d, L). weight: (d, width). bias: (d,).
         activation: None, "silu" or "swish" (the same).
-        initial_states: (batch, dim, width-1), the inputs before step 0 (zeros if None).
+        initial_states: (b, d, width-1), the inputs before step 0 (zeros if None).
 
     Returns:
-        out (batch, dim, L); with ``return_final_states`` also (batch, dim, width-1),
-        the conv state to continue decoding from.
+        out (b, d, L); with ``return_final_states`` also (b, d, width-1), the conv state
+        to continue decoding from.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    for name, t in dict(x=x, weight=weight, bias=bias, initial_states=initial_states).items():
-        check_float(name, t)
-    check_same_device(x=x, weight=weight, bias=bias, initial_states=initial_states)
+    check_tensors(x=x, weight=weight, bias=bias, initial_states=initial_states)
     if x.dim() != 3:
         raise ValueError(f"x must have shape (batch, dim, length), got {tuple(x.shape)}")
     batch, dim, _ = x.shape
     check_shape("weight", weight, (dim, None))
     check_shape("bias", bias, (dim,))
     check_shape("initial_states", initial_states, (batch, dim, weight.shape[1] - 1))
-    kwargs = dict(bias=bias, activation=activation, initial_states=initial_states,
-                  return_final_states=return_final_states)
-    choice = resolve_backend(backend, x, has_triton_kernel=has_kernel(__name__))
-    if choice == "reference":
-        return causal_conv1d_ref(x, weight, **kwargs)
-    if choice == "triton":
-        from .triton import causal_conv1d_triton
+    return BACKENDS[resolve_backend(backend, x)](
+        x, weight, bias=bias, activation=activation, initial_states=initial_states,
+        return_final_states=return_final_states)
 
-        return causal_conv1d_triton(x, weight, **kwargs)
-    from .torch import causal_conv1d_torch
 
-    return causal_conv1d_torch(x, weight, **kwargs)
+def _validate_step(x, conv_state, weight, bias, activation) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+    check_tensors(x=x, conv_state=conv_state, weight=weight, bias=bias)
+    if x.dim() != 2:
+        raise ValueError(f"x must have shape (batch, dim), got {tuple(x.shape)}")
+    batch, dim = x.shape
+    check_shape("weight", weight, (dim, None))
+    check_shape("bias", bias, (dim,))
+    check_shape("conv_state", conv_state, (batch, dim, weight.shape[1] - 1))
+
+
+def causal_conv1d_update(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """One step of the causal depthwise conv for decoding; ``conv_state`` is updated in place.
+
+    Args:
+        x: (b, d); may be a strided view (e.g. a slice of the in_proj output).
+        conv_state: (b, d, width-1), the last width-1 inputs, shifted in place to
+            end with x (stored in conv_state's dtype); any strides.
+        weight: (d, width). bias: (d,). activation: None, "silu" or "swish".
+        backend: "auto" (the Triton kernel for CUDA tensors when triton is installed,
+            else PyTorch), "torch" (or "reference": the same PyTorch code) or "triton"
+            (an error on CPU tensors unless ``TRITON_INTERPRET=1``).
+
+    Returns:
+        out (b, d) in x's dtype, computed in float32. The Triton kernel has no
+        autograd: "auto" takes the PyTorch path when a gradient is wanted, and so does
+        float64 (kernel is float32).
+    """
+    _validate_step(x, conv_state, weight, bias, activation)
+    args = (x, conv_state, weight, bias)
+    return STEP_BACKENDS[resolve_step_backend(backend, x, args)](*args, activation=activation)

@@ -301,7 +301,7 @@ def causal_conv1d_triton(
     dtype and, with ``return_final_states``, the last W-1 inputs (batch, dim, W-1)."""
     if x.dtype == torch.float64:
         # The kernels compute in float32; keep float64 inputs at float64 accuracy.
-        from .torch import causal_conv1d_torch
+        from .shifted import causal_conv1d_torch
 
         return causal_conv1d_torch(x, weight, bias=bias, activation=activation,
                                    initial_states=initial_states,

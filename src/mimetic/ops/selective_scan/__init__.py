@@ -1,29 +1,50 @@
-"""Mamba-1 selective scan: public entry point, dispatching to reference / torch / triton."""
+"""Mamba-1 selective scan and its decoding step: the public ops and their backend tables.
+
+Backends of the scan (``BACKENDS``): ``reference.py`` (sequential, the oracle),
+``chunked.py`` (pure PyTorch, chunks of steps with a hand-written backward) and
+``triton.py`` (fused kernels). Of the step (``STEP_BACKENDS``): ``step.py`` (PyTorch)
+and ``step_triton.py`` (one fused kernel, no backward).
+"""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import torch
 
 from .. import _library
-from .._checks import check_float, check_same_device, check_shape
-from .._dispatch import backend_function, call_eager, compiling, has_kernel, resolve_backend
+from .._checks import check_shape, check_tensors
+from .._dispatch import call_eager, compiling, resolve_backend, resolve_step_backend
+from .chunked import selective_scan_torch
 from .reference import selective_scan_ref
+from .step import selective_state_update_torch
 
-if TYPE_CHECKING:
-    import torch
+__all__ = ["selective_scan", "selective_scan_ref", "selective_state_update"]
 
-# Note: this package has a submodule named `torch` (the pure-PyTorch path); importing it
-# rebinds the name `torch` in this namespace, so this file never uses the torch library
-# at run time (annotations only).
 
-__all__ = ["selective_scan", "selective_scan_ref"]
+def _selective_scan_triton(*args, **kwargs):
+    from .triton import selective_scan_triton  # imports triton: only when it is asked for
+
+    return selective_scan_triton(*args, **kwargs)
+
+
+def _selective_state_update_triton(*args, **kwargs):
+    from .step_triton import selective_state_update_triton
+
+    return selective_state_update_triton(*args, **kwargs)
+
+
+BACKENDS = {
+    "reference": selective_scan_ref,
+    "torch": selective_scan_torch,
+    "triton": _selective_scan_triton,
+}
+STEP_BACKENDS = {
+    "torch": selective_state_update_torch,
+    "triton": _selective_state_update_triton,
+}
 
 
 def _validate(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
-    for name, t in dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
-                        initial_state=initial_state).items():
-        check_float(name, t)
-    check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
-                      initial_state=initial_state)
+    check_tensors(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                  initial_state=initial_state)
     if u.dim() != 3:
         raise ValueError(f"u must have shape (batch, dim, length), got {tuple(u.shape)}")
     batch, dim, L = u.shape
@@ -68,28 +89,28 @@ def selective_scan(
     """Mamba-1 selective scan (S6), same signature as ``mamba_ssm``'s ``selective_scan_fn``.
 
     Args:
-        u: input (batch, dim, L).
-        delta: time steps before bias/softplus (batch, dim, L).
-        A: state matrix (dim, d_state), real and normally negative.
-        B, C: input/output projections (batch, d_state, L) or (batch, groups, d_state, L).
-        D: skip (dim,). z: gate (batch, dim, L), applied as ``out * silu(z)``.
-        delta_bias: (dim,) added to delta before the softplus.
-        initial_state: (batch, dim, d_state) state before step 0 (zeros if None).
+        u: input (b, d, L).
+        delta: time steps before bias/softplus (b, d, L).
+        A: state matrix (d, n), real and normally negative.
+        B, C: input/output projections (b, n, L) or (b, g, n, L).
+        D: skip (d,). z: gate (b, d, L), applied as ``out * silu(z)``.
+        delta_bias: (d,) added to delta before the softplus.
+        initial_state: (b, d, n) state before step 0 (zeros if None).
         backend: "auto" (Triton on CUDA, else torch), "reference", "torch" or "triton".
 
     Returns:
-        out (batch, dim, L) in u's dtype; with ``return_last_state`` also the final state
-        (batch, dim, d_state) in float32.
+        out (b, d, L) in u's dtype; with ``return_last_state`` also the final state
+        (b, d, n) in float32 (float64 for float64 inputs).
 
     Under ``torch.autocast`` the scan still computes in float32 (autocast is turned off
     inside); under ``torch.compile`` it is one ``torch.ops.mimetic.selective_scan`` node.
     """
     _validate(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    choice = resolve_backend(backend, u, has_triton_kernel=has_kernel(__name__))
-    if compiling():  # one opaque op in the graph; eager skips its recompute in backward
+    choice = resolve_backend(backend, u)
+    if compiling():  # one opaque op in the graph
         return _library.selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state,
                                        delta_softplus, return_last_state, choice)
-    fn = backend_function("selective_scan", choice)
+    fn = BACKENDS[choice]
 
     def run(u, delta, A, B, C, D, z, delta_bias, initial_state):
         return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
@@ -97,3 +118,65 @@ def selective_scan(
                   initial_state=initial_state)
 
     return call_eager(run, u.device.type, (u, delta, A, B, C, D, z, delta_bias, initial_state))
+
+
+def _validate_step(state, x, dt, A, B, C, D, z, dt_bias, dt_proj_weight) -> None:
+    check_tensors(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
+                  dt_proj_weight=dt_proj_weight)
+    if x.dim() != 2:
+        raise ValueError(f"x must have shape (batch, dim), got {tuple(x.shape)}")
+    batch, dim = x.shape
+    check_shape("A", A, (dim, None))
+    n = A.shape[1]
+    check_shape("state", state, (batch, dim, n))
+    if dt_proj_weight is not None:
+        check_shape("dt_proj_weight", dt_proj_weight, (dim, None))
+        check_shape("dt", dt, (batch, dt_proj_weight.shape[1]))
+    else:
+        check_shape("dt", dt, (batch, dim))
+    check_shape("z", z, (batch, dim))
+    check_shape("B", B, (batch, n))
+    check_shape("C", C, (batch, n))
+    check_shape("D", D, (dim,))
+    check_shape("dt_bias", dt_bias, (dim,))
+
+
+def selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    A_is_log: bool = False,
+    dt_proj_weight: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """One step of the selective scan for decoding; ``state`` is updated in place.
+
+    Args:
+        state: (b, d, n), float32 or the model's dtype. x, dt, z: (b, d).
+            A: (d, n). B, C: (b, n). D, dt_bias: (d,).
+        dt_softplus: softplus(dt + dt_bias).
+        A_is_log: A holds a layer's ``A_log`` and the step uses ``-exp(A_log)``, as the
+            Mamba layer does (saves forming A, two kernel launches, per step).
+        dt_proj_weight: (d, rank): dt is then the low-rank (b, rank) input of the
+            layer's dt projection, and the step forms ``dt @ dt_proj_weight.T`` itself
+            (saves a matmul launch per step).
+        backend: "auto" (the Triton kernel for CUDA tensors when triton is installed,
+            else PyTorch), "torch" (or "reference": the same PyTorch code) or "triton"
+            (an error on CPU tensors unless ``TRITON_INTERPRET=1``).
+
+    Returns:
+        y (b, d) in x's dtype. The Triton kernel has no autograd: "auto" takes the
+        PyTorch path when a gradient is wanted, and so does float64 (kernel is float32).
+    """
+    _validate_step(state, x, dt, A, B, C, D, z, dt_bias, dt_proj_weight)
+    args = (state, x, dt, A, B, C, D, z, dt_bias)
+    choice = resolve_step_backend(backend, x, args + (dt_proj_weight,))
+    return STEP_BACKENDS[choice](*args, dt_softplus=dt_softplus, A_is_log=A_is_log,
+                                 dt_proj_weight=dt_proj_weight)

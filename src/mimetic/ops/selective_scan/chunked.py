@@ -22,70 +22,31 @@ Design:
   G_t = C_t gy_t + dA_{t+1} G_{t+1} backwards the same way. Contractions over n or over
   a group's channels are batched matmuls; delta's bias/softplus, the D skip and the z
   gate are fused in (no autograd temporaries), all in step-major (L, b, d) layout.
-* The scan runs on one intra-op thread (``SCAN_THREADS``) and splits the batch over up
-  to ``SCAN_WORKERS`` Python threads (torch releases the GIL inside ops), each running
-  its slice's whole scan. An OpenMP team per op instead meets at a barrier ~1000 times
-  per layer, and on a CPU shared with other busy processes every barrier waits for a
-  descheduled thread.
+* The scan runs on one intra-op thread and splits the batch over the library's CPU
+  workers (``mimetic.cpu``: one Python thread per slice, each running its slice's
+  whole scan), unless it already runs inside such a slice (a batch-parallel layer).
+* Inside a chunk the loop is one op per step: on a memory-bound CPU the loop-free
+  in-chunk forms (a log-step scan, or a (T, T) decay matrix per chunk) do more work and
+  were slower at every chunk length tried.
 
-Measurements (fp32, batch 16, dim 256, L 256, d_state 16, z/D/bias/softplus, inputs laid
-out as in Mamba; this 2-core AMD EPYC VM, torch 2.13, torch threads 2; other
-developers' jobs kept the 1-min load average at 4.8-5.3, so wall times are min / median
-of 5 interleaved rounds, the reference's of 1):
-
-==================================================  ==============  ==================
-scan of one layer                                   fwd ms          fwd+bwd ms
-==================================================  ==============  ==================
-this file (2 batch workers, 1 thread each)          55 / 92         189 / 252
-this file, 1 worker                                 42 / 67         163 / 241
-this file, ``SCAN_THREADS = None`` (OpenMP per op)  328 / 652       469 / 2496
-``mambapy`` parallel scan (pscan)                   870 / 952       2248 / 2584
-sequential reference                                14335           115731
-==================================================  ==============  ==================
-
-Under that load no core was idle, so 2 workers did not beat 1; they are there for an
-idle machine, where the second core would otherwise sit unused. Thread CPU time on one
-thread (robust to the load; same machine, same shape) was 45-55
-ms forward and 160-200 ms fwd+bwd for this file, against 1706 ms fwd+bwd for mambapy's
-scan.
-
-Why a per-step loop inside the chunk, although the issue asked for none: the loop-free
-in-chunk formulations are work-inefficient on a memory-bound CPU. Forward in-chunk scan
-alone (exp included), one thread, thread CPU time, same shape:
-
-==================================================  ======  ======  ======
-in-chunk method                                     T = 4   T = 8   T = 16
-==================================================  ======  ======  ======
-per-step fused multiply-add (this file)             --      49 ms   63 ms
-Hillis-Steele log-step scan (log2 T passes)         --      80 ms   116 ms
-decay matrix exp(segsum), (T, T, b, d, n) / chunk   464 ms  942 ms  4114 ms
-==================================================  ======  ======  ======
-
-Each step here is a 65536-element slab, so the per-call overhead is small next to the
-work; only for tiny problems (one batch, few channels) does it dominate.
+Measurements (against mambapy's parallel scan, the reference, OpenMP per op, and the
+in-chunk alternatives) are in ``benchmarks/RESULTS.md`` ("CPU selective scan").
 """
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from ...cpu import one_intraop_thread, run_slices, split_batch, workers_for
+
 # Elements (T * batch * dim * n) per chunk buffer: big enough that the per-chunk Python
 # work is amortized, small enough that the ~3 chunk buffers stay in cache.
 _CHUNK_ELEMS = 1 << 20
 _LOG2E = math.log2(math.e)
-# Intra-op threads for the scan (None: leave torch's setting). On a busy shared CPU the
-# OpenMP version was up to 10x slower (each of its ~1000 ops waits for a descheduled
-# thread; table above); the second core is used through SCAN_WORKERS instead.
-SCAN_THREADS: int | None = 1
-# Batch slices scanned concurrently on Python threads (torch releases the GIL inside
-# ops), and the least work (b * L * d * n elements) worth a thread.
-SCAN_WORKERS = min(2, os.cpu_count() or 1)
+# The least work (b * L * d * n elements) worth a worker thread of its own.
 _MIN_WORK_PER_WORKER = 1 << 21
 
 
@@ -114,54 +75,25 @@ def _to_steps(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(b * d, L).t().contiguous().view(L, b, d)
 
 
-@contextlib.contextmanager
-def _scan_threads():
-    """Run the scan's ops on ``SCAN_THREADS`` intra-op threads (None: torch's setting)."""
-    before = torch.get_num_threads()
-    if SCAN_THREADS is None or SCAN_THREADS == before:
-        yield
-        return
-    torch.set_num_threads(SCAN_THREADS)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _owns(t: torch.Tensor, src: torch.Tensor) -> bool:
     """True when t is a fresh copy, not sharing memory with the caller's tensor src."""
     return t.untyped_storage().data_ptr() != src.untyped_storage().data_ptr()
 
 
-class _SelectiveScan(torch.autograd.Function):
-    """The whole scan, elementwise pre/post-processing included, in the compute dtype.
+def scan_fwd(u, delta, A, B, C, D, z, delta_bias, h0, softplus, workers):
+    """The whole forward in the compute dtype, on one intra-op thread per batch slice
+    (up to ``workers`` slices).
 
     Everything runs in step-major layout (L, b, d): delta's bias/softplus, the D skip and
     the z gate are fused in here rather than left to autograd, which would allocate a
     fresh tensor per intermediate and per gradient and transpose back and forth.
 
     Inputs: u, delta, z (b, d, L); A (d, n); B, C (b, g, n, L); D, delta_bias (d,);
-    h0 (b, d, n); any of z, D, delta_bias, h0 may be None. Outputs: out (b, d, L), a
-    view of (b, L, d) memory (what Mamba's out_proj consumes), and h_last (b, d, n).
-    Gradients of u, delta, z come back as views of (L, b, d) memory.
+    h0 (b, d, n); any of z, D, delta_bias, h0 may be None. Returns out (b, d, L), a view
+    of (b, L, d) memory (what Mamba's out_proj consumes), h_last (b, d, n), and what
+    :func:`scan_bwd` needs: (tensors, sizes, flags).
     """
-
-    @staticmethod
-    def forward(ctx, *args):
-        # As many batch slices as torch has threads (up to SCAN_WORKERS), read before
-        # _scan_threads lowers the count.
-        ctx.workers = min(SCAN_WORKERS, torch.get_num_threads())
-        with _scan_threads():
-            return _SelectiveScan._forward(ctx, *args)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, *grads):
-        with _scan_threads():
-            return _SelectiveScan._backward(ctx, *grads)
-
-    @staticmethod
-    def _forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus):
+    with one_intraop_thread():
         b, d, L = u.shape
         n = A.shape[1]
         g = B.shape[1]
@@ -177,14 +109,14 @@ class _SelectiveScan(torch.autograd.Function):
         # exp(x) = exp2(x log2 e), and exp2 is 1.5x faster than exp in torch on CPU.
         A2 = A * _LOG2E
         T = _chunk_len(L, b * d * n)
-        ctx.flags = (delta_bias is not None, h0 is not None)
+        flags = (delta_bias is not None, h0 is not None)
         h0 = u.new_zeros(b, d, n) if h0 is None else h0
 
         def run(b0, b1):  # the scan of batch rows b0..b1-1
             return _forward_loop(_rows(dtT, b0, b1), _rows(dtuT, b0, b1), A2, _rows(Bs, b0, b1),
                                  _rows(Cs, b0, b1), h0[b0:b1], T)
 
-        parts = _by_batch(run, b, L * d * n, ctx.workers)
+        parts = _by_batch(run, b, L * d * n, workers)
         yT = _cat([p[0] for p in parts], dim=1)  # (L, b, d)
         starts = _cat([p[1] for p in parts], dim=1)  # (nchunks, b, d, n)
         h = _cat([p[2] for p in parts], dim=0)
@@ -197,16 +129,20 @@ class _SelectiveScan(torch.autograd.Function):
         else:
             zT = _to_steps(z)
             torch.mul(yT.transpose(0, 1), F.silu(zT).transpose(0, 1), out=out)
-        ctx.save_for_backward(uT, xT if softplus else None, dtT, dtuT, A, A2, Bs, Cs, starts,
-                              D, zT, yT if z is not None else None)
-        ctx.dims = (b, d, L, n, g, T)
-        return out.transpose(1, 2), h
+        saved = (uT, xT if softplus else None, dtT, dtuT, A, A2, Bs, Cs, starts, D, zT,
+                 yT if z is not None else None)
+        return out.transpose(1, 2), h, (saved, (b, d, L, n, g, T), flags)
 
-    @staticmethod
-    def _backward(ctx, gout, gh_last):
-        uT, xT, dtT, dtuT, A, A2, Bs, Cs, starts, D, zT, yT = ctx.saved_tensors
-        b, d, L, n, g, T = ctx.dims
-        has_bias, has_h0 = ctx.flags
+
+def scan_bwd(saved, gout, gh_last, workers):
+    """Gradients of (u, delta, A, B, C, D, z, delta_bias, h0) from :func:`scan_fwd`'s
+    ``saved``; gout (b, d, L) d loss / d out, gh_last (b, d, n) d loss / d h_last. Those
+    of u, delta, z come back as views of (L, b, d) memory."""
+    tensors, sizes, flags = saved
+    with one_intraop_thread():
+        uT, xT, dtT, dtuT, A, A2, Bs, Cs, starts, D, zT, yT = tensors
+        b, d, L, n, g, T = sizes
+        has_bias, has_h0 = flags
         gT = _to_steps(gout)  # (L, b, d)
         gzT = None
         if zT is None:
@@ -218,13 +154,12 @@ class _SelectiveScan(torch.autograd.Function):
             gzT = torch.rsub(s, 1).mul_(zT).add_(1).mul_(s).mul_(yT).mul_(gT)
         gD = None if D is None else (gyT * uT).sum((0, 1))
 
-
         def run(b0, b1):
             return _backward_loop(_rows(dtT, b0, b1), _rows(dtuT, b0, b1), _rows(gyT, b0, b1), A,
                                   A2, _rows(Bs, b0, b1), _rows(Cs, b0, b1), starts[:, b0:b1],
                                   gh_last[b0:b1], T)
 
-        parts = _by_batch(run, b, L * d * n, ctx.workers)
+        parts = _by_batch(run, b, L * d * n, workers)
         g_dtT, g_dtuT, gB, gC = (_cat([p[i] for p in parts], dim=1) for i in range(4))
         gA = sum(p[4] for p in parts)
         carry = _cat([p[5] for p in parts], dim=0)
@@ -241,7 +176,26 @@ class _SelectiveScan(torch.autograd.Function):
             return None if t is None else t.permute(1, 2, 0)
 
         return (back(guT), back(g_dtT), gA, gB.permute(1, 2, 3, 0), gC.permute(1, 2, 3, 0),
-                gD, back(gzT), g_bias, carry if has_h0 else None, None)
+                gD, back(gzT), g_bias, carry if has_h0 else None)
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """Eager autograd around :func:`scan_fwd` / :func:`scan_bwd`."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus):
+        # Batch slices are chosen here and reused by the backward.
+        ctx.workers = workers_for(u.shape[0], u.numel() * A.shape[1], _MIN_WORK_PER_WORKER)
+        out, h, (tensors, ctx.sizes, ctx.flags) = scan_fwd(u, delta, A, B, C, D, z, delta_bias,
+                                                           h0, softplus, ctx.workers)
+        ctx.save_for_backward(*tensors)
+        return out, h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gout, gh_last):
+        saved = (ctx.saved_tensors, ctx.sizes, ctx.flags)
+        return (*scan_bwd(saved, gout, gh_last, ctx.workers), None)
 
 
 def _forward_loop(dtT, dtuT, A2, Bs, Cs, h, T):
@@ -330,34 +284,24 @@ def _cat(parts: list, dim: int) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
 
-_POOL: concurrent.futures.ThreadPoolExecutor | None = None
-_POOL_PID = -1
-
-
 def _by_batch(run, batch: int, work_per_row: int, workers: int) -> list:
-    """run(b0, b1) over slices of the batch, concurrently on up to ``workers`` threads.
+    """run(b0, b1) over up to ``workers`` slices of the batch, concurrently (see
+    ``mimetic.cpu``), each slice at least the least work worth a thread.
 
     Each slice is an independent scan; a worker runs its whole slice, ~1000 ops, without
-    waiting for the others, unlike an OpenMP team that meets at every op. The calling
-    thread takes the first slice.
+    waiting for the others, unlike an OpenMP team that meets at every op.
     """
     workers = min(workers, batch, max(1, batch * work_per_row // _MIN_WORK_PER_WORKER))
     if workers <= 1:
         return [run(0, batch)]
-    global _POOL, _POOL_PID
-    # A new pool after a fork too: the child inherits the executor but not its threads.
-    if _POOL is None or _POOL._max_workers < workers - 1 or _POOL_PID != os.getpid():
-        _POOL = concurrent.futures.ThreadPoolExecutor(workers - 1, "mimetic-scan")
-        _POOL_PID = os.getpid()
-    bounds = [batch * i // workers for i in range(workers + 1)]
 
-    def job(b0, b1):  # worker threads have their own grad mode and OpenMP settings
-        with torch.no_grad(), _scan_threads():
-            return run(b0, b1)
+    def job(b0, b1):  # worker threads have their own grad mode
+        def go():
+            with torch.no_grad():
+                return run(b0, b1)
+        return go
 
-    futures = [_POOL.submit(job, bounds[i], bounds[i + 1]) for i in range(1, workers)]
-    first = run(bounds[0], bounds[1])
-    return [first] + [f.result() for f in futures]
+    return run_slices([job(b0, b1) for b0, b1 in split_batch(batch, workers)])
 
 
 def _chunk_inputs(dt, dtu, A2, Bs, dA_buf, X_buf, g):
@@ -406,28 +350,72 @@ def selective_scan_torch(
     return_last_state: bool = False,
     initial_state: torch.Tensor | None = None,
 ):
-    """Same contract as :func:`mimetic.ops.selective_scan.reference.selective_scan_ref`.
-
-    Shapes: u, delta, z (batch, dim, L); A (dim, n); B, C (batch, n, L) or
-    (batch, groups, n, L); D, delta_bias (dim,); initial_state (batch, dim, n).
-    Returns out (batch, dim, L) in u's dtype and, if asked, the last state
-    (batch, dim, n) in float32 (float64 for float64 inputs).
-    """
+    """Same contract as :func:`mimetic.ops.selective_scan.reference.selective_scan_ref`
+    (computed in float32, float64 for float64 inputs)."""
     dtype_in = u.dtype
-    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    compute = _compute_dtype(u)
+    args = _in_compute(compute, u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if u.shape[2] == 0:
+        out = u.new_zeros(u.shape)
+        h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1], dtype=compute)
+        if initial_state is not None:
+            h = h + args[8]
+    else:
+        out, h = _SelectiveScan.apply(*args, delta_softplus)
+    out = out.to(dtype_in)
+    return (out, h) if return_last_state else out
 
+
+def _compute_dtype(u: torch.Tensor) -> torch.dtype:
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _in_compute(compute, u, delta, A, B, C, D, z, delta_bias, initial_state):
+    """The inputs in the compute dtype, B and C as (b, g, n, L)."""
     def c(t):
         return None if t is None else t.to(compute)
 
     Bc = c(B) if B.dim() == 4 else c(B).unsqueeze(1)
     Cc = c(C) if C.dim() == 4 else c(C).unsqueeze(1)
-    if u.shape[2] == 0:
-        out = u.new_zeros(u.shape)
-        h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1], dtype=compute)
+    return c(u), c(delta), c(A), Bc, Cc, c(D), c(z), c(delta_bias), c(initial_state)
+
+
+def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                       return_last_state, need_grad):
+    """The forward without autograd, for the torch.compile op (``ops/_library.py``):
+    (out, last state or None, None). Nothing is kept: :func:`selective_scan_bwd`
+    recomputes the forward (the chunk-entry states are cheap next to the backward)."""
+    del need_grad
+    result = selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                  return_last_state, initial_state)
+    return (*result, None) if return_last_state else (result, None, None)
+
+
+def selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                       ckpt, dout, dlast):
+    """Gradients of (u, delta, A, B, C, D, z, delta_bias, initial_state) in their inputs'
+    shapes and dtypes, without autograd: reruns :func:`scan_fwd`, then :func:`scan_bwd`.
+    dout (b, d, L); dlast (b, d, n) or None; ``ckpt`` is unused (None)."""
+    del ckpt
+    inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    compute = _compute_dtype(u)
+    args = _in_compute(compute, *inputs)
+    batch, dim, L = u.shape
+    n = A.shape[1]
+    dlast = (torch.zeros(batch, dim, n, dtype=compute, device=u.device) if dlast is None
+             else dlast.to(compute))
+    if L == 0:
+        grads = [None if t is None else torch.zeros_like(t) for t in inputs]
         if initial_state is not None:
-            h = h + c(initial_state)
-    else:
-        out, h = _SelectiveScan.apply(c(u), c(delta), c(A), Bc, Cc, c(D), c(z), c(delta_bias),
-                                      c(initial_state), delta_softplus)
-    out = out.to(dtype_in)
-    return (out, h) if return_last_state else out
+            grads[8] = dlast.to(initial_state.dtype)
+        return tuple(grads)
+    workers = workers_for(batch, u.numel() * n, _MIN_WORK_PER_WORKER)
+    with torch.no_grad():
+        _, _, saved = scan_fwd(*args, delta_softplus, workers)
+        grads = scan_bwd(saved, dout.to(compute), dlast, workers)
+    grads = list(grads)
+    for i in (3, 4):   # back from (b, g, n, L) for ungrouped B, C
+        if inputs[i].dim() == 3:
+            grads[i] = grads[i].squeeze(1)
+    return tuple(None if t is None or g is None else g.to(t.dtype)
+                 for t, g in zip(inputs, grads))

@@ -9,15 +9,13 @@ Math (see ``reference.py``), per batch b, channel d, state n, step t:
 
 Everything (softplus, discretization, scan, D skip, z gate) is fused; u, delta, z, out
 are read/written once as tiles contiguous in time. Four kernel layouts exist; the
-default forward ("segment", ``FORWARD_VARIANT``) with the lane backward was the fastest
-pair measured on an H200 (benchmarks/RESULTS.md, 2026-12-02):
+default is the segment forward (``FORWARD_VARIANT``) with the lane backward, the fastest
+pair measured (timings: benchmarks/RESULTS.md, "Selective scan"):
 
 * segment (default forward, d_state <= ``SEG_MAX_N``): one thread per (channel, time
   segment), state in registers, steps one at a time; segments run from zero (pass 1),
   their carries are composed (pass 2), then re-run with the true carry (pass 3). Forward
-  only: the lane backward follows it. On the H200, 1.2-2.0x faster than the lane forward
-  at the four DESIGN.md shapes (bf16 and fp32), and its forward+backward 1.0-1.2x faster
-  (on an H100 it was 9% faster in bf16 at one shape, no faster in fp32).
+  only: the lane backward follows it.
 * lane (the backward; the forward for larger d_state): a (channels, steps) tile with
   time spread over the lanes of a warp and several consecutive steps per thread;
   states handled one n at a time, each scanned along time with ``tl.associative_scan``
@@ -47,9 +45,9 @@ reduces its own channels; the lane backward stores per-program partials (summed 
 the tile backward adds into float32 buffers with relaxed atomics. dA, dD and d(bias)
 sum over batch: each program writes its own row, summed afterwards in PyTorch.
 
-Performance (H100, see benchmarks/RESULTS.md): correct, but slower than mamba_ssm's
-CUDA kernel; the lane kernels are limited by warp shuffles / shared memory (MIO) of the
-cross-lane scans and reductions, not by memory bandwidth.
+The lane kernels are limited by the warp shuffles / shared memory (MIO) of their
+cross-lane scans and reductions, not by memory bandwidth (benchmarks/RESULTS.md compares
+them with mamba_ssm's CUDA kernel).
 
 Memory layouts: the lane and segment kernels (the default path) take every (b, dim, L)
 tensor -- u, delta, z, out, and in backward dout, du, ddelta, dz -- and B, C with their
@@ -61,11 +59,17 @@ which is the layout the caller's backward consumes. ``out`` takes the layout of 
 without z). The older tile / seq kernels assume one shared contiguous layout and get
 contiguous copies.
 
+Entry points: :func:`selective_scan_fwd` / :func:`selective_scan_bwd` (plain functions,
+also the torch.compile op's forward and backward), wrapped for eager autograd by
+``_SelectiveScanFn`` and :func:`selective_scan_triton`.
+
 Layout of the code: the kernels live in ``triton_lane.py``, ``triton_segment.py`` and
 ``triton_tile.py`` (tile and seq), their shared helpers in ``triton_common.py``; this
 file holds the launch configurations, the autograd Function and the public function.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -102,16 +106,14 @@ def _config(dim_per_group: int, n: int, backward: bool):
 # "lane", "seq" or "tile" (see the module docstring). Benchmarks and tests flip it.
 FORWARD_VARIANT = "segment"
 # Lane-kernel configurations (channels per program, warps per program, steps per tile),
-# chosen from the H100 measurements in benchmarks/gpu_notes.md: without gradients the
-# forward is fastest with (4, 4, 256); with gradients the backward dominates and is
-# fastest with (16, 4, 64), and the forward must then use the same tile length (the
-# stored chunk-entry states are per tile). Setting LANE_D / LANE_WARPS / LANE_T
-# overrides both (benchmarks do).
+# the fastest measured (benchmarks/RESULTS.md): without gradients the forward's; with
+# gradients the backward's, which dominates, and the forward must then use the same tile
+# length (the stored chunk-entry states are per tile). Setting LANE_D / LANE_WARPS /
+# LANE_T overrides both (benchmarks do).
 LANE_INFER = (4, 4, 256)
 LANE_TRAIN = (16, 4, 64)
 # Few channels (batch * dim <= 2048, i.e. long sequences at small batch): with 16
-# channels per program too few programs run; (8, 4, 128) measured 38.8 ms vs 47.0 ms
-# (bf16) and 41.3 vs 50.2 ms (fp32) fwd+bwd at 1x1536x65536.
+# channels per program too few programs run.
 LANE_TRAIN_FEW = (8, 4, 128)
 LANE_D = None
 LANE_WARPS = None
@@ -135,12 +137,12 @@ def _lane_config(dim_per_group: int, n: int, need_grad: bool, channels: int):
     return d, w, max(t, _next_pow2(n))
 
 
-def _lane_backward(ctx, dout, dhlast):
-    u, delta, A, Bg, Cg, D, z, delta_bias, initial_state, ckpt = ctx.saved_tensors
+def _lane_backward(u, delta, A, Bg, Cg, D, z, delta_bias, initial_state, ckpt, softplus,
+                   dout, dhlast, lane_cfg):
     batch, dim, L = u.shape
     G, N = Bg.shape[1], Bg.shape[2]
     dpg = dim // G
-    lane_d, lane_w, lane_t = ctx.lane_cfg
+    lane_d, lane_w, lane_t = lane_cfg
     nc = ckpt.shape[1] - 1
     dout = _unit_time_stride(dout)
     dev = u.device
@@ -165,7 +167,7 @@ def _lane_backward(ctx, dout, dhlast):
         *_bd_strides(du), *_bd_strides(ddelta), *_bd_strides(dz_or_du),
         *_bgn_strides(Bg), *_bgn_strides(Cg),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=ctx.softplus, HAS_DHLAST=dhlast is not None,
+        SOFTPLUS=softplus, HAS_DHLAST=dhlast is not None,
         BLOCK_D=lane_d, BLOCK_T=lane_t, num_warps=lane_w,
     )
     # Programs never straddle a group (lane_d divides dim / groups): sum per group.
@@ -177,19 +179,16 @@ def _lane_backward(ctx, dout, dhlast):
         d0 = delta[:, :, 0].float()
         if delta_bias is not None:
             d0 = d0 + delta_bias.float()
-        if ctx.softplus:
+        if softplus:
             d0 = torch.nn.functional.softplus(d0)
         dh0 = (torch.exp(d0[:, :, None] * A.float()) * dh).to(initial_state.dtype)
-    b_shape, c_shape, b_dtype, c_dtype = ctx.shapes
-    return (du, ddelta, dA.sum(0).to(A.dtype), dB.reshape(b_shape).to(b_dtype),
-            dC.reshape(c_shape).to(c_dtype), dD.sum(0).to(D.dtype) if D is not None else None,
-            dz, dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
-            dh0, None, None)
+    return (du, ddelta, dA.sum(0), dB, dC, dD.sum(0) if D is not None else None, dz,
+            dbias.sum(0) if delta_bias is not None else None, dh0)
 
 
-# Segmented forward (FORWARD_VARIANT = "segment", see _ss_fwd_seg_kernel; offline analysis
-# in benchmarks/gpu_notes.md, measured there). Knobs, flipped by benchmarks/gpu.py; the
-# defaults are the configuration timed on the H200 (segment_t64_w4_kb2_p00):
+# Segmented forward (FORWARD_VARIANT = "segment", see _ss_fwd_seg_kernel and
+# docs/kernels.md). Knobs, flipped by benchmarks/gpu.py; the defaults are the fastest
+# configuration timed (segment_t64_w4_kb2_p00, benchmarks/RESULTS.md):
 SEG_T = 64       # steps per segment without gradients; with gradients the segment is the
 #                  lane backward's chunk (its checkpoints are the segment carries)
 SEG_WARPS = 4    # warps per program, one channel per thread: 32 * SEG_WARPS channels
@@ -198,10 +197,8 @@ SEG_KX = None    # steps per u/delta/z/out tile; None: one 16-byte vector per th
 SEG_MAX_N = 32   # larger d_state runs the lane forward (the state would not fit registers)
 SEG_POLY1 = 0    # states per step whose exp runs on the FMA pipe in pass 1 (MUFU relief)
 SEG_POLY3 = 0    # the same in pass 3
-# Load the next u/delta/z tile while computing this one: None picks by dtype. Measured on
-# an H200 (benchmarks/RESULTS.md, 2026-12-02): for float32 inputs 7-11% faster forward
-# at the four DESIGN shapes; for bf16 slower (0.654 vs 0.550 ms at the first), so on
-# for 4-byte inputs only.
+# Load the next u/delta/z tile while computing this one: None picks by dtype, on for
+# 4-byte inputs only (faster for float32, slower for bf16: benchmarks/RESULTS.md).
 SEG_PREFETCH = None
 
 
@@ -294,8 +291,15 @@ def _grad_like(t):
 def _out_like(u, z):
     """out (b, dim, L) in u's dtype, laid out like the gate z it is multiplied by (like u
     without z): in Mamba, z's feature-major layout is the one out_proj reads as a matrix
-    without a copy. Mirrored by the torch.compile fake in ``ops/_library.py``."""
+    without a copy."""
     return torch.empty_like(z if z is not None else u, dtype=u.dtype)
+
+
+def output_like(u, z):
+    """An empty out laid out as :func:`selective_scan_fwd` returns it, for the caller's
+    u and z (the torch.compile fake kernel's answer, ``ops/_library.py``)."""
+    u, _, _, _, z = _kernel_layouts(u, None, None, None, z)
+    return _out_like(u, z) if FORWARD_VARIANT in ("lane", "segment") else torch.empty_like(u)
 
 
 def _bd_strides(t):
@@ -308,162 +312,216 @@ def _bgn_strides(M):
     return M.stride(0), M.stride(1), M.stride(2)
 
 
-def _prep(u, delta, B, C, z, contiguous: bool):
-    """Inputs as the kernels take them: B, C as (b, g, n, L) views; every (b, dim, L) or
-    (b, g, n, L) tensor with unit time stride (strided views kept as they are), or, for
-    the tile / seq kernels (``contiguous``), contiguous."""
-    fix = _contiguous if contiguous else _unit_time_stride
-    Bg = B.unsqueeze(1) if B.dim() == 3 else B   # (b, g, n, L)
-    Cg = C.unsqueeze(1) if C.dim() == 3 else C
-    return fix(u), fix(delta), fix(Bg), fix(Cg), fix(z)
+def _kernel_layouts(u, delta, B, C, z):
+    """u, delta, B, C, z as the kernels read them: with unit time stride (strided views
+    kept as they are) for the lane and segment kernels, contiguous for the tile / seq
+    kernels. Copies only where needed; B and C keep their rank."""
+    fix = _unit_time_stride if FORWARD_VARIANT in ("lane", "segment") else _contiguous
+    return fix(u), fix(delta), fix(B), fix(C), fix(z)
 
 
-class _SelectiveScanFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
-                return_last_state):
-        b_in, c_in = B, C
-        A = A.contiguous()
-        batch, dim, L = u.shape
-        N = A.shape[1]
-        G = 1 if B.dim() == 3 else B.shape[1]
-        dpg = dim // G
-        lane_fwd = FORWARD_VARIANT == "lane" or (FORWARD_VARIANT == "segment" and N > SEG_MAX_N)
-        strided = lane_fwd or FORWARD_VARIANT == "segment"   # kernels that take strides
-        u, delta, Bg, Cg, z = _prep(u, delta, B, C, z, contiguous=not strided)
-        block_t = _chunk_t(N)
-        n_chunks = triton.cdiv(L, block_t)
-        block_d, block_n, _, num_warps = _config(dpg, N, backward=False)
-        need_grad = ctx.needs_input_grad is not None and any(ctx.needs_input_grad[:9])
-        out = _out_like(u, z) if strided else torch.empty_like(u)
-        hlast = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) \
-            if return_last_state else out
-        ckpt = torch.empty(batch, n_chunks, dim, N, device=u.device, dtype=torch.float32) \
-            if need_grad and not strided else out
-        h0 = initial_state.contiguous() if initial_state is not None else None
-        seq_warps = _seq_warps(dpg, N)
-        if FORWARD_VARIANT == "segment" and not lane_fwd:
-            # With gradients the segments are the lane backward's chunks: the carries are
-            # its chunk-entry checkpoints.
-            seg_t = SEG_T
-            if need_grad:
-                ctx.lane_cfg = _lane_config(dpg, N, need_grad, batch * dim)
-                seg_t = ctx.lane_cfg[2]
-            ckpt = _seg_forward(u, delta, A, Bg, Cg, D, z, delta_bias, h0, bool(delta_softplus),
-                                bool(return_last_state), seg_t, out)
-            if return_last_state:
-                hlast = ckpt[:, -1].clone()
-        elif lane_fwd:
-            lane_d, lane_w, lane_t = _lane_config(dpg, N, need_grad, batch * dim)
-            ctx.lane_cfg = (lane_d, lane_w, lane_t)
-            nc = triton.cdiv(L, lane_t)
-            store_ckpt = need_grad or bool(return_last_state)
-            # Slot 0 (the initial state) is written by the kernel; without STORE_CKPT
-            # nothing is stored and no checkpoint buffer is needed.
-            ckpt = (torch.empty(batch, nc + 1, dim, N, device=u.device, dtype=torch.float32)
-                    if store_ckpt else out)
-            z_or_u = z if z is not None else u
-            _ss_fwd_lane_kernel[(batch, triton.cdiv(dim, lane_d))](
-                u, delta, A, Bg, Cg, D if D is not None else u, z_or_u,
-                delta_bias if delta_bias is not None else u, h0 if h0 is not None else u,
-                out, ckpt,
-                dim, L, N, dpg, nc,
-                *_bd_strides(u), *_bd_strides(delta), *_bd_strides(z_or_u), *_bd_strides(out),
-                *_bgn_strides(Bg), *_bgn_strides(Cg),
-                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, STORE_CKPT=store_ckpt,
-                BLOCK_D=lane_d, BLOCK_T=lane_t, num_warps=lane_w,
-            )
-            if return_last_state:
-                hlast = ckpt[:, nc].clone()
-        elif seq_warps:
-            # Per-step kernel: B and C time-major (b, g, 2, L, n) so a step reads one vector.
-            L8 = triton.cdiv(L, 8) * 8
-            BC = torch.zeros(batch, G, L8, block_n, 2, device=u.device, dtype=torch.float32)
-            BC[:, :, :L, :N, 0] = Bg.transpose(-1, -2)
-            BC[:, :, :L, :N, 1] = Cg.transpose(-1, -2)
-            seq_d = 32 * seq_warps * SEQ_CHANNELS
-            _ss_fwd_seq_kernel[(batch, triton.cdiv(dim, seq_d))](
-                u, delta, A, BC, D if D is not None else u, z if z is not None else u,
-                delta_bias if delta_bias is not None else u, h0 if h0 is not None else u,
-                out, hlast, ckpt,
-                dim, L, N, dpg, n_chunks, L8,
-                u.stride(0), u.stride(1), BC.stride(0), BC.stride(1), BC.stride(-1),
-                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None,
-                STORE_LAST=bool(return_last_state), STORE_CKPT=need_grad, CKPT_T=block_t,
-                BLOCK_D=seq_d, BLOCK_N=block_n, num_warps=seq_warps,
-            )
-        else:
-            grid = (batch, triton.cdiv(dim, block_d))
-            _ss_fwd_kernel[grid](
-                u, delta, A, Bg, Cg, D if D is not None else u, z if z is not None else u,
-                delta_bias if delta_bias is not None else u, h0 if h0 is not None else u,
-                out, hlast, ckpt,
-                dim, L, N, dpg, n_chunks,
-                u.stride(0), u.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2),
-                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None,
-                STORE_LAST=bool(return_last_state), STORE_CKPT=need_grad,
-                BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=num_warps,
-            )
+def _groups(M):
+    """B or C as (b, g, n, L)."""
+    return M.unsqueeze(1) if M.dim() == 3 else M
+
+
+def backward_lane_config(u, A, B):
+    """The lane backward's (channels, warps, steps) for these shapes, or None when the
+    forward variant ("seq", "tile") pairs with the tile backward. The forward with a
+    gradient uses the same tiles (its checkpoints are per tile)."""
+    if FORWARD_VARIANT not in ("lane", "segment"):
+        return None
+    batch, dim, _ = u.shape
+    G = 1 if B.dim() == 3 else B.shape[1]
+    return _lane_config(dim // G, A.shape[1], True, batch * dim)
+
+
+def checkpoint_shape(u, A, B):
+    """Shape of the float32 checkpoint tensor :func:`selective_scan_fwd` returns when a
+    gradient is needed: the state entering each chunk (lane / segment: one slot more)."""
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    lane_cfg = backward_lane_config(u, A, B)
+    if lane_cfg is None:
+        return (batch, triton.cdiv(L, _chunk_t(N)), dim, N)
+    return (batch, triton.cdiv(L, lane_cfg[2]) + 1, dim, N)
+
+
+def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                       return_last_state, need_grad):
+    """The forward kernels. Returns (out, last state or None, checkpoints or None): the
+    checkpoints (float32, :func:`checkpoint_shape`) only with ``need_grad``, for
+    :func:`selective_scan_bwd`."""
+    A = A.contiguous()
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    G = 1 if B.dim() == 3 else B.shape[1]
+    dpg = dim // G
+    lane_fwd = FORWARD_VARIANT == "lane" or (FORWARD_VARIANT == "segment" and N > SEG_MAX_N)
+    strided = lane_fwd or FORWARD_VARIANT == "segment"   # kernels that take strides
+    u, delta, B, C, z = _kernel_layouts(u, delta, B, C, z)
+    Bg, Cg = _groups(B), _groups(C)
+    block_t = _chunk_t(N)
+    n_chunks = triton.cdiv(L, block_t)
+    block_d, block_n, _, num_warps = _config(dpg, N, backward=False)
+    out = _out_like(u, z) if strided else torch.empty_like(u)
+    hlast = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) \
+        if return_last_state else out
+    ckpt = torch.empty(batch, n_chunks, dim, N, device=u.device, dtype=torch.float32) \
+        if need_grad and not strided else out
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    seq_warps = _seq_warps(dpg, N)
+    if FORWARD_VARIANT == "segment" and not lane_fwd:
+        # With gradients the segments are the lane backward's chunks: the carries are
+        # its chunk-entry checkpoints.
+        seg_t = SEG_T
         if need_grad:
-            ctx.save_for_backward(u, delta, A, Bg, Cg, D, z, delta_bias, initial_state, ckpt)
-            ctx.softplus = bool(delta_softplus)
-            ctx.lane = FORWARD_VARIANT in ("lane", "segment")
-            ctx.shapes = (b_in.shape, c_in.shape, b_in.dtype, c_in.dtype)
+            seg_t = _lane_config(dpg, N, need_grad, batch * dim)[2]
+        ckpt = _seg_forward(u, delta, A, Bg, Cg, D, z, delta_bias, h0, bool(delta_softplus),
+                            bool(return_last_state), seg_t, out)
         if return_last_state:
-            return out, hlast
-        return out
-
-    @staticmethod
-    def backward(ctx, dout, *rest):
-        if ctx.lane:
-            return _lane_backward(ctx, dout, rest[0] if rest else None)
-        u, delta, A, Bg, Cg, D, z, delta_bias, initial_state, ckpt = ctx.saved_tensors
-        dhlast = rest[0] if rest else None
-        batch, dim, L = u.shape
-        G, N = Bg.shape[1], Bg.shape[2]
-        dpg = dim // G
-        block_t = _chunk_t(N)
-        n_chunks = ckpt.shape[1]
-        block_d, block_n, _, num_warps = _config(dpg, N, backward=True)
-        dout = dout.contiguous()
-        du = torch.empty_like(u)
-        ddelta = torch.empty_like(delta)
-        dz = torch.empty_like(z) if z is not None else None
-        dA = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
-        dB = torch.zeros(Bg.shape, device=u.device, dtype=torch.float32)
-        dC = torch.zeros(Cg.shape, device=u.device, dtype=torch.float32)
-        dD = torch.empty(batch, dim, device=u.device, dtype=torch.float32) if D is not None else None
-        dbias = torch.empty(batch, dim, device=u.device, dtype=torch.float32) \
-            if delta_bias is not None else None
-        dh0 = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) \
-            if initial_state is not None else None
-        if dhlast is not None:
-            dhlast = dhlast.contiguous()
+            hlast = ckpt[:, -1].clone()
+    elif lane_fwd:
+        lane_d, lane_w, lane_t = _lane_config(dpg, N, need_grad, batch * dim)
+        nc = triton.cdiv(L, lane_t)
+        store_ckpt = need_grad or bool(return_last_state)
+        # Slot 0 (the initial state) is written by the kernel; without STORE_CKPT
+        # nothing is stored and no checkpoint buffer is needed.
+        ckpt = (torch.empty(batch, nc + 1, dim, N, device=u.device, dtype=torch.float32)
+                if store_ckpt else out)
+        z_or_u = z if z is not None else u
+        _ss_fwd_lane_kernel[(batch, triton.cdiv(dim, lane_d))](
+            u, delta, A, Bg, Cg, D if D is not None else u, z_or_u,
+            delta_bias if delta_bias is not None else u, h0 if h0 is not None else u,
+            out, ckpt,
+            dim, L, N, dpg, nc,
+            *_bd_strides(u), *_bd_strides(delta), *_bd_strides(z_or_u), *_bd_strides(out),
+            *_bgn_strides(Bg), *_bgn_strides(Cg),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, STORE_CKPT=store_ckpt,
+            BLOCK_D=lane_d, BLOCK_T=lane_t, num_warps=lane_w,
+        )
+        if return_last_state:
+            hlast = ckpt[:, nc].clone()
+    elif seq_warps:
+        # Per-step kernel: B and C time-major (b, g, 2, L, n) so a step reads one vector.
+        L8 = triton.cdiv(L, 8) * 8
+        BC = torch.zeros(batch, G, L8, block_n, 2, device=u.device, dtype=torch.float32)
+        BC[:, :, :L, :N, 0] = Bg.transpose(-1, -2)
+        BC[:, :, :L, :N, 1] = Cg.transpose(-1, -2)
+        seq_d = 32 * seq_warps * SEQ_CHANNELS
+        _ss_fwd_seq_kernel[(batch, triton.cdiv(dim, seq_d))](
+            u, delta, A, BC, D if D is not None else u, z if z is not None else u,
+            delta_bias if delta_bias is not None else u, h0 if h0 is not None else u,
+            out, hlast, ckpt,
+            dim, L, N, dpg, n_chunks, L8,
+            u.stride(0), u.stride(1), BC.stride(0), BC.stride(1), BC.stride(-1),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None,
+            STORE_LAST=bool(return_last_state), STORE_CKPT=need_grad, CKPT_T=block_t,
+            BLOCK_D=seq_d, BLOCK_N=block_n, num_warps=seq_warps,
+        )
+    else:
         grid = (batch, triton.cdiv(dim, block_d))
-        _ss_bwd_kernel[grid](
+        _ss_fwd_kernel[grid](
             u, delta, A, Bg, Cg, D if D is not None else u, z if z is not None else u,
-            delta_bias if delta_bias is not None else u, ckpt,
-            dout, dhlast if dhlast is not None else u,
-            du, ddelta, dz if dz is not None else u, dA, dB, dC,
-            dD if dD is not None else dA, dbias if dbias is not None else dA,
-            dh0 if dh0 is not None else dA,
+            delta_bias if delta_bias is not None else u, h0 if h0 is not None else u,
+            out, hlast, ckpt,
             dim, L, N, dpg, n_chunks,
             u.stride(0), u.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.softplus, HAS_DHLAST=dhlast is not None, STORE_DH0=dh0 is not None,
+            SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None,
+            STORE_LAST=bool(return_last_state), STORE_CKPT=need_grad,
             BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=num_warps,
         )
-        b_shape, c_shape, b_dtype, c_dtype = ctx.shapes
-        dB = dB.reshape(b_shape).to(b_dtype)
-        dC = dC.reshape(c_shape).to(c_dtype)
-        dA = dA.sum(0).to(A.dtype)
-        dD = dD.sum(0).to(D.dtype) if D is not None else None
-        dbias = dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
-        dh0 = dh0.to(initial_state.dtype) if dh0 is not None else None
-        return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, None, None
+    return out, hlast if return_last_state else None, ckpt if need_grad else None
+
+
+def selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                       ckpt, dout, dhlast, lane_cfg=None):
+    """Gradients of (u, delta, A, B, C, D, z, delta_bias, initial_state), each in its
+    input's shape and dtype (None for an absent input), from the checkpoints of
+    :func:`selective_scan_fwd`. dout (b, d, L); dhlast (b, d, n) or None. ``lane_cfg``:
+    :func:`backward_lane_config` at the time of the forward (recomputed when None)."""
+    softplus = bool(delta_softplus)
+    if lane_cfg is None:
+        lane_cfg = backward_lane_config(u, A, B)
+    shape_b, shape_c = B.shape, C.shape
+    u, delta, B, C, z = _kernel_layouts(u, delta, B, C, z)  # no copies after the forward's
+    run = (functools.partial(_lane_backward, lane_cfg=lane_cfg) if lane_cfg is not None
+           else _tile_backward)
+    grads = run(u, delta, A.contiguous(), _groups(B), _groups(C), D, z, delta_bias,
+                initial_state, ckpt, softplus, dout=dout, dhlast=dhlast)
+    du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = grads
+    return (du, ddelta, dA.to(A.dtype), dB.reshape(shape_b).to(B.dtype),
+            dC.reshape(shape_c).to(C.dtype), dD.to(D.dtype) if D is not None else None, dz,
+            dbias.to(delta_bias.dtype) if delta_bias is not None else None, dh0)
+
+
+def _tile_backward(u, delta, A, Bg, Cg, D, z, delta_bias, initial_state, ckpt, softplus,
+                   dout, dhlast):
+    batch, dim, L = u.shape
+    G, N = Bg.shape[1], Bg.shape[2]
+    dpg = dim // G
+    block_t = _chunk_t(N)
+    n_chunks = ckpt.shape[1]
+    block_d, block_n, _, num_warps = _config(dpg, N, backward=True)
+    dout = dout.contiguous()
+    du = torch.empty_like(u)
+    ddelta = torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else None
+    dA = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
+    dB = torch.zeros(Bg.shape, device=u.device, dtype=torch.float32)
+    dC = torch.zeros(Cg.shape, device=u.device, dtype=torch.float32)
+    dD = torch.empty(batch, dim, device=u.device, dtype=torch.float32) if D is not None else None
+    dbias = torch.empty(batch, dim, device=u.device, dtype=torch.float32) \
+        if delta_bias is not None else None
+    dh0 = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) \
+        if initial_state is not None else None
+    if dhlast is not None:
+        dhlast = dhlast.contiguous()
+    grid = (batch, triton.cdiv(dim, block_d))
+    _ss_bwd_kernel[grid](
+        u, delta, A, Bg, Cg, D if D is not None else u, z if z is not None else u,
+        delta_bias if delta_bias is not None else u, ckpt,
+        dout, dhlast if dhlast is not None else u,
+        du, ddelta, dz if dz is not None else u, dA, dB, dC,
+        dD if dD is not None else dA, dbias if dbias is not None else dA,
+        dh0 if dh0 is not None else dA,
+        dim, L, N, dpg, n_chunks,
+        u.stride(0), u.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=softplus, HAS_DHLAST=dhlast is not None, STORE_DH0=dh0 is not None,
+        BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=num_warps,
+    )
+    dh0 = dh0.to(initial_state.dtype) if dh0 is not None else None
+    return (du, ddelta, dA.sum(0), dB, dC, dD.sum(0) if D is not None else None, dz,
+            dbias.sum(0) if delta_bias is not None else None, dh0)
+
+
+class _SelectiveScanFn(torch.autograd.Function):
+    """Eager autograd around :func:`selective_scan_fwd` / :func:`selective_scan_bwd`."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                return_last_state):
+        need_grad = ctx.needs_input_grad is not None and any(ctx.needs_input_grad[:9])
+        u, delta, B, C, z = _kernel_layouts(u, delta, B, C, z)  # saved as the kernels read them
+        out, last, ckpt = selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias,
+                                             initial_state, delta_softplus,
+                                             return_last_state, need_grad)
+        if need_grad:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, ckpt)
+            ctx.softplus = bool(delta_softplus)
+            ctx.lane_cfg = backward_lane_config(u, A, B)
+        return (out, last) if return_last_state else out
+
+    @staticmethod
+    def backward(ctx, dout, *rest):
+        *inputs, ckpt = ctx.saved_tensors
+        grads = selective_scan_bwd(*inputs, ctx.softplus, ckpt, dout, rest[0] if rest else None,
+                                   ctx.lane_cfg)
+        return (*grads, None, None)
 
 
 def selective_scan_triton(
@@ -488,7 +546,7 @@ def selective_scan_triton(
     """
     if u.dtype == torch.float64:
         # The kernels compute in float32; keep float64 inputs at float64 accuracy.
-        from .torch import selective_scan_torch
+        from .chunked import selective_scan_torch
 
         return selective_scan_torch(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                                     delta_softplus=delta_softplus,

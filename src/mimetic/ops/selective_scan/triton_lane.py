@@ -1,5 +1,7 @@
-"""Selective-scan kernels of the "lane" layout (the default): a (channels, steps) tile
-with time across the lanes of a warp; forward and backward. See ``triton.py``.
+"""Selective-scan kernels of the "lane" layout: a (channels, steps) tile with time across
+the lanes of a warp. Its backward is the default backward; its forward runs where the
+segment forward does not (d_state above ``SEG_MAX_N``, or ``FORWARD_VARIANT = "lane"``).
+See ``triton.py``.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Selective-scan forward of the "segment" layout: one thread per (channel, time
 segment), the state in registers, three passes. See ``triton.py`` and
-benchmarks/gpu_notes.md ("Segmented forward").
+benchmarks/logs/gpu_kernel_log.md ("Segmented forward").
 """
 from __future__ import annotations
 
@@ -219,9 +219,7 @@ def _ss_fwd_seg_kernel(
             raw = raw_x.to(tl.float32)
         else:
             # Each load where its value is first used (u after the softplus, z after the
-            # scan), the code timed as the default. With u and z loaded up front (one
-            # helper for both paths) the bf16 forward timed 12-14% slower on an H200,
-            # while mamba_ssm's times in both runs were equal (gpu_notes.md, 2026-12-02).
+            # scan): loading u and z up front was slower in bf16 (benchmarks/RESULTS.md).
             raw = tl.load(delta_ptr + dt_row + t_offs, mask=m, other=0.0).to(tl.float32)
         if HAS_BIAS:
             raw = raw + bias[:, None]

@@ -1,6 +1,6 @@
 """Selective-scan kernels of the "tile" layout ((channels, n, steps) tiles, forward and
 backward) and the "seq" forward (one channel per thread, one step at a time): the
-earlier designs, slower on an H100 (benchmarks/gpu_notes.md), kept selectable for
+earlier designs, slower on an H100 (benchmarks/logs/gpu_kernel_log.md), kept selectable for
 comparison. See ``triton.py``.
 """
 from __future__ import annotations

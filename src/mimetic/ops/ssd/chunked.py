@@ -31,8 +31,7 @@ from .._time_step import process_dt
 # Longest chunk this path uses, whatever ``chunk_size`` asks (None: the caller's). The
 # chunk length changes only the rounding, not the result; 256 suits the GPU kernels but
 # on CPU the (T, T) decay and C B^T tensors per head then dominate a Mamba-2 training
-# step. Step of benchmarks/cpu.py's Mamba-2 (batch 16, L 256, 4 heads, d_state 64),
-# interleaved, 2 cores: chunk 256: 0.85 s; 128: 0.27 s; 64: 0.29 s (transformers: 0.48 s).
+# step (timings by chunk length: benchmarks/RESULTS.md, CPU).
 MAX_CHUNK: int | None = 64
 
 

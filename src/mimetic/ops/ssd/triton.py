@@ -505,10 +505,8 @@ def _ssd_bwd_dt_kernel(pairs_ptr, sterm_ptr, term_ptr, dcl_ptr, dw_ptr, w_ptr, A
 
 
 # Row block of the output and backward block kernels, and their warps per program: the
-# configuration measured on an H100 (benchmarks/RESULTS.md). Offline, ptxas (sm_90a)
-# reports these kernels at 255 registers with 0.7-2.8 KB of spills per thread, and
-# (32, 8) cuts the spills to 0-0.4 KB: a candidate the next GPU run should time
-# (benchmarks/gpu_notes.md); the result does not depend on them.
+# configuration measured fastest (benchmarks/RESULTS.md); the result does not depend on
+# them. (Offline, ptxas reports spills at this size: docs/kernels.md.)
 BLOCK_M = 64
 BLOCK_WARPS = 4
 
@@ -690,7 +688,29 @@ def _backward(k: _Launch, saved, dt_softplus, dt_limit, dout, dfinal):
     return dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dh0
 
 
+def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size, dt_softplus,
+                 dt_limit, return_final_states):
+    """The forward kernels: (y, final states or None). Nothing is kept for the backward,
+    which recomputes the chunk states from the inputs (:func:`ssd_scan_bwd`)."""
+    x, dt, B, C, z, h0 = _contiguous(x, dt, B, C, z, initial_states)
+    k = _Launch(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_limit)
+    w, cs, _, sin, final = _forward_states(k, x, dt, A, B, dt_bias, dt_softplus, h0)
+    return _outputs(k, x, w, cs, B, C, D, z, sin), final if return_final_states else None
+
+
+def ssd_scan_bwd(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size, dt_softplus,
+                 dt_limit, dout, dfinal):
+    """Gradients of (x, dt, A, B, C, D, z, dt_bias, initial_states) (None for an absent
+    input); dout (b, L, h, p), dfinal (b, h, p, n) or None."""
+    x, dt, B, C, z, h0 = _contiguous(x, dt, B, C, z, initial_states)
+    k = _Launch(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_limit)
+    return _backward(k, (x, dt, A, B, C, D, z, dt_bias, h0), dt_softplus, dt_limit, dout, dfinal)
+
+
 class _SSDFn(torch.autograd.Function):
+    """Eager autograd around the kernels; the backward reuses the forward's launch
+    configuration and contiguous inputs."""
+
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size, dt_softplus,
                 dt_limit, return_final_states):
@@ -731,7 +751,7 @@ def ssd_scan_triton(
     ``return_final_states``, the final states (batch, H, P, N) in float32."""
     if x.dtype == torch.float64:
         # The kernels compute in float32; keep float64 inputs at float64 accuracy.
-        from .torch import ssd_scan_torch
+        from .chunked import ssd_scan_torch
 
         return ssd_scan_torch(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z,
                               dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,

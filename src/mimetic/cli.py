@@ -55,6 +55,8 @@ def cmd_train(args) -> None:
     from .tasks import make_task
     from .train import TrainConfig, train
 
+    if args.allow_changed is not None and not args.resume:
+        raise ValueError("--allow-changed only applies with --resume (it names settings a resumed run may change)")
     task = make_task(args.task, **_kv_pairs(args.task_arg))
     ssm = {"layer": args.layer, "d_state": args.d_state}
     if args.layer == "Mamba2":
@@ -109,7 +111,7 @@ def _pack_arg(value: str) -> str | int:
     try:
         return int(value)
     except ValueError:
-        raise SystemExit(f"--pack must be auto, off or a positive int, got {value!r}") from None
+        raise ValueError(f"--pack must be auto, off or a positive int, got {value!r}") from None
 
 
 def cmd_sweep(args) -> None:
@@ -127,9 +129,12 @@ def cmd_sweep(args) -> None:
 def cmd_attn(args) -> None:
     from .analysis import attn_command
 
-    result = attn_command(args.checkpoint, args.input, args.out, layers=args.layers,
-                          log_scale=not args.linear, reduce=args.reduce, max_heads=args.max_heads,
-                          seed=args.seed, task_kwargs=_kv_pairs(args.task_arg) or None)
+    try:
+        result = attn_command(args.checkpoint, args.input, args.out, layers=args.layers,
+                              log_scale=not args.linear, reduce=args.reduce, max_heads=args.max_heads,
+                              seed=args.seed, task_kwargs=_kv_pairs(args.task_arg) or None)
+    except IndexError as e:  # a --layers index the model does not have: the user's
+        raise ValueError(f"--layers: {e}") from None
     for line in result.lines():
         print(line)
     print(f"attention maps written to {result.path}")

@@ -100,6 +100,12 @@ def load_state_into(model, state: dict, source: str) -> None:
 
 def load_pretrained(cls, path, device=None, dtype=None):
     """Detect the checkpoint format in directory ``path`` and build the model."""
+    if device is not None:
+        from ..train.config import device_problem
+
+        problem = device_problem(device)
+        if problem is not None:
+            raise ValueError(f"from_pretrained: {problem}")
     path = Path(path)
     raw = _read_config(path)
     if raw.get("format") == FORMAT_TAG:

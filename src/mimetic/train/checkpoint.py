@@ -96,6 +96,16 @@ def save_checkpoint(
     nothing on disk changed (``check_finite=False``: the caller has checked).
     Every file gets the same mode (the process umask's, as ``open`` gives).
     """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"save_checkpoint: step must be an int >= 0, got {step!r}")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"save_checkpoint: keep must be an int >= 1 (checkpoints kept), got {keep!r}")
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError("save_checkpoint: state must be a dict with a 'step' entry (loading refuses others)")
+    foreign = _not_weights_only(state)
+    if foreign is not None:
+        raise ValueError(f"save_checkpoint: state entry {foreign} cannot be loaded with weights_only=True "
+                         "(use tensors, numbers, strings, None, lists and dicts)")
     root = checkpoint_root(out_dir)
     final = root / f"step_{step:07d}"
     bad = nonfinite_in_checkpoint(model, state) if check_finite else None
@@ -119,6 +129,29 @@ def save_checkpoint(
     for stale in root.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+_PLAIN = (torch.Tensor, int, float, str, bool, type(None), torch.dtype, torch.Size, torch.device)
+
+
+def _not_weights_only(tree: Any, prefix: str = "state") -> str | None:
+    """The dotted name and type of the first entry of ``tree`` that ``torch.load(...,
+    weights_only=True)`` would refuse, or None (checked before saving, not found on load)."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                return f"{prefix} (key {k!r} of type {type(k).__name__})"
+            found = _not_weights_only(v, f"{prefix}.{k}")
+            if found is not None:
+                return found
+        return None
+    if isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            found = _not_weights_only(v, f"{prefix}.{i}")
+            if found is not None:
+                return found
+        return None
+    return None if isinstance(tree, _PLAIN) else f"{prefix} ({type(tree).__name__})"
 
 
 def same_mode(path: Path, like: Path) -> None:

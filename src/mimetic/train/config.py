@@ -141,11 +141,21 @@ def config_problems(c: TrainConfig) -> list[str]:
         found.append(f"betas={c.betas!r} must be two numbers in [0, 1)")
     if c.out_dir is not None and not isinstance(c.out_dir, (str, os.PathLike)):
         found.append(f"out_dir={c.out_dir!r} must be a path (str) or None")
+    elif c.out_dir is not None and not os.fspath(c.out_dir):
+        found.append("out_dir='' is no folder (it would write into the current one); give a path or None")
     if c.device is not None:
         found.append(device_problem(c.device))
     if not (isinstance(c.allow_changed, bool)
             or (isinstance(c.allow_changed, tuple) and all(isinstance(n, str) for n in c.allow_changed))):
         found.append(f"allow_changed={c.allow_changed!r} must be true/false or a list of setting names")
+    elif isinstance(c.allow_changed, tuple):
+        fields = {f.name for f in dataclasses.fields(c)}
+        unknown = [n for n in c.allow_changed
+                   if not (n in fields or n in ("task", "model")
+                           or (n.startswith(("task.", "model.")) and len(n.split(".", 1)[1]) > 0))]
+        if unknown:
+            found.append(f"allow_changed names {unknown}, which are no settings (TrainConfig fields, "
+                         "task[.<knob>] or model[.<field>])")
     if c.resume and c.out_dir is None:
         found.append("resume=True needs out_dir")
     return [p for p in found if p is not None]
@@ -167,6 +177,6 @@ def device_problem(device: Any) -> str | None:
             return f"device={device!r} but CUDA is not available here (use 'cpu')"
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             return f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible"
-    elif dev.type not in ("cpu", "mps", "xpu", "meta"):
+    elif dev.type not in ("cpu", "mps", "xpu"):  # meta tensors hold no values: nothing to train
         return f"device={device!r}: training supports 'cpu' and 'cuda'"
     return None

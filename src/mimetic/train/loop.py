@@ -160,9 +160,33 @@ def train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResul
     ``parallel="fsdp"``) with the same global batch, rank 0 writing the files; see
     ``mimetic.train.distributed``.
     """
+    _check_train_args(model, task, config)
     # One lock per run: the ranks of a torchrun job are one run (rank 0 holds it).
     with run_lock(config.out_dir if is_main_process() else None):
         return _train(model, task, config)
+
+
+def _check_train_args(model: Any, task: Any, config: Any) -> None:
+    """What ``train`` is given, checked before anything runs or is written."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"train: config must be a TrainConfig, got {type(config).__name__}")
+    if not isinstance(task, Task):
+        raise TypeError(f"train: task must be a mimetic.tasks.Task (make_task), got {type(task).__name__}")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"train: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("train: the model has no trainable parameters")
+
+
+def check_logits(logits: torch.Tensor, input_ids: torch.Tensor, vocab_size: int) -> None:
+    """The model's output fits the task: (B, L, V >= vocab_size) floats for ids (B, L)
+    (shapes only: no device read)."""
+    if (not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[:2] != input_ids.shape
+            or logits.shape[-1] < vocab_size or not logits.is_floating_point()):
+        got = (f"{logits.dtype} {tuple(logits.shape)}" if isinstance(logits, torch.Tensor)
+               else type(logits).__name__)
+        raise ValueError(f"train: the model must map input_ids {tuple(input_ids.shape)} to float logits "
+                         f"(batch, length, V) with V >= the task's vocab_size {vocab_size}; got {got}")
 
 
 def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResult:
@@ -240,6 +264,8 @@ def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResu
             ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
             with ctx:
                 logits = model_logits(train_model, input_ids)
+            if window_n == 0:  # the first step of each window (and of the run): shapes only
+                check_logits(logits, input_ids, task.vocab_size)
             loss, acc = masked_loss_and_acc(logits, targets, mask)
             loss, loss_value = par.reduce_loss(loss, mask)  # loss_value: of the global batch
             if not math.isfinite(loss_value):

@@ -163,6 +163,8 @@ def run_sweep(
     trained ones resume from their checkpoints, so re-running a sweep continues it. Results
     CSV and summary are rewritten after every finished point.
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     cfg = load_sweep(config_path)
     out = Path(out_dir) if out_dir is not None else Path("runs") / cfg.name
     points = cfg.points()

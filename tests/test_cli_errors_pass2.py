@@ -1,0 +1,97 @@
+"""Second adversarial pass of issue 14, the CLI and loaders: user errors found by the pass
+are one line with exit 2 (not an 'internal error' or a silent run)."""
+import pytest
+import torch
+
+from mimetic import MambaConfig, MambaLM
+from mimetic.cli import main
+from mimetic.train import TrainConfig
+from mimetic.train.sweep import run_sweep
+
+TRAIN = ["train", "--task", "copy", "--task-arg", "copy_len=4", "--task-arg", "vocab=5", "--d-model", "16",
+         "--d-state", "4", "--headdim", "8", "--n-layer", "1", "--steps", "4", "--eval-every", "2",
+         "--batch-size", "4", "--device", "cpu"]
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    _, err = capsys.readouterr()
+    return code, err
+
+
+def assert_user_error(code, err, *words):
+    assert code == 2, err
+    assert err.startswith("mimetic: error:") and err.count("\n") == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "model"
+    torch.manual_seed(0)
+    MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=8,
+                        ssm_cfg={"layer": "Mamba2", "d_state": 4, "headdim": 8})).save_pretrained(path)
+    return path
+
+
+def test_train_into_an_empty_out_is_refused(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where it used to write its checkpoints and model/
+    assert_user_error(*run_cli(capsys, *TRAIN, "--out", ""), "out_dir=''")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_on_the_meta_device_is_refused(capsys, tmp_path):
+    assert_user_error(*run_cli(capsys, *TRAIN[:-2], "--device", "meta", "--out", str(tmp_path / "r")),
+                      "device='meta'")
+
+
+def test_allow_changed_without_resume_is_refused(capsys, tmp_path):
+    assert_user_error(*run_cli(capsys, *TRAIN, "--out", str(tmp_path / "r"), "--allow-changed", "lr"),
+                      "--allow-changed only applies with --resume")
+    assert not (tmp_path / "r").exists()
+
+
+def test_allow_changed_typo_is_refused(capsys, tmp_path):
+    assert_user_error(*run_cli(capsys, *TRAIN, "--out", str(tmp_path / "r"), "--resume", "--allow-changed", "lrr"),
+                      "allow_changed names ['lrr']")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_generate_on_cuda_without_cuda(capsys, checkpoint):
+    assert_user_error(*run_cli(capsys, "generate", str(checkpoint), "--prompt", "1 2", "--device", "cuda"),
+                      "CUDA is not available")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_from_pretrained_on_cuda_without_cuda(checkpoint):
+    with pytest.raises(ValueError, match=r"from_pretrained: device='cuda' but CUDA is not available"):
+        MambaLM.from_pretrained(checkpoint, device="cuda")
+
+
+def test_from_pretrained_on_an_unknown_device(checkpoint):
+    with pytest.raises(ValueError, match=r"from_pretrained: device='nosuch' is not a device name"):
+        MambaLM.from_pretrained(checkpoint, device="nosuch")
+
+
+def test_attn_layer_the_model_lacks(capsys, checkpoint, tmp_path):
+    assert_user_error(*run_cli(capsys, "attn", str(checkpoint), "--input", "1 2", "--layers", "9",
+                               "--out", str(tmp_path / "m.png")), "--layers:", "out of range")
+
+
+def test_sweep_pack_that_is_no_number(capsys, tmp_path):
+    (tmp_path / "s.toml").write_text("")
+    assert_user_error(*run_cli(capsys, "sweep", str(tmp_path / "s.toml"), "--pack", "x", "--no-progress"),
+                      "--pack must be auto, off or a positive int, got 'x'")
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True])
+def test_sweep_workers_must_be_positive(tmp_path, workers):
+    with pytest.raises(ValueError, match=rf"workers must be an int >= 1, got {workers!r}"):
+        run_sweep(tmp_path / "missing.toml", tmp_path / "out", workers=workers)
+    assert not (tmp_path / "out").exists()
+
+
+def test_trainconfig_refuses_an_empty_out_dir():
+    with pytest.raises(ValueError, match=r"out_dir='' is no folder"):
+        TrainConfig(out_dir="")

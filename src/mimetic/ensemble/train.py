@@ -158,6 +158,7 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
     """
     if len(models) != len(configs) or not models:
         raise ValueError(f"need one config per model, got {len(models)} models and {len(configs)} configs")
+    _check_members(models, task, configs)
     problems = shared_config_problems(configs)
     if problems:
         raise ValueError(f"ensemble members must share TrainConfig fields {problems}")
@@ -165,6 +166,39 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
         for cfg in configs:
             locks.enter_context(run_lock(cfg.out_dir))
         return _train_ensemble(models, task, configs, cuda_graph)
+
+
+def _check_members(models: Sequence[MambaLM], task: Task, configs: Sequence[TrainConfig]) -> None:
+    """Kinds, and what would make two members one: the same model object (or shared
+    parameters: both would train the same weights) or the same output folder (one lock per
+    folder is re-entrant within this thread, so it would not stop them overwriting each
+    other's checkpoints and metrics)."""
+    if not isinstance(task, Task):
+        raise TypeError(f"train_ensemble: task must be a mimetic.tasks.Task (make_task), got {type(task).__name__}")
+    for k, (model, cfg) in enumerate(zip(models, configs)):
+        if not isinstance(cfg, TrainConfig):
+            raise TypeError(f"train_ensemble: configs[{k}] must be a TrainConfig, got {type(cfg).__name__}")
+        if not isinstance(model, MambaLM):
+            raise TypeError(f"train_ensemble: models[{k}] must be a MambaLM, got {type(model).__name__}")
+        if model.config.vocab_size < task.vocab_size:
+            raise ValueError(f"train_ensemble: models[{k}] has vocab_size {model.config.vocab_size}, "
+                             f"the task needs {task.vocab_size}")
+    seen: dict[int, int] = {}
+    for k, model in enumerate(models):
+        for p in model.parameters():
+            j = seen.setdefault(id(p), k)
+            if j != k:
+                raise ValueError(f"train_ensemble: models[{j}] and models[{k}] share parameters "
+                                 "(the same model twice?); each member needs its own model")
+    dirs: dict[str, int] = {}
+    for k, cfg in enumerate(configs):
+        if cfg.out_dir is None:
+            continue
+        key = str(Path(cfg.out_dir).resolve())
+        j = dirs.setdefault(key, k)
+        if j != k:
+            raise ValueError(f"train_ensemble: configs[{j}] and configs[{k}] both write to out_dir={cfg.out_dir!r}; "
+                             "each member needs its own folder")
 
 
 def _train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[TrainConfig],

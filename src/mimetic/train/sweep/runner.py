@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -191,8 +192,9 @@ def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], *, workers
     todo: list[GridPoint] = []
     for p in points:
         row_file = out / "runs" / p.run_id / ROW_FILE
-        if row_file.exists():
-            rows[p] = json.loads(row_file.read_text())
+        row = _read_row(row_file) if row_file.exists() else None
+        if row is not None:
+            rows[p] = row
         else:
             todo.append(p)
     skipped = len(rows)
@@ -261,6 +263,22 @@ def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], *, workers
 
         plots = plot_sweep(ordered, out / "plots", metric=cfg.metric, title=cfg.name)
     return SweepResult(rows=ordered, csv_path=csv_path, summary_path=summary_path, plots=plots, skipped=skipped)
+
+
+def _read_row(row_file: Path) -> dict[str, Any] | None:
+    """A finished point's row, or None (with a warning) when ``row.json`` cannot be read: the
+    point is then run again, which costs little (its run folder holds the result or the
+    checkpoints, so ``train`` returns or resumes) and loses nothing, where failing would
+    leave the whole sweep stuck on one damaged file."""
+    try:
+        row = json.loads(row_file.read_text())
+        if not isinstance(row, dict):
+            raise ValueError(f"a {type(row).__name__}, not a row")
+    except (ValueError, UnicodeDecodeError) as e:
+        warnings.warn(f"{row_file} is unreadable ({' '.join(str(e).split())}); running the point again "
+                      "from its run folder", stacklevel=3)
+        return None
+    return row
 
 
 def _cfg_dict(cfg: SweepConfig) -> dict[str, Any]:

@@ -75,3 +75,11 @@ def test_model_vocabulary_smaller_than_the_task_is_refused():
 def test_separate_members_train():
     results = train_ensemble([build(0), build(1)], TASK, [cfg(seed=0), cfg(seed=1)])
     assert [r.step for r in results] == [4, 4]
+
+
+def test_configs_cuda_graph_setting_is_honoured_without_the_argument():
+    # a sweep's [train] cuda_graph = true reached train_ensemble only through the configs,
+    # and was ignored there (no graph, no error) on the CPU
+    with pytest.raises(ValueError, match=r"cuda_graph=True needs a CUDA device, but training runs on cpu"):
+        train_ensemble([build(0)], TASK, [cfg(cuda_graph=True)])
+    assert train_ensemble([build(0)], TASK, [cfg(cuda_graph=False)])[0].step == 4

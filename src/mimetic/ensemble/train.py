@@ -152,7 +152,8 @@ def train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Trai
     (``NonFiniteLossError``). Models must share their shape (``EnsembleLM``); configs may
     differ only in ``PER_MEMBER_FIELDS``. Members finished before (``resume`` and a
     ``result.json``) return their stored result and train nothing; the others must resume
-    from the same step. ``cuda_graph``: None = on when training on CUDA. Each model ends
+    from the same step. ``cuda_graph``: None = the configs' ``cuda_graph`` (whose None is: on
+    when training on CUDA). Each model ends
     holding its member's final weights (those of its stop step when it stopped early; a
     member that diverged holds those of its newest checkpoint, or its initial ones).
     """
@@ -207,9 +208,11 @@ def _train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Tra
     device = _resolve_device(base)
     use_amp = base.amp if base.amp is not None else device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp else None
+    if cuda_graph is None:  # the configs' setting (shared by every member): None = on when on CUDA
+        cuda_graph = base.cuda_graph
     graph_on = (device.type == "cuda") if cuda_graph is None else cuda_graph
     if graph_on and device.type != "cuda":
-        raise ValueError("cuda_graph=True needs a CUDA device")
+        raise ValueError(f"cuda_graph=True needs a CUDA device, but training runs on {device}")
 
     results: list[TrainResult | Exception | None] = [None] * len(models)
     members: list[_Member] = []

@@ -11,7 +11,7 @@ import importlib
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mimetic.ops.selective_scan import selective_scan, selective_scan_ref
@@ -81,7 +81,16 @@ def check_against_reference(inputs, softplus=True):
     assert last.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     tol = TOL[dtype]
     assert rel_err(out, r_out) < tol
-    assert rel_err(last, r_last) < TOL[torch.float64 if dtype == torch.float64 else torch.float32]
+    # The last state is a sum of terms exp(A sum delta) delta_s B_s u_s (+ the decayed h0) that
+    # can cancel to far below their own size (hypothesis found 0.0042 from terms of ~0.1-1), so
+    # its error is measured against the size of those terms: the same sum of their absolute
+    # values, from the reference. Round-off is relative to the terms, not to what is left.
+    terms = {**ref64, "u": ref64["u"].abs(), "B": ref64["B"].abs(),
+             "initial_state": None if ref64["initial_state"] is None else ref64["initial_state"].abs()}
+    _, scale, _ = run(selective_scan_ref, terms, softplus, weights=w)
+    state_err = ((last.double() - r_last).norm() / scale.double().norm().clamp_min(1e-30)).item()
+    assert torch.isfinite(last).all() and last.shape == r_last.shape
+    assert state_err < TOL[torch.float64 if dtype == torch.float64 else torch.float32]
     assert grads.keys() == r_grads.keys()
     for name in grads:
         assert grads[name].dtype == inputs[name].dtype, name
@@ -152,6 +161,8 @@ def test_other_dtypes(dtype, groups, small_chunks):
     D=st.booleans(), z=st.booleans(), bias=st.booleans(), h0=st.booleans(),
     seed=st.integers(0, 2**16),
 )
+@example(batch=1, dim_per_group=1, groups=None, L=21, n=1, chunk_elems=1, D=True, z=True, bias=True,
+         h0=True, seed=1)  # a last state of 0.0042 from terms of ~0.1-1 (see check_against_reference)
 def test_random_configurations(batch, dim_per_group, groups, L, n, chunk_elems, D, z, bias,
                                h0, seed):
     dim = dim_per_group * (groups or 1)

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..models import MambaConfig, MambaLM
 from ..modules import MHA, LinearAttention, Mamba, Mamba2, RMSNorm
-from ..modules.linear_attention import feature_map
+from ..modules.linear_attention import feature_map, linear_attention_scan
 from ..modules.attention import apply_rotary
 from ..ops import causal_conv1d, rms_norm, selective_scan, ssd_scan
 
@@ -216,9 +216,7 @@ class EnsembleLM(nn.Module):
         q, k = (feature_map(rearrange(t, "b l k (g n) -> b l (k g) n", g=m.ngroups), m.feature_map)
                 for t in (q, k))
         v = rearrange(v, "b l k (h p) -> b l (k h) p", p=m.headdim)
-        ones = torch.ones(v.shape[:3], device=v.device, dtype=torch.float32)     # dt = 1
-        zeros = torch.zeros(v.shape[2], device=v.device, dtype=torch.float32)    # A = 0: no decay
-        y = rearrange(ssd_scan(v, ones, zeros, k, q, chunk_size=m.chunk_size), "b l (k h) p -> b l (k h p)", k=K)
+        y = rearrange(linear_attention_scan(q, k, v, m.chunk_size), "b l (k h) p -> b l (k h p)", k=K)
         if m.norm is not None:
             y = rms_norm(y, self.p(pre + "norm.weight").reshape(-1), eps=m.norm.eps, group_size=di)
         return self._linear(pre + "out_proj", y).flatten(2)

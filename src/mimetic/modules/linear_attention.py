@@ -34,9 +34,8 @@ from torch import nn
 
 from .._validate import bool_arg, choice_arg, int_arg, real_arg
 from ..ops import ssd_scan, ssd_state_update
-from ._args import check_hidden
-from .batch_parallel import batch_parallel
 from .norm import RMSNorm
+from .recurrent import recurrent_forward
 
 FEATURE_MAPS = ("identity", "elu1", "relu")
 
@@ -48,6 +47,19 @@ def feature_map(x: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "elu1":
         return F.elu(x) + 1
     return F.relu(x)
+
+
+def linear_attention_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int,
+                          return_final_states: bool = False):
+    """y_t = sum_{s <= t} (q_t . k_s) v_s per head, as the SSD scan with no decay (A = 0, dt = 1).
+
+    q, k: (b, L, g, n) (feature map applied); v: (b, L, h, p), h a multiple of g.
+    Returns y (b, L, h, p), and with ``return_final_states`` also the state (b, h, p, n).
+    """
+    batch, L, heads = v.shape[:3]
+    ones = torch.ones(batch, L, heads, device=v.device, dtype=torch.float32)
+    zeros = torch.zeros(heads, device=v.device, dtype=torch.float32)
+    return ssd_scan(v, ones, zeros, k, q, chunk_size=chunk_size, return_final_states=return_final_states)
 
 
 class LinearAttention(nn.Module):
@@ -111,22 +123,11 @@ class LinearAttention(nn.Module):
     def forward(self, u: torch.Tensor, cache=None) -> torch.Tensor:
         """u (batch, L, d_model) -> (batch, L, d_model). ``cache`` (an ``SSMState``) is
         filled on a prefill and advanced one token at a time once warm."""
-        check_hidden("LinearAttention", u, self.d_model)
-        if cache is not None and cache.seqlen_offset > 0:
-            if u.shape[1] != 1:
-                raise ValueError("a warm cache can only be advanced one token at a time")
-            return self.step(u, cache)
-        if cache is None:
-            return batch_parallel(self, self._forward, u)
-        return self._forward(u, cache)
+        return recurrent_forward(self, "LinearAttention", u, cache)
 
     def _forward(self, u: torch.Tensor, cache=None) -> torch.Tensor:
         q, k, v = self.qkv(u)
-        batch, L = u.shape[:2]
-        ones = torch.ones(batch, L, self.nheads, device=u.device, dtype=torch.float32)
-        zeros = torch.zeros(self.nheads, device=u.device, dtype=torch.float32)
-        y = ssd_scan(v, ones, zeros, k, q, chunk_size=self.chunk_size,
-                     return_final_states=cache is not None)
+        y = linear_attention_scan(q, k, v, self.chunk_size, return_final_states=cache is not None)
         if cache is not None:
             y, last = y
             cache.ssm_state = last.to(cache.ssm_state.dtype)

@@ -7,9 +7,9 @@ from einops import rearrange
 from torch import nn
 
 from ..ops import causal_conv1d, causal_conv1d_update, ssd_scan, ssd_state_update
-from ._args import check_hidden, check_mamba2_args
-from .batch_parallel import batch_parallel
+from ._args import check_mamba2_args
 from .norm import RMSNormGated
+from .recurrent import recurrent_forward
 
 
 class Mamba2(nn.Module):
@@ -107,14 +107,7 @@ class Mamba2(nn.Module):
 
     def forward(self, u: torch.Tensor, cache=None) -> torch.Tensor:
         """u (batch, L, d_model) -> (batch, L, d_model); ``cache`` as in :class:`Mamba`."""
-        check_hidden("Mamba2", u, self.d_model)
-        if cache is not None and cache.seqlen_offset > 0:
-            if u.shape[1] != 1:
-                raise ValueError("a warm cache can only be advanced one token at a time")
-            return self.step(u, cache)
-        if cache is None:
-            return batch_parallel(self, self._forward, u)
-        return self._forward(u, cache)
+        return recurrent_forward(self, "Mamba2", u, cache)
 
     def scan_inputs(self, u: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """What this layer feeds its SSD scan for u (b, L, d_model): the keyword arguments

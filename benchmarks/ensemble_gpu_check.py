@@ -111,7 +111,8 @@ def main() -> None:
     DEVICE = args.device
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__, "checks": [], "divergence": []}
+    report = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__,
+              "checks": [], "divergence": []}
     for layer in ("Mamba1", "Mamba2", "attention"):
         for amp in (False, True):
             try:

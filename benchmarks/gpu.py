@@ -155,7 +155,7 @@ def run_selective_scan(args, rows, details):
                 f"{bm / rec['fwdbwd_ms_ours']:.2f}x" if bm else "-",
                 f"{floor_ms / rec[best]:.0%}",
             ))
-            del t, tg, dout
+            t = tg = dout = None  # free the inputs before the next shape (the timers' closures hold the names)
             torch.cuda.empty_cache()
 
 

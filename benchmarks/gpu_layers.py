@@ -56,7 +56,6 @@ if importlib.util.find_spec("mimetic") is None:  # run from a checkout that is n
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))
 
 from gpu import bench, rel_err  # noqa: E402
-
 from mimetic.modules import Mamba, Mamba2  # noqa: E402
 
 TOL = 2e-2  # relative error above which a bf16 comparison is flagged

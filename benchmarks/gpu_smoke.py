@@ -42,7 +42,8 @@ for layer in ("Mamba1", "Mamba2"):
             steps = [gpu.step(ids[:, t:t + 1].cuda(), cache) for t in range(20, 40)]
             step_err = rel(torch.cat([pre, *steps], 1), full)
         out = gpu.generate(ids[:, :5].cuda(), 16)
-        rows.append((layer, "attn" if attn else "-", rel(lg.detach().cpu(), lc.detach()), grad_err, step_err, tuple(out.shape)))
+        rows.append((layer, "attn" if attn else "-", rel(lg.detach().cpu(), lc.detach()), grad_err, step_err,
+                     tuple(out.shape)))
 
 task = make_task("copy", copy_len=32, vocab=16)
 res = {}

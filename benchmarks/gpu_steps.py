@@ -196,8 +196,8 @@ def main():
     info = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                 triton=triton.__version__, date=time.strftime("%Y-%m-%d"))
     try:
-        from mamba_ssm.ops.triton.selective_state_update import selective_state_update as theirs
         import mamba_ssm
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update as theirs
         info["mamba_ssm"] = mamba_ssm.__version__
     except Exception as e:  # noqa: BLE001
         theirs, info["mamba_ssm"] = None, repr(e)

@@ -19,8 +19,9 @@ import argparse
 import json
 import tempfile
 import time
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from mimetic.train.sweep import run_sweep
 

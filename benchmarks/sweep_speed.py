@@ -94,12 +94,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import tomllib
 import torch
 
 from mimetic.tasks import evaluate, model_logits
@@ -415,7 +416,8 @@ def time_sweep(toml: Path, workers: int, scratch: Path, profile: bool = False, *
     out = Path(tempfile.mkdtemp(dir=scratch))
     prof_ctx = contextlib.nullcontext()
     if profile:
-        from torch.profiler import ProfilerActivity, profile as profiler
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
 
         prof_ctx = profiler(activities=[ProfilerActivity.CUDA])
     with prof_ctx as prof:
@@ -664,7 +666,8 @@ def pack_run(cfg, point: GridPoint, K: int, steps: int, sizes: Sizes, device: to
              for k in range(K)]
     ctx = contextlib.nullcontext()
     if profile and device.type == "cuda":
-        from torch.profiler import ProfilerActivity, profile as profiler
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
 
         ctx = profiler(activities=[ProfilerActivity.CUDA])
     sync()

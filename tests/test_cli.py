@@ -43,7 +43,7 @@ def test_train_then_generate_end_to_end(capsys, tmp_path):
     assert code == 0, err
     assert "token_acc=" in stdout
     lines = (out / "metrics.jsonl").read_text().strip().splitlines()
-    assert [json.loads(l)["step"] for l in lines] == [3, 6]
+    assert [json.loads(line)["step"] for line in lines] == [3, 6]
     code, stdout, err = run_cli(capsys, "generate", str(out / "model"), "--prompt", "5 0 1 2 3 6",
                                 "--max-new-tokens", "4")
     assert code == 0, err

@@ -5,9 +5,8 @@ import json
 import pytest
 import torch
 
-from mimetic.cli import main
-
 from cli_helpers import TRAIN, assert_user_error, run_cli
+from mimetic.cli import main
 
 
 @pytest.fixture(scope="module")

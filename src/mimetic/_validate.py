@@ -47,7 +47,8 @@ def real_arg(where: str, name: str, value: Any, *, low: float | None = None, hig
     else:
         bound = "finite"
     if not _is_real(value) or not math.isfinite(value):
-        raise ValueError(f"{where}: {name}={value!r} must be a finite number" + ("" if bound == "finite" else f" {bound}"))
+        raise ValueError(f"{where}: {name}={value!r} must be a finite number"
+                         + ("" if bound == "finite" else f" {bound}"))
     if (low is not None and (value < low or (low_open and value == low))) or \
             (high is not None and (value > high or (high_open and value == high))):
         raise ValueError(f"{where}: {name}={value!r} must be {bound}")

@@ -24,7 +24,7 @@ import concurrent.futures
 import contextlib
 import os
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

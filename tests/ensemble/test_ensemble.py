@@ -21,8 +21,7 @@ from mimetic.ensemble.train import PER_MEMBER_FIELDS, shared_config_problems, tr
 from mimetic.models import MambaConfig, MambaLM
 from mimetic.modules import MHA
 from mimetic.tasks import make_task
-from mimetic.train import NonFiniteLossError, TrainConfig, TrainResult
-from mimetic.train import param_groups, read_metrics, train, wants_decay
+from mimetic.train import NonFiniteLossError, TrainConfig, TrainResult, param_groups, read_metrics, train, wants_decay
 from mimetic.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
 TASK = make_task("copy", vocab=5, copy_len=6)
@@ -390,7 +389,7 @@ def test_clip_keeps_overflowing_gradients_of_members_without_clipping():
     ens = EnsembleLM(members)
     named = ens.named_stacked()
     gen = torch.Generator().manual_seed(4)
-    for name, p in named:
+    for _, p in named:
         p.grad = torch.randn(p.shape, generator=gen)
         p.grad[:2] *= 1e30  # members 0 and 1: the squared norm overflows float32
     before = [p.grad.clone() for _, p in named]
@@ -604,7 +603,7 @@ def test_interrupted_and_resumed_ensemble_equals_uninterrupted(tmp_path):
 def test_ensemble_checkpoint_resumes_in_train_and_back(tmp_path):
     # Reference: uninterrupted lone runs.
     refs = []
-    for i, (mseed, init, fields) in enumerate(RESUME_MEMBERS):
+    for mseed, init, fields in RESUME_MEMBERS:
         model = build("mamba1", mseed, init)
         refs.append((model, train(model, TASK, tcfg(**RESUME_SHARED, **fields))))
 
@@ -648,7 +647,7 @@ def _tree(root) -> set[str]:
 def test_member_out_dirs_look_like_train_out_dirs(tmp_path):
     cfgs = _ens_configs(tmp_path, "ens", keep_checkpoints=3)
     results = train_ensemble(_models(), TASK, cfgs)
-    for i, ((mseed, init, fields), cfg, res) in enumerate(zip(RESUME_MEMBERS, cfgs, results)):
+    for i, ((mseed, init, fields), _, res) in enumerate(zip(RESUME_MEMBERS, cfgs, results)):
         ens_out, sep_out = tmp_path / "ens" / str(i), tmp_path / "sep" / str(i)
         ref = train(build("mamba1", mseed, init), TASK,
                     tcfg(**RESUME_SHARED, **fields, out_dir=str(sep_out), keep_checkpoints=3))

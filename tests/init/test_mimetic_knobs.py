@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mimetic import MambaConfig, MambaLM, Mamba, Mamba2, mimetic_init_
+from mimetic import Mamba, Mamba2, MambaConfig, MambaLM, mimetic_init_
 from mimetic.init import MimeticConfig
 
 

@@ -11,10 +11,10 @@ import math
 
 import pytest
 import torch
+from numerics import rel_err
 
 from mimetic import MambaConfig, MambaLM
 from mimetic.ops import selective_scan, ssd_scan
-from numerics import rel_err
 
 OPS = torch.ops.mimetic
 
@@ -64,7 +64,7 @@ def fwd_bwd(fn, ss, ssd):
     ss, ssd = leaves(ss), leaves(ssd)
     outs = fn(ss, ssd)
     w = torch.Generator().manual_seed(1)
-    sum(((o.double() * torch.randn(o.shape, generator=w, dtype=torch.float64)).sum() for o in outs)).backward()
+    sum((o.double() * torch.randn(o.shape, generator=w, dtype=torch.float64)).sum() for o in outs).backward()
     return outs, {**{"ss." + k: v.grad for k, v in ss.items()}, **{"ssd." + k: v.grad for k, v in ssd.items()}}
 
 

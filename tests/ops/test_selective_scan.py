@@ -13,11 +13,11 @@ import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-
-from mimetic.ops.selective_scan import selective_scan, selective_scan_ref
-from mimetic.ops import selective_state_update
-from mimetic.ops.selective_scan.chunked import selective_scan_torch
 from numerics import rel_err
+
+from mimetic.ops import selective_state_update
+from mimetic.ops.selective_scan import selective_scan, selective_scan_ref
+from mimetic.ops.selective_scan.chunked import selective_scan_torch
 
 # ``mimetic.ops.selective_scan`` the attribute is the function; get the module itself.
 fast = importlib.import_module("mimetic.ops.selective_scan.chunked")

@@ -12,11 +12,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from mimetic.ops.ssd import ssd_scan, ssd_scan_ref
-from mimetic.ops import ssd_state_update
-from mimetic.ops.ssd.chunked import segsum, ssd_scan_torch
 from numerics import rel_err
+
+from mimetic.ops import ssd_state_update
+from mimetic.ops.ssd import ssd_scan, ssd_scan_ref
+from mimetic.ops.ssd.chunked import segsum, ssd_scan_torch
 
 # fp32: float32 arithmetic only. bf16/fp16: one rounding of each result to the input
 # dtype (unit roundoff 2^-8 / 2^-11); we allow twice that.

@@ -5,10 +5,8 @@ in the environment of the pytest process); see test_triton_selective_scan.py.
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
-
 from numerics import rel_err, triton_device
 
 DEVICE = triton_device()  # skips this module where Triton cannot run

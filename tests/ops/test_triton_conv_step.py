@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from numerics import rel_err, triton_device
 
 DEVICE = triton_device()  # skips this module where Triton cannot run
 
-from mimetic.ops import causal_conv1d, causal_conv1d_update  # noqa: E402
 from mimetic.ops import _dispatch as dispatch_module  # noqa: E402
+from mimetic.ops import causal_conv1d, causal_conv1d_update  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # ||got - ref|| / ||ref|| against the PyTorch step on the same inputs: both compute in

@@ -11,17 +11,14 @@ arithmetic and the rounding of its outputs to the input dtype.
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
-
 from numerics import rel_err, triton_device
 
 DEVICE = triton_device()  # skips this module where Triton cannot run
 CUDA = DEVICE == "cuda"
 
 from mimetic.ops.selective_scan import selective_scan, selective_scan_ref  # noqa: E402
-
 
 
 @pytest.fixture(autouse=True)

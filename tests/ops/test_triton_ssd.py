@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-
 from numerics import rel_err, triton_device
 
 DEVICE = triton_device()  # skips this module where Triton cannot run

@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-
 from numerics import rel_err, triton_device
 
 DEVICE = triton_device()  # skips this module where Triton cannot run

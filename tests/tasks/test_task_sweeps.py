@@ -1,9 +1,9 @@
 """The new task formats through the trainers and sweeps: copy_jelassi's varying scored counts
 in train() and the ensemble trainer, its length knob and [eval] lengths in a sweep."""
 import csv
-import tomllib
 
 import pytest
+import tomllib
 import torch
 
 from mimetic.ensemble.train import train_ensemble

@@ -3,7 +3,6 @@ runs (model, task, config types; a model without parameters; logits that do not 
 task), ``allow_changed`` names real settings, and ``save_checkpoint`` writes only what
 loading accepts (step, keep, a weights_only-loadable state)."""
 import pytest
-import torch
 from torch import nn
 
 from mimetic.tasks import make_task

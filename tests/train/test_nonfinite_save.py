@@ -12,10 +12,14 @@ from mimetic.ensemble import train as ens_train
 from mimetic.ensemble.train import train_ensemble
 from mimetic.models import MambaConfig, MambaLM
 from mimetic.tasks import make_task
-from mimetic.train import NonFiniteLossError, NonFiniteWeightsError, TrainConfig, train
-from mimetic.train import loop
-from mimetic.train.checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, newest_good_checkpoint,
-                                      save_checkpoint)
+from mimetic.train import NonFiniteLossError, NonFiniteWeightsError, TrainConfig, loop, train
+from mimetic.train.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    newest_good_checkpoint,
+    save_checkpoint,
+)
 
 from .tiny import TinyLM
 

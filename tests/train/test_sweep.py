@@ -1,9 +1,9 @@
 import csv
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from mimetic.train.sweep import load_sweep, parse_sweep, run_sweep, summarize
 

@@ -5,8 +5,7 @@ import json
 import pytest
 import torch
 
-from mimetic.train.sweep import GRID_KEYS, GridPoint, load_sweep, parse_sweep, run_sweep, summarize
-from mimetic.train.sweep import plots
+from mimetic.train.sweep import GRID_KEYS, GridPoint, load_sweep, parse_sweep, plots, run_sweep, summarize
 
 from .test_sweep import EXPERIMENTS, TINY, tiny_factory, write_toml
 

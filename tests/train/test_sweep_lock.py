@@ -13,8 +13,8 @@ from mimetic.train.resume import RunLockedError, run_lock
 from mimetic.train.sweep import run_sweep
 from mimetic.train.sweep.record import HISTORY_FILE
 
-from .test_sweep_safety import SMALL
 from .test_sweep import tiny_factory, write_toml
+from .test_sweep_safety import SMALL
 
 HOLD = """
 import fcntl, os, sys, time
@@ -60,7 +60,7 @@ def test_cli_sweep_into_a_busy_folder_is_one_line(tmp_path, held_by_another_proc
 
 def test_busy_folder_in_this_process_is_refused(tmp_path):
     out = tmp_path / "out"
-    ready, done, errors = threading.Event(), threading.Event(), []
+    ready, done = threading.Event(), threading.Event()
 
     def holder():
         with run_lock(out, what="sweep"):

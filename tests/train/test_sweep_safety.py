@@ -35,7 +35,8 @@ def sweep(tmp_path, data):
 
 def test_rerun_after_editing_a_setting_is_refused(tmp_path):
     sweep(tmp_path, small())
-    with pytest.raises(ValueError, match=r"config changed for 1 point.*copy-default-Mamba2-d2-L2-s0: steps was 6, now 9"):
+    changed = r"config changed for 1 point.*copy-default-Mamba2-d2-L2-s0: steps was 6, now 9"
+    with pytest.raises(ValueError, match=changed):
         sweep(tmp_path, small(**{"train.steps": 9}))
     rows = json.loads((tmp_path / "out" / "runs" / "copy-default-Mamba2-d2-L2-s0" / "row.json").read_text())
     assert rows["steps"] == 6  # the finished row was left alone

@@ -18,8 +18,8 @@ Configurations the folding does not cover raise a ValueError naming what is unsu
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +28,8 @@ from torch import nn
 
 from ..models import MambaConfig, MambaLM
 from ..modules import MHA, LinearAttention, Mamba, Mamba2, RMSNorm
-from ..modules.linear_attention import feature_map, linear_attention_scan
 from ..modules.attention import apply_rotary
+from ..modules.linear_attention import feature_map, linear_attention_scan
 from ..ops import causal_conv1d, rms_norm, selective_scan, ssd_scan
 
 

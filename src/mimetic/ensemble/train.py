@@ -26,10 +26,11 @@ import dataclasses
 import json
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,12 +40,21 @@ from ..models import MambaLM
 from ..tasks import EvalTally, Task, eval_batches
 from ..train.checkpoint import first_nonfinite, nonfinite_in_state, save_checkpoint
 from ..train.config import TrainConfig
-from ..train.loop import (NonFiniteLossError, NonFiniteWeightsError, TrainResult, _nonfinite_message,
-                          _nonfinite_weights_message, _resolve_device, batch_for_step, best_record,
-                          checkpoint_state, write_result)
+from ..train.loop import (
+    NonFiniteLossError,
+    NonFiniteWeightsError,
+    TrainResult,
+    _nonfinite_message,
+    _nonfinite_weights_message,
+    _resolve_device,
+    batch_for_step,
+    best_record,
+    checkpoint_state,
+    write_result,
+)
 from ..train.metrics import MetricsLogger
-from ..train.resume import open_run, run_lock, run_settings
 from ..train.optim import lr_at, wants_decay
+from ..train.resume import open_run, run_lock, run_settings
 from .model import EnsembleLM
 from .optim import StackedAdamW, adamw_factors, clip_stacked_grad_norm_
 

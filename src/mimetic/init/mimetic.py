@@ -31,15 +31,13 @@ Where the paper's digest gives no exact constant the knob says so, and
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import math
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from .default import inverse_softplus
-
 
 DEFAULT_A_LOG = -8.0
 

@@ -119,7 +119,7 @@ class MambaConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MambaConfig":
+    def from_dict(cls, d: dict) -> MambaConfig:
         """Build from a dict; unknown keys are an error naming them."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known

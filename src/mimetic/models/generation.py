@@ -52,10 +52,12 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     int_arg("generate", "eos_token_id", eos_token_id, minimum=0, optional=True)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if eos_token_id is not None and vocab is not None and eos_token_id >= vocab:
-        raise ValueError(f"generate: eos_token_id={eos_token_id} must be a token id, below vocab_size={vocab}")
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
-        raise ValueError(f"generate: input_ids must be an integer tensor (batch, length), got "
-                         f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} {tuple(getattr(input_ids, 'shape', ()))}")
+        raise ValueError(f"generate: eos_token_id={eos_token_id} must be a token id, "
+                         f"below vocab_size={vocab}")
+    if (not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2
+            or input_ids.dtype not in (torch.long, torch.int)):
+        got = f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} {tuple(getattr(input_ids, 'shape', ()))}"
+        raise ValueError(f"generate: input_ids must be an integer tensor (batch, length), got {got}")
     return _generate(model, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, generator,
                      progress, cuda_graph, state_dtype).clone()
 

@@ -185,7 +185,7 @@ class MambaLM(nn.Module):
         save_pretrained(self, path)
 
     @classmethod
-    def from_pretrained(cls, path, device=None, dtype=None) -> "MambaLM":
+    def from_pretrained(cls, path, device=None, dtype=None) -> MambaLM:
         """Load from a local directory in our format, ``mamba_ssm``'s (``config.json`` +
         ``pytorch_model.bin``) or ``transformers``' (``MambaForCausalLM`` /
         ``Mamba2ForCausalLM``)."""

@@ -1,7 +1,6 @@
 """Mamba-2 layer (SSD), with ``mamba_ssm``'s constructor and parameter names."""
 from __future__ import annotations
 
-
 import torch
 from einops import rearrange
 from torch import nn

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -30,7 +30,7 @@ def triton_available() -> bool:
     return _triton_available()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 

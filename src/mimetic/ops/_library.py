@@ -46,11 +46,10 @@ same treatment.
 """
 import contextlib
 import threading
-from typing import Callable, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-
 
 # --------------------------------------------------------------------------------------
 # Helpers shared by the ops
@@ -67,13 +66,13 @@ def _no_autocast(device_type: str):
     return contextlib.nullcontext()
 
 
-def _shares_memory(t: Tensor, others: Sequence[Optional[Tensor]]) -> bool:
+def _shares_memory(t: Tensor, others: Sequence[Tensor | None]) -> bool:
     ptr = t.untyped_storage().data_ptr()
     return any(o is not None and o.numel() and o.untyped_storage().data_ptr() == ptr
                for o in others)
 
 
-def _laid_out(t: Tensor, like: Tensor, inputs: Sequence[Optional[Tensor]]) -> Tensor:
+def _laid_out(t: Tensor, like: Tensor, inputs: Sequence[Tensor | None]) -> Tensor:
     """t in like's layout (like: the empty tensor the fake kernel returns), copying only
     when the strides differ or t shares memory with an input (op outputs may not alias)."""
     if t.numel() and (t.stride() != like.stride() or _shares_memory(t, inputs)):
@@ -81,15 +80,15 @@ def _laid_out(t: Tensor, like: Tensor, inputs: Sequence[Optional[Tensor]]) -> Te
     return t
 
 
-def _grads_fake(inputs: Sequence[Optional[Tensor]], needs: Sequence[bool], ref: Tensor) -> List[Tensor]:
+def _grads_fake(inputs: Sequence[Tensor | None], needs: Sequence[bool], ref: Tensor) -> list[Tensor]:
     """Backward outputs: d loss / d input laid out like the input where needed, else an
     empty (0,) placeholder (an op cannot return None)."""
     return [torch.empty_like(t) if t is not None and need else ref.new_empty(0)
             for t, need in zip(inputs, needs)]
 
 
-def _finish_grads(grads: Sequence[Optional[Tensor]], inputs: Sequence[Optional[Tensor]],
-                  needs: Sequence[bool], grad_outputs: Sequence[Optional[Tensor]]) -> List[Tensor]:
+def _finish_grads(grads: Sequence[Tensor | None], inputs: Sequence[Tensor | None],
+                  needs: Sequence[bool], grad_outputs: Sequence[Tensor | None]) -> list[Tensor]:
     """A backend's gradients as the backward op returns them (:func:`_grads_fake`'s list):
     laid out like their inputs, zeros for an input that reaches no output."""
     ref = next(g for g in grad_outputs if g is not None)
@@ -106,8 +105,8 @@ def _finish_grads(grads: Sequence[Optional[Tensor]], inputs: Sequence[Optional[T
     return result
 
 
-def _autograd_grads(forward: Callable, inputs: Sequence[Optional[Tensor]], needs: Sequence[bool],
-                    grad_outputs: Sequence[Optional[Tensor]]) -> List[Optional[Tensor]]:
+def _autograd_grads(forward: Callable, inputs: Sequence[Tensor | None], needs: Sequence[bool],
+                    grad_outputs: Sequence[Tensor | None]) -> list[Tensor | None]:
     """Gradients of ``forward(*inputs)`` (a tuple of tensors) by rerunning it with autograd.
 
     inputs: tensors or None; needs: which want a gradient; grad_outputs: one per output
@@ -117,7 +116,7 @@ def _autograd_grads(forward: Callable, inputs: Sequence[Optional[Tensor]], needs
     no autocast; on CUDA it runs on the caller's current stream.
     """
     wanted = [i for i, (t, need) in enumerate(zip(inputs, needs)) if t is not None and need]
-    grads: List[Optional[Tensor]] = [None] * len(inputs)
+    grads: list[Tensor | None] = [None] * len(inputs)
     if not wanted:
         return grads
     ref = next(g for g in grad_outputs if g is not None)
@@ -187,10 +186,10 @@ def _ss_ref_bwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softpl
                       (dout, dlast))
 
 
-def _ss_fake(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-             z: Optional[Tensor], delta_bias: Optional[Tensor], initial_state: Optional[Tensor],
+def _ss_fake(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+             z: Tensor | None, delta_bias: Tensor | None, initial_state: Tensor | None,
              delta_softplus: bool, return_last_state: bool, backend: str,
-             need_grad: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+             need_grad: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     batch, dim, L = u.shape
     ckpt = u.new_empty(0)
     if backend == "triton" and u.dtype != torch.float64:
@@ -210,10 +209,10 @@ def _ss_fake(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optio
 
 @torch.library.custom_op("mimetic::selective_scan", mutates_args=())
 def _selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                       D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
-                       initial_state: Optional[Tensor], delta_softplus: bool,
+                       D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None,
+                       initial_state: Tensor | None, delta_softplus: bool,
                        return_last_state: bool, backend: str,
-                       need_grad: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+                       need_grad: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     args = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     out_like, last_like, ckpt_like = _ss_fake(*args, delta_softplus, return_last_state,
                                               backend, need_grad)
@@ -231,12 +230,12 @@ _selective_scan_op.register_fake(_ss_fake)
 
 
 @torch.library.custom_op("mimetic::selective_scan_backward", mutates_args=())
-def _selective_scan_backward_op(grad_out: Tensor, grad_last: Optional[Tensor], u: Tensor,
+def _selective_scan_backward_op(grad_out: Tensor, grad_last: Tensor | None, u: Tensor,
                                 delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                                D: Optional[Tensor], z: Optional[Tensor],
-                                delta_bias: Optional[Tensor], initial_state: Optional[Tensor],
-                                delta_softplus: bool, backend: str, needs: List[bool],
-                                ckpt: Optional[Tensor] = None) -> List[Tensor]:
+                                D: Tensor | None, z: Tensor | None,
+                                delta_bias: Tensor | None, initial_state: Tensor | None,
+                                delta_softplus: bool, backend: str, needs: list[bool],
+                                ckpt: Tensor | None = None) -> list[Tensor]:
     inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     _, bwd = _ss_backend(backend, u.dtype)
     if ckpt is not None and not ckpt.numel():
@@ -316,10 +315,10 @@ def _ssd_backend(backend: str, dtype: torch.dtype):
     return fwd, bwd
 
 
-def _ssd_fake(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-              z: Optional[Tensor], dt_bias: Optional[Tensor], initial_states: Optional[Tensor],
+def _ssd_fake(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+              z: Tensor | None, dt_bias: Tensor | None, initial_states: Tensor | None,
               chunk_size: int, dt_softplus: bool, dt_min: float, dt_max: float,
-              return_final_states: bool, backend: str) -> Tuple[Tensor, Tensor]:
+              return_final_states: bool, backend: str) -> tuple[Tensor, Tensor]:
     batch, _, H, P = x.shape
     final = (x.new_empty(batch, H, P, B.shape[3], dtype=_state_dtype(x)) if return_final_states
              else x.new_empty(0))
@@ -327,10 +326,10 @@ def _ssd_fake(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
 
 
 @torch.library.custom_op("mimetic::ssd_scan", mutates_args=())
-def _ssd_scan_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-                 z: Optional[Tensor], dt_bias: Optional[Tensor], initial_states: Optional[Tensor],
+def _ssd_scan_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                 z: Tensor | None, dt_bias: Tensor | None, initial_states: Tensor | None,
                  chunk_size: int, dt_softplus: bool, dt_min: float, dt_max: float,
-                 return_final_states: bool, backend: str) -> Tuple[Tensor, Tensor]:
+                 return_final_states: bool, backend: str) -> tuple[Tensor, Tensor]:
     args = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     y_like, final_like = _ssd_fake(*args, chunk_size, dt_softplus, dt_min, dt_max,
                                    return_final_states, backend)
@@ -345,12 +344,12 @@ _ssd_scan_op.register_fake(_ssd_fake)
 
 
 @torch.library.custom_op("mimetic::ssd_scan_backward", mutates_args=())
-def _ssd_scan_backward_op(grad_y: Tensor, grad_final: Optional[Tensor], x: Tensor, dt: Tensor,
-                          A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-                          z: Optional[Tensor], dt_bias: Optional[Tensor],
-                          initial_states: Optional[Tensor], chunk_size: int, dt_softplus: bool,
+def _ssd_scan_backward_op(grad_y: Tensor, grad_final: Tensor | None, x: Tensor, dt: Tensor,
+                          A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                          z: Tensor | None, dt_bias: Tensor | None,
+                          initial_states: Tensor | None, chunk_size: int, dt_softplus: bool,
                           dt_min: float, dt_max: float, backend: str,
-                          needs: List[bool]) -> List[Tensor]:
+                          needs: list[bool]) -> list[Tensor]:
     inputs = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     _, bwd = _ssd_backend(backend, x.dtype)
     with _no_autocast(x.device.type):

@@ -68,11 +68,11 @@ class Task:
         """Sample a batch: (input_ids (B, L) long, targets (B, L) long, loss_mask (B, L) bool)."""
         raise NotImplementedError
 
-    def with_length(self, length: int) -> "Task":
+    def with_length(self, length: int) -> Task:
         """A copy with the length knob (``self.length_knob``) set to ``length``."""
         return dataclasses.replace(self, **{self.length_knob: length})  # type: ignore[type-var]
 
-    def with_seq_len(self, seq_len: int) -> "Task":
+    def with_seq_len(self, seq_len: int) -> Task:
         """A copy of the task whose ``input_ids`` have length ``seq_len``, same token format.
 
         Used for length-generalization evaluation (train short, test long). Tasks whose length
@@ -80,7 +80,7 @@ class Task:
         """
         return dataclasses.replace(self, seq_len=seq_len)  # type: ignore[type-var]
 
-    def length_eval_task(self, length: int) -> "Task":
+    def length_eval_task(self, length: int) -> Task:
         """The task a model trained on ``self`` is evaluated on at ``length`` (a value of the
         length knob), for length generalization (sweeps' ``[eval] lengths``).
 

@@ -111,11 +111,11 @@ class JelassiCopyTask(Task):
             return self.context_len
         return max(DEFAULT_CONTEXT, 2 * (2 * self.max_len + 3))
 
-    def with_seq_len(self, seq_len: int) -> "JelassiCopyTask":
+    def with_seq_len(self, seq_len: int) -> JelassiCopyTask:
         """A copy with the context length set to ``seq_len`` (same string lengths)."""
         return dataclasses.replace(self, context_len=seq_len)
 
-    def length_eval_task(self, length: int) -> "JelassiCopyTask":
+    def length_eval_task(self, length: int) -> JelassiCopyTask:
         """Jelassi et al.'s evaluation at string length ``length``: one example of exactly
         ``length`` letters per context, padded, letters scored (not the end token), in a
         context ``max(seq_len, 2 * length + 3)`` long."""

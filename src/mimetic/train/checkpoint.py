@@ -28,8 +28,9 @@ import random
 import re
 import shutil
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, load_model, save_model

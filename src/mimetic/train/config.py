@@ -88,7 +88,7 @@ class TrainConfig:
             raise ValueError("TrainConfig: " + "; ".join(problems))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Build from a plain dict (e.g. a TOML table); unknown keys -> ValueError naming them."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)

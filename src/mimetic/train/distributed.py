@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -63,7 +63,7 @@ class TrainResult:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainResult":
+    def from_dict(cls, d: dict[str, Any]) -> TrainResult:
         return cls(**d)
 
 
@@ -251,13 +251,15 @@ def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResu
         par.barrier()
         last_saved = at_step
 
-    pbar = tqdm(total=config.steps, initial=step, disable=not (config.progress and par.is_main), desc=task.name, leave=False)
+    pbar = tqdm(total=config.steps, initial=step, disable=not (config.progress and par.is_main), desc=task.name,
+                leave=False)
     window_tokens, window_time, window_loss, window_n = 0, 0.0, 0.0, 0
     model.train()
     try:
         while step < config.steps:
             t0 = time.perf_counter()
-            input_ids, targets, mask = (t.to(device, non_blocking=True) for t in par.shard(batch_for_step(task, config, step)))
+            batch = par.shard(batch_for_step(task, config, step))
+            input_ids, targets, mask = (t.to(device, non_blocking=True) for t in batch)
             lr = lr_at(step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -55,7 +55,7 @@ class MetricsLogger:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
                 except ImportError:  # tensorboard is optional
-                    warnings.warn("tensorboard=True but TensorBoard is not installed; skipping it")
+                    warnings.warn("tensorboard=True but TensorBoard is not installed; skipping it", stacklevel=2)
                 else:
                     self.tb = SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"))
 

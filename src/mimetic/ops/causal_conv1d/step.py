@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 def causal_conv1d_update_torch(
     x: torch.Tensor,
     conv_state: torch.Tensor,

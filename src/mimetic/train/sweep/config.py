@@ -84,11 +84,12 @@ import copy
 import dataclasses
 import itertools
 import re
-import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from ...tasks import TASKS, make_task
 from ..config import TrainConfig

@@ -6,10 +6,11 @@ import json
 import os
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from ._weights import load_state_into, read_weights
 from .config import MambaConfig
+from .hf_convert import load_transformers_checkpoint
 
 FORMAT_TAG = "mimetic"
 
@@ -62,42 +63,6 @@ def _read_config(path: Path) -> dict:
     return raw
 
 
-def _read_weights(weights: Path, reader) -> dict:
-    """``reader(weights)`` with a one-line error naming the file for a truncated or foreign
-    file, and every floating tensor checked finite (NaN weights would load silently and
-    generate garbage)."""
-    try:
-        state = reader(weights)
-    except Exception as e:  # safetensors / pickle errors have their own types
-        raise ValueError(f"{weights}: unreadable ({' '.join(str(e).split())})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{weights}: not a state dict")
-    for name, t in state.items():
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{weights}: tensor {name} holds non-finite values (NaN/inf)")
-    return state
-
-
-def load_state_into(model, state: dict, source: str) -> None:
-    """Copy ``state`` into ``model`` with clear errors for missing, unexpected and
-    wrongly shaped tensors (``source`` names the file in messages)."""
-    own = model.state_dict()
-    tied = model.config.tie_embeddings
-    missing = [k for k in own if k not in state and not (tied and k == "lm_head.weight")]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        raise ValueError(f"{source}: weights do not match the config: missing {missing[:8]}"
-                         f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
-                         f"{'...' if len(unexpected) > 8 else ''}")
-    for k, v in state.items():
-        if v.shape != own[k].shape:
-            raise ValueError(f"{source}: {k} has shape {tuple(v.shape)}, the config expects "
-                             f"{tuple(own[k].shape)}")
-    model.load_state_dict(state, strict=False)
-    if tied:
-        model.lm_head.weight = model.backbone.embedding.weight
-
-
 def load_pretrained(cls, path, device=None, dtype=None):
     """Detect the checkpoint format in directory ``path`` and build the model."""
     if device is not None:
@@ -118,11 +83,9 @@ def load_pretrained(cls, path, device=None, dtype=None):
         # Loaded weights replace the init, so build with the cheap default init.
         model = cls(_with_default_init(config), device=device, dtype=dtype)
         model.config = config
-        load_state_into(model, _read_weights(weights, lambda p: load_file(str(p))), str(weights))
+        load_state_into(model, read_weights(weights), str(weights))
         return model
     if raw.get("model_type") in ("mamba", "mamba2"):
-        from .hf_convert import load_transformers_checkpoint
-
         return load_transformers_checkpoint(cls, path, raw, device=device, dtype=dtype)
     if "d_model" in raw and "n_layer" in raw:
         return _load_mamba_ssm(cls, path, raw, device=device, dtype=dtype)
@@ -143,7 +106,7 @@ def _load_mamba_ssm(cls, path: Path, raw: dict, device=None, dtype=None):
     weights = path / "pytorch_model.bin"
     if not weights.is_file():
         raise FileNotFoundError(f"no pytorch_model.bin in {path}")
-    state = _read_weights(weights, lambda p: torch.load(p, map_location="cpu", weights_only=True))
+    state = read_weights(weights)
     model = cls(config, device=device, dtype=dtype)
     load_state_into(model, state, str(weights))
     return model

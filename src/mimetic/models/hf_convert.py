@@ -27,9 +27,8 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from .checkpoint import load_state_into
+from ._weights import load_state_into, read_weights
 from .config import MambaConfig
 
 # Our norms (block norms, final norm, Mamba-2's gated norm) use this epsilon.
@@ -255,7 +254,7 @@ def read_transformers_weights(path: Path) -> tuple[dict, str]:
     else:
         raise FileNotFoundError(f"no weights in {path}: expected one of {list(_WEIGHT_FILES)}")
     if not name.endswith(".index.json"):
-        return _read_weight_file(file), str(file)
+        return read_weights(file), str(file)
     try:
         weight_map = json.loads(file.read_text())["weight_map"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
@@ -268,7 +267,7 @@ def read_transformers_weights(path: Path) -> tuple[dict, str]:
         shard_file = _shard_path(path, shard, file)
         if not shard_file.is_file():
             raise FileNotFoundError(f"{file} lists shard {shard!r}, which is missing from {path}")
-        state.update(_read_weight_file(shard_file))
+        state.update(read_weights(shard_file))
     absent = sorted(k for k in weight_map if k not in state)
     if absent:
         raise ValueError(f"{file}: tensors listed in the index are absent from their shards: "
@@ -287,16 +286,6 @@ def _shard_path(path: Path, shard: str, index: Path) -> Path:
     if shard_file.suffix not in (".safetensors", ".bin"):
         raise ValueError(f"{index} lists shard {shard!r}: shards are .safetensors or .bin files")
     return shard_file
-
-
-def _read_weight_file(file: Path) -> dict:
-    """Every tensor of ``file``, with a one-line error naming it for an unreadable file or a
-    tensor holding NaN/inf (``checkpoint._read_weights``)."""
-    from .checkpoint import _read_weights
-
-    if file.suffix == ".safetensors":
-        return _read_weights(file, lambda p: load_file(str(p)))
-    return _read_weights(file, lambda p: torch.load(p, map_location="cpu", weights_only=True))
 
 
 def state_from_transformers(state: dict, config: MambaConfig, source: str) -> dict:

@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from .layer_kinds import MAMBA2, MIMETIC_LAYERS
+
 
 def _kv_pairs(items: list[str]) -> dict:
     """``["copy_len=32", "vocab=16"]`` -> {"copy_len": 32, "vocab": 16} (ints/floats parsed)."""
@@ -59,7 +61,7 @@ def cmd_train(args) -> None:
         raise ValueError("--allow-changed only applies with --resume (it names settings a resumed run may change)")
     task = make_task(args.task, **_kv_pairs(args.task_arg))
     ssm = {"layer": args.layer, "d_state": args.d_state}
-    if args.layer == "Mamba2":
+    if args.layer == MAMBA2:
         ssm["headdim"] = args.headdim
     config = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=task.vocab_size,
                          ssm_cfg=ssm, init=args.init)
@@ -161,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="default vs mimetic init on the copy task, on CPU (a few minutes)")
     d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     d.add_argument("--steps", type=int, default=400)
-    d.add_argument("--layer", choices=["Mamba1", "Mamba2"], default="Mamba2")
+    d.add_argument("--layer", choices=MIMETIC_LAYERS, default=MAMBA2)
     d.add_argument("--copy-len", type=int, default=32)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -172,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--task", default="copy")
     t.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="task knob, repeatable (e.g. copy_len=64)")
-    t.add_argument("--layer", choices=["Mamba1", "Mamba2"], default="Mamba2")
+    t.add_argument("--layer", choices=MIMETIC_LAYERS, default=MAMBA2)
     t.add_argument("--init", choices=["default", "mimetic"], default="mimetic")
     t.add_argument("--d-model", type=int, default=64)
     t.add_argument("--n-layer", type=int, default=2)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .layer_kinds import MAMBA2
 from .models import MambaConfig, MambaLM
 from .tasks import make_task
 from .train import TrainConfig, train
@@ -21,7 +22,7 @@ class DemoSettings:
     task: str = "copy"
     copy_len: int = 32
     vocab: int = 16
-    layer: str = "Mamba2"
+    layer: str = MAMBA2
     d_model: int = 64
     n_layer: int = 2
     d_state: int = 16
@@ -37,7 +38,7 @@ class DemoSettings:
 
 def demo_model_config(s: DemoSettings, vocab_size: int, init: str) -> MambaConfig:
     ssm = {"layer": s.layer, "d_state": s.d_state}
-    if s.layer == "Mamba2":
+    if s.layer == MAMBA2:
         ssm.update(headdim=s.headdim, chunk_size=64)
     return MambaConfig(d_model=s.d_model, n_layer=s.n_layer, vocab_size=vocab_size, ssm_cfg=ssm,
                        init=init)

@@ -65,7 +65,7 @@ def test_attn_command_from_checkpoint_with_task_and_ids(tmp_path):
                        task_kwargs={"copy_len": 8, "vocab": 6})
     png_size(out.path)
     assert out.input_ids.shape == (1, 17) and set(out.maps) == {0, 1}
-    assert out.kinds == {0: "mamba2", 1: "attention"}
+    assert out.kinds == {0: "Mamba2", 1: "attention"}
     assert set(out.summary[0]) == {"uniform_causal", "identity", "copy"}
     lines = out.lines()
     assert len(lines) == 2 and lines[1].startswith("layer 1 (attention, 2 heads)")

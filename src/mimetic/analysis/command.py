@@ -18,7 +18,7 @@ class AttnResult:
     """What :func:`attn_command` produced.
 
     ``path``: the PNG written; ``maps``: {layer: (batch, heads, L, L)}; ``input_ids``
-    (batch, L); ``kinds``: {layer: "mamba1" | "mamba2" | "attention"}; ``summary``:
+    (batch, L); ``kinds``: {layer: "Mamba1" | "Mamba2" | "attention"}; ``summary``:
     {layer: {metric name: float}} (see :meth:`lines`).
     """
 

@@ -26,6 +26,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ..layer_kinds import ATTENTION, MAMBA1, MAMBA2
 from ..modules import MHA, Mamba, Mamba2
 from ..ops._time_step import process_dt
 from .capture import mixer_inputs, resolve_layers
@@ -34,9 +35,6 @@ DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB for the returned maps
 DEFAULT_WORK_BYTES = 64 << 20  # scratch memory per tile
 REDUCTIONS = ("mean_abs", "mean", "none")
 
-
-# What layer_kind returns.
-MAMBA1, MAMBA2, ATTENTION = "mamba1", "mamba2", "attention"
 
 
 class MapMemoryError(ValueError):
@@ -270,7 +268,7 @@ def softmax_attention_map(q: torch.Tensor, k: torch.Tensor, scale: float,
 
 
 def layer_kind(mixer: nn.Module) -> str:
-    """MAMBA1, MAMBA2 or ATTENTION; TypeError for any other mixer."""
+    """MAMBA1, MAMBA2 or ATTENTION (:mod:`mimetic.layer_kinds`); TypeError for any other mixer."""
     if isinstance(mixer, Mamba):
         return MAMBA1
     if isinstance(mixer, Mamba2):

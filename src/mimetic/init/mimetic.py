@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..layer_kinds import MAMBA1, MAMBA2
 from .default import inverse_softplus
 
 DEFAULT_A_LOG = -8.0
@@ -91,14 +92,15 @@ class MimeticConfig:
 
 
 def _layer_kind(m: nn.Module) -> str | None:
-    """'mamba1' / 'mamba2' for modules with mamba_ssm or transformers parameter names."""
+    """MAMBA1 / MAMBA2 (:mod:`mimetic.layer_kinds`) for a Mamba layer, None otherwise. By
+    parameter names, not by class, so that mamba_ssm's and transformers' layers are found too."""
     A_log = getattr(m, "A_log", None)
     if not isinstance(A_log, torch.Tensor):
         return None
     if A_log.dim() == 2 and hasattr(m, "x_proj") and hasattr(m, "dt_proj"):
-        return "mamba1"
+        return MAMBA1
     if A_log.dim() == 1 and hasattr(m, "dt_bias") and hasattr(m, "in_proj"):
-        return "mamba2"
+        return MAMBA2
     return None
 
 
@@ -195,9 +197,9 @@ def mimetic_init_(module: nn.Module, config: MimeticConfig | None = None, **knob
     found = 0
     for m in module.modules():
         kind = _layer_kind(m)
-        if kind == "mamba1":
+        if kind == MAMBA1:
             _mimetic_mamba1_(m, cfg)
-        elif kind == "mamba2":
+        elif kind == MAMBA2:
             _mimetic_mamba2_(m, cfg)
         found += kind is not None
     if found == 0:

@@ -6,14 +6,13 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .._validate import bool_arg, int_arg
 from ..init import MIMETIC_KNOBS, MimeticConfig
+from ..layer_kinds import LINEAR_ATTENTION, MAMBA1, MAMBA2, MIMETIC_LAYERS
 from ..modules import MHA, LinearAttention, Mamba, Mamba2
 from ..modules._args import check_mamba2_args, check_mamba_args, check_mha_args
 
-#: ``ssm_cfg["layer"]`` -> mixer class. LinearAttention is the no-decay baseline (mimetic init
-#: does not apply to it: it already is what mimetic init makes a Mamba layer start from).
-LAYER_TYPES = {"Mamba1": Mamba, "Mamba2": Mamba2, "LinearAttention": LinearAttention}
-#: The layer types that mimetic init changes.
-MIMETIC_LAYERS = ("Mamba1", "Mamba2")
+#: ``ssm_cfg["layer"]`` (a kind of :mod:`mimetic.layer_kinds`) -> mixer class; mimetic init
+#: applies to the kinds of ``MIMETIC_LAYERS`` only.
+LAYER_TYPES = {MAMBA1: Mamba, MAMBA2: Mamba2, LINEAR_ATTENTION: LinearAttention}
 INITS = ("default", "mimetic")
 _RESERVED = {"self", "d_model", "embed_dim", "layer_idx", "device", "dtype"}
 
@@ -27,10 +26,10 @@ class MambaConfig:
     """Configuration of :class:`~mimetic.models.MambaLM`.
 
     Fields as in ``mamba_ssm``: ``ssm_cfg`` holds the mixer's constructor arguments plus
-    ``"layer"`` ("Mamba1" or "Mamba2"); layers listed in ``attn_layer_idx`` are causal
-    attention (``attn_cfg``: ``num_heads``, ``rotary_emb_dim``, ...) instead;
-    ``d_intermediate > 0`` adds a gated MLP after each mixer. Ours: ``init`` is "default"
-    (``mamba_ssm``'s) or "mimetic", with ``init_cfg`` the knobs of
+    ``"layer"`` ("Mamba1", "Mamba2" or "LinearAttention"; default "Mamba1"); layers listed in
+    ``attn_layer_idx`` are causal attention (``attn_cfg``: ``num_heads``, ``rotary_emb_dim``,
+    ...) instead; ``d_intermediate > 0`` adds a gated MLP after each mixer. Ours: ``init`` is
+    "default" (``mamba_ssm``'s) or "mimetic", with ``init_cfg`` the knobs of
     :class:`~mimetic.init.MimeticConfig`.
     """
 
@@ -63,7 +62,7 @@ class MambaConfig:
         if not isinstance(self.attn_layer_idx, (list, tuple)) or \
                 not all(isinstance(i, int) and not isinstance(i, bool) for i in self.attn_layer_idx):
             raise ValueError(f"MambaConfig: attn_layer_idx={self.attn_layer_idx!r} must be a list of layer indices")
-        layer = self.ssm_cfg.get("layer", "Mamba1")
+        layer = self.layer_type
         if layer not in LAYER_TYPES:
             raise ValueError(f"ssm_cfg['layer'] must be one of {list(LAYER_TYPES)}, got {layer!r}")
         unknown = set(self.ssm_cfg) - {"layer"} - _accepted_kwargs(LAYER_TYPES[layer])
@@ -91,10 +90,10 @@ class MambaConfig:
         """The mixers' and the init's argument values (types, ranges), as their constructors
         check them, so that a bad config fails here (e.g. when a sweep file is loaded)."""
         if len(self.attn_layer_idx) < self.n_layer:
-            if layer == "LinearAttention":
+            if layer == LINEAR_ATTENTION:
                 LinearAttention(self.d_model, **self.mixer_kwargs(), device="meta")  # its own checks
             else:
-                (check_mamba_args if layer == "Mamba1" else check_mamba2_args)(self.d_model, **self.mixer_kwargs())
+                (check_mamba_args if layer == MAMBA1 else check_mamba2_args)(self.d_model, **self.mixer_kwargs())
         if self.init == "mimetic" and layer not in MIMETIC_LAYERS and len(self.attn_layer_idx) < self.n_layer:
             raise ValueError(f"MambaConfig: init='mimetic' applies to {list(MIMETIC_LAYERS)} layers, not "
                              f"{layer} (a baseline: use init='default')")
@@ -105,7 +104,7 @@ class MambaConfig:
 
     @property
     def layer_type(self) -> str:
-        return self.ssm_cfg.get("layer", "Mamba1")
+        return self.ssm_cfg.get("layer", MAMBA1)
 
     @property
     def padded_vocab_size(self) -> int:

@@ -91,6 +91,7 @@ from typing import Any
 
 import tomllib
 
+from ...layer_kinds import ATTENTION, LINEAR_ATTENTION, SSM_LAYERS
 from ...tasks import TASKS, make_task
 from ..config import TrainConfig
 
@@ -99,10 +100,6 @@ TOP_KEYS = {"sweep", "grid", "tasks", "inits", "model", "train", "eval"}
 REQUIRED_TOP = ("grid", "model", "train")
 SWEEP_KEYS = {"name", "description", "metric"}
 EVAL_KEYS = {"lengths", "batches", "batch_size"}
-SSM_LAYERS = ("Mamba1", "Mamba2", "LinearAttention")
-#: SSM layer types without mimetic init (baselines): their points are run with init "default".
-LINEAR_ATTENTION = "LinearAttention"
-ATTENTION = "attention"
 INITS = ("default", "mimetic")
 #: ``init_cfg = { horizon = "seq_len" }`` in an [inits.<name>] table: mimetic init's decay
 #: horizon is each point's training sequence length.

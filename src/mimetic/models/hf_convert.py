@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..layer_kinds import MAMBA1, MAMBA2
 from ._weights import load_state_into, read_weights
 from .config import MambaConfig
 
@@ -169,7 +170,7 @@ def _mamba1_config(raw: dict, source: str) -> MambaConfig:
         raise ValueError(f"{source}: time_step_init_scheme must be 'random' or 'constant', "
                          f"got {scheme!r}")
     ssm_cfg = dict(
-        layer="Mamba1", d_state=f.positive_int("state_size"), d_conv=f.positive_int("conv_kernel"),
+        layer=MAMBA1, d_state=f.positive_int("state_size"), d_conv=f.positive_int("conv_kernel"),
         expand=expand, dt_rank=dt_rank, conv_bias=f.get("use_conv_bias", bool),
         bias=f.get("use_bias", bool),
         # Initialization knobs: kept so that re-initializing the loaded model means the same.
@@ -208,7 +209,7 @@ def _mamba2_config(raw: dict, source: str) -> MambaConfig:
         raise ValueError(f"{source}: time_step_limit must be [min, max] with min <= max, "
                          f"got {limit!r}")
     ssm_cfg = dict(
-        layer="Mamba2", d_state=f.positive_int("state_size"), d_conv=f.positive_int("conv_kernel"),
+        layer=MAMBA2, d_state=f.positive_int("state_size"), d_conv=f.positive_int("conv_kernel"),
         expand=expand, headdim=headdim, ngroups=ngroups,
         # A list, as JSON gives it back: the config then survives our save/load unchanged.
         dt_limit=[float(limit[0]), float(limit[1])], chunk_size=f.positive_int("chunk_size"),

@@ -18,16 +18,14 @@ all rows alike. The load average is printed beside every row.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import subprocess
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
+
+from harness import env_info, markdown_table, seconds, write_json
 
 SHAPE = dict(n_layer=2, d_model=128, batch=16, length=256, vocab=256)
 MAMBA1_D_STATE, MAMBA2_D_STATE, MAMBA2_HEADDIM = 16, 64, 64
@@ -103,12 +101,6 @@ def train_step(model, ids):
     return loss.item()
 
 
-def timed_step(model, ids) -> float:
-    t0 = time.perf_counter()
-    train_step(model, ids)
-    return time.perf_counter() - t0
-
-
 def measure_interleaved(models: dict, slow: set, ids, warmup: int, reps: int,
                         slow_reps: int) -> dict:
     """Time every model once per round, ``reps`` rounds, so that a load change on this
@@ -125,32 +117,12 @@ def measure_interleaved(models: dict, slow: set, ids, warmup: int, reps: int,
             if name in slow and r >= slow_reps:
                 continue
             loads[name].append(os.getloadavg()[0])
-            times[name].append(timed_step(model, ids))
+            times[name].append(seconds(lambda: train_step(model, ids))[0])
             print(f"  round {r}: {name} {times[name][-1]:.3f} s (load {loads[name][-1]:.2f})",
                   flush=True)
     return {name: dict(median_s=statistics.median(times[name]), times_s=times[name],
                        load1_min=min(loads[name]), load1_max=max(loads[name]))
             for name in models}
-
-
-def versions() -> dict:
-    out = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-           "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-           "cores": os.cpu_count()}
-    try:  # which commit of mimetic was measured
-        out["mimetic_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
-    except OSError:
-        out["mimetic_commit"] = None
-    for name in ("mimetic", "transformers", "mambapy"):
-        try:
-            from importlib.metadata import version
-
-            out[name] = version(name)
-        except Exception:  # not installed: its rows are skipped
-            out[name] = None
-    return out
 
 
 def main(argv=None) -> dict:
@@ -185,7 +157,7 @@ def main(argv=None) -> dict:
         ("mimetic Mamba-2", ours_mamba2, None, False),
         ("transformers Mamba-2", transformers_mamba2, "mimetic Mamba-2", False),
     ]
-    info = versions()
+    info = env_info("cpu", packages=("mimetic", "transformers", "mambapy"))
     print(f"shape {SHAPE}; Mamba-1 d_state {MAMBA1_D_STATE}; Mamba-2 d_state {MAMBA2_D_STATE}, "
           f"headdim {MAMBA2_HEADDIM}, chunk {MAMBA2['chunk_size']}")
     print("versions:", ", ".join(f"{k} {v}" for k, v in info.items()))
@@ -203,8 +175,7 @@ def main(argv=None) -> dict:
             slow.add(name)
     results = measure_interleaved(models, slow, ids, args.warmup, args.reps, args.slow_reps)
 
-    print("\n| model | fwd+bwd s (median) | time / mimetic's | load (1 min, min-max) |")
-    print("|---|---|---|---|")
+    table = []
     for name, _, base, _ in rows:
         if name not in results:
             continue
@@ -213,13 +184,13 @@ def main(argv=None) -> dict:
         if base in results:
             ratio = f"{r['median_s'] / results[base]['median_s']:.2f}x"
             r["ratio_vs_mimetic"] = r["median_s"] / results[base]["median_s"]
-        print(f"| {name} | {r['median_s']:.3f} | {ratio} | "
-              f"{r['load1_min']:.2f}-{r['load1_max']:.2f} |")
+        table.append((name, f"{r['median_s']:.3f}", ratio, f"{r['load1_min']:.2f}-{r['load1_max']:.2f}"))
+    print("\n" + markdown_table(("model", "fwd+bwd s (median)", "time / mimetic's", "load (1 min, min-max)"),
+                                table))
     out = {"shape": SHAPE, "mamba2_chunk_size": MAMBA2["chunk_size"], "versions": info,
            "results": results}
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+        write_json(args.json, out, indent=2)
     return out
 
 

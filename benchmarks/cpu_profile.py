@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cpu  # noqa: E402  (benchmarks/cpu.py: the shapes, builders and step)
+import cpu  # benchmarks/cpu.py (this script's folder is first on sys.path): shapes, builders, step
+from harness import env_info, print_record
 
 
 def main(argv=None):
@@ -28,6 +27,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    print_record(env_info("cpu"))
     torch.manual_seed(0)
     model = (cpu.ours_mamba1 if args.model == "mamba1" else cpu.ours_mamba2)().train()
     ids = torch.randint(0, cpu.SHAPE["vocab"], (cpu.SHAPE["batch"], cpu.SHAPE["length"]),

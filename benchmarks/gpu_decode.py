@@ -19,42 +19,28 @@ so on a random model greedy paths may part after a few tokens; not a failure).
 
 Usage (on the device):  python benchmarks/gpu_decode.py [--repeats 3] [--out DIR]
                         python benchmarks/gpu_decode.py --smoke   (tiny, CPU is fine)
-Prints a table last; writes every number as JSON to DIR/gpu_decode.json.
+Prints a table last; writes every number as JSON to DIR/gpu_decode.json and the table to
+DIR/gpu_decode.md (benchmarks/harness.py).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 
+from harness import env_info, markdown_table, median_s, print_record, write_results
 from mimetic import MambaConfig, MambaLM
 
 FULL = dict(d_model=768, n_layer=24, vocab_size=50277, prompt=16, new=256, batches=(1, 64))
 SMOKE = dict(d_model=64, n_layer=2, vocab_size=1000, prompt=4, new=8, batches=(1, 3))
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device, repeats):
     """(median seconds over ``repeats`` calls after one warm-up call, last output)."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+    return median_s(fn, repeats, device, warmup=1)
 
 
 def first_mismatch(a, b, start):
@@ -136,7 +122,7 @@ def run_case(layer, batch, sizes, args, device, dtype):
             rec.update(mamba_cg_s=secs, mamba_cg_new_tokens=new,
                        mamba_cg_tok_s=batch * new / secs,
                        mamba_first_mismatch=first_mismatch(seqs, plain, L))
-    print(json.dumps(rec), flush=True)
+    print_record(rec)
     return rec
 
 
@@ -185,30 +171,16 @@ def main():
         print("no CUDA device: run with --smoke on CPU", file=sys.stderr)
         return 2
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    info = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                torch=torch.__version__, date=time.strftime("%Y-%m-%d"), smoke=args.smoke,
-                repeats=args.repeats)
-    try:
-        import mamba_ssm
-        info["mamba_ssm"] = mamba_ssm.__version__
-    except Exception as e:  # noqa: BLE001
-        info["mamba_ssm"] = None
-        info["mamba_ssm_error"] = repr(e)
-    try:  # mamba_ssm's Mamba-1 step uses it when present (build-on-device.sh --with-conv)
-        import causal_conv1d
-        info["causal_conv1d"] = causal_conv1d.__version__
-    except Exception:  # noqa: BLE001
-        info["causal_conv1d"] = None
-    print(json.dumps(info), flush=True)
+    # causal_conv1d: mamba_ssm's Mamba-1 step uses it when present (build-on-device.sh --with-conv)
+    info = env_info(device, packages=("mamba_ssm", "causal_conv1d"), smoke=args.smoke,
+                    repeats=args.repeats)
+    print_record(info)
     results = []
     for layer in args.layers.split(","):
         for batch in sizes["batches"]:
             results.append(run_case(layer, batch, sizes, args, device, dtype))
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the case's models and graphs are gone
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu_decode.json"), "w") as f:
-        json.dump(dict(info=info, sizes=sizes, results=results), f, indent=1, default=str)
     for r in results:
         for who in ("ours", "ours16", "mamba"):
             p = r.get(f"profile_{who}")
@@ -219,15 +191,17 @@ def main():
     head = ("layer", "batch", "ours tok/s", "ours+graph tok/s", "ours+graph fp16 state tok/s",
             "mamba_ssm cg tok/s", "graph / mamba", "graph fp16 state / mamba",
             "graph == eager tokens", "vs mamba: first diff")
-    print("\n" + " | ".join(head))
+    table = []
     for r in results:
         ratio = lambda k: (r[k] / r["mamba_cg_tok_s"]  # noqa: E731
                            if k in r and "mamba_cg_tok_s" in r else None)
-        print(" | ".join([r["layer"], str(r["batch"]), fmt(r["ours_eager_tok_s"]),
-                          fmt(r.get("ours_graph_tok_s")), fmt(r.get("ours_graph16_tok_s")),
-                          fmt(r.get("mamba_cg_tok_s")), fmt(ratio("ours_graph_tok_s"), ".2f"),
-                          fmt(ratio("ours_graph16_tok_s"), ".2f"),
-                          str(r.get("graph_tokens_equal", "-")), mismatch(r)]))
+        table.append([r["layer"], str(r["batch"]), fmt(r["ours_eager_tok_s"]),
+                      fmt(r.get("ours_graph_tok_s")), fmt(r.get("ours_graph16_tok_s")),
+                      fmt(r.get("mamba_cg_tok_s")), fmt(ratio("ours_graph_tok_s"), ".2f"),
+                      fmt(ratio("ours_graph16_tok_s"), ".2f"),
+                      str(r.get("graph_tokens_equal", "-")), mismatch(r)])
+    write_results(args.out, "gpu_decode", info, results, table=(head, table), sizes=sizes)
+    print("\n" + markdown_table(head, table))
     return 0
 
 

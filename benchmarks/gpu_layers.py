@@ -30,8 +30,9 @@ Usage (on the device, with mamba_ssm and causal_conv1d importable):
         --precision bf16 --no-compile --no-profile     (one command line)
 Local check of the plumbing (CPU, tiny; "theirs" is then a second mimetic layer):
     python benchmarks/gpu_layers.py --smoke
-Prints a table last; writes every number to DIR/gpu_layers.json and the profiler tables
-to DIR/profile_*.txt (DIR: --out, else $OUT, else a new temporary folder).
+Prints a table last; writes every number to DIR/gpu_layers.json, the table to
+DIR/gpu_layers.md and the profiler tables to DIR/profile_*.txt (DIR: --out, else $OUT,
+else a new temporary folder).
 """
 from __future__ import annotations
 
@@ -40,9 +41,7 @@ import contextlib
 import gc
 import importlib
 import importlib.util
-import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -55,7 +54,15 @@ sys.path.insert(0, HERE)
 if importlib.util.find_spec("mimetic") is None:  # run from a checkout that is not installed
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))
 
-from gpu import bench, rel_err  # noqa: E402
+from harness import (  # noqa: E402
+    env_info,
+    markdown_table,
+    package_version,
+    print_record,
+    rel_err,
+    wall_ms,
+    write_results,
+)
 from mimetic.modules import Mamba, Mamba2  # noqa: E402
 
 TOL = 2e-2  # relative error above which a bf16 comparison is flagged
@@ -88,12 +95,7 @@ def parse_shapes(text):
 def causal_conv1d_report():
     """Which causal_conv1d entry points each mamba_ssm module sees (None: its fast path
     either asserts or falls back to slower code)."""
-    rep = {}
-    try:
-        import causal_conv1d
-        rep["causal_conv1d"] = getattr(causal_conv1d, "__version__", "?")
-    except Exception as e:  # noqa: BLE001
-        rep["causal_conv1d"] = f"import failed: {e!r}"
+    rep = {"causal_conv1d": package_version("causal_conv1d")}
     for modname in CONV_PROBES:
         try:
             mod = importlib.import_module(modname)
@@ -102,19 +104,6 @@ def causal_conv1d_report():
             continue
         rep[modname] = {n: getattr(mod, n) is not None for n in CONV_NAMES if hasattr(mod, n)}
     return rep
-
-
-def perf_ms(fn, grad_to_none=None, reps=3):
-    """CPU stand-in for do_bench: median of a few perf_counter timings (after one call)."""
-    times = []
-    for i in range(reps + 1):
-        for t in grad_to_none or ():
-            t.grad = None
-        t0 = time.perf_counter()
-        fn()
-        if i:
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 # ------------------------------------------------------------------- one side
@@ -204,16 +193,19 @@ def peak_mb(side, device):
     return peak / mib, saved / mib, kept / mib
 
 
-def time_side(side, timer, device, rec, key, warm=3):
+def time_side(side, device, rec, key, warm=3):
+    """Into rec: fwd, fwd(grad) and fwd+bwd ms of side (harness.wall_ms: do_bench on CUDA,
+    perf_counter medians on the CPU) after ``warm`` untimed calls of each, and on CUDA the
+    peak memory of one fwd+bwd."""
     for fn in (side.fwd, side.fwd_train, side.fwd_bwd):  # autotune / compile outside timing
         for _ in range(warm):
             fn()
         side.zero()
     if device == "cuda":
         torch.cuda.synchronize()
-    rec[f"fwd_ms_{key}"] = timer(side.fwd)
-    rec[f"fwd_train_ms_{key}"] = timer(side.fwd_train)
-    rec[f"fwdbwd_ms_{key}"] = timer(side.fwd_bwd, grad_to_none=side.leaves)
+    rec[f"fwd_ms_{key}"] = wall_ms(side.fwd, device)
+    rec[f"fwd_train_ms_{key}"] = wall_ms(side.fwd_train, device)
+    rec[f"fwdbwd_ms_{key}"] = wall_ms(side.fwd_bwd, device, grad_to_none=side.leaves)
     side.zero()
     peak, saved, kept = peak_mb(side, device)
     if peak is not None:
@@ -291,7 +283,6 @@ def build_theirs(spec, d_model, kwargs, device, dtype, smoke):
 def run_case(args, layer_name, shape, precision, rows, details):
     spec = LAYERS[layer_name]
     device = "cpu" if args.smoke else "cuda"
-    timer = perf_ms if args.smoke else bench
     b, L, d_model = shape
     kwargs = dict(spec["kwargs"])
     amp_dtype = torch.bfloat16
@@ -381,7 +372,7 @@ def run_case(args, layer_name, shape, precision, rows, details):
 
     # 2-3. timing and memory
     for s in sides:
-        time_side(s, timer, device, rec, s.name)
+        time_side(s, device, rec, s.name)
         if device == "cuda":
             torch.cuda.empty_cache()
 
@@ -402,7 +393,7 @@ def run_case(args, layer_name, shape, precision, rows, details):
                 errs_ct, _ = compare(res_c, res_t)
                 rec["errs_compiled_vs_theirs"] = errs_ct
                 print("  compiled ours vs theirs:", fmt_errs(errs_ct), flush=True)
-            time_side(side_c, timer, device, rec, "ours_compiled")
+            time_side(side_c, device, rec, "ours_compiled")
         except Exception as e:  # noqa: BLE001
             rec["compile_error"] = f"{type(e).__name__}: {e}"[:2000]
             print("  torch.compile(ours) failed:", rec["compile_error"][:500], flush=True)
@@ -422,7 +413,7 @@ def run_case(args, layer_name, shape, precision, rows, details):
                 rec["profile"][s.name] = dict(error=repr(e))
                 print(f"  profile {s.name} failed:", repr(e), flush=True)
 
-    print(json.dumps({k: v for k, v in rec.items() if k != "profile"}, default=str), flush=True)
+    print_record({k: v for k, v in rec.items() if k != "profile"})
     f = lambda k, p=3: f"{rec[k]:.{p}f}" if k in rec else "-"  # noqa: E731
     ratio = lambda a, c: f"{rec[c] / rec[a]:.2f}x" if a in rec and c in rec else "-"  # noqa: E731
     err = f"{rec['max_err_vs_theirs']:.1e}" if "max_err_vs_theirs" in rec else "-"
@@ -467,20 +458,12 @@ def main():
     if bad:
         ap.error(f"unknown layer {bad}; choose from {list(LAYERS)}")
 
-    import triton
-
-    info = dict(device="cpu (smoke)" if args.smoke else torch.cuda.get_device_name(),
-                torch=torch.__version__, triton=triton.__version__,
-                date=time.strftime("%Y-%m-%d"), smoke=args.smoke,
-                allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+    info = env_info("cpu" if args.smoke else "cuda", smoke=args.smoke,
+                    allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     if not args.smoke:
-        try:
-            import mamba_ssm
-            info["mamba_ssm"] = mamba_ssm.__version__
-        except Exception as e:  # noqa: BLE001
-            info["mamba_ssm"] = f"import failed: {e!r}"
+        info["mamba_ssm"] = package_version("mamba_ssm")
         info["causal_conv1d"] = causal_conv1d_report()
-    print(json.dumps(info), flush=True)
+    print_record(info)
     if not args.smoke:
         conv = info["causal_conv1d"]
         dead = [m for m in CONV_PROBES
@@ -506,16 +489,12 @@ def main():
                                         error=repr(e)))
                     if not args.smoke and torch.cuda.is_available():
                         torch.cuda.empty_cache()
-    path = os.path.join(args.out, "gpu_layers.json")
-    with open(path, "w") as f:
-        json.dump(dict(info=info, results=details), f, indent=1, default=str)
     unit = "ms (perf_counter, CPU)" if args.smoke else "ms (do_bench median)"
     head = ("case", "fwd ours", "fwd theirs", "fwd speedup", "f+b ours", "f+b theirs",
             "f+b speedup", "peak MiB ours", "peak MiB theirs", "max rel err")
+    path = write_results(args.out, "gpu_layers", info, details, table=(head, rows))
     print(f"\nwrote {path}; times in {unit}, speedup = theirs / ours")
-    print(" | ".join(head))
-    for r in rows:
-        print(" | ".join(r))
+    print(markdown_table(head, rows))
     for rec in details:
         case = f"{rec['layer']} {'x'.join(map(str, rec['shape']))} {rec['precision']}"
         for key in ("error", "theirs_error", "compile_error"):

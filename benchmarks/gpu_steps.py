@@ -15,45 +15,27 @@ Mamba-2 gated RMSNorm (z a slice of the input projection, as in the layer). Befo
 timing, each of ours is checked against mamba_ssm's result on the same inputs.
 
 Usage (on the device):  python benchmarks/gpu_steps.py [--calls 50] [--out DIR]
-Prints a table last; writes every number as JSON to DIR/gpu_steps.json.
+Prints a table last; writes every number as JSON to DIR/gpu_steps.json and the table to
+DIR/gpu_steps.md (benchmarks/harness.py).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
-import triton
-from triton.testing import do_bench
 
+from harness import env_info, graph_us, markdown_table, print_record, rel_err, write_results
 from mimetic.ops import causal_conv1d_update, rms_norm, selective_state_update, ssd_state_update
-
-
-def graph_us(fn, calls):
-    """Microseconds per call of fn, captured ``calls`` times in one CUDA graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return do_bench(graph.replay, warmup=25, rep=100, return_mode="median") * 1e3 / calls
 
 
 def compare(name, a, b):
     """Relative error of a against b, with b's norm and the largest difference, so that
     an exact match can be told from a degenerate one."""
-    a, b = a.double(), b.double()
-    return {f"err_{name}": ((a - b).norm() / b.norm().clamp_min(1e-30)).item(),
-            f"norm_{name}": b.norm().item(), f"maxdiff_{name}": (a - b).abs().max().item()}
+    return {f"err_{name}": rel_err(a, b), f"norm_{name}": b.double().norm().item(),
+            f"maxdiff_{name}": (a.double() - b.double()).abs().max().item()}
 
 
 def measure(rec, ours, theirs, calls, pick=lambda out: out):
@@ -68,7 +50,7 @@ def measure(rec, ours, theirs, calls, pick=lambda out: out):
 def report(rec, label, rows, details, ours_us=None, note="-"):
     """Record rec (JSON line, details) and its table row."""
     details.append(rec)
-    print(json.dumps(rec), flush=True)
+    print_record(rec)
     rows.append((label, rec["us_ours"] if ours_us is None else ours_us, rec.get("us_mamba"), note))
 
 
@@ -193,15 +175,12 @@ def main():
     ap.add_argument("--calls", type=int, default=50, help="calls captured per graph")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
-    info = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
-                triton=triton.__version__, date=time.strftime("%Y-%m-%d"))
+    info = env_info("cuda", packages=("mamba_ssm", "causal_conv1d"), calls=args.calls)
     try:
-        import mamba_ssm
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update as theirs
-        info["mamba_ssm"] = mamba_ssm.__version__
     except Exception as e:  # noqa: BLE001
-        theirs, info["mamba_ssm"] = None, repr(e)
-    print(json.dumps(info), flush=True)
+        theirs, info["mamba_ssm_error"] = None, repr(e)
+    print_record(info)
     rows, details = [], []
     with torch.inference_mode():
         for batch in (1, 64):
@@ -209,12 +188,11 @@ def main():
             mamba2_step(batch, args.calls, theirs, rows, details)
             conv_step(batch, args.calls, rows, details)
             norms(batch, args.calls, rows, details)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu_steps.json"), "w") as f:
-        json.dump(dict(info=info, results=details), f, indent=1, default=str)
-    print("\nop | us ours (default) | us mamba_ssm | best tiling of ours")
-    for name, ours, theirs_us, best in rows:
-        print(f"{name} | {ours:.2f} | {'-' if theirs_us is None else f'{theirs_us:.2f}'} | {best}")
+    head = ("op", "us ours (default)", "us mamba_ssm", "best tiling of ours")
+    table = [(name, f"{ours:.2f}", None if theirs_us is None else f"{theirs_us:.2f}", best)
+             for name, ours, theirs_us, best in rows]
+    write_results(args.out, "gpu_steps", info, details, table=(head, table))
+    print("\n" + markdown_table(head, table))
     return 0
 
 

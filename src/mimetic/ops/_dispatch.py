@@ -12,8 +12,10 @@ with :func:`resolve_step_backend`). The scans then call their ``torch.library`` 
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import os
+import sys
 from collections.abc import Callable
 
 import torch
@@ -38,6 +40,23 @@ def _triton_available() -> bool:
 def triton_interpret() -> bool:
     """True when Triton kernels run on the CPU through ``TRITON_INTERPRET=1``."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def lazy(module: str, name: str) -> Callable:
+    """A stand-in for ``module.name`` (``module`` an absolute module name) that imports
+    ``module`` on its first call: the backend tables list the Triton backends this way, so
+    that importing an op does not import ``triton``. The attribute is looked up on every call
+    (a test may replace it); ``sys.modules`` rather than ``importlib`` on the way, because
+    torch.compile traces the one and not the other."""
+
+    def call(*args, **kwargs):
+        found = sys.modules.get(module)
+        if found is None:
+            found = importlib.import_module(module)
+        return getattr(found, name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
 def resolve_backend(backend: str, x: torch.Tensor, has_triton_kernel: bool = True) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_shape, check_tensors
-from .._dispatch import resolve_backend, resolve_step_backend
+from .._dispatch import lazy, resolve_backend, resolve_step_backend
 from .reference import causal_conv1d_ref
 from .shifted import causal_conv1d_torch
 from .step import causal_conv1d_update_torch
@@ -21,26 +21,14 @@ __all__ = ["causal_conv1d", "causal_conv1d_update", "causal_conv1d_ref"]
 ACTIVATIONS = (None, "silu", "swish")
 
 
-def _causal_conv1d_triton(*args, **kwargs):
-    from .triton import causal_conv1d_triton  # imports triton: only when it is asked for
-
-    return causal_conv1d_triton(*args, **kwargs)
-
-
-def _causal_conv1d_update_triton(*args, **kwargs):
-    from .step_triton import causal_conv1d_update_triton
-
-    return causal_conv1d_update_triton(*args, **kwargs)
-
-
 BACKENDS = {
     "reference": causal_conv1d_ref,
     "torch": causal_conv1d_torch,
-    "triton": _causal_conv1d_triton,
+    "triton": lazy(f"{__name__}.triton", "causal_conv1d_triton"),
 }
 STEP_BACKENDS = {
     "torch": causal_conv1d_update_torch,
-    "triton": _causal_conv1d_update_triton,
+    "triton": lazy(f"{__name__}.step_triton", "causal_conv1d_update_triton"),
 }
 
 

@@ -9,22 +9,16 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_shape, check_tensors
-from .._dispatch import resolve_backend
+from .._dispatch import lazy, resolve_backend
 from .reference import rms_norm_ref
 
 __all__ = ["rms_norm", "rms_norm_ref"]
 
 
-def _rms_norm_triton(*args, **kwargs):
-    from .triton import rms_norm_triton  # imports triton: only when it is asked for
-
-    return rms_norm_triton(*args, **kwargs)
-
-
 BACKENDS = {
     "reference": rms_norm_ref,
     "torch": rms_norm_ref,
-    "triton": _rms_norm_triton,
+    "triton": lazy(f"{__name__}.triton", "rms_norm_triton"),
 }
 
 

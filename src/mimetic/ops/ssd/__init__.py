@@ -13,7 +13,7 @@ import torch
 
 from .. import _library
 from .._checks import check_shape, check_tensors
-from .._dispatch import call_eager, compiling, resolve_backend, resolve_step_backend
+from .._dispatch import call_eager, compiling, lazy, resolve_backend, resolve_step_backend
 from .chunked import ssd_scan_torch
 from .reference import ssd_scan_ref
 from .step import ssd_state_update_torch
@@ -21,26 +21,14 @@ from .step import ssd_state_update_torch
 __all__ = ["ssd_scan", "ssd_scan_ref", "ssd_state_update"]
 
 
-def _ssd_scan_triton(*args, **kwargs):
-    from .triton import ssd_scan_triton  # imports triton: only when it is asked for
-
-    return ssd_scan_triton(*args, **kwargs)
-
-
-def _ssd_state_update_triton(*args, **kwargs):
-    from .step_triton import ssd_state_update_triton
-
-    return ssd_state_update_triton(*args, **kwargs)
-
-
 BACKENDS = {
     "reference": ssd_scan_ref,
     "torch": ssd_scan_torch,
-    "triton": _ssd_scan_triton,
+    "triton": lazy(f"{__name__}.triton", "ssd_scan_triton"),
 }
 STEP_BACKENDS = {
     "torch": ssd_state_update_torch,
-    "triton": _ssd_state_update_triton,
+    "triton": lazy(f"{__name__}.step_triton", "ssd_state_update_triton"),
 }
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
 from .layer_kinds import MAMBA2
 from .models import MambaConfig, MambaLM
@@ -86,13 +87,10 @@ def summary_table(results: dict, thresholds: tuple[float, ...]) -> str:
 
 
 def plot_demo(results: dict, path: str | Path, title: str) -> None:
-    """Accuracy vs training step, one line per initialization."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """Accuracy vs training step, one line per initialization. A bare Figure written to a
+    file: pyplot's global backend (a notebook's, say) is left alone."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for init, r in results.items():
         steps = [h["step"] for h in r["history"]]
         ax.plot(steps, [h["token_acc"] for h in r["history"]], marker="o", ms=3, label=f"{init} init")
@@ -101,4 +99,3 @@ def plot_demo(results: dict, path: str | Path, title: str) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -1,6 +1,8 @@
 """Extra sweep grid axes by dotted path: ``model.*``, ``train.*``, ``tasks.<task>.*``."""
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -214,9 +216,39 @@ def test_summarize_groups_by_axis_columns():
     assert "model.d_model_mean" not in by_width[8]
 
 
-def test_plots_draw_one_series_per_axis_value(tmp_path, monkeypatch):
+def record_figures(monkeypatch) -> list:
+    """The figures the sweep plots draw, in order (they are bare Figures, never shown)."""
     figs = []
-    monkeypatch.setattr(plots.plt, "close", figs.append)
+
+    class Recorded(plots.Figure):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            figs.append(self)
+
+    monkeypatch.setattr(plots, "Figure", Recorded)
+    return figs
+
+
+def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
+    """Importing mimetic.train.sweep and drawing its plots keep the user's backend (a
+    notebook's, say): the plots never go through pyplot."""
+    script = f"""
+import matplotlib
+matplotlib.use("svg")
+from mimetic.train.sweep import plot_sweep
+rows = [dict(task="copy", init="default", layer="Mamba1", d_state=4, length=n, seed=0, final_token_acc=0.5)
+        for n in (8, 16)]
+(path,) = plot_sweep(rows, {str(tmp_path)!r})
+assert path.exists(), path
+print(matplotlib.get_backend())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["svg"]
+
+
+def test_plots_draw_one_series_per_axis_value(tmp_path, monkeypatch):
+    figs = record_figures(monkeypatch)
     rows = [
         {"task": "copy", "init": init, "layer": layer, "d_state": None if layer == "attention" else 4,
          "length": n, "seed": 0, "model.d_model": w, "final_token_acc": 0.5}
@@ -236,8 +268,7 @@ def test_plots_draw_one_series_per_axis_value(tmp_path, monkeypatch):
 
 
 def test_ablation_plot_has_a_column_per_init_with_mean_and_seeds(tmp_path, monkeypatch):
-    figs = []
-    monkeypatch.setattr(plots.plt, "close", figs.append)
+    figs = record_figures(monkeypatch)
     inits = ("default", "mimetic", "decay_only")
     rows = [{"task": "copy", "init": init, "layer": layer, "d_state": 4, "length": 8, "seed": s,
              "final_token_acc": 0.1 * i + 0.01 * s}

@@ -5,6 +5,10 @@ std; 0 with a single seed). SSM layer types get one panel each; colour = init (d
 mimetic orange, named variants other colours); marker/line style = the other axis' value (d_state or length); attention
 points (if any) are the black dashed baseline in every panel. Rows that differ in an extra grid
 axis (``model.d_model``, ``train.lr``, ...) are separate series, labelled ``<path>=<value>``.
+
+The figures are bare :class:`matplotlib.figure.Figure` objects written to files: pyplot and its
+global backend are never touched, so importing or calling this in a notebook changes nothing
+there, and no display is needed on servers or in CI.
 """
 from __future__ import annotations
 
@@ -12,13 +16,11 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only: no display on servers or in CI
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ...tasks import TASKS  # noqa: E402
-from .config import ATTENTION, SSM_LAYERS, axis_columns, freeze_value  # noqa: E402
+from ...layer_kinds import ATTENTION, SSM_LAYERS
+from ...tasks import TASKS
+from .config import axis_columns, freeze_value
 
 INIT_COLORS = {"default": "tab:blue", "mimetic": "tab:orange"}
 EXTRA_COLORS = ["tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
@@ -78,7 +80,8 @@ def _plot_axis(
     attn = [r for r in task_rows if r["layer"] == ATTENTION]
     panels = layers or [ATTENTION]
     groups = sorted({r[group_key] for r in task_rows if r["layer"] != ATTENTION and r[group_key] is not None})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False, sharey=True)
+    fig = Figure(figsize=(4.2 * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)
     x_label = TASKS[task].length_knob if x_key == "length" else "state size (d_state)"
     g_label = TASKS[task].length_knob if group_key == "length" else "d_state"
     paths = axis_columns(task_rows)
@@ -127,7 +130,6 @@ def _plot_axis(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -158,8 +160,8 @@ def _plot_by_init(rows: list[dict[str, Any]], metric: str, path: Path, title: st
     layers = [x for x in SSM_LAYERS if any(r["layer"] == x for r in rows)]
     inits = list(dict.fromkeys(r["init"] for r in rows if r["layer"] != ATTENTION))
     combos = sorted({(r["length"], r["d_state"]) for r in rows if r["layer"] != ATTENTION})
-    fig, axes = plt.subplots(1, len(layers), figsize=(max(4.2, 0.55 * len(inits) + 1.5) * len(layers), 3.8),
-                             squeeze=False, sharey=True)
+    fig = Figure(figsize=(max(4.2, 0.55 * len(inits) + 1.5) * len(layers), 3.8))
+    axes = fig.subplots(1, len(layers), squeeze=False, sharey=True)
     width = 0.7 / len(combos)
     for ax, layer in zip(axes[0], layers):
         for ci, (length, d_state) in enumerate(combos):
@@ -187,5 +189,4 @@ def _plot_by_init(rows: list[dict[str, Any]], metric: str, path: Path, title: st
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

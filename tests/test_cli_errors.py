@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from cli_helpers import TRAIN, assert_user_error, run_cli
 from mimetic.cli import main
+
+from .cli_helpers import TRAIN, assert_user_error, run_cli
 
 
 @pytest.fixture(scope="module")

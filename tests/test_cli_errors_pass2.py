@@ -3,10 +3,11 @@ are one line with exit 2 (not an 'internal error' or a silent run)."""
 import pytest
 import torch
 
-from cli_helpers import TRAIN, assert_user_error, run_cli
 from mimetic import MambaConfig, MambaLM
 from mimetic.train import TrainConfig
 from mimetic.train.sweep import run_sweep
+
+from .cli_helpers import TRAIN, assert_user_error, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,7 @@ def write_mamba_ssm_checkpoint(model, path):
     config = dict(d_model=cfg.d_model, d_intermediate=cfg.d_intermediate, n_layer=cfg.n_layer,
                   vocab_size=cfg.vocab_size, ssm_cfg=cfg.ssm_cfg, attn_layer_idx=cfg.attn_layer_idx,
                   attn_cfg=cfg.attn_cfg, rms_norm=cfg.rms_norm,
-                  residual_in_fp32=cfg.residual_in_fp32, fused_add_norm=cfg.fused_add_norm,
+                  residual_in_fp32=cfg.residual_in_fp32, fused_add_norm=True,
                   pad_vocab_size_multiple=cfg.pad_vocab_size_multiple,
                   tie_embeddings=cfg.tie_embeddings)
     path.mkdir(parents=True, exist_ok=True)
@@ -328,6 +328,16 @@ def test_missing_shard_transformers(tmp_path, transformers):
 def test_unknown_field_own(own_ckpt):
     edit_config(own_ckpt, n_experts=4)
     with pytest.raises(ValueError, match=r"unknown MambaConfig fields: \['n_experts'\]"):
+        MambaLM.from_pretrained(own_ckpt)
+
+
+def test_retired_field_own(own_ckpt):
+    """Our config.json files written while MambaConfig had fused_add_norm still load (it is
+    dropped); a value that is no boolean is refused."""
+    edit_config(own_ckpt, fused_add_norm=True)
+    assert "fused_add_norm" not in MambaLM.from_pretrained(own_ckpt).config.to_dict()
+    edit_config(own_ckpt, fused_add_norm="yes")
+    with pytest.raises(ValueError, match="fused_add_norm='yes' must be true or false"):
         MambaLM.from_pretrained(own_ckpt)
 
 

@@ -14,6 +14,10 @@ from ..modules._args import check_mamba2_args, check_mamba_args, check_mha_args
 #: applies to the kinds of ``MIMETIC_LAYERS`` only.
 LAYER_TYPES = {MAMBA1: Mamba, MAMBA2: Mamba2, LINEAR_ATTENTION: LinearAttention}
 INITS = ("default", "mimetic")
+#: Fields that ``from_dict`` accepts (booleans) and drops, because nothing here reads them:
+#: ``fused_add_norm`` is ``mamba_ssm``'s switch for its fused add + norm kernel (the math is
+#: the same), found in its config.json files and in ours written before it was dropped.
+RETIRED_FIELDS = ("fused_add_norm",)
 _RESERVED = {"self", "d_model", "embed_dim", "layer_idx", "device", "dtype"}
 
 
@@ -42,7 +46,6 @@ class MambaConfig:
     attn_cfg: dict = field(default_factory=dict)
     rms_norm: bool = True
     residual_in_fp32: bool = True
-    fused_add_norm: bool = True
     pad_vocab_size_multiple: int = 8
     tie_embeddings: bool = True
     init: str = "default"
@@ -54,7 +57,7 @@ class MambaConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"MambaConfig.{name} must be a positive integer, got {value!r}")
         int_arg("MambaConfig", "d_intermediate", self.d_intermediate, minimum=0)
-        for name in ("rms_norm", "residual_in_fp32", "fused_add_norm", "tie_embeddings"):
+        for name in ("rms_norm", "residual_in_fp32", "tie_embeddings"):
             bool_arg("MambaConfig", name, getattr(self, name))
         for name in ("ssm_cfg", "attn_cfg", "init_cfg"):
             if not isinstance(getattr(self, name), dict):
@@ -68,6 +71,8 @@ class MambaConfig:
         unknown = set(self.ssm_cfg) - {"layer"} - _accepted_kwargs(LAYER_TYPES[layer])
         if unknown:
             raise ValueError(f"unknown ssm_cfg keys for {layer}: {sorted(unknown)}")
+        if len(set(self.attn_layer_idx)) != len(self.attn_layer_idx):
+            raise ValueError(f"MambaConfig: attn_layer_idx={list(self.attn_layer_idx)!r} names a layer twice")
         bad_idx = [i for i in self.attn_layer_idx if not 0 <= i < self.n_layer]
         if bad_idx:
             raise ValueError(f"attn_layer_idx {bad_idx} out of range for n_layer={self.n_layer}")
@@ -119,9 +124,13 @@ class MambaConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> MambaConfig:
-        """Build from a dict; unknown keys are an error naming them."""
+        """Build from a dict; unknown keys are an error naming them, ``RETIRED_FIELDS`` are
+        checked to be booleans and dropped."""
         known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+        unknown = set(d) - known - set(RETIRED_FIELDS)
         if unknown:
             raise ValueError(f"unknown MambaConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        for name in RETIRED_FIELDS:
+            if name in d:
+                bool_arg("MambaConfig", name, d[name])
+        return cls(**{k: v for k, v in d.items() if k in known})

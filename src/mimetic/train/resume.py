@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ..models.config import RETIRED_FIELDS
 from .checkpoint import list_checkpoints, load_weights, newest_good_checkpoint
 from .config import TrainConfig
 
@@ -130,10 +131,21 @@ def _flatten(d: Any, prefix: str) -> dict[str, Any]:
     return out
 
 
+def without_retired(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` as they are recorded now: the model's ``RETIRED_FIELDS`` (which older runs
+    recorded and no run reads) left out."""
+    model = settings.get("model")
+    if not isinstance(model, dict) or not set(RETIRED_FIELDS) & set(model):
+        return settings
+    return {**settings, "model": {k: v for k, v in model.items() if k not in RETIRED_FIELDS}}
+
+
 def changed_settings(stored: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(name, stored value, current value) of every setting that differs. Names: a TrainConfig
     field as is (``lr``), task knobs as ``task.<knob>``, model fields as ``model.<path>``
-    (``model.ssm_cfg.d_state``). Sections the checkpoint did not record are not compared."""
+    (``model.ssm_cfg.d_state``). Sections the checkpoint did not record are not compared, nor
+    are retired model fields (:func:`without_retired`)."""
+    stored = without_retired(stored)
     diffs = []
     for section, values in current.items():
         if section not in stored:

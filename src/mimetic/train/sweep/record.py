@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..resume import NEUTRAL_FIELDS, changed_settings
+from ..resume import NEUTRAL_FIELDS, changed_settings, without_retired
 from .config import GridPoint, SweepConfig, mamba_config
 
 SETTINGS_FILE = "settings.json"
@@ -70,7 +70,8 @@ def check_and_record(cfg: SweepConfig, points: list[GridPoint], runs: Path, out:
         path = run_dir / SETTINGS_FILE
         if path.exists():
             stored = _read_json(path)
-            if stored.get("sha256") != _digest(settings):
+            digest = _digest(settings)
+            if stored.get("sha256") != digest and _digest(without_retired(stored.get("settings", {}))) != digest:
                 diffs = changed_settings(stored.get("settings", {}), settings) or [("settings", "?", "?")]
                 clashes.append((p.run_id, diffs[0]))
         elif not (run_dir / "row.json").exists():  # a finished row of an older sweep is left as it is

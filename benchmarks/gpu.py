@@ -3,8 +3,8 @@
 For each op and each shape of DESIGN.md it first checks the kernel against an oracle
 (mamba_ssm's output and gradients where present, else the sequential reference on a
 small slice), then times forward and forward+backward with ``triton.testing.do_bench``
-(median of many runs; inputs are random, never zeros). Kernel variants are flipped
-through module-level switches so one run compares them.
+(median of many runs; inputs are random, never zeros). Selective-scan kernel variants
+are launch configurations (``ScanConfig``) passed to the op, so one run compares them.
 
 Usage (on the device):  python benchmarks/gpu.py [--ops ss,ssd,conv] [--quick] [--out DIR]
 Prints a table last; writes every number as JSON to DIR/gpu_results.json.
@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 
 import torch
 import triton
@@ -63,11 +64,47 @@ def ss_call(fn, t, **kw):
               delta_bias=t["delta_bias"], delta_softplus=True, **kw)
 
 
-def ss_fwd_bwd(fn, t, dout):
+def ss_fwd_bwd(fn, t, dout, **kw):
     leaves = [v for v in t.values() if v.requires_grad]
-    out = ss_call(fn, t)
+    out = ss_call(fn, t, **kw)
     out.backward(dout)
     return out, [v.grad for v in leaves]
+
+
+def _ss_variant(forward=None, lane=None, **segment):
+    """A selective-scan variant: (inputs, need_grad) -> its ``ScanConfig``, the default
+    with ``forward``, the lane tiles ``lane`` = (channels, warps, steps) (forward and
+    backward) and the segment tiles ``segment`` replaced. Segment steps apply without a
+    gradient only (with one the segments are the lane backward's chunks)."""
+    from mimetic.ops.selective_scan.triton_config import LaneTiles, default_config, next_pow2
+
+    def make(t, need_grad):
+        cfg = default_config(t["u"], t["A"], t["B"], need_grad)
+        tiles = cfg.lane if lane is None else LaneTiles(*lane)
+        seg = dict(segment)
+        if "warps" in seg:  # one channel per thread
+            seg["channels"] = min(32 * seg.pop("warps"), next_pow2(t["u"].shape[1]))
+        if need_grad:
+            seg["steps"] = tiles.steps
+        return replace(cfg, forward=forward or cfg.forward, lane=tiles,
+                       segment=replace(cfg.segment, **seg))
+    return make
+
+
+# Forward variants, each followed by the lane backward (its default tiles unless the
+# variant sets them).
+SS_VARIANTS = {
+    "auto": _ss_variant(),  # the defaults
+    "lane": _ss_variant("lane"),
+    "segment_pf": _ss_variant("segment", prefetch=True),
+    "segment_nopf": _ss_variant("segment", prefetch=False),
+    **{f"lane_d{d}_w{w}_t{t}": _ss_variant("lane", (d, w, t))
+       for (d, w, t) in [(4, 4, 256), (8, 4, 128), (16, 4, 64), (16, 8, 128), (16, 8, 64)]},
+    # Segmented forward (docs/kernels.md, "Selective scan"): segment length, warps per
+    # program, steps per B/C load.
+    **{f"segment_t{t}_w{w}_kb{kb}": _ss_variant("segment", steps=t, warps=w, bc_steps=kb)
+       for (t, w, kb) in [(128, 4, 2), (64, 4, 2), (64, 2, 2), (64, 4, 1), (256, 4, 2)]},
+}
 
 
 def run_selective_scan(args, rows, details):
@@ -78,33 +115,10 @@ def run_selective_scan(args, rows, details):
     except Exception as e:  # noqa: BLE001
         print("mamba_ssm unavailable:", repr(e))
         theirs = None
-    # Forward variants; "lane*" pair with the lane backward, "seq"/"tile" with the tile one.
-    variants = {
-        "auto": {},  # the module's defaults
-        "lane": dict(FORWARD_VARIANT="lane", LANE_D=None, LANE_WARPS=None, LANE_T=None),
-        "segment_pf": dict(FORWARD_VARIANT="segment", SEG_PREFETCH=True),
-        "segment_nopf": dict(FORWARD_VARIANT="segment", SEG_PREFETCH=False),
-        "lane_d4_w4_t256": dict(FORWARD_VARIANT="lane", LANE_D=4, LANE_WARPS=4, LANE_T=256),
-        "lane_d8_w4_t128": dict(FORWARD_VARIANT="lane", LANE_D=8, LANE_WARPS=4, LANE_T=128),
-        "lane_d16_w4_t64": dict(FORWARD_VARIANT="lane", LANE_D=16, LANE_WARPS=4, LANE_T=64),
-        "lane_d16_w8_t128": dict(FORWARD_VARIANT="lane", LANE_D=16, LANE_WARPS=8, LANE_T=128),
-        "lane_d16_w8_t64": dict(FORWARD_VARIANT="lane", LANE_D=16, LANE_WARPS=8, LANE_T=64),
-        # Segmented forward (docs/kernels.md, "Selective scan"): segment length, warps per
-        # program, steps per B/C load, states per step with the exp on the FMA pipe in
-        # pass 1 / pass 3. Its fwd+bwd runs the lane backward at the default tiles.
-        **{f"segment_t{t}_w{w}_kb{kb}_p{p1}{p3}": dict(
-            FORWARD_VARIANT="segment", SEG_T=t, SEG_WARPS=w, SEG_KB=kb, SEG_POLY1=p1,
-            SEG_POLY3=p3, LANE_D=None, LANE_WARPS=None, LANE_T=None)
-           for (t, w, kb, p1, p3) in [(128, 4, 2, 0, 0), (64, 4, 2, 0, 0), (64, 4, 2, 4, 0),
-                                      (128, 4, 2, 4, 0), (64, 2, 2, 4, 0), (64, 4, 1, 4, 0),
-                                      (256, 4, 2, 4, 0), (64, 4, 2, 2, 2)]},
-    }
+    variants = SS_VARIANTS
     if args.variants:
         variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
     fwdbwd_variants = tuple(variants) if not args.quick else tuple(variants)[:1]
-    default = {k: getattr(mod, k) for k in ("FORWARD_VARIANT", "SEQ_WARPS", "SEQ_CHANNELS", "LANE_D",
-                                            "LANE_WARPS", "LANE_T", "SEG_T", "SEG_WARPS",
-                                            "SEG_KB", "SEG_POLY1", "SEG_POLY3", "SEG_PREFETCH")}
     shapes = SS_SHAPES[:1] if args.quick else SS_SHAPES
     for dtype in (torch.bfloat16, torch.float32):
         for (b, d, L, n) in shapes:
@@ -116,11 +130,10 @@ def run_selective_scan(args, rows, details):
             rec["floor_fwd_ms"] = floor_ms
             # Correctness against mamba_ssm on the full shape (fwd and all grads).
             tg = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
-            for name, over in variants.items():
-                for k, v in {**default, **over}.items():
-                    setattr(mod, k, v)
+            for name, variant in variants.items():
                 tg = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
-                out, grads = ss_fwd_bwd(ours, tg, dout)
+                train, infer = variant(t, True), variant(t, False)
+                out, grads = ss_fwd_bwd(ours, tg, dout, config=train)
                 if theirs is not None:
                     tm = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
                     out_m, grads_m = ss_fwd_bwd(theirs, tm, dout)
@@ -128,12 +141,10 @@ def run_selective_scan(args, rows, details):
                     rec[f"err_vs_mamba_{name}"] = max(errs)
                     rec[f"errs_vs_mamba_{name}"] = errs
                 with torch.no_grad():
-                    rec[f"fwd_ms_{name}"] = bench(lambda: ss_call(ours, t))
+                    rec[f"fwd_ms_{name}"] = bench(lambda: ss_call(ours, t, config=infer))
                 if name in fwdbwd_variants:
-                    rec[f"fwdbwd_ms_{name}"] = bench(lambda: ss_fwd_bwd(ours, tg, dout),
+                    rec[f"fwdbwd_ms_{name}"] = bench(lambda: ss_fwd_bwd(ours, tg, dout, config=train),
                                                      grad_to_none=list(tg.values()))
-            for k, v in default.items():
-                setattr(mod, k, v)
             rec["fwdbwd_ms_ours"] = min(rec[f"fwdbwd_ms_{k}"] for k in fwdbwd_variants)
             if theirs is not None:
                 tm = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
@@ -384,25 +395,18 @@ def run_conv(args, rows, details):
 def profile_once(variant: str = ""):
     """Two forwards without gradients and two forward+backward passes of the selective
     scan at the first DESIGN shape (bf16), for running under ``ncu -k regex:_ss_``;
-    ``variant``: one name from the --variants list of run_selective_scan (e.g. a
-    segment configuration), else the default."""
+    ``variant``: one name of ``SS_VARIANTS`` (e.g. a segment configuration), else the
+    default."""
     mod = importlib.import_module("mimetic.ops.selective_scan.triton")
-    if variant:
-        over = {"segment": dict(FORWARD_VARIANT="segment")}.get(variant)
-        if over is None:  # e.g. segment_t64_w4_kb2_p00
-            t_, w_, kb_, p_ = variant.split("_")[1:]
-            over = dict(FORWARD_VARIANT="segment", SEG_T=int(t_[1:]), SEG_WARPS=int(w_[1:]),
-                        SEG_KB=int(kb_[2:]), SEG_POLY1=int(p_[1]), SEG_POLY3=int(p_[2]))
-        for k, v in over.items():
-            setattr(mod, k, v)
+    make = SS_VARIANTS[variant or "auto"]
     b, d, L, n = SS_SHAPES[0]
     t = ss_inputs(b, d, L, n, torch.bfloat16)
     dout = torch.randn(b, d, L, device="cuda", dtype=torch.bfloat16)
     tg = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
     for _ in range(2):
         with torch.no_grad():
-            ss_call(mod.selective_scan_triton, t)
-        ss_fwd_bwd(mod.selective_scan_triton, tg, dout)
+            ss_call(mod.selective_scan_triton, t, config=make(t, False))
+        ss_fwd_bwd(mod.selective_scan_triton, tg, dout, config=make(tg, True))
     torch.cuda.synchronize()
 
 

@@ -138,9 +138,6 @@ def force_triton() -> None:
                          has_triton_kernel)
         mod.resolve_backend = resolve
     set_cpu_workers(1)
-    # The interpreter runs each associative scan element by element: 32-step lane tiles
-    # (as in the tests) instead of 64-256 keep it to seconds. Same kernels, same copies.
-    importlib.import_module("mimetic.ops.selective_scan.triton").LANE_T = 32
 
 
 def build(layer: str, d_model: int, device: str, dtype: torch.dtype):

@@ -18,18 +18,35 @@ from numerics import rel_err, triton_device
 DEVICE = triton_device()  # skips this module where Triton cannot run
 CUDA = DEVICE == "cuda"
 
+from dataclasses import replace  # noqa: E402
+
 from mimetic.ops.selective_scan import selective_scan, selective_scan_ref  # noqa: E402
+from mimetic.ops.selective_scan.triton import selective_scan_triton  # noqa: E402
+from mimetic.ops.selective_scan.triton_config import (  # noqa: E402
+    LaneTiles,
+    ScanConfig,
+    SegmentTiles,
+    default_config,
+    next_pow2,
+)
 
 
-@pytest.fixture(autouse=True)
-def _short_lane_tiles(monkeypatch):
-    """The interpreter runs every tile op in numpy; 32-step tiles instead of 256 keep it
-    fast and, at these lengths, also exercise several chunks. Same kernel code."""
+def config_for(t, need_grad, forward=None, **segment):
+    """The kernels' configuration for inputs t: :func:`default_config`'s, except
+
+    * on the interpreter (which runs every tile op in numpy) 32-step lane tiles instead
+      of 64-256 and, without a gradient, 8-step segments instead of 64: fast, and at
+      these lengths several chunks / segments. Same kernel code;
+    * ``forward``: that forward kernel; ``segment``: segment tiles to replace.
+    """
+    cfg = default_config(t["u"], t["A"], t["B"], need_grad)
     if not CUDA:
-        import importlib
+        lane = replace(cfg.lane, steps=max(32, next_pow2(t["A"].shape[1])))
+        steps = lane.steps if need_grad else 8
+        cfg = replace(cfg, lane=lane, segment=replace(cfg.segment, steps=steps))
+    return replace(cfg, forward=forward or cfg.forward, segment=replace(cfg.segment, **segment))
 
-        mod = importlib.import_module("mimetic.ops.selective_scan.triton")
-        monkeypatch.setattr(mod, "LANE_T", 32)
+
 # Relative error bounds, ||got - ref|| / ||ref||, per input dtype. float32 covers the
 # kernel's fp32 arithmetic (exp2, reassociated scan, atomics); low precision covers one
 # rounding of each output to that dtype (bf16 has 8 mantissa bits: ~4e-3 per element).
@@ -60,13 +77,13 @@ def make_inputs(batch, dim, L, n, groups, dtype, *, D=True, z=True, bias=True, h
     return t
 
 
-def run(fn_backend, t, softplus, last, dout, dlast):
+def run(config, t, softplus, last, dout, dlast):
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in t.items() if v is not None}
     args = {k: leaves.get(k) for k in t}
-    res = selective_scan(args["u"], args["delta"], args["A"], args["B"], args["C"],
-                         D=args["D"], z=args["z"], delta_bias=args["delta_bias"],
-                         delta_softplus=softplus, return_last_state=last,
-                         initial_state=args["initial_state"], backend=fn_backend)
+    res = selective_scan_triton(args["u"], args["delta"], args["A"], args["B"], args["C"],
+                                D=args["D"], z=args["z"], delta_bias=args["delta_bias"],
+                                delta_softplus=softplus, return_last_state=last,
+                                initial_state=args["initial_state"], config=config)
     out, hlast = (res if last else (res, None))
     loss = (out.double() * dout).sum()
     if last:
@@ -91,12 +108,16 @@ def reference(t, softplus, last, dout, dlast):
     return out, hlast, {k: v.grad for k, v in leaves.items()}
 
 
-def check(batch, dim, L, n, groups, dtype, *, softplus=True, last=False, seed=0, **kw):
+def check(batch, dim, L, n, groups, dtype, *, softplus=True, last=False, seed=0, forward=None,
+          segment=None, **kw):
+    """Forward, last state and every gradient against the float64 oracle, with the
+    configuration :func:`config_for` (``forward``, ``segment``) gives."""
     t = make_inputs(batch, dim, L, n, groups, dtype, seed=seed, **kw)
     g = torch.Generator().manual_seed(seed + 1)
     dout = torch.randn(batch, dim, L, generator=g, dtype=torch.float64).to(DEVICE)
     dlast = torch.randn(batch, dim, n, generator=g, dtype=torch.float64).to(DEVICE)
-    out, hlast, grads = run("triton", t, softplus, last, dout, dlast)
+    config = config_for(t, True, forward, **(segment or {}))
+    out, hlast, grads = run(config, t, softplus, last, dout, dlast)
     r_out, r_last, r_grads = reference(t, softplus, last, dout, dlast)
     tol = TOL[dtype]
     assert out.dtype == dtype and out.shape == (batch, dim, L)
@@ -119,7 +140,7 @@ SMALL = [
     (1, 3, 5, 4, None),
     (1, 8, 70, 5, 2),
     (1, 4, 11, 64, 4),
-    (1, 32, 21, 16, None),   # channels a multiple of 32: the per-step forward kernel
+    (1, 32, 21, 16, None),   # channels a multiple of 32
     (1, 64, 23, 8, 2),
 ]
 LARGE = [
@@ -153,20 +174,16 @@ def test_optional_arguments(opts):
     check(1, 4, 33, 8, None, torch.float32, softplus=softplus, **opts)
 
 
-@pytest.mark.parametrize("variant", ["seq", "tile", "lane", "segment"])
-def test_forward_variants(variant, monkeypatch):
-    """Both forward kernels (the per-step one needs 32-channel blocks) agree with the oracle."""
-    import importlib
-
-    mod = importlib.import_module("mimetic.ops.selective_scan.triton")
-    monkeypatch.setattr(mod, "FORWARD_VARIANT", variant)
-    check(1, 32, 29, 16, 2, torch.float32, last=True, h0=True, seed=7)
+@pytest.mark.parametrize("variant", ["lane", "segment"])
+def test_forward_variants(variant):
+    """Both forward kernels, each followed by the lane backward, agree with the oracle."""
+    check(1, 32, 29, 16, 2, torch.float32, last=True, h0=True, seed=7, forward=variant)
     if CUDA:
-        check(2, 256, 1500, 16, 2, torch.bfloat16, seed=8)
+        check(2, 256, 1500, 16, 2, torch.bfloat16, seed=8, forward=variant)
 
 
 # Segmented forward ("segment"): (batch, dim, L, n, groups). Segments of 8 steps on the
-# interpreter (64 on a GPU, plus the 128 default): L shorter than a segment, a multiple
+# interpreter (the default 64 on a GPU): L shorter than a segment, a multiple
 # of it, odd tails; batch 1; d_state 1, 5, 16; grouped B/C; dim not a multiple of the
 # channel block.
 SEG_SHAPES = [
@@ -180,26 +197,18 @@ if CUDA:
     SEG_SHAPES += [(2, 256, 1000, 16, None), (3, 192, 4099, 16, 2), (1, 1536, 2048, 16, None)]
 
 
-def _segment(monkeypatch, seg_t=None, **knobs):
-    import importlib
-
-    mod = importlib.import_module("mimetic.ops.selective_scan.triton")
-    monkeypatch.setattr(mod, "FORWARD_VARIANT", "segment")
-    monkeypatch.setattr(mod, "SEG_T", seg_t or (64 if CUDA else 8))
-    for k, v in knobs.items():
-        monkeypatch.setattr(mod, k, v)
-    return mod
-
-
-def check_forward(batch, dim, L, n, groups, dtype, *, softplus=True, seed=0, **kw):
-    """Forward only (no autograd: the segment length is SEG_T, not the backward's chunk):
-    output and last state against the float64 oracle."""
+def check_forward(batch, dim, L, n, groups, dtype, *, softplus=True, seed=0, forward="segment",
+                  segment=None, **kw):
+    """Forward only (no autograd: the segments need not be the backward's chunks):
+    output and last state against the float64 oracle, by default through the segment
+    forward (``forward``, ``segment``: as in :func:`check`)."""
     t = make_inputs(batch, dim, L, n, groups, dtype, seed=seed, **kw)
     args = {k: v for k, v in t.items() if k not in ("u", "delta", "A", "B", "C")}
+    config = config_for(t, False, forward, **(segment or {}))
     with torch.no_grad():
-        out, last = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], **args,
-                                   delta_softplus=softplus, return_last_state=True,
-                                   backend="triton")
+        out, last = selective_scan_triton(t["u"], t["delta"], t["A"], t["B"], t["C"], **args,
+                                          delta_softplus=softplus, return_last_state=True,
+                                          config=config)
         t64 = {k: (None if v is None else v.double()) for k, v in t.items()}
         r_out, r_last = selective_scan_ref(
             t64["u"], t64["delta"], t64["A"], t64["B"], t64["C"],
@@ -213,17 +222,18 @@ def check_forward(batch, dim, L, n, groups, dtype, *, softplus=True, seed=0, **k
 
 @pytest.mark.parametrize("prefetch", [False, True], ids=["load", "prefetch"])
 @pytest.mark.parametrize("shape", SEG_SHAPES, ids=lambda s: "x".join(map(str, s[:4])) + f"g{s[4]}")
-def test_segment_forward(shape, prefetch, monkeypatch):
-    _segment(monkeypatch, SEG_PREFETCH=prefetch)
-    check_forward(*shape, dtype=torch.float32, h0=True)
-    check_forward(*shape, dtype=torch.float32, seed=1)          # no initial state
+def test_segment_forward(shape, prefetch):
+    check_forward(*shape, dtype=torch.float32, h0=True, segment=dict(prefetch=prefetch))
+    check_forward(*shape, dtype=torch.float32, seed=1,          # no initial state
+                  segment=dict(prefetch=prefetch))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_segment_low_precision(dtype, monkeypatch):
-    _segment(monkeypatch, seg_t=16 if not CUDA else None)
-    check_forward(2, 8, 45, 16, None, dtype, h0=True, seed=3)
-    check(2, 4, 45, 16, None, dtype, last=True, h0=True, seed=3)
+def test_segment_low_precision(dtype):
+    # 16-step segments on the interpreter: two x tiles of 8 (one 16-byte vector) each.
+    check_forward(2, 8, 45, 16, None, dtype, h0=True, seed=3,
+                  segment=None if CUDA else dict(steps=16))
+    check(2, 4, 45, 16, None, dtype, last=True, h0=True, seed=3, forward="segment")
 
 
 @pytest.mark.parametrize("opts", [
@@ -232,44 +242,90 @@ def test_segment_low_precision(dtype, monkeypatch):
     dict(D=False, z=True, bias=False, softplus=True, h0=True),
 ], ids=["plain", "no_z", "no_D"])
 @pytest.mark.parametrize("prefetch", [False, True], ids=["load", "prefetch"])
-def test_segment_optional_arguments(opts, prefetch, monkeypatch):
+def test_segment_optional_arguments(opts, prefetch):
     opts = dict(opts)
     softplus = opts.pop("softplus")
-    _segment(monkeypatch, SEG_PREFETCH=prefetch)
-    check_forward(1, 4, 33, 8, None, torch.float32, softplus=softplus, **opts)
-    check(1, 4, 33, 8, None, torch.float32, softplus=softplus, last=True, **opts)
+    seg = dict(prefetch=prefetch)
+    check_forward(1, 4, 33, 8, None, torch.float32, softplus=softplus, segment=seg, **opts)
+    check(1, 4, 33, 8, None, torch.float32, softplus=softplus, last=True, forward="segment",
+          segment=seg, **opts)
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 37, 16, None), (1, 8, 70, 5, 2), (1, 3, 5, 1, None)],
                          ids=lambda s: "x".join(map(str, s[:4])) + f"g{s[4]}")
-def test_segment_forward_backward(shape, monkeypatch):
+def test_segment_forward_backward(shape):
     """Through the autograd Function: segment forward (segments = the lane backward's
     chunks, whose checkpoints are the segment carries), lane backward."""
-    _segment(monkeypatch)
-    check(*shape, dtype=torch.float32, last=True, h0=True)
-    check(*shape, dtype=torch.float32, seed=2)
+    check(*shape, dtype=torch.float32, last=True, h0=True, forward="segment")
+    check(*shape, dtype=torch.float32, seed=2, forward="segment")
 
 
-def test_segment_knobs_and_large_state(monkeypatch):
-    """Other knobs (B/C vector of 1 and 4 steps, 1-warp programs, polynomial exps), and
-    d_state above SEG_MAX_N: the lane forward by default, the segment kernel if allowed."""
-    _segment(monkeypatch, SEG_KB=1, SEG_WARPS=1)
-    check_forward(1, 40, 29, 16, 2, torch.float32, seed=5)
-    _segment(monkeypatch, SEG_KB=4, SEG_KX=8)
-    check_forward(2, 4, 29, 4, None, torch.float32, seed=6)
-    _segment(monkeypatch, SEG_POLY1=4, SEG_POLY3=16)              # exps on the FMA pipe
-    check_forward(2, 4, 29, 16, None, torch.float32, h0=True, seed=8)
+def test_segment_tiles_and_large_state():
+    """Other segment tiles (B/C vectors of 1 and 4 steps, 8-step x tiles in float32,
+    1-warp programs), and d_state above SEGMENT_MAX_STATE: the lane forward by default,
+    the segment kernel when asked for."""
+    check_forward(1, 40, 29, 16, 2, torch.float32, seed=5, segment=dict(bc_steps=1, channels=32))
+    check_forward(2, 4, 29, 4, None, torch.float32, seed=6, segment=dict(bc_steps=4, x_steps=8))
     if CUDA:
-        # The same dispatch at a lowered limit: the segment kernel keeps d_state values per
+        # The lane forward at a small d_state: the segment kernel keeps d_state values per
         # thread, and at 64 of them the GPU compiler ran for minutes (triton 3.6, seen in
         # make_ttgir on an H100); the interpreter below covers 64 itself.
-        _segment(monkeypatch, SEG_MAX_N=8)
-        check_forward(1, 4, 11, 16, 4, torch.float32, seed=7)   # lane forward
+        check_forward(1, 4, 11, 16, 4, torch.float32, seed=7, forward="lane")
         return
-    _segment(monkeypatch)
-    check_forward(1, 4, 11, 64, 4, torch.float32, seed=7)       # lane forward
-    _segment(monkeypatch, SEG_MAX_N=256)
-    check_forward(1, 2, 11, 64, None, torch.float32, seed=7)    # segment kernel
+    check_forward(1, 4, 11, 64, 4, torch.float32, seed=7, forward=None)   # default: lane
+    check_forward(1, 2, 11, 64, None, torch.float32, seed=7)              # segment kernel
+
+
+def _inputs_like(batch, dim, L, n, groups, dtype):
+    """Empty u, A, B of these sizes: what default_config reads."""
+    bc = (batch, n, L) if groups is None else (batch, groups, n, L)
+    return (torch.empty(batch, dim, L, dtype=dtype), torch.empty(dim, n), torch.empty(bc, dtype=dtype))
+
+
+# (batch, dim, L, n, groups, dtype, need_grad) -> the configuration the scan has run with
+# by default since its tiles were timed (benchmarks/RESULTS.md): lane tiles (4, 4, 256)
+# without a gradient, (16, 4, 64) with one, (8, 4, 128) with one at batch * dim <= 2048,
+# channels halved until they divide a group, steps at least d_state; 64-step segments
+# without a gradient (the lane tile with one) of min(128, dim) channels, 16-byte x
+# tiles, 2-step B/C vectors, prefetch for 4-byte inputs; the lane forward above
+# d_state 32.
+BF16, FP32 = torch.bfloat16, torch.float32
+DEFAULTS = [
+    ((8, 1536, 2048, 16, None, BF16, False), ("segment", (4, 4, 256), (64, 128, 8, 2, False))),
+    ((8, 1536, 2048, 16, None, BF16, True), ("segment", (16, 4, 64), (64, 128, 8, 2, False))),
+    ((1, 1536, 65536, 16, None, FP32, True), ("segment", (8, 4, 128), (128, 128, 4, 2, True))),
+    ((2, 1024, 100, 16, None, FP32, True), ("segment", (8, 4, 128), (128, 128, 4, 2, True))),
+    ((2, 1030, 100, 16, None, FP32, True), ("segment", (2, 4, 64), (64, 128, 4, 2, True))),
+    ((1, 24, 50, 32, 3, torch.float16, True), ("segment", (8, 4, 128), (128, 32, 8, 2, False))),
+    ((1, 6, 50, 33, 3, FP32, False), ("lane", (2, 4, 256), (64, 8, 4, 2, True))),
+    ((4, 1536, 50, 64, None, BF16, True), ("lane", (16, 4, 64), (64, 128, 8, 2, False))),
+    ((4, 1536, 50, 256, None, BF16, True), ("lane", (16, 4, 256), (256, 128, 8, 2, False))),
+]
+
+
+@pytest.mark.parametrize("sizes,expected", DEFAULTS, ids=[
+    "x".join(map(str, s[:4])) + f"g{s[4]}-{str(s[5])[6:]}" + ("-grad" if s[6] else "") for s, _ in DEFAULTS])
+def test_default_config(sizes, expected):
+    *shape, dtype, need_grad = sizes
+    forward, lane, seg = expected
+    cfg = default_config(*_inputs_like(*shape, dtype), need_grad)
+    assert cfg == ScanConfig(forward, LaneTiles(*lane), SegmentTiles(*seg))
+    cfg.check(shape[1] // (shape[4] or 1), shape[3], need_grad)
+
+
+def test_config_checks():
+    """A configuration the kernels cannot run is refused before any launch."""
+    t = make_inputs(1, 4, 9, 4, None, torch.float32)
+    cfg = config_for(t, True)
+    bad = [replace(cfg, forward="tile"),
+           replace(cfg, lane=replace(cfg.lane, channels=8)),        # more than dim / groups
+           replace(cfg, lane=replace(cfg.lane, steps=2)),           # < d_state
+           replace(cfg, forward="segment", segment=replace(cfg.segment, steps=8)),  # != lane
+           replace(cfg, segment=replace(cfg.segment, x_steps=8, bc_steps=16))]
+    for c in bad:
+        with pytest.raises(ValueError):
+            selective_scan_triton(t["u"].requires_grad_(), t["delta"], t["A"], t["B"], t["C"],
+                                  config=c)
 
 
 def test_dispatch_picks_triton_on_cuda():
@@ -370,7 +426,7 @@ def laid_out(t, spec):
     return leaves, lambda lv: {k: fn(lv) for k, fn in views.items()}
 
 
-def check_laid_out(batch, dim, L, n, groups, dtype, layout, variant, seed=0):
+def check_laid_out(batch, dim, L, n, groups, dtype, layout, forward, seed=0):
     spec = LAYOUTS[layout]
     t = make_inputs(batch, dim, L, n, groups, dtype, h0=True, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
@@ -387,21 +443,19 @@ def check_laid_out(batch, dim, L, n, groups, dtype, layout, variant, seed=0):
     arrived = {}
     for k in ("u", "z", "delta"):
         v[k].register_hook(lambda grad, k=k: arrived.__setitem__(k, grad.stride()))
-    out, last = selective_scan(v["u"], v["delta"], others["A"], v["B"], v["C"], D=others["D"],
-                               z=v["z"], delta_bias=others["delta_bias"], delta_softplus=True,
-                               return_last_state=True, initial_state=others["initial_state"],
-                               backend="triton")
+    out, last = selective_scan_triton(
+        v["u"], v["delta"], others["A"], v["B"], v["C"], D=others["D"], z=v["z"],
+        delta_bias=others["delta_bias"], delta_softplus=True, return_last_state=True,
+        initial_state=others["initial_state"], config=config_for(t, True, forward))
     # out is laid out like z when z is dense (e.g. feature-major), else contiguous: what
-    # torch.empty_like gives (a batch-1 slice is dense too). Tile: always contiguous.
-    like = v["z"] if variant != "tile" else v["z"].contiguous()
-    assert out.stride() == torch.empty_like(like).stride()
+    # torch.empty_like gives (a batch-1 slice is dense too).
+    assert out.stride() == torch.empty_like(v["z"]).stride()
     g_leaf, f_out = _relaid(dout.to(dtype), spec["dout"])
     g_out = f_out(g_leaf)                                  # dout's values, in spec's layout
     torch.autograd.backward([out, last], [g_out, dlast.float()])
-    if variant != "tile":  # each gradient written in its input's layout (dense inputs)
-        for k in ("u", "z", "delta"):
-            x = v[k] if v[k].stride(-1) == 1 else v[k].contiguous()   # "tl": copied
-            assert arrived[k] == torch.empty_like(x).stride(), (k, arrived[k])
+    for k in ("u", "z", "delta"):  # each gradient written in its input's layout (dense inputs)
+        x = v[k] if v[k].stride(-1) == 1 else v[k].contiguous()   # "tl": copied
+        assert arrived[k] == torch.empty_like(x).stride(), (k, arrived[k])
 
     # The oracle, on the same values; dout as rounded to the input dtype.
     r_out, r_last, r_grads = reference(t, True, True, g_out.double(), dlast)
@@ -414,16 +468,11 @@ def check_laid_out(batch, dim, L, n, groups, dtype, layout, variant, seed=0):
     assert not bad, f"tolerance {TOL[dtype]:g} exceeded: {bad} (all: {errors})"
 
 
-@pytest.mark.parametrize("variant,layout", [("lane", k) for k in LAYOUTS] + [
-    ("segment", "mamba"), ("tile", "mixed")])
-def test_strided_layouts(layout, variant, monkeypatch):
-    """Strided views (see LAYOUTS) through the forward variants (segment: lane backward;
-    tile: contiguous copies) against the float64 oracle: fp32, and for the default lane
-    kernels in the Mamba and mixed layouts also bf16 and grouped B/C."""
-    import importlib
-
-    mod = importlib.import_module("mimetic.ops.selective_scan.triton")
-    monkeypatch.setattr(mod, "FORWARD_VARIANT", variant)
+@pytest.mark.parametrize("variant,layout", [("lane", k) for k in LAYOUTS] + [("segment", "mamba")])
+def test_strided_layouts(layout, variant):
+    """Strided views (see LAYOUTS) through both forward kernels (each with the lane
+    backward) against the float64 oracle: fp32, and for the lane kernels in the Mamba
+    and mixed layouts also bf16 and grouped B/C."""
     check_laid_out(2, 4, 37, 4, None, torch.float32, layout, variant)
     if variant == "lane" and layout in ("mamba", "mixed"):
         check_laid_out(2, 4, 29, 4, None, torch.bfloat16, layout, variant, seed=4)

@@ -195,8 +195,9 @@ def _ss_fake(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
     if backend == "triton" and u.dtype != torch.float64:
         from .selective_scan import triton
         out = triton.output_like(u, z)
-        if need_grad:
-            ckpt = u.new_empty(triton.checkpoint_shape(u, A, B), dtype=torch.float32)
+        if need_grad:  # the forward's default configuration, as the backward recomputes it
+            config = triton.default_config(u, A, B, need_grad=True)
+            ckpt = u.new_empty(triton.checkpoint_shape(u, A, config), dtype=torch.float32)
     elif backend in ("torch", "triton"):
         # the chunked path writes out as a (b, d, L) view of (b, L, d) memory
         out = u.new_empty(batch, L, dim).transpose(1, 2)

@@ -1,7 +1,7 @@
 """Selective-scan kernels of the "lane" layout: a (channels, steps) tile with time across
-the lanes of a warp. Its backward is the default backward; its forward runs where the
-segment forward does not (d_state above ``SEG_MAX_N``, or ``FORWARD_VARIANT = "lane"``).
-See ``triton.py``.
+the lanes of a warp. Its backward is the backward of every configuration; its forward
+runs where the segment forward does not (``ScanConfig.forward == "lane"``, by default
+for d_state above ``SEGMENT_MAX_STATE``). See ``triton.py``.
 """
 from __future__ import annotations
 

@@ -70,24 +70,6 @@ def _softplus_fast(x, FAST: tl.constexpr):
 
 
 @triton.jit
-def _exp2_fma(x):
-    """2^x without the MUFU unit (which two exps per state update saturate): round x to
-    an integer j with the 1.5 * 2^23 trick, 2^(x - j) by a degree-5 polynomial on
-    [-1/2, 1/2] (relative error < 3e-7, as ex2.approx), j added into the exponent bits.
-    12 FMA-pipe/ALU instructions. x is clamped to [-125, 127] (2^-125 stands for 0)."""
-    x = tl.minimum(tl.maximum(x, -125.0), 127.0)
-    t = x + 12582912.0
-    f = x - (t - 12582912.0)
-    p = 0.0013400432653725147 * f + 0.009676037356257439
-    p = p * f + 0.05550327152013779
-    p = p * f + 0.2402210682630539
-    p = p * f + 0.6931471824645996
-    p = p * f + 1.0000001192092896
-    e = t.to(tl.int32, bitcast=True) << 23
-    return (p.to(tl.int32, bitcast=True) + e).to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _ss_seg_bc_kernel(B_ptr, C_ptr, BC_ptr, L, Lp, G,
                       s_b_b, s_b_g, s_b_n, s_c_b, s_c_g, s_c_n,
                       NS: tl.constexpr, KB: tl.constexpr, BLOCK: tl.constexpr):
@@ -137,7 +119,7 @@ def _ss_fwd_seg_kernel(
     PASS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
     NS: tl.constexpr, BLOCK_C: tl.constexpr, SEG_T: tl.constexpr, KX: tl.constexpr,
-    KB: tl.constexpr, POLY: tl.constexpr, PREFETCH: tl.constexpr,
+    KB: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Segmented forward: one thread per (channel, time segment of SEG_T steps), the
     channel's NS (= d_state) states in that thread's registers, steps one at a time.
@@ -157,9 +139,8 @@ def _ss_fwd_seg_kernel(
     thread, one 16-byte vector) and split into per-step columns in registers; B and C
     come from the ``_ss_seg_bc_kernel`` buffer, one KB-step vector per n at constant
     offsets from one pointer, the same address for all channels of a group (broadcast).
-    The last POLY states of each step take their exp on the FMA pipe (``_exp2_fma``), to
-    balance the MUFU unit against instruction issue. With PREFETCH the u / delta / z
-    tiles of step block j + 1 are loaded while block j is computed (loop-carried).
+    With PREFETCH the u / delta / z tiles of step block j + 1 are loaded while block j
+    is computed (loop-carried).
 
     u, delta, z and out are (b, dim, L) with unit stride in time and their own batch /
     channel strides (``s_u_*``, ``s_dt_*``, ``s_z_*``, ``s_o_*``).
@@ -251,10 +232,7 @@ def _ss_fwd_seg_kernel(
                 y = tl.zeros([BLOCK_C], dtype=tl.float32)
                 h_new = ()
                 for n in tl.static_range(NS):
-                    if n >= NS - POLY:
-                        a = _exp2_fma(dt_k * A2[n])
-                    else:
-                        a = tl.exp2(dt_k * A2[n])
+                    a = tl.exp2(dt_k * A2[n])
                     hn = a * h[n] + dtu_k * Bs[n][k]
                     h_new = h_new + (hn,)
                     if PASS == 3:

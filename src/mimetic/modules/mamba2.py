@@ -5,6 +5,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ..init import default_init_mamba2_
 from ..ops import causal_conv1d, causal_conv1d_update, ssd_scan, ssd_state_update
 from ._args import check_mamba2_args
 from .norm import RMSNormGated
@@ -80,8 +81,6 @@ class Mamba2(nn.Module):
             self.norm = RMSNormGated(self.d_inner, eps=1e-5, norm_before_gate=norm_before_gate,
                                      group_size=self.d_inner // ngroups, **factory)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
-        from ..init import default_init_mamba2_
-
         default_init_mamba2_(self)
 
     @property

@@ -43,10 +43,8 @@ nothing. Output: a table per section and, with ``--json``, the rows plus device,
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -59,20 +57,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def _versions() -> dict:
     import torch
 
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    if torch.cuda.is_available():
-        out.update(device=torch.cuda.get_device_name(0), gpus=torch.cuda.device_count(),
-                   cuda=torch.version.cuda, nccl=".".join(map(str, torch.cuda.nccl.version())))
-    else:
-        out["device"] = f"CPU ({os.cpu_count()} cores)"
-    try:
-        import ray
+    from harness import env_info  # here: the launched workers need neither
 
-        out["ray"] = ray.__version__
-    except ImportError:
-        pass
-    return out
+    extra = {}
+    if torch.cuda.is_available():
+        extra = dict(gpus=torch.cuda.device_count(), nccl=".".join(map(str, torch.cuda.nccl.version())))
+    return env_info(packages=("ray",), **extra)
 
 
 # ----------------------------------------------------------------------------------- ddp ---
@@ -287,10 +277,10 @@ def sweep_section(args, counts: list[int]) -> list[dict]:
 # ---------------------------------------------------------------------------------- main ---
 
 def _table(rows: list[dict], keys: list[str]) -> str:
-    lines = [" | ".join(keys), " | ".join("---" for _ in keys)]
-    for r in rows:
-        lines.append(" | ".join(f"{r[k]:.3g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys))
-    return "\n".join(lines)
+    from harness import markdown_table
+
+    return markdown_table(keys, [[f"{r[k]:.3g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
+                                 for r in rows])
 
 
 def main(argv=None) -> int:

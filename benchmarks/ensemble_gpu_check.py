@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
-import time
 from pathlib import Path
 
 import torch
 
+from harness import env_info, markdown_table, print_record, seconds, write_json
 from mimetic.ensemble.train import train_ensemble
 from mimetic.models import MambaConfig, MambaLM
 from mimetic.tasks import make_task
@@ -67,12 +66,9 @@ def check(layer: str, amp: bool, steps: int) -> dict:
     lone_models = [make_model(layer, s, i, task.vocab_size) for s, i, _ in specs]
     ens_models = [copy.deepcopy(m) for m in lone_models]
     eager_models = [copy.deepcopy(m) for m in lone_models]
-    t0 = time.perf_counter()
-    lone = [train(m, task, dataclasses.replace(c, cuda_graph=False)) for m, c in zip(lone_models, cfgs)]
-    t_lone = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ens = train_ensemble(ens_models, task, cfgs, cuda_graph=DEVICE == "cuda")
-    t_ens = time.perf_counter() - t0
+    t_lone, lone = seconds(lambda: [train(m, task, dataclasses.replace(c, cuda_graph=False))
+                                    for m, c in zip(lone_models, cfgs)], DEVICE)
+    t_ens, ens = seconds(lambda: train_ensemble(ens_models, task, cfgs, cuda_graph=DEVICE == "cuda"), DEVICE)
     eager = train_ensemble(eager_models, task, cfgs, cuda_graph=False)
     out = {"layer": layer, "amp": amp, "steps": steps, "lone_s": t_lone, "ensemble_s": t_ens}
     out["vs_lone"] = diffs(ens, lone, ens_models, lone_models)
@@ -111,8 +107,7 @@ def main() -> None:
     DEVICE = args.device
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__,
-              "checks": [], "divergence": []}
+    report = {**env_info(DEVICE), "checks": [], "divergence": []}
     for layer in ("Mamba1", "Mamba2", "attention"):
         for amp in (False, True):
             try:
@@ -123,18 +118,20 @@ def main() -> None:
             report["divergence"].append(divergence(layer, args.steps))
         except Exception as e:
             report["divergence"].append({"layer": layer, "error": repr(e)})
-        (out / "ensemble_gpu_check.json").write_text(json.dumps(report, indent=1))
-    print("| layer | amp | ens vs lone: record / param | graph vs eager: record / param | lone s | ens s |")
-    print("|---|---|---|---|---|---|")
+        write_json(out / "ensemble_gpu_check.json", report)
+    rows = []
     for c in report["checks"]:
         if "error" in c:
-            print(f"| {c['layer']} | {c['amp']} | error: {c['error'][:80]} | | | |")
+            rows.append((c["layer"], c["amp"], f"error: {c['error'][:80]}", "", "", ""))
             continue
         a, b = c["vs_lone"], c["graph_vs_eager"]
-        print(f"| {c['layer']} | {c['amp']} | {a['max_record_diff']:.2e} / {a['max_param_diff']:.2e} | "
-              f"{b['max_record_diff']:.2e} / {b['max_param_diff']:.2e} | {c['lone_s']:.1f} | {c['ensemble_s']:.1f} |")
+        rows.append((c["layer"], c["amp"], f"{a['max_record_diff']:.2e} / {a['max_param_diff']:.2e}",
+                     f"{b['max_record_diff']:.2e} / {b['max_param_diff']:.2e}", f"{c['lone_s']:.1f}",
+                     f"{c['ensemble_s']:.1f}"))
+    print(markdown_table(("layer", "amp", "ens vs lone: record / param", "graph vs eager: record / param",
+                          "lone s", "ens s"), rows))
     for d in report["divergence"]:
-        print(json.dumps(d))
+        print_record(d)
 
 
 if __name__ == "__main__":

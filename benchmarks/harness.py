@@ -12,7 +12,8 @@ reset before each timed call, so that backward passes do not accumulate):
 * :func:`graph_us`: microseconds per call inside one CUDA graph (what a decode loop that
   replays graphs pays, launches excluded);
 * :func:`kernel_ms`: GPU kernel time per call, the device time of every kernel that
-  ``torch.profiler`` saw, summed: host work (Python, launches) left out;
+  ``torch.profiler`` saw, summed (:func:`device_time_totals`): host work (Python,
+  launches) left out;
 * :func:`median_s`: seconds of whole calls between device synchronisations, for long
   calls (a training step, a generate call).
 
@@ -92,11 +93,36 @@ def graph_us(fn: Callable[[], Any], calls: int) -> float:
     return cuda_ms(graph.replay) * 1e3 / calls
 
 
+def device_time_totals(prof, top: int = 0) -> dict[str, Any]:
+    """Self device time (ms) and counts of the CUDA events of a finished ``torch.profiler``
+    run: kernels, and memcpy/memset apart; with ``top``, the heaviest kernels by name.
+    User annotations' GPU spans (e.g. ``Optimizer.step#AdamW.step``) cover kernels already
+    counted: left out."""
+    from torch.autograd import DeviceType
+
+    kernels, copies, per_name = [0.0, 0], [0.0, 0], []
+    for evt in prof.key_averages():
+        if evt.device_type != DeviceType.CUDA or getattr(evt, "is_user_annotation", False):
+            continue
+        us = getattr(evt, "self_device_time_total", None)
+        if us is None:
+            us = evt.self_cuda_time_total
+        bucket = copies if evt.key.startswith(("Memcpy", "Memset")) else kernels
+        bucket[0] += us / 1e3
+        bucket[1] += evt.count
+        if bucket is kernels:
+            per_name.append((us / 1e3, evt.count, evt.key))
+    rec = {"kernel_ms": kernels[0], "kernels": kernels[1], "memcpy_memset_ms": copies[0], "memcpy_memset": copies[1]}
+    if top:
+        rec["top"] = [{"kernel": k[:90], "ms": t, "count": n} for t, n, k in sorted(per_name, reverse=True)[:top]]
+    return rec
+
+
 def kernel_ms(fn: Callable[[], Any], iters: int = 20) -> float:
-    """GPU kernel milliseconds per call of fn: the self device time of every event
-    ``torch.profiler`` records over ``iters`` calls (after one untimed call), summed and
-    divided by ``iters``. Unlike :func:`cuda_ms` it leaves out host work, which dominates
-    small ops."""
+    """GPU kernel milliseconds per call of fn: the device time of the kernels
+    ``torch.profiler`` records over ``iters`` calls (after one untimed call), summed
+    (:func:`device_time_totals`) and divided by ``iters``. Unlike :func:`cuda_ms` it leaves
+    out host work (Python, launches), which dominates small ops."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -105,7 +131,7 @@ def kernel_ms(fn: Callable[[], Any], iters: int = 20) -> float:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
-    return sum(e.self_device_time_total for e in prof.key_averages()) / iters / 1e3
+    return device_time_totals(prof)["kernel_ms"] / iters
 
 
 def sync(device: str | torch.device | None = None) -> None:

@@ -20,6 +20,7 @@ import tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 
+from harness import markdown_table
 from mimetic.ops.ssd import triton as ssd
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
@@ -62,8 +63,7 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=8, help="heads per backward program")
     args = ap.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    print("kernel | BLOCK_M x warps | registers | spill bytes")
-    print("---|---|---|---")
+    rows = []
     for cfg in args.configs.split(","):
         bm, warps = map(int, cfg.split("x"))
         tiles = dict(BM=bm, BP=64, BN=128)
@@ -77,7 +77,8 @@ def main() -> None:
         ]
         for name, fn, consts in kernels:
             regs, spills = registers_and_spills(fn, consts, warps)
-            print(f"{name} | {bm} x {warps} | {regs} | {spills}")
+            rows.append((name, f"{bm} x {warps}", regs, spills))
+    print(markdown_table(("kernel", "BLOCK_M x warps", "registers", "spill bytes"), rows))
 
 
 if __name__ == "__main__":

@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import tomllib
 
+from harness import env_info, markdown_table, seconds, write_json
 from mimetic.train.sweep import run_sweep
 
 
@@ -71,10 +71,8 @@ def main() -> None:
             variant["train"]["cuda_graph"] = False
         path = scratch / f"{mode}.toml"
         path.write_text(toml_text(variant) + "\n")
-        t0 = time.perf_counter()
-        res = run_sweep(path, scratch / mode, progress=False, plot=False, pack=mode,
-                        workers=1 if mode == "off" else args.workers)
-        walls[mode] = time.perf_counter() - t0
+        walls[mode], res = seconds(lambda: run_sweep(path, scratch / mode, progress=False, plot=False, pack=mode,
+                                                     workers=1 if mode == "off" else args.workers))
         rows[mode] = res.rows
     table = []
     for a, b in zip(rows["off"], rows["auto"]):
@@ -83,17 +81,17 @@ def main() -> None:
                       "loss_off": a["final_loss"], "loss_packed": b["final_loss"],
                       "d_acc": abs(a["final_token_acc"] - b["final_token_acc"]),
                       "d_loss": abs(a["final_loss"] - b["final_loss"])})
-    report = {"config": args.config, "steps": args.steps, "grid": args.grid, "fp32": args.fp32,
+    report = {"info": env_info(), "config": args.config, "steps": args.steps, "grid": args.grid, "fp32": args.fp32,
               "wall_s": walls, "points": table,
               "max_d_acc": max(r["d_acc"] for r in table), "max_d_loss": max(r["d_loss"] for r in table)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep_equivalence.json").write_text(json.dumps(report, indent=1))
-    print("| layer | init | d_state | length | seed | acc off | acc packed | loss off | loss packed |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in table:
-        print(f"| {r['layer']} | {r['init']} | {r['d_state']} | {r['length']} | {r['seed']} | {r['acc_off']:.4f} | "
-              f"{r['acc_packed']:.4f} | {r['loss_off']:.4f} | {r['loss_packed']:.4f} |")
+    write_json(out / "sweep_equivalence.json", report)
+    print(markdown_table(("layer", "init", "d_state", "length", "seed", "acc off", "acc packed", "loss off",
+                          "loss packed"),
+                         [(r["layer"], r["init"], r["d_state"], r["length"], r["seed"], f"{r['acc_off']:.4f}",
+                           f"{r['acc_packed']:.4f}", f"{r['loss_off']:.4f}", f"{r['loss_packed']:.4f}")
+                          for r in table]))
     print(f"max |d acc| {report['max_d_acc']:.2e}, max |d loss| {report['max_d_loss']:.2e}; "
           f"wall s: off {walls['off']:.1f}, packed {walls['auto']:.1f}")
 

@@ -82,15 +82,12 @@ import argparse
 import contextlib
 import copy
 import dataclasses
-import datetime
 import inspect
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -103,6 +100,7 @@ from typing import Any
 import tomllib
 import torch
 
+from harness import device_time_totals, env_info, sync
 from mimetic.tasks import evaluate, model_logits
 from mimetic.train import TrainConfig, batch_for_step, build_optimizer, lr_at, read_metrics, train
 from mimetic.train.checkpoint import rng_state, save_checkpoint
@@ -215,37 +213,8 @@ class Trainer:
         self.step += 1
 
 
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def ms(seconds: float) -> float:
     return round(seconds * 1e3, 4)
-
-
-def cuda_event_totals(prof, top: int = 0) -> dict[str, Any]:
-    """Self device time (ms) and counts of the CUDA events of a finished profiler: kernels,
-    and memcpy/memset apart; with ``top``, the heaviest kernels by name. User annotations'
-    GPU spans (e.g. ``Optimizer.step#AdamW.step``) cover kernels already counted: left out."""
-    from torch.autograd import DeviceType
-
-    kernels, copies, per_name = [0.0, 0], [0.0, 0], []
-    for evt in prof.key_averages():
-        if evt.device_type != DeviceType.CUDA or getattr(evt, "is_user_annotation", False):
-            continue
-        us = getattr(evt, "self_device_time_total", None)
-        if us is None:
-            us = evt.self_cuda_time_total
-        bucket = copies if evt.key.startswith(("Memcpy", "Memset")) else kernels
-        bucket[0] += us / 1e3
-        bucket[1] += evt.count
-        if bucket is kernels:
-            per_name.append((us / 1e3, evt.count, evt.key))
-    rec = {"kernel_ms": kernels[0], "kernels": kernels[1], "memcpy_memset_ms": copies[0], "memcpy_memset": copies[1]}
-    if top:
-        rec["top"] = [{"kernel": k[:90], "ms": t, "count": n} for t, n, k in sorted(per_name, reverse=True)[:top]]
-    return rec
 
 
 def anatomy_models(sizes: Sizes) -> list[tuple[str, Any, GridPoint]]:
@@ -314,7 +283,7 @@ def anatomy_one(cfg, point: GridPoint, sizes: Sizes, device: torch.device, scrat
             for _ in range(sizes.profile_steps):
                 trainer.run_step(clock)
             sync()
-        tot = cuda_event_totals(prof, top=8)
+        tot = device_time_totals(prof, top=8)
         n = sizes.profile_steps
         rec["gpu"] = {
             "kernel_ms_per_step": round(tot["kernel_ms"] / n, 4),
@@ -451,7 +420,7 @@ def time_sweep(toml: Path, workers: int, scratch: Path, profile: bool = False, *
         "steady_s_per_step": steady_step_times(out, rows),
     }
     if profile:
-        tot = cuda_event_totals(prof)
+        tot = device_time_totals(prof)
         rec["profile"] = {**tot, "kernel_fraction": round(tot["kernel_ms"] / 1e3 / wall, 4),
                           "kernels_per_model_step": round(tot["kernels"] / max(steps, 1), 1),
                           "note": "wall time under the profiler; kernels of worker processes are not seen"}
@@ -676,7 +645,7 @@ def pack_run(cfg, point: GridPoint, K: int, steps: int, sizes: Sizes, device: to
         train_ensemble(models, task, tcfgs)
         sync()
     wall = time.perf_counter() - t0
-    return wall, (cuda_event_totals(prof)["kernel_ms"] if prof is not None else None)
+    return wall, (device_time_totals(prof)["kernel_ms"] if prof is not None else None)
 
 
 def scaling_one(cfg, point: GridPoint, K: int, sizes: Sizes, device: torch.device) -> dict[str, Any]:
@@ -711,35 +680,9 @@ def run_scaling(report: Report, sizes: Sizes, device: torch.device) -> None:
                 report.measure("scaling", f"{name}/{layer}/K{K}", lambda: scaling_one(cfg, point, K, sizes, device))
 
 
-def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True)
-        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run_info(device: torch.device, sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    return {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-        "device_type": device.type,
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "python": platform.python_version(),
-        "cpu_count": len(os.sched_getaffinity(0)),
-        "git_commit": git_commit(),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "argv": sys.argv[1:],
-        "sizes": asdict(sizes),
-    }
+    return env_info(device, device_type=device.type, cpu_count=len(os.sched_getaffinity(0)), argv=sys.argv[1:],
+                    sizes=asdict(sizes))
 
 
 def fmt(v: Any, digits: int = 2) -> str:

@@ -1,6 +1,15 @@
-"""Helpers shared by the op tests: the error measure, and where Triton kernels can run."""
+"""Helpers shared by the op tests: the error measure, where each backend runs, random
+inputs, and forward + backward on leaf copies.
+
+The op modules (``test_<op>.py``) take ``backend`` as a parameter built by
+:func:`backend_params`: a Triton case is skipped, not failed, where Triton cannot run, and
+the other backends' cases run everywhere. Triton cases run on CUDA when there is a GPU,
+else on the CPU through the Triton interpreter (``TRITON_INTERPRET=1`` in pytest's
+environment); the PyTorch backends run on the CPU.
+"""
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -16,6 +25,34 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
+# ---------------------------------------------------------------- where backends run
+
+
+def _triton_runs_on() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return None
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
+
+
+#: The device Triton kernels run on here ("cuda", or "cpu" under the interpreter), None
+#: where they cannot run.
+TRITON_DEVICE = _triton_runs_on()
+CUDA = TRITON_DEVICE == "cuda"
+needs_triton = pytest.mark.skipif(TRITON_DEVICE is None, reason="needs CUDA or TRITON_INTERPRET=1")
+
+
+def device_of(backend: str) -> str:
+    """Where a backend's test inputs live: the Triton device for "triton", else the CPU."""
+    return TRITON_DEVICE if backend == "triton" else "cpu"
+
+
+def backend_params(*backends: str) -> list:
+    """``backend`` parameters, named by the backend; "triton" is skipped where it cannot run."""
+    return [pytest.param(b, id=b, marks=[needs_triton] if b == "triton" else []) for b in backends]
+
+
 def triton_device() -> str:
     """The device the Triton tests run on: "cuda" when there is a GPU, else "cpu" through
     the Triton interpreter (``TRITON_INTERPRET=1`` in pytest's environment); otherwise
@@ -26,3 +63,40 @@ def triton_device() -> str:
     if os.environ.get("TRITON_INTERPRET") == "1":
         return "cpu"
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def randn(g: torch.Generator, *shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """Standard normal draws from g in float32, then moved and cast to (device, dtype)."""
+    return torch.randn(*shape, generator=g).to(device, dtype)
+
+
+def randn64(g: torch.Generator, *shape, scale: float = 1.0) -> torch.Tensor:
+    """Standard normal draws from g in float64, times ``scale``."""
+    return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+
+def to64(tensors: dict) -> dict:
+    """The same tensors in float64 (None stays None): the oracle's inputs."""
+    return {k: None if v is None else v.double() for k, v in tensors.items()}
+
+
+# ---------------------------------------------------------------- forward + backward
+
+
+def leaf_copies(tensors: dict) -> dict:
+    """Detached copies that require grad, by name (None stays None)."""
+    return {k: None if v is None else v.detach().clone().requires_grad_(True) for k, v in tensors.items()}
+
+
+def backward_weighted(outs, weights) -> None:
+    """Backward of sum_i <outs[i], weights[i]> in float64: every output gets its own
+    random weighting, so no gradient is a plain sum that could hide an error."""
+    sum((o.double() * w.double()).sum() for o, w in zip(outs, weights)).backward()
+
+
+def grads_of(leaves: dict) -> dict:
+    """The gradients of the leaves that were given, by name."""
+    return {k: v.grad for k, v in leaves.items() if v is not None}

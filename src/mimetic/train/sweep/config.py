@@ -91,7 +91,11 @@ from typing import Any
 
 import tomllib
 
+from ...init import MimeticConfig
 from ...layer_kinds import ATTENTION, LINEAR_ATTENTION, SSM_LAYERS
+from ...models import MambaConfig
+from ...models.config import LAYER_TYPES, _accepted_kwargs
+from ...modules import MHA
 from ...tasks import TASKS, make_task
 from ..config import TrainConfig
 
@@ -305,6 +309,18 @@ def _check_keys(where: str, got: set[str], allowed: set[str], required: tuple[st
         raise _one_line(f"{where}: " + "; ".join(parts))
 
 
+def _check_no_repeats(where: str, grid: dict[str, list], zipped: set[str]) -> None:
+    """A crossed grid key or axis lists each value once (``seed = [0, 0]`` would run one
+    point where two were meant; zipped lists may repeat, their tuples are the points)."""
+    for key, values in grid.items():
+        if key in zipped:
+            continue
+        seen = Counter(freeze_value(v) for v in values)
+        twice = [v for v, n in seen.items() if n > 1]
+        if twice:
+            raise _one_line(f"{where}: grid.{key} lists {twice[0]!r} more than once (each value runs once)")
+
+
 def _as_list(where: str, key: str, value: Any) -> list:
     values = value if isinstance(value, list) else [value]
     if not values:
@@ -357,6 +373,7 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
     for path in axes:
         _check_axis_path(where, path, grid)
     grid.update(axes)
+    _check_no_repeats(where, grid, {k for group in zips for k in group})
 
     tasks = data.get("tasks", {})
     _check_keys(f"{where} [tasks]", set(tasks), set(TASKS))
@@ -399,8 +416,6 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
     )
     # Build every point's task, train config and model config, so that bad values fail now,
     # not mid-sweep.
-    from ...init import MimeticConfig
-
     try:
         for variant in inits.values():
             knobs = dict(variant.get("init_cfg", {}))
@@ -529,12 +544,6 @@ def _check_axis_path(where: str, path: str, grid: dict[str, list]) -> None:
 
 def _check_model_path(at: str, keys: list[str], layers: list[str]) -> None:
     """``keys``: the path below ``model.`` (``["d_model"]``, ``["ssm_cfg", "Mamba2", "headdim"]``)."""
-    try:
-        from ...models import MambaConfig
-        from ...models.config import LAYER_TYPES, _accepted_kwargs
-        from ...modules import MHA
-    except ImportError:  # models not importable: only the reserved paths can be checked
-        return
     field, rest = keys[0], keys[1:]
     if field not in {f.name for f in dataclasses.fields(MambaConfig)}:
         raise _one_line(f"{at}: unknown MambaConfig field {field}")
@@ -568,9 +577,6 @@ def mamba_config(model_cfg: dict[str, Any], vocab_size: int, point: GridPoint, i
     axes) with the grid's layer type, d_state and init. ``ssm_cfg`` entries whose value is a
     table named after a layer type apply to that type only; attention points make every layer
     attention (``attn_layer_idx = all``) with ``attn_cfg``."""
-    from ...models import MambaConfig
-    from ...models.config import LAYER_TYPES, _accepted_kwargs
-
     kwargs = {k: v for k, v in model_cfg.items() if k != "ssm_cfg"}
     if point.layer == ATTENTION:
         kwargs["attn_layer_idx"] = list(range(kwargs["n_layer"]))
@@ -587,23 +593,13 @@ def mamba_config(model_cfg: dict[str, Any], vocab_size: int, point: GridPoint, i
 
 def _check_model_config(cfg: SweepConfig, point: GridPoint, vocab_size: int) -> None:
     """Build the ``MambaConfig`` that ``runner.build_model`` would build for ``point``, so that
-    its checks run now; skipped when the models are not importable."""
-    try:
-        import mimetic.models  # noqa: F401
-    except ImportError:
-        return
+    its checks run now."""
     mamba_config(cfg.model_for(point), vocab_size, point, *cfg.init_for(point))
 
 
 def _check_model_keys(where: str, model: dict[str, Any], layers: list[str], axes: set[str]) -> None:
     """Check the [model] table's keys; a key that an extra axis (``axes``) sets is not required."""
-    try:
-        from ...models import MambaConfig
-    except ImportError:  # models not importable: only the reserved keys can be checked
-        allowed = set(model)
-    else:
-        allowed = {f.name for f in dataclasses.fields(MambaConfig)}
-    allowed -= MODEL_RESERVED
+    allowed = {f.name for f in dataclasses.fields(MambaConfig)} - MODEL_RESERVED
     required = tuple(k for k in ("d_model", "n_layer") if f"model.{k}" not in axes)
     _check_keys(f"{where} [model]", set(model), allowed, required)
     ssm_cfg = model.get("ssm_cfg", {})
@@ -615,10 +611,6 @@ def _check_model_keys(where: str, model: dict[str, Any], layers: list[str], axes
     if reserved:
         raise _one_line(f"{where} [model.ssm_cfg]: {', '.join(reserved)} set by the grid, remove them")
     ssm_layers = [x for x in SSM_LAYERS if x in layers]
-    try:
-        from ...models.config import LAYER_TYPES, _accepted_kwargs
-    except ImportError:
-        return
     for key in (k for k, v in ssm_cfg.items() if not isinstance(v, dict)):
         if ssm_layers and not any(key in _accepted_kwargs(LAYER_TYPES[x]) for x in ssm_layers):
             raise _one_line(f"{where} [model.ssm_cfg]: {key} is an argument of none of the grid's "
@@ -636,6 +628,8 @@ def load_sweep(path: str | Path) -> SweepConfig:
                                                                     if path.is_dir() else ""))
     try:
         data = tomllib.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise _one_line(f"{path}: not a text (UTF-8) TOML file") from None
     except tomllib.TOMLDecodeError as e:
         raise _one_line(f"{path}: invalid TOML: {e}") from None
     return parse_sweep(data, name=path.stem, where=str(path))

@@ -20,6 +20,7 @@ import torch
 
 from ...ensemble.model import EnsembleLM, ensemble_problem, shape_signature
 from ...ensemble.train import PER_MEMBER_FIELDS, member_losses, train_ensemble
+from ...models import MambaLM
 from ...tasks import derive_seed
 from ..checkpoint import list_checkpoints
 from ..config import TrainConfig
@@ -83,8 +84,6 @@ def pack_capacity(cfg: SweepConfig, point: GridPoint, device: str | None = None,
     dev = _device(device)
     if dev.type != "cuda":
         return MAX_PACK_CPU
-    from ...models import MambaLM
-
     task = cfg.task_for(point)
     tcfg = TrainConfig(**cfg.train_for(point))
     mcfg = mamba_config(cfg.model_for(point), task.vocab_size, point, *cfg.init_for(point))
@@ -146,8 +145,7 @@ def run_pack(cfg: SweepConfig, points: list[GridPoint], runs: Path, device: str 
     checkpoints) and return their rows, each also written to ``row.json`` as ``run_point``
     does. Each model is initialised under ``torch.manual_seed(derive_seed("init", seed))``,
     as in ``run_point``, so a pack member starts from the weights its lone run would."""
-    from ...models import MambaLM
-    from .runner import run_point
+    from .runner import run_point  # runner imports this module
 
     task = cfg.task_for(points[0])
     models, tcfgs = [], []

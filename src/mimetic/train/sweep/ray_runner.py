@@ -29,8 +29,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import torch
+
 from .config import GridPoint, SweepConfig
 from .packed import group_key, pack_capacity, pack_points
+from .rows import write_row
+from .runner import _worker
 
 #: The smallest GPU share of a task (so at most 1 / MIN_GPU_SHARE tasks share a GPU).
 MIN_GPU_SHARE = 0.25
@@ -117,18 +121,12 @@ def plan_jobs(cfg: SweepConfig, todo: list[GridPoint], runs: Path, pack: str | i
 def _probe_capacity(cfg: SweepConfig, point: GridPoint) -> int:
     """A Ray task on one GPU: ``pack_capacity`` of ``point``'s shape there (a GPU resource
     without CUDA behind it, as in tests, measures the CPU's)."""
-    import torch
-
     return pack_capacity(cfg, point, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _job(cfg: SweepConfig, points: list[GridPoint], runs: str, packed: bool, model_factory, threads: int
          ) -> tuple[list[dict[str, Any]], float]:
     """One Ray task: train ``points`` in their run folders; (rows, seconds it took)."""
-    import torch
-
-    from .runner import _worker
-
     start = time.perf_counter()
     # Ray sets CUDA_VISIBLE_DEVICES to the task's GPU: "cuda" is that one; a CPU task trains
     # on the CPU even on a node that has GPUs (they belong to other tasks).
@@ -164,8 +162,6 @@ def run_on_ray(cfg: SweepConfig, todo: list[GridPoint], runs: Path, *, pack: str
     """Train the points ``todo`` as Ray tasks; yields a :class:`RayJob` per task as tasks
     finish (in any order). Starts a local Ray instance unless connected or ``address``
     names a cluster, and shuts down what it started when done."""
-    from .rows import write_row
-
     ray = import_ray()
     started = connect(address)
     try:

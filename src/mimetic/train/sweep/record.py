@@ -36,10 +36,7 @@ def point_settings(cfg: SweepConfig, point: GridPoint) -> dict[str, Any]:
     task = cfg.task_for(point)
     train = {k: v for k, v in cfg.train_for(point).items() if k not in NEUTRAL_FIELDS}
     init, init_cfg = cfg.init_for(point)
-    try:
-        model: dict[str, Any] = mamba_config(cfg.model_for(point), task.vocab_size, point, init, init_cfg).to_dict()
-    except ImportError:  # models not importable: the [model] table as given
-        model = cfg.model_for(point)
+    model = mamba_config(cfg.model_for(point), task.vocab_size, point, init, init_cfg).to_dict()
     settings = {"task": task.to_dict(), "model": model, "train": train, "seed": point.seed,
                 "init": {"init": init, "init_cfg": init_cfg}, "eval": cfg.eval}
     return json.loads(json.dumps(settings, default=str))
@@ -55,7 +52,8 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+        raise ValueError(f"{path} is not valid JSON ({e}); it records the settings behind that point's "
+                         f"result, so delete the folder {path.parent} to run the point again") from None
 
 
 def check_and_record(cfg: SweepConfig, points: list[GridPoint], runs: Path, out: Path) -> None:

@@ -4,21 +4,27 @@ from __future__ import annotations
 import csv
 import json
 import os
+import threading
+import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from ...models import MambaLM
 from ...tasks import Task, derive_seed
+from ..config import device_problem
 from ..loop import train
 from ..resume import run_lock
 from .config import GRID_KEYS, GridPoint, SweepConfig, axis_columns, freeze_value, load_sweep, mamba_config
 from .packed import StreamLease, pack_points, run_pack
+from .plots import plot_sweep
 from .record import check_and_record
 from .rows import ROW_FILE, length_evals, result_row, write_row
 
@@ -40,8 +46,6 @@ def build_model(
     named after a layer type ("Mamba1"/"Mamba2") apply to that type only. Attention points
     make every layer attention (``attn_layer_idx = all``) with ``attn_cfg``.
     """
-    from ...models import MambaLM
-
     init, init_cfg = init_spec if init_spec is not None else (point.init, {})
     return MambaLM(mamba_config(model_cfg, task.vocab_size, point, init, init_cfg))
 
@@ -103,9 +107,6 @@ def die_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
     """Worker initializer: exit when the sweep process that started this worker is gone
     (killed, even with SIGKILL), instead of training on and then waiting forever for a
     parent that will never collect the result. A daemon thread polls the parent pid."""
-    import threading
-    import time
-
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(poll_s)
@@ -167,6 +168,11 @@ def run_sweep(
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    if not isinstance(config_path, (str, os.PathLike)):
+        raise TypeError(f"run_sweep: config_path must be the path of a sweep .toml file, "
+                        f"got {type(config_path).__name__}")
+    if device is not None and device_problem(device) is not None:
+        raise ValueError(f"run_sweep: {device_problem(device)}")
     cfg = load_sweep(config_path)
     out = Path(out_dir) if out_dir is not None else Path("runs") / cfg.name
     points = cfg.points()
@@ -184,8 +190,6 @@ def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], *, workers
                 progress: bool, plot: bool, model_factory: ModelFactory | None, pack: str | int,
                 ray: str | bool | None) -> SweepResult:
     """``run_sweep`` once it holds the folder's lock."""
-    from tqdm.auto import tqdm
-
     check_and_record(cfg, points, out / "runs", out)  # never mix rows of two configs (record.py)
     (out / "sweep.json").write_text(json.dumps(_cfg_dict(cfg), indent=1))
 
@@ -206,7 +210,7 @@ def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], *, workers
 
     bar = tqdm(total=len(points), initial=skipped, desc=f"sweep {cfg.name}", disable=not progress)
     if ray is not None and ray is not False:
-        from .ray_runner import run_on_ray
+        from .ray_runner import run_on_ray  # ray_runner imports this module
 
         for job in run_on_ray(cfg, todo, out / "runs", pack=pack, model_factory=model_factory, address=ray):
             for p, row in zip(job.points, job.rows):
@@ -260,8 +264,6 @@ def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], *, workers
     csv_path, summary_path = write_results(out, ordered)
     plots: list[Path] = []
     if plot:
-        from .plots import plot_sweep
-
         plots = plot_sweep(ordered, out / "plots", metric=cfg.metric, title=cfg.name)
     return SweepResult(rows=ordered, csv_path=csv_path, summary_path=summary_path, plots=plots, skipped=skipped)
 
@@ -283,8 +285,6 @@ def _read_row(row_file: Path) -> dict[str, Any] | None:
 
 
 def _cfg_dict(cfg: SweepConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return asdict(cfg)
 
 

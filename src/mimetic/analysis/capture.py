@@ -10,14 +10,14 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from ..models import MambaLM
+
 
 class _Captured(Exception):
     """Raised by the last hook to skip the layers after the ones asked for."""
 
 
 def resolve_layers(model: nn.Module, layers: int | Iterable[int] | None) -> list[int]:
-    from ..models import MambaLM
-
     if not isinstance(model, MambaLM):
         raise TypeError(f"attention_maps needs a MambaLM, got {type(model).__name__}")
     n = len(model.backbone.layers)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..models import MambaLM
+from ..tasks import TASKS, make_generator, make_task
 from .maps import DEFAULT_MAX_BYTES, attention_maps, layer_kind
 from .plot import DEFAULT_MAX_HEADS, plot_attention_maps
 from .summary import map_summary
@@ -64,8 +66,6 @@ def _png_path(out_png: str | os.PathLike) -> str:
 
 
 def _load_model(model, device) -> nn.Module:
-    from ..models import MambaLM
-
     if isinstance(model, (str, os.PathLike)):
         return MambaLM.from_pretrained(model, device=device).eval()
     if not isinstance(model, MambaLM):
@@ -75,8 +75,6 @@ def _load_model(model, device) -> nn.Module:
 
 def _parse_inputs(inputs, vocab_size: int, seed: int, task_kwargs: dict | None):
     """-> (input_ids (batch, L), token labels (L,), marks, task or None)."""
-    from ..tasks import TASKS, make_generator, make_task
-
     task = None
     if isinstance(inputs, str) and inputs.strip() in TASKS:
         task = make_task(inputs.strip(), **(task_kwargs or {}))

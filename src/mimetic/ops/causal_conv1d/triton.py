@@ -34,6 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .shifted import causal_conv1d_torch
+
 __all__ = ["causal_conv1d_triton"]
 
 
@@ -301,8 +303,6 @@ def causal_conv1d_triton(
     dtype and, with ``return_final_states``, the last W-1 inputs (batch, dim, W-1)."""
     if x.dtype == torch.float64:
         # The kernels compute in float32; keep float64 inputs at float64 accuracy.
-        from .shifted import causal_conv1d_torch
-
         return causal_conv1d_torch(x, weight, bias=bias, activation=activation,
                                    initial_states=initial_states,
                                    return_final_states=return_final_states)

@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .reference import rms_norm_ref
+
 __all__ = ["rms_norm_triton"]
 
 
@@ -217,8 +219,6 @@ def rms_norm_triton(
     ``residual_in_fp32`` else x's dtype)."""
     if x.dtype == torch.float64:
         # The kernels compute in float32; keep float64 inputs at float64 accuracy.
-        from .reference import rms_norm_ref
-
         return rms_norm_ref(x, weight, bias=bias, z=z, eps=eps, group_size=group_size,
                             norm_before_gate=norm_before_gate, residual=residual,
                             prenorm=prenorm, residual_in_fp32=residual_in_fp32)

@@ -55,6 +55,7 @@ import triton
 import triton.language as tl
 
 from .._triton_math import _softplus
+from .chunked import ssd_scan_torch
 
 __all__ = ["ssd_scan_triton"]
 
@@ -751,8 +752,6 @@ def ssd_scan_triton(
     ``return_final_states``, the final states (batch, H, P, N) in float32."""
     if x.dtype == torch.float64:
         # The kernels compute in float32; keep float64 inputs at float64 accuracy.
-        from .chunked import ssd_scan_torch
-
         return ssd_scan_torch(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z,
                               dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
                               initial_states=initial_states,

@@ -54,6 +54,20 @@ def real_arg(where: str, name: str, value: Any, *, low: float | None = None, hig
         raise ValueError(f"{where}: {name}={value!r} must be {bound}")
 
 
+def range_arg(where: str, name: str, value: Any, *, low: float, allow_inf_high: bool, strict_low: bool) -> None:
+    """Raise ValueError unless ``value`` = (lo, hi) holds two finite numbers (hi may be inf
+    if ``allow_inf_high``) with low <= lo <= hi (low < lo if ``strict_low``)."""
+    ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        _is_real(v) and not math.isnan(v) for v in value)
+    if ok:
+        lo, hi = value
+        ok = math.isfinite(lo) and (math.isfinite(hi) or (allow_inf_high and hi == math.inf))
+        ok = ok and (lo > low if strict_low else lo >= low) and lo <= hi
+    if not ok:
+        rel = "<" if strict_low else "<="
+        raise ValueError(f"{where}: {name}={value!r} must be two numbers (lo, hi) with {low} {rel} lo <= hi")
+
+
 def bool_arg(where: str, name: str, value: Any, *, optional: bool = False) -> None:
     """Raise ValueError unless ``value`` is a bool (a string such as "no" is not taken as true)."""
     if optional and value is None:

@@ -31,6 +31,17 @@ def _kv_pairs(items: list[str]) -> dict:
     return out
 
 
+def _token_ids(flag: str, text: str) -> list[int]:
+    """``"3 1 4"`` -> [3, 1, 4]; anything else is the user's mistake, named."""
+    try:
+        ids = [int(t) for t in text.split()]
+    except ValueError:
+        raise ValueError(f"{flag} must be space-separated token ids (integers), got {text!r}") from None
+    if not ids:
+        raise ValueError(f"{flag} must hold at least one token id")
+    return ids
+
+
 def cmd_demo(args) -> None:
     import torch
 
@@ -149,7 +160,7 @@ def cmd_generate(args) -> None:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = MambaLM.from_pretrained(args.checkpoint, device=device).eval()
-    ids = torch.tensor([[int(t) for t in args.prompt.split()]], device=device)
+    ids = torch.tensor([_token_ids("--prompt", args.prompt)], device=device)
     out = model.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, cuda_graph=args.cuda_graph,
                          state_dtype=getattr(torch, args.state_dtype))

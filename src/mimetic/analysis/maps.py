@@ -373,6 +373,8 @@ def attention_maps(model: nn.Module, input_ids: torch.Tensor,
         channel reduction (1 head) or the chosen channels; Mamba-2: per head; attention:
         softmax probabilities per head.
     """
+    if reduce not in REDUCTIONS:  # checked here too: only Mamba-1 layers read it
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
     idx = resolve_layers(model, layers)
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a tensor, got {type(input_ids).__name__}")

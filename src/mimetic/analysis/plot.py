@@ -66,6 +66,8 @@ def plot_attention_maps(maps: Mapping, path: str | os.PathLike, log_scale: bool 
             raise IndexError(f"batch_index {batch_index} out of range for map {key!r} "
                              f"with batch {m.shape[0]}")
         arrays[key] = m[batch_index, :max_heads].detach().float().cpu().numpy()
+        if not np.isfinite(arrays[key]).all():  # NaN cells draw blank: a picture that hides the fault
+            raise ValueError(f"map {key!r} holds non-finite values (NaN/inf); nothing drawn")
     lengths = {a.shape[-1] for a in arrays.values()}
     if len(lengths) != 1:
         raise ValueError(f"all maps must have the same length, got {sorted(lengths)}")

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .._validate import int_arg
+
 PATTERNS = ("shifted_diagonal", "identity", "uniform_causal")
 METRICS = ("overlap", "cosine")
 
@@ -58,6 +60,7 @@ def pattern_matrix(L: int, pattern: str, offset: int | None = None,
     where the pattern is defined (t >= offset for diagonals)."""
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
+    int_arg("pattern_matrix", "L", L, minimum=1)
     t = torch.arange(L, device=device)
     if pattern == "uniform_causal":
         if offset not in (None, 0):

@@ -6,9 +6,15 @@ import math
 import torch
 from torch import nn
 
+from .._validate import int_arg, real_arg
+
 
 def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     """y such that softplus(y) = x, for x > 0 (stable form of log(exp(x) - 1))."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"inverse_softplus takes a tensor, got {type(x).__name__}")
+    if not torch.compiler.is_compiling() and x.numel() and not bool((x > 0).all()):
+        raise ValueError(f"inverse_softplus needs x > 0 (softplus is positive), got min {float(x.min())}")
     return x + torch.log(-torch.expm1(-x))
 
 
@@ -19,12 +25,20 @@ def _sample_dt(n: int, dt_min: float, dt_max: float, floor: float, device) -> to
     return dt.clamp(min=floor)
 
 
+def _check_layer(layer: nn.Module, where: str, kind: str, marker: str) -> None:
+    """``layer`` is one of our ``kind`` layers (they keep ``dt_init_cfg``; ``marker`` tells
+    Mamba-1, with ``x_proj``, from Mamba-2, with ``dt_bias``)."""
+    if not (isinstance(layer, nn.Module) and hasattr(layer, "dt_init_cfg") and hasattr(layer, marker)):
+        raise TypeError(f"{where} takes a mimetic {kind} layer, got {type(layer).__name__}")
+
+
 @torch.no_grad()
 def default_init_mamba_(layer: nn.Module) -> None:
     """Reset a Mamba-1 layer as ``mamba_ssm.Mamba.__init__`` does: PyTorch defaults for the
     projections and conv; dt_proj weight uniform(+-dt_rank^-0.5 * dt_scale) (or constant);
     dt_proj bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max]; A_log = log(1..N)
     (S4D-real); D = 1."""
+    _check_layer(layer, "default_init_mamba_", "Mamba", "x_proj")
     cfg = layer.dt_init_cfg
     for m in (layer.in_proj, layer.conv1d, layer.x_proj, layer.out_proj):
         m.reset_parameters()
@@ -48,6 +62,7 @@ def default_init_mamba2_(layer: nn.Module) -> None:
     projections (conv uniform(+-conv_init) if given); dt_bias = softplus^-1(dt), dt
     log-uniform in [dt_min, dt_max]; A = uniform(A_init_range), A_log = log(A); D = 1;
     norm weight 1."""
+    _check_layer(layer, "default_init_mamba2_", "Mamba2", "dt_bias")
     cfg = layer.dt_init_cfg
     for m in (layer.in_proj, layer.conv1d, layer.out_proj):
         m.reset_parameters()
@@ -71,6 +86,9 @@ def init_lm_weights_(model: nn.Module, n_layer: int, initializer_range: float = 
     (except those marked ``_no_reinit``), embeddings N(0, 0.02), and the output projections
     that write into the residual stream (``out_proj``, ``fc2``) re-drawn kaiming-uniform and
     scaled by 1/sqrt(n_residuals_per_layer * n_layer) (GPT-2's residual rescaling)."""
+    int_arg("init_lm_weights_", "n_layer", n_layer, minimum=1)
+    int_arg("init_lm_weights_", "n_residuals_per_layer", n_residuals_per_layer, minimum=1)
+    real_arg("init_lm_weights_", "initializer_range", initializer_range, low=0)
     for module in model.modules():
         if isinstance(module, nn.Linear) and module.bias is not None:
             if not getattr(module.bias, "_no_reinit", False):

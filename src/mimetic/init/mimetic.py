@@ -191,6 +191,11 @@ def mimetic_init_(module: nn.Module, config: MimeticConfig | None = None, **knob
     Returns the module. Raises ``ValueError`` if it holds no Mamba layer (so a typo never
     silently leaves a model at its default initialization).
     """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"mimetic_init_ takes a torch.nn.Module (a layer or a model), got {type(module).__name__}")
+    if config is not None and not isinstance(config, MimeticConfig):
+        raise TypeError(f"mimetic_init_: config must be a MimeticConfig (or pass its knobs as keywords), "
+                        f"got {type(config).__name__}")
     if config is not None and knobs:
         raise ValueError("pass either config or keyword knobs, not both")
     cfg = config or MimeticConfig(**knobs)

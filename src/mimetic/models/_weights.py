@@ -3,10 +3,26 @@
 neither imports the other for it."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
+
+#: safetensors metadata key of our files' tensor checksum (``save_pretrained`` writes it).
+CHECKSUM_KEY = "mimetic_sha256"
+
+
+def tensors_sha256(state: dict) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of ``state``'s tensors in name order
+    (a flipped bit in a weight file that still parses changes it)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def read_weights(file: Path) -> dict:
@@ -17,12 +33,17 @@ def read_weights(file: Path) -> dict:
     try:
         if file.suffix == ".safetensors":
             state = load_file(str(file))
+            with safe_open(str(file), "pt") as f:
+                stored = (f.metadata() or {}).get(CHECKSUM_KEY)
         else:
+            stored = None
             state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors / pickle errors have their own types
         raise ValueError(f"{file}: unreadable ({' '.join(str(e).split())})") from None
     if not isinstance(state, dict):
         raise ValueError(f"{file}: not a state dict")
+    if stored is not None and stored != tensors_sha256(state):
+        raise ValueError(f"{file}: the tensors do not match the checksum saved with them (a corrupted file)")
     for name, t in state.items():
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{file}: tensor {name} holds non-finite values (NaN/inf)")
@@ -41,6 +62,9 @@ def load_state_into(model, state: dict, source: str) -> None:
                          f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
                          f"{'...' if len(unexpected) > 8 else ''}")
     for k, v in state.items():
+        if not isinstance(v, torch.Tensor) or v.is_floating_point() != own[k].is_floating_point():
+            raise ValueError(f"{source}: {k} holds {getattr(v, 'dtype', type(v).__name__)}, the model expects "
+                             f"{'a floating' if own[k].is_floating_point() else 'an integer'} tensor")
         if v.shape != own[k].shape:
             raise ValueError(f"{source}: {k} has shape {tuple(v.shape)}, the config expects "
                              f"{tuple(own[k].shape)}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from ._weights import load_state_into, read_weights
+from ._weights import CHECKSUM_KEY, load_state_into, read_weights, tensors_sha256
 from .config import MambaConfig
 from .hf_convert import load_transformers_checkpoint
 
@@ -39,7 +39,7 @@ def save_pretrained(model, path) -> None:
     tmp_config, tmp_weights = path / f".config.json.tmp-{os.getpid()}", path / f".model.safetensors.tmp-{os.getpid()}"
     try:
         tmp_config.write_text(json.dumps(config, indent=2))
-        save_file(state, str(tmp_weights), metadata={"format": "pt"})
+        save_file(state, str(tmp_weights), metadata={"format": "pt", CHECKSUM_KEY: tensors_sha256(state)})
         os.chmod(tmp_weights, tmp_config.stat().st_mode & 0o777)  # safetensors writes 0600
         os.replace(tmp_weights, path / "model.safetensors")
         os.replace(tmp_config, path / "config.json")

@@ -126,6 +126,8 @@ class MambaConfig:
     def from_dict(cls, d: dict) -> MambaConfig:
         """Build from a dict; unknown keys are an error naming them, ``RETIRED_FIELDS`` are
         checked to be booleans and dropped."""
+        if not isinstance(d, dict):
+            raise ValueError(f"MambaConfig.from_dict takes a dict of fields, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known - set(RETIRED_FIELDS)
         if unknown:

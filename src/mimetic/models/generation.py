@@ -6,7 +6,7 @@ import functools
 import torch
 from tqdm.auto import tqdm
 
-from .._validate import int_arg, real_arg
+from .._validate import bool_arg, int_arg, real_arg
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 1, top_p: float = 0.0,
@@ -50,6 +50,10 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     int_arg("generate", "top_k", top_k, minimum=0)
     real_arg("generate", "top_p", top_p, low=0, high=1)
     int_arg("generate", "eos_token_id", eos_token_id, minimum=0, optional=True)
+    bool_arg("generate", "progress", progress)
+    bool_arg("generate", "cuda_graph", cuda_graph)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generate: generator={generator!r} must be a torch.Generator or None")
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if eos_token_id is not None and vocab is not None and eos_token_id >= vocab:
         raise ValueError(f"generate: eos_token_id={eos_token_id} must be a token id, "

@@ -51,6 +51,27 @@ class MixerModel(nn.Module):
         return self.norm_f((hidden + residual).to(self.norm_f.weight.dtype))
 
 
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_dtype(where: str, name: str, dtype, optional: bool = True) -> None:
+    """``dtype`` is a floating torch.dtype (or None if ``optional``)."""
+    if dtype is None and optional:
+        return
+    if dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{where}: {name}={dtype!r} must be a floating torch.dtype "
+                         f"({', '.join(str(d) for d in _FLOAT_DTYPES)}){' or None' if optional else ''}")
+
+
+def _check_device(where: str, device) -> None:
+    if device is None:
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{where}: device={device!r} is not a device name (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+
+
 class MambaLM(nn.Module):
     """A language model of Mamba-1 / Mamba-2 / attention blocks.
 
@@ -62,6 +83,11 @@ class MambaLM(nn.Module):
 
     def __init__(self, config: MambaConfig, device=None, dtype=None):
         super().__init__()
+        if not isinstance(config, MambaConfig):
+            raise TypeError(f"MambaLM takes a MambaConfig (MambaConfig.from_dict for a dict), "
+                            f"got {type(config).__name__}")
+        _check_device("MambaLM", device)
+        _check_dtype("MambaLM", "dtype", dtype)
         self.config = config
         self.backbone = MixerModel(config, device=device, dtype=dtype)
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False,
@@ -135,6 +161,8 @@ class MambaLM(nn.Module):
         for name, value in (("batch_size", batch_size), ("max_seqlen", max_seqlen)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        _check_dtype("allocate_cache", "dtype", dtype)
+        _check_dtype("allocate_cache", "state_dtype", state_dtype, optional=False)
         cache = InferenceCache(batch_size=batch_size, max_seqlen=max_seqlen)
         for layer in self.backbone.layers:
             mixer = layer.mixer
@@ -147,6 +175,10 @@ class MambaLM(nn.Module):
 
     def step(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """Advance ``cache`` by one token: input_ids (batch, 1) -> logits (batch, 1, vocab)."""
+        if not isinstance(input_ids, torch.Tensor):  # forward checks the rest (ids, cache room)
+            raise TypeError(f"input_ids must be a torch.Tensor (batch, 1), got {type(input_ids).__name__}")
+        if not isinstance(cache, InferenceCache):
+            raise TypeError(f"cache must be an InferenceCache (model.allocate_cache), got {type(cache).__name__}")
         if input_ids.dim() != 2 or input_ids.shape[1] != 1:
             raise ValueError(f"step takes input_ids of shape (batch, 1), got {tuple(input_ids.shape)}")
         if input_ids.shape[0] != cache.batch_size:

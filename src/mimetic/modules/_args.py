@@ -11,23 +11,9 @@ from typing import Any
 
 import torch
 
-from .._validate import bool_arg, int_arg, real_arg
+from .._validate import bool_arg, int_arg, range_arg, real_arg
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _pair(where: str, name: str, value: Any, *, low: float, allow_inf_high: bool, strict_low: bool) -> None:
-    """``value`` = (lo, hi), finite numbers (hi may be inf if ``allow_inf_high``) with
-    low <= lo <= hi (low < lo if ``strict_low``)."""
-    ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) for v in value)
-    if ok:
-        lo, hi = value
-        ok = math.isfinite(lo) and (math.isfinite(hi) or (allow_inf_high and hi == math.inf))
-        ok = ok and (lo > low if strict_low else lo >= low) and lo <= hi
-    if not ok:
-        rel = "<" if strict_low else "<="
-        raise ValueError(f"{where}: {name}={value!r} must be two numbers (lo, hi) with {low} {rel} lo <= hi")
 
 
 def _common(where: str, d_model: Any, d_state: Any, d_conv: Any, expand: Any, bools: dict[str, Any]) -> None:
@@ -76,8 +62,8 @@ def check_mamba2_args(d_model, d_state=128, d_conv=4, conv_init=None, expand=2, 
     int_arg(where, "chunk_size", chunk_size, minimum=1)
     real_arg(where, "conv_init", conv_init, low=0, low_open=True, optional=True)
     # A = -exp(A_log) with A_log = log(uniform(A_init_range)): the range must be positive
-    _pair(where, "A_init_range", A_init_range, low=0, allow_inf_high=False, strict_low=True)
-    _pair(where, "dt_limit", dt_limit, low=0, allow_inf_high=True, strict_low=False)
+    range_arg(where, "A_init_range", A_init_range, low=0, allow_inf_high=False, strict_low=True)
+    range_arg(where, "dt_limit", dt_limit, low=0, allow_inf_high=True, strict_low=False)
     _dt_init(where, dt_min, dt_max, dt_init_floor)
 
 
@@ -99,11 +85,20 @@ def check_mha_args(embed_dim, num_heads, num_heads_kv=None, head_dim=None, qkv_p
         raise ValueError(f"{where}: num_heads={num_heads} > embed_dim={embed_dim} leaves head_dim 0")
 
 
-def check_hidden(where: str, x: Any, d_model: int) -> None:
-    """A layer's input: a floating tensor (batch, length, d_model)."""
+def check_hidden(where: str, x: Any, d_model: int, weight: torch.Tensor | None = None) -> None:
+    """A layer's input: a floating tensor (batch, length, d_model); with ``weight`` (the
+    layer's input projection) also on its device and, outside autocast, of its dtype (else a
+    matmul deep inside the layer fails with a message that names neither)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{where}: input must be a tensor (batch, length, {d_model}), got {type(x).__name__}")
     if x.dim() != 3 or x.shape[-1] != d_model:
         raise ValueError(f"{where}: input must have shape (batch, length, {d_model}), got {tuple(x.shape)}")
     if x.dtype not in _FLOATS:
         raise TypeError(f"{where}: input must be a floating tensor, got {x.dtype}")
+    if weight is None:
+        return
+    if x.device != weight.device:
+        raise ValueError(f"{where}: input is on device {x.device}, the layer's weights on {weight.device}")
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{where}: input dtype {x.dtype} differs from the layer's {weight.dtype} "
+                        "(cast one of them, or run under torch.autocast)")

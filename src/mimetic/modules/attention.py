@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ._args import check_hidden, check_mha_args
+
 
 def apply_rotary(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, base: float) -> torch.Tensor:
     """Rotary position embedding on the first ``rotary_dim`` features of each head
@@ -37,8 +39,6 @@ class MHA(nn.Module):
                  causal: bool = True, rotary_emb_dim: int = 0, rotary_emb_base: float = 10000.0,
                  layer_idx: int | None = None, device=None, dtype=None):
         super().__init__()
-        from ._args import check_mha_args
-
         check_mha_args(embed_dim, num_heads, num_heads_kv, head_dim, qkv_proj_bias, out_proj_bias,
                        softmax_scale, causal, rotary_emb_dim, rotary_emb_base)
         if not causal:
@@ -101,6 +101,7 @@ class MHA(nn.Module):
     def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
         """x (batch, L, embed_dim). With ``cache`` (a
         :class:`~mimetic.models.cache.KVState`) keys/values are appended to it."""
+        check_hidden("MHA", x, self.in_proj.in_features, self.in_proj.weight)
         offset = 0 if cache is None else cache.seqlen_offset
         q, k, v = self._qkv(x, offset)
         if cache is None:

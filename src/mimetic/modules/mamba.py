@@ -71,7 +71,7 @@ class Mamba(nn.Module):
         """hidden_states (batch, L, d_model) -> (batch, L, d_model). With ``cache`` (a
         :class:`~mimetic.models.cache.SSMState`), fills it with the final conv and SSM
         states (prefill) or, for L == 1 and a warm cache, takes one recurrent step."""
-        check_hidden("Mamba", hidden_states, self.d_model)
+        check_hidden("Mamba", hidden_states, self.d_model, self.in_proj.weight)
         if cache is not None and cache.seqlen_offset > 0:
             if hidden_states.shape[1] != 1:
                 raise ValueError("a warm cache can only be advanced one token at a time")

@@ -4,7 +4,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._validate import bool_arg, int_arg, real_arg
 from ..ops import rms_norm
+
+
+def _check_norm_args(where: str, dim, eps, group_size=None) -> None:
+    int_arg(where, "dim", dim, minimum=1)
+    real_arg(where, "eps", eps, low=0)  # eps < 0 takes the root of a negative mean for small rows
+    int_arg(where, "group_size", group_size, minimum=1, optional=True)
+    if group_size is not None and dim % group_size:
+        raise ValueError(f"{where}: group_size={group_size} must divide dim={dim}")
 
 
 class RMSNorm(nn.Module):
@@ -13,6 +22,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
+        _check_norm_args("RMSNorm", dim, eps)
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
@@ -28,6 +38,8 @@ class RMSNormGated(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5, norm_before_gate: bool = False,
                  group_size: int | None = None, device=None, dtype=None):
         super().__init__()
+        _check_norm_args("RMSNormGated", dim, eps, group_size)
+        bool_arg("RMSNormGated", "norm_before_gate", norm_before_gate)
         self.eps, self.norm_before_gate, self.group_size = eps, norm_before_gate, group_size
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 

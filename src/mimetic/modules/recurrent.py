@@ -13,7 +13,7 @@ from .batch_parallel import batch_parallel
 def recurrent_forward(layer: nn.Module, name: str, u: torch.Tensor, cache=None) -> torch.Tensor:
     """``layer``'s output for u (batch, L, d_model) -> (batch, L, d_model): ``layer.step`` on
     a warm ``cache`` (one token), else ``layer._forward`` (filling ``cache`` if given)."""
-    check_hidden(name, u, layer.d_model)
+    check_hidden(name, u, layer.d_model, layer.in_proj.weight)
     if cache is not None and cache.seqlen_offset > 0:
         if u.shape[1] != 1:
             raise ValueError("a warm cache can only be advanced one token at a time")

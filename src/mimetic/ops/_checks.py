@@ -18,6 +18,8 @@ def check_shape(name: str, t: torch.Tensor | None, shape: Sequence[int | None]) 
 
 
 def check_float(name: str, t: torch.Tensor | None) -> None:
+    if t is not None and not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor (or None), got {type(t).__name__}")
     if t is not None and t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..._validate import real_arg
 from .._checks import check_shape, check_tensors
 from .._dispatch import lazy, resolve_backend
 from .reference import rms_norm_ref
@@ -49,6 +50,7 @@ def rms_norm(
         raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
     if group_size is not None and (group_size <= 0 or dim % group_size != 0):
         raise ValueError(f"group_size={group_size} must divide dim={dim}")
+    real_arg("rms_norm", "eps", eps, low=0)  # a negative eps takes the root of a negative mean
     return BACKENDS[resolve_backend(backend, x)](
         x, weight, bias=bias, z=z, eps=eps, group_size=group_size,
         norm_before_gate=norm_before_gate, residual=residual, prenorm=prenorm,

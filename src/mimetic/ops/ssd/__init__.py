@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from ..._validate import int_arg, range_arg
 from .. import _library
 from .._checks import check_shape, check_tensors
 from .._dispatch import call_eager, compiling, lazy, resolve_backend, resolve_step_backend
@@ -52,8 +53,7 @@ def _validate(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states) -> None
     check_shape("z", z, (batch, L, H, P))
     check_shape("dt_bias", dt_bias, (H,))
     check_shape("initial_states", initial_states, (batch, H, P, N))
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    int_arg("ssd_scan", "chunk_size", chunk_size, minimum=1)
 
 
 def ssd_scan(
@@ -93,6 +93,7 @@ def ssd_scan(
     inside); under ``torch.compile`` it is one ``torch.ops.mimetic.ssd_scan`` node.
     """
     _validate(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states)
+    range_arg("ssd_scan", "dt_limit", dt_limit, low=0, allow_inf_high=True, strict_low=False)
     choice = resolve_backend(backend, x)
     if compiling():  # one opaque op in the graph
         return _library.ssd_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus,
@@ -157,6 +158,7 @@ def ssd_state_update(
         PyTorch path when a gradient is wanted, and so does float64 (kernel is float32).
     """
     _validate_step(state, x, dt, A, B, C, D, z, dt_bias)
+    range_arg("ssd_state_update", "dt_limit", dt_limit, low=0, allow_inf_high=True, strict_low=False)
     args = (state, x, dt, A, B, C, D, z, dt_bias)
     choice = resolve_step_backend(backend, x, args)
     return STEP_BACKENDS[choice](*args, dt_softplus=dt_softplus, dt_limit=dt_limit,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -57,8 +58,18 @@ class Task:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
-            if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            if kind.endswith(" | None"):  # an optional knob: None means its derived default
+                if value is None:
+                    continue
+                kind = kind[: -len(" | None")]
+            if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"{self.name}: {f.name} must be an int, got {value!r}")
+            if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                    or not math.isfinite(value)):
+                raise ValueError(f"{self.name}: {f.name} must be a finite number, got {value!r}")
+            if kind == "bool" and not isinstance(value, bool):  # "no" would be taken as true
+                raise ValueError(f"{self.name}: {f.name} must be true or false, got {value!r}")
         self._validate()
 
     def _validate(self) -> None:  # pragma: no cover - overridden
@@ -131,9 +142,14 @@ def make_task(name: str, **knobs: Any) -> Task:
     return cls(**knobs)
 
 
-def _check_batch_size(batch_size: int) -> None:
+def _check_batch_args(batch_size: int, generator: torch.Generator) -> None:
+    """``Task.batch``'s arguments: a positive int and a ``torch.Generator`` (the batch is a
+    function of its seed; None would draw from the global RNG, unreproducibly)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator (e.g. mimetic.tasks.make_generator(seed)), "
+                         f"got {type(generator).__name__}")
 
 
 def random_subset_rows(

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Batch, Task, _check_batch_size, register_task
+from .base import Batch, Task, _check_batch_args, register_task
 
 
 @register_task
@@ -74,7 +74,7 @@ class CopyTask(Task):
 
     def batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         """(input_ids, targets, loss_mask), each (B, 2*copy_len+1); see the class docstring."""
-        _check_batch_size(batch_size)
+        _check_batch_args(batch_size, generator)
         n = self.copy_len
         x = torch.randint(0, self.vocab, (batch_size, n), generator=generator)
         bos = torch.full((batch_size, 1), self.bos, dtype=torch.long)

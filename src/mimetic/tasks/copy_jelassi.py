@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Batch, Task, _check_batch_size, register_task
+from .base import Batch, Task, _check_batch_args, register_task
 
 #: Jelassi et al.'s context length (their training contexts are 220 tokens).
 DEFAULT_CONTEXT = 220
@@ -128,7 +128,7 @@ class JelassiCopyTask(Task):
 
     def batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         """(input_ids, targets, loss_mask), each (B, seq_len); see the class docstring."""
-        _check_batch_size(batch_size)
+        _check_batch_args(batch_size, generator)
         B, L = batch_size, self.seq_len
         # Enough examples per row to overrun the context whatever their lengths (each is at
         # least 2*min_len+3 long), so every position belongs to some example; a fixed count

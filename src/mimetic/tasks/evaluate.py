@@ -7,6 +7,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from .._validate import int_arg
 from .base import Task, make_generator
 from .copy import CopyTask
 from .copy_jelassi import JelassiCopyTask
@@ -69,10 +70,32 @@ class EvalTally:
 
 def eval_batches(task: Task, num_batches: int, batch_size: int, seed: int):
     """The held-out batches of an evaluation: batch i from ``("eval", seed, i)``."""
-    if num_batches < 1 or batch_size < 1:
-        raise ValueError(f"num_batches={num_batches} and batch_size={batch_size} must be >= 1")
+    int_arg("evaluate", "num_batches", num_batches, minimum=1)
+    int_arg("evaluate", "batch_size", batch_size, minimum=1)
+    int_arg("evaluate", "seed", seed)  # any int; a str or float would silently seed another stream
     for i in range(num_batches):
         yield task.batch(batch_size, make_generator(EVAL_STREAM, seed, i))
+
+
+def check_eval_args(model, task, device, autocast_dtype) -> None:
+    """What ``evaluate`` is given, beyond the batch numbers: a module whose vocabulary
+    holds the task's tokens, a task, a device name and a floating autocast dtype."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"evaluate: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(task, Task):
+        raise TypeError(f"evaluate: task must be a Task (mimetic.tasks.make_task), got {type(task).__name__}")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(vocab, int) and vocab < task.vocab_size:
+        raise ValueError(f"evaluate: the model's vocab_size={vocab} is smaller than the {task.name} task's "
+                         f"vocab_size={task.vocab_size}")
+    if device is not None:
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"evaluate: device={device!r} is not a device name (e.g. 'cpu', 'cuda')") from None
+    if autocast_dtype is not None and autocast_dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"evaluate: autocast_dtype={autocast_dtype!r} must be torch.bfloat16, torch.float16, "
+                         "torch.float32 or None")
 
 
 @torch.no_grad()
@@ -101,6 +124,7 @@ def evaluate(
         target; the fraction of sequences with every scored token right; the mean cross-entropy
         (nats) over scored tokens. The model's train/eval mode is restored afterwards.
     """
+    check_eval_args(model, task, device, autocast_dtype)
     batches = eval_batches(task, num_batches, batch_size, seed)
     device = torch.device(device) if device is not None else _model_device(model)
     was_training = model.training
@@ -158,6 +182,12 @@ def copy_accuracy_by_length(
     """
     if not isinstance(task, (CopyTask, JelassiCopyTask)):
         raise ValueError(f"copy_accuracy_by_length needs a copy or copy_jelassi task, got {task.name!r}")
+    if isinstance(lengths, (str, bytes)) or not hasattr(lengths, "__iter__"):
+        raise ValueError(f"copy_accuracy_by_length: lengths={lengths!r} must be a list or range of string lengths")
+    # int(2.5) or int(True) would test another length than asked; numpy ints are fine
+    lengths = [n.__index__() if hasattr(type(n), "__index__") and not isinstance(n, bool) else n for n in lengths]
+    for n in lengths:
+        int_arg("copy_accuracy_by_length", "length", n, minimum=1)
     out: dict[int, tuple[float, float]] = {}
     for n in lengths:
         m = evaluate(model, task.length_eval_task(int(n)), num_batches=num_batches, batch_size=batch_size,

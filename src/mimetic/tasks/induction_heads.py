@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Batch, Task, _check_batch_size, register_task
+from .base import Batch, Task, _check_batch_args, register_task
 
 
 @register_task
@@ -48,7 +48,7 @@ class InductionHeadsTask(Task):
     data_vocab: int | None = None
 
     def __post_init__(self) -> None:
-        if self.data_vocab is None:
+        if self.data_vocab is None and isinstance(self.vocab_size, int):  # else the type check names it
             # A frozen dataclass: set the derived default through object.__setattr__.
             object.__setattr__(self, "data_vocab", self.vocab_size - 1)
         super().__post_init__()
@@ -79,7 +79,7 @@ class InductionHeadsTask(Task):
 
     def batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         """(input_ids, targets, loss_mask), each (B, seq_len); see the class docstring."""
-        _check_batch_size(batch_size)
+        _check_batch_args(batch_size, generator)
         B, L = batch_size, self.seq_len
         input_ids = torch.randint(0, self.data_vocab, (B, L), generator=generator)
         p = torch.randint(0, L - 3, (B, 1), generator=generator)

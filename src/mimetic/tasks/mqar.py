@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Batch, Task, _check_batch_size, random_subset_rows, register_task
+from .base import Batch, Task, _check_batch_args, random_subset_rows, register_task
 
 
 @register_task
@@ -88,7 +88,7 @@ class MQARTask(Task):
 
     def batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         """(input_ids, targets, loss_mask), each (B, seq_len); see the class docstring."""
-        _check_batch_size(batch_size)
+        _check_batch_args(batch_size, generator)
         B, P, Q, L, V = batch_size, self.num_kv_pairs, self.num_queries, self.seq_len, self.vocab_size
         half = V // 2
         keys = random_subset_rows(B, half - 1, P, generator) + 1  # (B, P) in [1, V//2)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Batch, Task, _check_batch_size, random_subset_rows, register_task
+from .base import Batch, Task, _check_batch_args, random_subset_rows, register_task
 
 
 @register_task
@@ -72,7 +72,7 @@ class SelectiveCopyTask(Task):
 
     def batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         """(input_ids, targets, loss_mask), each (B, seq_len); see the class docstring."""
-        _check_batch_size(batch_size)
+        _check_batch_args(batch_size, generator)
         B, M, L = batch_size, self.num_tokens, self.seq_len
         R = L - M
         data = torch.randint(1, self.vocab_size - 1, (B, M), generator=generator)

@@ -90,6 +90,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Build from a plain dict (e.g. a TOML table); unknown keys -> ValueError naming them."""
+        if not isinstance(d, dict):
+            raise ValueError(f"TrainConfig.from_dict takes a dict of fields, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

@@ -176,6 +176,10 @@ def _check_train_args(model: Any, task: Any, config: Any) -> None:
         raise TypeError(f"train: model must be a torch.nn.Module, got {type(model).__name__}")
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("train: the model has no trainable parameters")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(vocab, int) and vocab < task.vocab_size:
+        raise ValueError(f"train: the model's vocab_size={vocab} is smaller than the {task.name} task's "
+                         f"vocab_size={task.vocab_size} (build the model with vocab_size=task.vocab_size)")
 
 
 def check_logits(logits: torch.Tensor, input_ids: torch.Tensor, vocab_size: int) -> None:

@@ -52,6 +52,8 @@ def lr_at(step: int, config: TrainConfig) -> float:
     ``warmup_steps`` (from lr/warmup_steps up to lr), then cosine from lr to
     ``lr * min_lr_ratio`` at the last step. A pure function of the step, so the schedule needs
     no state of its own to resume."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"lr_at: step={step!r} must be an int >= 0")
     lr, warm, total = config.lr, config.warmup_steps, config.steps
     if warm > 0 and step < warm:
         return lr * (step + 1) / warm

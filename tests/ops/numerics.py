@@ -78,6 +78,26 @@ def randn64(g: torch.Generator, *shape, scale: float = 1.0) -> torch.Tensor:
     return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
 
 
+def ssd_inputs(batch, L, H, P, G, N, dtype=torch.float32, *, D="head", z=True, bias=True,
+               h0=True, seed=0, dt_shift=-1.0, A_scale=0.5) -> dict:
+    """Random inputs of the SSD scan (Mamba-2) in its ranges, drawn in float64 and cast to
+    dtype: x (b, L, h, p), dt (b, L, h), A (h,), B and C (b, L, g, n), D (None, "head":
+    (h,) or "channel": (h, p)), z (b, L, h, p), dt_bias (h,), initial_states (b, h, p, n)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return randn64(g, *shape, scale=scale)
+
+    t = dict(
+        x=rnd(batch, L, H, P), dt=rnd(batch, L, H, scale=0.5) + dt_shift,
+        A=-torch.exp(rnd(H, scale=A_scale)), B=rnd(batch, L, G, N), C=rnd(batch, L, G, N),
+        D=None if D is None else rnd(H) if D == "head" else rnd(H, P),
+        z=rnd(batch, L, H, P) if z else None, dt_bias=rnd(H, scale=0.3) if bias else None,
+        initial_states=rnd(batch, H, P, N) if h0 else None,
+    )
+    return {k: None if v is None else v.to(dtype) for k, v in t.items()}
+
+
 def to64(tensors: dict) -> dict:
     """The same tensors in float64 (None stays None): the oracle's inputs."""
     return {k: None if v is None else v.double() for k, v in tensors.items()}

@@ -1,8 +1,12 @@
-"""Mamba-2 SSD: the chunked torch path against the sequential reference.
+"""The Mamba-2 SSD scan: each backend (the chunked torch path, the Triton kernels) against
+the sequential reference, outputs, final states and every gradient; the chunked path's
+own pieces (segment sums, chunk size, gradcheck); the input checks. The decoding step is
+tested in test_ssd_state_update.py.
 
 The oracle is ``ssd_scan_ref`` in float64 on the *same* inputs (bf16/fp16 inputs are
-rounded first), so tolerances cover only the chunked path's float32 arithmetic and the
-final rounding of results to the input dtype. Errors are relative in norm.
+rounded first), so tolerances cover only the backend's float32 arithmetic (bf16 matmul
+operands in the Triton kernels) and the final rounding of results to the input dtype.
+Errors are relative in norm.
 """
 from __future__ import annotations
 
@@ -12,46 +16,41 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numerics import rel_err
+from tests.ops.numerics import (
+    CUDA,
+    backend_params,
+    backward_weighted,
+    device_of,
+    grads_of,
+    leaf_copies,
+    randn,
+    randn64,
+    rel_err,
+    ssd_inputs,
+    to64,
+)
 
-from mimetic.ops import ssd_state_update
 from mimetic.ops.ssd import ssd_scan, ssd_scan_ref
 from mimetic.ops.ssd.chunked import segsum, ssd_scan_torch
 
-# fp32: float32 arithmetic only. bf16/fp16: one rounding of each result to the input
-# dtype (unit roundoff 2^-8 / 2^-11); we allow twice that.
+# The chunked torch path. fp32: float32 arithmetic only. bf16/fp16: one rounding of each
+# result to the input dtype (unit roundoff 2^-8 / 2^-11); we allow twice that.
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+# The Triton kernels: float32 uses exact fp32 matmuls; bf16 feeds the matmuls bf16
+# operands (float32 accumulation) and rounds outputs to bf16.
+TRITON_TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
 NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
-
-
-def make_inputs(batch, L, H, P, G, N, dtype=torch.float32, *, D="head", z=True, bias=True,
-                h0=True, seed=0, dt_shift=-1.0, A_scale=0.5):
-    """Random inputs in Mamba-2's ranges. D: None, "head" (H,) or "channel" (H, P)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
-
-    t = dict(
-        x=rnd(batch, L, H, P), dt=rnd(batch, L, H, scale=0.5) + dt_shift,
-        A=-torch.exp(rnd(H, scale=A_scale)), B=rnd(batch, L, G, N), C=rnd(batch, L, G, N),
-        D=None if D is None else rnd(H) if D == "head" else rnd(H, P),
-        z=rnd(batch, L, H, P) if z else None, dt_bias=rnd(H, scale=0.3) if bias else None,
-        initial_states=rnd(batch, H, P, N) if h0 else None,
-    )
-    return {k: None if v is None else v.to(dtype) for k, v in t.items()}
+make_inputs = ssd_inputs
 
 
 def run(fn, inputs, weights, **kw):
     """Forward + backward on leaf copies; the loss weighs y and the final states."""
-    leaves = {k: None if v is None else v.detach().clone().requires_grad_()
-              for k, v in inputs.items()}
+    leaves = leaf_copies(inputs)
     y, last = fn(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"],
                  D=leaves["D"], z=leaves["z"], dt_bias=leaves["dt_bias"],
                  initial_states=leaves["initial_states"], return_final_states=True, **kw)
-    loss = (y.double() * weights[0].double()).sum() + (last.double() * weights[1].double()).sum()
-    loss.backward()
-    return y, last, {k: v.grad for k, v in leaves.items() if v is not None}
+    backward_weighted((y, last), weights)
+    return y, last, grads_of(leaves)
 
 
 def check_against_reference(inputs, chunk_size, **kw):
@@ -84,35 +83,40 @@ def check_against_reference(inputs, chunk_size, **kw):
         assert err < TOL[dtype], f"grad of {name}: relative error {err:.2e}"
 
 
+# ---------------------------------------------------------------- the chunked torch path
+
+
 @pytest.mark.parametrize("batch,L,H,P,G,N,chunk", [
-    (2, 1, 2, 3, 1, 4, 8),      # a single step
-    (1, 7, 2, 2, 2, 3, 4),      # batch 1, 7 = 4 + 3: ragged last chunk
-    (2, 33, 4, 3, 2, 1, 8),     # d_state 1, groups
-    (1, 40, 2, 4, 1, 128, 16),  # d_state 128
-    (2, 64, 4, 2, 4, 5, 16),    # exact multiple of the chunk, one head per group
-    (1, 257, 2, 2, 1, 4, 32),   # long-ish and ragged
-    (2, 20, 2, 3, 1, 4, 256),   # chunk longer than the sequence
+    pytest.param(2, 1, 2, 3, 1, 4, 8, id="single_step"),
+    pytest.param(1, 7, 2, 2, 2, 3, 4, id="ragged_last_chunk"),     # batch 1, 7 = 4 + 3
+    pytest.param(2, 33, 4, 3, 2, 1, 8, id="d_state1_groups"),
+    pytest.param(1, 40, 2, 4, 1, 128, 16, id="d_state128"),
+    pytest.param(2, 64, 4, 2, 4, 5, 16, id="whole_chunks"),        # one head per group
+    pytest.param(1, 257, 2, 2, 1, 4, 32, id="long_ragged"),
+    pytest.param(2, 20, 2, 3, 1, 4, 256, id="chunk_longer_than_L"),
 ])
-def test_matches_reference_fp32(batch, L, H, P, G, N, chunk):
+def test_torch_matches_reference_fp32(batch, L, H, P, G, N, chunk):
     check_against_reference(make_inputs(batch, L, H, P, G, N), chunk, dt_softplus=True)
 
 
-@pytest.mark.parametrize("D,z,bias,h0,softplus,limit", [
-    (None, False, False, False, False, (0.0, math.inf)),
-    ("head", False, True, False, True, (0.0, math.inf)),
-    ("channel", True, False, False, True, (0.05, 0.5)),
-    (None, False, False, True, False, (0.0, math.inf)),
-    ("channel", True, True, True, True, (0.0, 0.8)),
+@pytest.mark.parametrize("opts", [
+    pytest.param(dict(D=None, z=False, bias=False, h0=False, softplus=False, limit=(0.0, math.inf)), id="bare"),
+    pytest.param(dict(D="head", z=False, bias=True, h0=False, softplus=True, limit=(0.0, math.inf)),
+                 id="D_head-bias-softplus"),
+    pytest.param(dict(D="channel", z=True, bias=False, h0=False, softplus=True, limit=(0.05, 0.5)),
+                 id="D_channel-z-softplus-limit"),
+    pytest.param(dict(D=None, z=False, bias=False, h0=True, softplus=False, limit=(0.0, math.inf)), id="h0"),
+    pytest.param(dict(D="channel", z=True, bias=True, h0=True, softplus=True, limit=(0.0, 0.8)), id="all"),
 ])
-def test_optional_inputs(D, z, bias, h0, softplus, limit):
-    inputs = make_inputs(2, 19, 4, 3, 2, 5, D=D, z=z, bias=bias, h0=h0)
-    if not softplus:
+def test_torch_optional_inputs(opts):
+    inputs = make_inputs(2, 19, 4, 3, 2, 5, D=opts["D"], z=opts["z"], bias=opts["bias"], h0=opts["h0"])
+    if not opts["softplus"]:
         inputs["dt"] = inputs["dt"].abs()  # raw dt must be >= 0 to decay
-    check_against_reference(inputs, 8, dt_softplus=softplus, dt_limit=limit)
+    check_against_reference(inputs, 8, dt_softplus=opts["softplus"], dt_limit=opts["limit"])
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
-def test_other_dtypes(dtype):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64], ids=str)
+def test_torch_other_dtypes(dtype):
     check_against_reference(make_inputs(2, 29, 4, 3, 2, 6, dtype=dtype), 8, dt_softplus=True)
 
 
@@ -123,7 +127,7 @@ def test_other_dtypes(dtype):
     D=st.sampled_from([None, "head", "channel"]), z=st.booleans(), bias=st.booleans(),
     h0=st.booleans(), seed=st.integers(0, 2**16),
 )
-def test_random_configurations(batch, heads_per_group, G, L, P, N, chunk, D, z, bias, h0, seed):
+def test_torch_random_configurations(batch, heads_per_group, G, L, P, N, chunk, D, z, bias, h0, seed):
     inputs = make_inputs(batch, L, heads_per_group * G, P, G, N, D=D, z=z, bias=bias, h0=h0,
                          seed=seed)
     check_against_reference(inputs, chunk, dt_softplus=True)
@@ -204,29 +208,195 @@ def test_fast_path_gradcheck():
     assert torch.autograd.gradcheck(f, [inputs[k].requires_grad_() for k in names], fast_mode=True)
 
 
-# ---------------------------------------------------------------- decoding step
+# ---------------------------------------------------------------- the Triton kernels
 
 
-@pytest.mark.parametrize("dtype,D", [(torch.float32, "head"), (torch.bfloat16, "channel")])
-def test_state_update_steps_match_scan(dtype, D):
-    batch, L, H, P, G, N = 2, 9, 4, 3, 2, 5
-    t = make_inputs(batch, L, H, P, G, N, dtype=dtype, D=D)
-    limit = (0.0, 0.9)
-    ref, ref_last = ssd_scan_ref(
-        *(t[k].double() for k in ("x", "dt", "A", "B", "C")), D=t["D"].double(),
-        z=t["z"].double(), dt_bias=t["dt_bias"].double(), dt_softplus=True, dt_limit=limit,
-        initial_states=t["initial_states"].double(), return_final_states=True)
-    state = t["initial_states"].float().clone()
-    ys = [ssd_state_update(state, t["x"][:, i], t["dt"][:, i], t["A"], t["B"][:, i],
-                           t["C"][:, i], D=t["D"], z=t["z"][:, i], dt_bias=t["dt_bias"],
-                           dt_softplus=True, dt_limit=limit) for i in range(L)]
-    y = torch.stack(ys, dim=1)
-    assert y.dtype == dtype
-    assert rel_err(y, ref) < TOL[dtype]
-    assert rel_err(state, ref_last) < TOL[torch.float32]
+def kernel_inputs(batch, L, H, P, N, G, dtype, D_per_p=False, seed=0, device="cpu"):
+    """Inputs of the Triton tests, every optional input given, drawn in float32 on ``device``."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: randn(g, *s, device=device)  # noqa: E731
+    return dict(
+        x=r(batch, L, H, P).to(dtype), dt=(0.5 * r(batch, L, H) - 1.0).to(dtype),
+        A=-torch.exp(0.5 * r(H)), B=r(batch, L, G, N).to(dtype), C=r(batch, L, G, N).to(dtype),
+        D=r(H, P) if D_per_p else r(H), z=r(batch, L, H, P).to(dtype),
+        dt_bias=0.3 * r(H) - 1.0, initial_states=r(batch, H, P, N),
+    )
 
 
-# ---------------------------------------------------------------- validation
+def run_kernel_case(fn, t, chunk, limit, **kw):
+    """(out, final states, gradients of every input) of one forward + backward; the loss
+    weighs both outputs with float64 draws of seed 99."""
+    leaves = leaf_copies(t)
+    out, final = fn(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], chunk,
+                    D=leaves["D"], z=leaves["z"], dt_bias=leaves["dt_bias"], dt_softplus=True,
+                    dt_limit=limit, initial_states=leaves["initial_states"],
+                    return_final_states=True, **kw)
+    g = torch.Generator().manual_seed(99)
+    dev = out.device
+    loss = (out.double() * randn64(g, *out.shape).to(dev)).sum() \
+        + (final.double() * randn64(g, *final.shape).to(dev)).sum()
+    loss.backward()
+    return out, final, grads_of(leaves)
+
+
+class _NaNEmptyTorch:
+    """``torch`` for the kernel module, except that ``empty`` / ``empty_like`` buffers
+    come filled with NaN: a kernel that reads an element no kernel wrote fails the test
+    (fresh memory is often zero, which would hide it)."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def _nan(t):
+        return t.fill_(math.nan) if t.is_floating_point() else t
+
+    def empty(self, *args, **kwargs):
+        return self._nan(torch.empty(*args, **kwargs))
+
+    def empty_like(self, *args, **kwargs):
+        return self._nan(torch.empty_like(*args, **kwargs))
+
+
+@pytest.fixture
+def nan_empty(monkeypatch):
+    """The Triton SSD module, its unfilled buffers NaN-filled (see _NaNEmptyTorch)."""
+    import importlib
+
+    mod = importlib.import_module("mimetic.ops.ssd.triton")
+    monkeypatch.setattr(mod, "torch", _NaNEmptyTorch())
+    return mod
+
+
+KERNEL_SHAPES = [  # (batch, L, H, P, N, G, chunk)
+    (2, 37, 4, 8, 16, 2, 16),     # several chunks, last one partial
+    (1, 150, 2, 16, 32, 1, 128),  # two row blocks inside a chunk
+    (1, 5, 3, 4, 8, 3, 16),       # shorter than a chunk, tiny dims (padded tiles)
+]
+if CUDA:
+    KERNEL_SHAPES += [(2, 2048, 24, 64, 128, 1, 256), (1, 1000, 8, 64, 64, 2, 128)]
+
+
+@pytest.mark.parametrize("backend", backend_params("triton"))
+@pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_matches_reference(backend, shape, dtype, nan_empty):
+    batch, L, H, P, N, G, chunk = shape
+    t = kernel_inputs(batch, L, H, P, N, G, dtype, D_per_p=(L % 2 == 0), seed=L, device=device_of(backend))
+    limit = (0.0, math.inf) if dtype == torch.bfloat16 else (1e-3, 0.5)
+    out, final, grads = run_kernel_case(ssd_scan, t, chunk, limit, backend=backend)
+    r_out, r_final, r_grads = run_kernel_case(ssd_scan_ref, to64(t), chunk, limit)
+    assert out.dtype == dtype and final.dtype == torch.float32
+    errs = {"out": rel_err(out, r_out), "final": rel_err(final, r_final)}
+    errs.update({"d" + k: rel_err(grads[k], v) for k, v in r_grads.items()})
+    tol = TRITON_TOL[dtype]
+    assert all(v < tol for v in errs.values()), errs
+
+
+KERNEL_OPTIONS = [  # which optional inputs are given; the rest are None / off
+    pytest.param(dict(), id="bare"),
+    pytest.param(dict(D=True), id="D"),
+    pytest.param(dict(z=True, final=True), id="z-final"),
+    pytest.param(dict(initial_states=True, dt_bias=True, softplus=True), id="initial_states-dt_bias-softplus"),
+]
+
+
+@pytest.mark.parametrize("backend", backend_params("triton"))
+@pytest.mark.parametrize("opts", KERNEL_OPTIONS)
+def test_triton_optional_inputs(backend, opts, nan_empty):
+    """Forward and backward with optional inputs left out (no z, D, bias, initial or
+    final state), where the kernels take other code paths."""
+    t = kernel_inputs(2, 37, 4, 8, 16, 2, torch.float32, seed=5, device=device_of(backend))
+    if not opts.get("softplus"):
+        t["dt"] = t["dt"].abs() * 0.3           # positive time steps without softplus
+    kw = dict(dt_softplus=bool(opts.get("softplus")),
+              return_final_states=bool(opts.get("final")))
+    optional = [k for k in ("D", "z", "dt_bias", "initial_states") if opts.get(k)]
+
+    def run_opts(fn, tensors, **extra):
+        leaves = leaf_copies({k: tensors[k] for k in ["x", "dt", "A", "B", "C"] + optional})
+        res = fn(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], 16,
+                 **{k: leaves[k] for k in optional}, **kw, **extra)
+        outs = res if kw["return_final_states"] else (res,)
+        g = torch.Generator().manual_seed(3)
+        backward_weighted(outs, [randn64(g, *o.shape).to(o.device) for o in outs])
+        return outs, grads_of(leaves)
+
+    outs, grads = run_opts(ssd_scan, t, backend=backend)
+    r_outs, r_grads = run_opts(ssd_scan_ref, to64(t))
+    errs = {f"out{i}": rel_err(o, r) for i, (o, r) in enumerate(zip(outs, r_outs))}
+    errs.update({"d" + k: rel_err(grads[k], v) for k, v in r_grads.items()})
+    assert all(v < TRITON_TOL[torch.float32] for v in errs.values()), errs
+
+
+TRANSFORMS = [  # the time-step transform's paths
+    pytest.param(dict(softplus=False, bias=False, limit=(0.0625, 0.5)), id="clamp"),  # steps exactly at both ends
+    pytest.param(dict(softplus=False, bias=True, limit=(0.0625, 0.5)), id="bias-clamp"),
+    pytest.param(dict(softplus=True, bias=False, limit=(0.0625, 0.5)), id="softplus-clamp"),  # active at both ends
+    # lower end only; softplus inputs > 20 (its threshold)
+    pytest.param(dict(softplus=True, bias=True, limit=(0.0625, math.inf)), id="softplus-bias-lower_clamp"),
+    pytest.param(dict(softplus=True, bias=False, limit=(0.0, math.inf)), id="softplus"),  # no clamp
+    pytest.param(dict(softplus=False, bias=False, limit=(0.0, math.inf)), id="raw"),  # dt used as is
+]
+
+
+@pytest.mark.parametrize("backend", backend_params("triton"))
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_triton_time_step_transform(backend, transform, nan_empty):
+    """ddt, d dt_bias and dA through every path of the backward's hand-written time-step
+    transform (clamp gradient only where the clamp is inactive, ends included; softplus
+    derivative and its threshold), over several chunks with a partial last one, against
+    autograd through the float64 reference. Unwritten buffers are NaN (nan_empty)."""
+    softplus, bias, limit = transform["softplus"], transform["bias"], transform["limit"]
+    dev = device_of(backend)
+    t = kernel_inputs(2, 45, 3, 8, 16, 1, torch.float32, seed=11, device=dev)
+    g = torch.Generator().manual_seed(12)
+    if softplus:   # softplus(x) for x in [-4, 1]: 0.018 .. 1.31, across both clamp ends
+        dt = 5.0 * torch.rand(t["dt"].shape, generator=g) - 4.0
+        if math.isinf(limit[1]):
+            dt[:, ::7, 0] = 100.0  # past F.softplus's threshold (20), and e^x overflows
+    else:          # raw dt in [0.01, 0.7], some exactly at the clamp's ends
+        dt = 0.69 * torch.rand(t["dt"].shape, generator=g) + 0.01
+        dt[:, ::5, 1] = 0.0625
+        dt[:, 2::5, 2] = 0.5
+    t["dt"] = dt.to(dev)
+    names = ["x", "dt", "A", "B", "C", "D", "z"] + (["dt_bias"] if bias else [])
+    if bias and not softplus:   # a small bias: dt + bias still spans both clamp ends
+        t["dt_bias"] = 0.05 * t["dt_bias"] / t["dt_bias"].abs().max()
+
+    def grads(fn, tensors, **extra):
+        leaves = leaf_copies({k: tensors[k] for k in names})
+        out = fn(**leaves, chunk_size=16, dt_softplus=softplus, dt_limit=limit, **extra)
+        w = randn64(torch.Generator().manual_seed(3), *out.shape).to(out.device)
+        (out.double() * w).sum().backward()
+        return out, grads_of(leaves)
+
+    out, got = grads(ssd_scan, t, backend=backend)
+    r_out, ref = grads(ssd_scan_ref, to64(t))
+    errs = {"out": rel_err(out, r_out)}
+    errs.update({"d" + k: rel_err(got[k], v) for k, v in ref.items()})
+    assert got["dt"].dtype == t["dt"].dtype
+    assert all(v < TRITON_TOL[torch.float32] for v in errs.values()), errs
+
+
+@pytest.mark.parametrize("backend", backend_params("triton"))
+def test_triton_other_block_config(backend, monkeypatch, nan_empty):
+    """The row-block size and warps (module knobs a GPU run may retune) change only the
+    tiling: 32-row blocks, 8 warps, several row blocks per chunk, same results (and no
+    kernel reads an element of the unfilled buffers that none wrote: nan_empty)."""
+    mod = nan_empty
+    monkeypatch.setattr(mod, "BLOCK_M", 32)
+    monkeypatch.setattr(mod, "BLOCK_WARPS", 8)
+    t = kernel_inputs(1, 150, 2, 16, 32, 1, torch.float32, D_per_p=True, seed=3, device=device_of(backend))
+    limit = (1e-3, 0.5)
+    out, final, grads = run_kernel_case(ssd_scan, t, 128, limit, backend=backend)
+    r_out, r_final, r_grads = run_kernel_case(ssd_scan_ref, to64(t), 128, limit)
+    errs = {"out": rel_err(out, r_out), "final": rel_err(final, r_final)}
+    errs.update({"d" + k: rel_err(grads[k], v) for k, v in r_grads.items()})
+    assert all(v < TRITON_TOL[torch.float32] for v in errs.values()), errs
+
+
+# ---------------------------------------------------------------- input checks
 
 
 @pytest.mark.parametrize("mutate,error,match", [

@@ -1,8 +1,9 @@
 """Mamba-1 selective scan and its decoding step: the public ops and their backend tables.
 
 Backends of the scan (``BACKENDS``): ``reference.py`` (sequential, the oracle),
-``chunked.py`` (pure PyTorch, chunks of steps with a hand-written backward) and
-``triton.py`` (fused kernels). Of the step (``STEP_BACKENDS``): ``step.py`` (PyTorch)
+``chunked.py`` (pure PyTorch, chunks of steps with a hand-written backward),
+``triton.py`` (fused kernels) and, opt-in, ``cuda.py`` (CUDA C++ compiled at run time).
+Of the step (``STEP_BACKENDS``): ``step.py`` (PyTorch)
 and ``step_triton.py`` (one fused kernel, no backward).
 """
 from __future__ import annotations
@@ -25,6 +26,12 @@ def _selective_scan_triton(*args, **kwargs):
     return selective_scan_triton(*args, **kwargs)
 
 
+def _selective_scan_cuda(*args, **kwargs):
+    from .cuda import selective_scan_cuda  # compiles its kernels on first use
+
+    return selective_scan_cuda(*args, **kwargs)
+
+
 def _selective_state_update_triton(*args, **kwargs):
     from .step_triton import selective_state_update_triton
 
@@ -35,6 +42,7 @@ BACKENDS = {
     "reference": selective_scan_ref,
     "torch": selective_scan_torch,
     "triton": _selective_scan_triton,
+    "cuda": _selective_scan_cuda,
 }
 STEP_BACKENDS = {
     "torch": selective_state_update_torch,
@@ -96,7 +104,9 @@ def selective_scan(
         D: skip (d,). z: gate (b, d, L), applied as ``out * silu(z)``.
         delta_bias: (d,) added to delta before the softplus.
         initial_state: (b, d, n) state before step 0 (zeros if None).
-        backend: "auto" (Triton on CUDA, else torch), "reference", "torch" or "triton".
+        backend: "auto" (Triton on CUDA, else torch), "reference", "torch", "triton" or
+            "cuda" (opt-in: run-time compiled CUDA kernels, ``cuda.py``; Triton where they
+            cannot run, with a warning; the Triton op under torch.compile).
 
     Returns:
         out (b, d, L) in u's dtype; with ``return_last_state`` also the final state
@@ -106,10 +116,11 @@ def selective_scan(
     inside); under ``torch.compile`` it is one ``torch.ops.mimetic.selective_scan`` node.
     """
     _validate(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    choice = resolve_backend(backend, u)
-    if compiling():  # one opaque op in the graph
+    choice = "cuda" if backend == "cuda" else resolve_backend(backend, u)
+    if compiling():  # one opaque op in the graph (no CUDA-kernel entry in _library.py yet)
         return _library.selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state,
-                                       delta_softplus, return_last_state, choice)
+                                       delta_softplus, return_last_state,
+                                       "triton" if choice == "cuda" else choice)
     fn = BACKENDS[choice]
 
     def run(u, delta, A, B, C, D, z, delta_bias, initial_state):

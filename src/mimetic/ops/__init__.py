@@ -7,16 +7,22 @@ after its method (``chunked.py``, ``shifted.py``); ``triton.py`` holds the kerne
 ``step.py`` / ``step_triton.py`` the one-token decoding step. ``_dispatch.py`` resolves
 ``backend=``, ``_library.py`` wraps the scans for torch.compile.
 
-Notation (shapes in docstrings and variable names use it):
+Notation (the shapes in docstrings use it):
 
     b      batch
     L      sequence length (time steps)
-    d      channels of a Mamba-1 scan (the layer's d_inner)
+    d      channels: of a Mamba-1 scan (the layer's d_inner), of the conv, of a norm
     n      state size per channel or head (d_state)
     g      groups sharing B and C (ngroups); they split d (Mamba-1) or h (Mamba-2) evenly
     h      heads of a Mamba-2 scan (nheads)
     p      channels per head (headdim); h * p = d_inner
-    chunk  steps per chunk of a chunked algorithm (chunk_size; T inside the code)
+    W      conv width (d_conv)
+    chunk  steps per chunk of a chunked algorithm (chunk_size)
+
+In formulas and code a lowercase letter is also the index and the capital its size: head
+h of H, group g of G, channel p of P, state n of N; ``batch``, ``dim`` and ``L`` name the
+sizes b, d and L in code. A chunk has T steps in the pure-PyTorch code and Q in the SSD
+kernels (where T is the transpose).
 
 Mamba-1 tensors are channel-major, (b, d, L); Mamba-2 tensors are time-major, (b, L, h, p).
 Scans compute in float32 (float64 for float64 inputs) and return the input's dtype;

@@ -13,8 +13,8 @@ def process_dt(dt: torch.Tensor, bias: torch.Tensor | None = None, softplus: boo
                limit: tuple[float, float] = NO_LIMIT, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """dt' = clamp(softplus(dt + bias), *limit), each part optional, computed in ``dtype``.
 
-    ``bias`` broadcasts against the trailing dims of dt: (H,) for Mamba-2's (..., H);
-    Mamba-1 callers pass it shaped (dim, 1) for (batch, dim, L) or (dim,) for (batch, dim).
+    ``bias`` broadcasts against the trailing dims of dt: (h,) for Mamba-2's (..., h);
+    Mamba-1 callers pass it shaped (d, 1) for (b, d, L) or (d,) for (b, d).
     """
     dt = dt.to(dtype)
     if bias is not None:

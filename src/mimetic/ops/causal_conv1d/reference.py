@@ -1,4 +1,9 @@
-"""Causal depthwise conv1d, plain: out[:, d, t] = bias[d] + sum_k w[d, k] * x[:, d, t - (W-1) + k]."""
+"""Causal depthwise conv1d, plain: the oracle.
+
+    out[b, d, t] = act(bias[d] + sum_k w[d, k] * x[b, d, t - (W-1) + k])
+
+with x before step 0 taken from ``initial_states`` (zeros if absent) and act SiLU or none.
+"""
 from __future__ import annotations
 
 import torch
@@ -13,9 +18,10 @@ def causal_conv1d_ref(
     initial_states: torch.Tensor | None = None,
     return_final_states: bool = False,
 ):
-    """x (batch, dim, L); weight (dim, W); bias (dim,); initial_states (batch, dim, W-1)
-    holding the W-1 inputs before step 0. Returns out (batch, dim, L) and optionally the
-    final states (batch, dim, W-1): the last W-1 inputs, for decoding."""
+    """The contract of every conv backend: x (b, d, L); weight (d, W); bias (d,);
+    initial_states (b, d, W-1) holding the W-1 inputs before step 0. Computed in float32
+    (float64 for float64 inputs). Returns out (b, d, L) in x's dtype and optionally the
+    final states (b, d, W-1): the last W-1 inputs, for decoding."""
     batch, dim, L = x.shape
     W = weight.shape[1]
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32

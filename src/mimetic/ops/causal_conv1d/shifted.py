@@ -25,10 +25,11 @@ def _silu_grad(g: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
 
 
 class _CausalConv(torch.autograd.Function):
-    """src: (batch, p+L, dim) in step-major layout (a strided view is fine), the input
-    after ``p`` steps of past (p = 0: zeros before step 0, p = W-1: initial states);
-    w (W, dim); bias (dim,) or None. out[:, t] = bias + sum_k w[k] src[:, p + t - (W-1-k)]
-    over the taps that fall inside src. Returns out (batch, L, dim), contiguous."""
+    """src: (b, p+L, d) in step-major layout (a strided view is fine), the input after
+    ``p`` steps of past (p = 0: zeros before step 0, p = W-1: initial states); w (W, d);
+    bias (d,) or None. out[:, t] = bias + sum_k w[k] src[:, p + t - (W-1-k)] over the taps
+    that fall inside src. Returns out (b, L, d), contiguous. (Here p is a count of past
+    steps, not the notation's headdim.)"""
 
     @staticmethod
     def forward(ctx, src, w, bias, p, silu):
@@ -86,8 +87,7 @@ def causal_conv1d_torch(
     initial_states: torch.Tensor | None = None,
     return_final_states: bool = False,
 ):
-    """Same contract as :func:`causal_conv1d_ref` (computed in float32 for half inputs,
-    float64 for float64, like the reference)."""
+    """Same contract as :func:`~mimetic.ops.causal_conv1d.reference.causal_conv1d_ref`."""
     dim, W = weight.shape
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     src = x.transpose(1, 2).to(compute)  # (batch, L, dim), a view for Mamba's inputs

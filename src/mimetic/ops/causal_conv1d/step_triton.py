@@ -69,10 +69,9 @@ def causal_conv1d_update_triton(
     bias: torch.Tensor | None = None,
     activation: str | None = None,
 ) -> torch.Tensor:
-    """Same contract as :func:`~mimetic.ops.causal_conv1d.step.causal_conv1d_update_torch`:
-    x (batch, dim); conv_state (batch, dim, width-1), any dtype and strides, shifted in
-    place to end with x; weight (dim, width); bias (dim,). Returns out (batch, dim) in x's
-    dtype, contiguous. All inputs may be strided views (none is copied); no autograd."""
+    """Same contract as :func:`~mimetic.ops.causal_conv1d.step.causal_conv1d_update_torch`;
+    out (b, d) is contiguous. All inputs may be strided views (none is copied), the state of
+    any dtype; no autograd."""
     batch, dim = x.shape
     width = weight.shape[1]
     out = torch.empty(batch, dim, device=x.device, dtype=x.dtype)

@@ -298,9 +298,8 @@ def causal_conv1d_triton(
     initial_states: torch.Tensor | None = None,
     return_final_states: bool = False,
 ):
-    """Same contract as :func:`causal_conv1d_ref`: x (batch, dim, L), weight (dim, W),
-    bias (dim,), initial_states (batch, dim, W-1). Returns out (batch, dim, L) in x's
-    dtype and, with ``return_final_states``, the last W-1 inputs (batch, dim, W-1)."""
+    """Same contract as :func:`~mimetic.ops.causal_conv1d.reference.causal_conv1d_ref`
+    (float64 inputs take the shifted PyTorch path: the kernels compute in float32)."""
     if x.dtype == torch.float64:
         # The kernels compute in float32; keep float64 inputs at float64 accuracy.
         return causal_conv1d_torch(x, weight, bias=bias, activation=activation,

@@ -20,7 +20,7 @@ def rms_norm_ref(
     prenorm: bool = False,
     residual_in_fp32: bool = False,
 ):
-    """x, z, residual: (..., dim); weight, bias: (dim,).
+    """The contract of every RMSNorm backend. x, z, residual: (..., d); weight, bias: (d,).
 
     Steps: x = x + residual (the sum is the new residual); gate before the norm
     (``x * silu(z)``) unless ``norm_before_gate``; normalize each group of

@@ -86,13 +86,8 @@ def ssd_scan_torch(
     initial_states: torch.Tensor | None = None,
     return_final_states: bool = False,
 ):
-    """Same contract as :func:`mimetic.ops.ssd.reference.ssd_scan_ref`.
-
-    Shapes: x, z (batch, L, H, P); dt (batch, L, H); A (H,); B, C (batch, L, G, N);
-    D (H,) or (H, P); dt_bias (H,); initial_states (batch, H, P, N).
-    Returns y (batch, L, H, P) in x's dtype and, if asked, the final states
-    (batch, H, P, N) in float32 (float64 for float64 inputs).
-    """
+    """Same contract as :func:`~mimetic.ops.ssd.reference.ssd_scan_ref`; chunks of
+    ``min(chunk_size, MAX_CHUNK)`` steps."""
     dtype_in = x.dtype
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     batch, L, H, P = x.shape

@@ -34,11 +34,12 @@ def ssd_scan_ref(
     initial_states: torch.Tensor | None = None,
     return_final_states: bool = False,
 ):
-    """Shapes: x, z (batch, L, H, P); dt (batch, L, H); A (H,); B, C (batch, L, G, N);
-    D (H,) or (H, P); dt_bias (H,); initial_states (batch, H, P, N).
+    """The contract of every SSD backend. Shapes: x, z (b, L, h, p); dt (b, L, h); A (h,);
+    B, C (b, L, g, n); D (h,) or (h, p); dt_bias (h,); initial_states (b, h, p, n).
 
     ``chunk_size`` is accepted for signature parity with the chunked paths and unused.
-    Returns y (batch, L, H, P) and, if asked, the final states (batch, H, P, N) in float32.
+    Returns y (b, L, h, p) in x's dtype and, if asked, the final states (b, h, p, n) in
+    float32 (float64 for float64 inputs).
     """
     del chunk_size
     dtype_in = x.dtype

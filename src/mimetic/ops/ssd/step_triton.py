@@ -104,10 +104,8 @@ def ssd_state_update_triton(
     dt_limit: tuple[float, float] = (0.0, math.inf),
     A_is_log: bool = False,
 ) -> torch.Tensor:
-    """Same contract as :func:`~mimetic.ops.ssd.step.ssd_state_update_torch`: state
-    (batch, H, P, N) updated in place; x, z (batch, H, P); dt (batch, H); A, dt_bias (H,);
-    B, C (batch, G, N); D (H,) or (H, P). Returns y (batch, H, P) in x's dtype. Inputs
-    may be strided views (e.g. slices of one projection); no autograd."""
+    """Same contract as :func:`~mimetic.ops.ssd.step.ssd_state_update_torch`. Inputs may be
+    strided views (e.g. slices of one projection); no autograd."""
     batch, H, P = x.shape
     G, N = B.shape[1], B.shape[2]
     x, dt, B, C, z = (_inner_contiguous(t) for t in (x, dt, B, C, z))

@@ -66,7 +66,7 @@ def _ssd_dt_kernel(dt_ptr, A_ptr, bias_ptr, w_ptr, cs_ptr, cslast_ptr, L, H, Q, 
                    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
                    BQ: tl.constexpr):
     """w = processed dt (0 past the end, so padded steps are identities), cs = in-chunk
-    cumsum of w A, into (b, H, n_chunks * Q) buffers; cs_last into (b, H, n_chunks)."""
+    cumsum of w A, into (b, h, n_chunks * Q) buffers; cs_last into (b, h, n_chunks)."""
     pid_bh = tl.program_id(0)
     c = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -518,7 +518,7 @@ def _p2(n: int) -> int:
 
 class _Launch:
     """Shapes, block sizes and kernel options shared by the forward and backward passes.
-    Inputs are made contiguous: x, z (b, L, H, P); dt (b, L, H); B, C (b, L, G, N)."""
+    Inputs are made contiguous: x, z (b, L, h, p); dt (b, L, h); B, C (b, L, g, n)."""
 
     def __init__(self, x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_limit):
         self.batch, self.L, self.H, self.P = x.shape
@@ -540,7 +540,7 @@ class _Launch:
 
 
 def _time_steps(k: _Launch, dt, A, dt_bias, dt_softplus):
-    """w, cs: (b, H, nc * Q) float32; cs_last (b, H, nc)."""
+    """w, cs: (b, h, nc * Q) float32; cs_last (b, h, nc)."""
     dev = dt.device
     w = torch.empty(k.batch, k.H, k.nc * k.Q, device=dev, dtype=torch.float32)
     cs = torch.empty_like(w)
@@ -553,7 +553,7 @@ def _time_steps(k: _Launch, dt, A, dt_bias, dt_softplus):
 
 
 def _chunk_states(k: _Launch, X, Y, w, cs, cslast, forward: bool):
-    """(b, nc, H, P, N) float32: forward, each chunk's own state (X = x, Y = B);
+    """(b, nc, h, p, n) float32: forward, each chunk's own state (X = x, Y = B);
     backward, the gradient its outputs send to the state entering it (X = dy, Y = C)."""
     out = torch.empty(k.batch, k.nc, k.H, k.P, k.N, device=X.device, dtype=torch.float32)
     _ssd_chunk_state_kernel[(k.batch * k.H, k.nc)](
@@ -566,7 +566,7 @@ PASS_BLOCK = 1024
 
 
 def _pass_states(k: _Launch, states, cslast, h0):
-    """States entering each chunk (b, nc, H, P, N) and the final state (b, H, P, N)."""
+    """States entering each chunk (b, nc, h, p, n) and the final state (b, h, p, n)."""
     sin = torch.empty_like(states)
     final = torch.empty(k.batch, k.H, k.P, k.N, device=states.device, dtype=torch.float32)
     _ssd_pass_kernel[(k.batch * k.H, triton.cdiv(k.P * k.N, PASS_BLOCK))](
@@ -576,7 +576,7 @@ def _pass_states(k: _Launch, states, cslast, h0):
 
 
 def _outputs(k: _Launch, x, w, cs, B, C, D, z, sin, dout=None):
-    """y (b, L, H, P) in x's dtype, gated by silu(z) when z is given. With ``dout`` (and
+    """y (b, L, h, p) in x's dtype, gated by silu(z) when z is given. With ``dout`` (and
     z): (dy, dz) instead, dy = dout * silu(z) and dz the gate's gradient."""
     out = torch.empty_like(x)
     dz = torch.empty_like(z) if dout is not None else None
@@ -614,7 +614,7 @@ def _heads_per_program(heads_per_group: int) -> int:
 
 def _backward(k: _Launch, saved, dt_softplus, dt_limit, dout, dfinal):
     """Gradients of (x, dt, A, B, C, D, z, dt_bias, initial_states); see the module
-    docstring, steps 4-8. dout (b, L, H, P); dfinal (b, H, P, N) or None."""
+    docstring, steps 4-8. dout (b, L, h, p); dfinal (b, h, p, n) or None."""
     x, dt, A, B, C, D, z, dt_bias, h0 = saved
     del dt_limit   # k has it (clamp, lo, hi), as the kernels take it
     w, cs, cslast, sin, _ = _forward_states(k, x, dt, A, B, dt_bias, dt_softplus, h0)
@@ -746,10 +746,8 @@ def ssd_scan_triton(
     initial_states: torch.Tensor | None = None,
     return_final_states: bool = False,
 ):
-    """Same contract as :func:`ssd_scan_ref`: x, z (batch, L, H, P); dt (batch, L, H);
-    A, dt_bias (H,); B, C (batch, L, G, N); D (H,) or (H, P); initial_states
-    (batch, H, P, N). Returns y (batch, L, H, P) in x's dtype and, with
-    ``return_final_states``, the final states (batch, H, P, N) in float32."""
+    """Same contract as :func:`~mimetic.ops.ssd.reference.ssd_scan_ref` (float64 inputs take
+    the chunked PyTorch path: the kernels compute in float32)."""
     if x.dtype == torch.float64:
         # The kernels compute in float32; keep float64 inputs at float64 accuracy.
         return ssd_scan_torch(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z,

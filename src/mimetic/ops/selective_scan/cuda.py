@@ -124,12 +124,14 @@ class CudaScanConfig:
                              f"backward's chunk of {bwd.chunk} steps")
 
 
-def default_config(u: torch.Tensor) -> CudaScanConfig:
+def default_config(u: torch.Tensor, d_state: int) -> CudaScanConfig:
     """Layouts by the number of (batch, channel) rows: few rows (long sequences) take B,
-    very many take C, others A. A first guess from the design note, to be replaced by the
-    GPU measurements (benchmarks/device/issue16_cuda_scan.sh times every layout)."""
+    very many take C (A above d_state 64: C's 128 channels per block would need more
+    shared memory for their carries than a block has), others A. A first guess from the
+    design note, to be replaced by the GPU measurements (benchmarks/device/issue16_cuda_scan.sh
+    times every layout)."""
     rows = u.shape[0] * u.shape[1]
-    name = "B" if rows <= 4096 else "C" if rows >= 32768 else "A"
+    name = "B" if rows <= 4096 else "C" if rows >= 32768 and d_state <= 64 else "A"
     return CudaScanConfig(name, name)
 
 
@@ -252,6 +254,15 @@ def _param_struct(direction: str) -> type[ctypes.Structure]:
 
 FwdParams = _param_struct("fwd")
 BwdParams = _param_struct("bwd")
+
+
+def _params(cls: type[ctypes.Structure], **values) -> ctypes.Structure:
+    """cls with every field given (a field left out would silently be 0 in the kernel)."""
+    names = [name for name, _ in cls._fields_]
+    if set(values) != set(names):
+        raise TypeError(f"{cls.__name__}: missing {sorted(set(names) - set(values))}, "
+                        f"unknown {sorted(set(values) - set(names))}")
+    return cls(**values)
 
 
 def compiled(spec: Spec, arch: str, compiler: _cuda_rtc.Compiler | None = None) -> _cuda_rtc.Compiled:
@@ -430,7 +441,8 @@ def _forward(kernel, spec, u, delta, A, B, C, D, z, bias, h0, softplus, last, ne
     hlast = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) if last else None
     grid, dpg, per_group = _grid(u, B, spec.layout)
     zz = z if z is not None else u
-    p = FwdParams(
+    p = _params(
+        FwdParams,
         u=_ptr(u), delta=_ptr(delta), A=_ptr(A), B=_ptr(B), C=_ptr(C), D=_ptr(D), z=_ptr(z), bias=_ptr(bias),
         h0=_ptr(h0), out=_ptr(out), ckpt=_ptr(ckpt), last=_ptr(hlast),
         batch=batch, dim=dim, L=L, N=N, groups=B.shape[1], dpg=dpg, blocks_per_group=per_group,
@@ -461,7 +473,8 @@ def _backward(kernel, spec, u, delta, A, B, C, D, z, bias, ckpt, softplus, dout,
     dlast = dlast.float().contiguous() if dlast is not None else None
     grid, dpg, per_group = _grid(u, B, spec.layout)
     zz, dzz = (z, dz) if z is not None else (u, du)
-    p = BwdParams(
+    p = _params(
+        BwdParams,
         u=_ptr(u), delta=_ptr(delta), A=_ptr(A), B=_ptr(B), C=_ptr(C), D=_ptr(D), z=_ptr(z), bias=_ptr(bias),
         ckpt=_ptr(ckpt), dout=_ptr(dout), dlast=_ptr(dlast), du=_ptr(du), ddelta=_ptr(ddelta), dz=_ptr(dz),
         dA=_ptr(dA), dB=_ptr(dB), dC=_ptr(dC), dD=_ptr(dD), dbias=_ptr(dbias), dh0=_ptr(dh0),
@@ -483,7 +496,7 @@ def selective_scan_cuda_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, 
                             return_last_state, need_grad, config: CudaScanConfig | None = None):
     """The forward kernel on prepared-or-not inputs. Returns (out, last state or None,
     checkpoints or None); raises _Unavailable where the call must fall back."""
-    config = config or default_config(u)
+    config = config or default_config(u, A.shape[1])
     config.check(need_grad)
     out_dtype = u.dtype
     u, delta, A, B, C, D, z, delta_bias, initial_state = _prepared(u, delta, A, B, C, D, z, delta_bias,
@@ -499,7 +512,7 @@ def selective_scan_cuda_bwd(u, delta, A, B, C, D, z, delta_bias, initial_state, 
     """Gradients of (u, delta, A, B, C, D, z, delta_bias, initial_state) in their inputs'
     shapes and dtypes (None for absent inputs), from :func:`selective_scan_cuda_fwd`'s
     checkpoints; ``config`` must be the forward's."""
-    config = config or default_config(u)
+    config = config or default_config(u, A.shape[1])
     config.check(True)
     originals = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     u, delta, A, B, C, D, z, delta_bias, initial_state = _prepared(*originals)
@@ -562,7 +575,7 @@ def selective_scan_cuda(
         from .chunked import selective_scan_torch
 
         return selective_scan_torch(u, delta, A, B, C, **kwargs)
-    config = config or default_config(u)
+    config = config or default_config(u, A.shape[1])
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
     config.check(need_grad)

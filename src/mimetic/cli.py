@@ -3,6 +3,9 @@
 Every user error (bad flag value, unknown task, impossible length, missing file) ends in
 one line ``mimetic: error: ...`` and exit status 2, never a traceback (set
 ``MIMETIC_DEBUG=1`` to see the traceback).
+
+Each command imports the parts of the package it runs (training, sweeps, analysis), so that
+one command does not load the others'; torch and the models load with the package anyway.
 """
 from __future__ import annotations
 
@@ -11,7 +14,10 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from .layer_kinds import MAMBA2, MIMETIC_LAYERS
+from .models import MambaConfig, MambaLM
 
 
 def _kv_pairs(items: list[str]) -> dict:
@@ -43,8 +49,6 @@ def _token_ids(flag: str, text: str) -> list[int]:
 
 
 def cmd_demo(args) -> None:
-    import torch
-
     from .demo import DemoSettings, run_demo, summary_table
 
     s = DemoSettings(steps=args.steps, layer=args.layer, copy_len=args.copy_len, seed=args.seed)
@@ -62,9 +66,6 @@ def cmd_demo(args) -> None:
 
 
 def cmd_train(args) -> None:
-    import torch
-
-    from .models import MambaConfig, MambaLM
     from .tasks import make_task
     from .train import TrainConfig, train
 
@@ -110,7 +111,6 @@ def _model_to_save(model, config, out: str):
     if not is_main_process():
         return None
     if any(hasattr(p, "full_tensor") for p in model.parameters()):  # FSDP2's DTensors
-        from .models import MambaLM
         from .train import latest_checkpoint, load_checkpoint
 
         model = MambaLM(config)
@@ -154,10 +154,6 @@ def cmd_attn(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    import torch
-
-    from .models import MambaLM
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = MambaLM.from_pretrained(args.checkpoint, device=device).eval()
     ids = torch.tensor([_token_ids("--prompt", args.prompt)], device=device)

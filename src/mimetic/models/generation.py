@@ -7,6 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._validate import bool_arg, int_arg, real_arg
+from .cuda_graph import check_graphable, decode_graph
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 1, top_p: float = 0.0,
@@ -70,8 +71,6 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
 def _generate(model, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, generator, progress,
               cuda_graph, state_dtype) -> torch.Tensor:
     if cuda_graph:
-        from .cuda_graph import check_graphable
-
         check_graphable(model)
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -83,8 +82,6 @@ def _generate(model, input_ids, max_new_tokens, temperature, top_k, top_p, eos_t
     cache = model.allocate_cache(batch, L + max_new_tokens, state_dtype=state_dtype)
     logits = model(input_ids, cache=cache, num_last_tokens=1)[:, -1]
     if cuda_graph and max_new_tokens > 1:
-        from .cuda_graph import decode_graph
-
         step = decode_graph(model, batch, state_dtype=state_dtype)
         step.load(cache)  # the graph decodes on its own cache, from the prefilled states
     else:

@@ -6,6 +6,7 @@ from torch import nn
 
 from ..init import init_lm_weights_, mimetic_init_
 from ..modules import MHA, Block, GatedMLP, RMSNorm
+from . import checkpoint, generation
 from .cache import InferenceCache, KVState, SSMState
 from .config import LAYER_TYPES, MambaConfig
 
@@ -202,26 +203,20 @@ class MambaLM(nn.Module):
         launches; the graph is captured on the first call and reused by later ones of the
         same batch size (see :mod:`mimetic.models.cuda_graph`). ``state_dtype``: dtype of
         the SSM states while decoding (see :meth:`allocate_cache`)."""
-        from .generation import generate
-
-        return generate(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, eos_token_id=eos_token_id, generator=generator,
-                        progress=progress, cuda_graph=cuda_graph, state_dtype=state_dtype)
+        return generation.generate(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                   top_p=top_p, eos_token_id=eos_token_id, generator=generator,
+                                   progress=progress, cuda_graph=cuda_graph, state_dtype=state_dtype)
 
     # ---- checkpoints ----------------------------------------------------------------------
 
     def save_pretrained(self, path) -> None:
         """Write ``config.json`` and ``model.safetensors`` under directory ``path``."""
-        from .checkpoint import save_pretrained
-
-        save_pretrained(self, path)
+        checkpoint.save_pretrained(self, path)
 
     @classmethod
     def from_pretrained(cls, path, device=None, dtype=None) -> MambaLM:
         """Load from a local directory in our format, ``mamba_ssm``'s (``config.json`` +
         ``pytorch_model.bin``) or ``transformers``' (``MambaForCausalLM`` /
         ``Mamba2ForCausalLM``)."""
-        from .checkpoint import load_pretrained
-
-        return load_pretrained(cls, path, device=device, dtype=dtype)
+        return checkpoint.load_pretrained(cls, path, device=device, dtype=dtype)
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..init import default_init_mamba_
 from ..ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 from ._args import check_hidden, check_mamba_args
 from .batch_parallel import batch_parallel
@@ -63,8 +64,6 @@ class Mamba(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
-        from ..init import default_init_mamba_
-
         default_init_mamba_(self)
 
     def forward(self, hidden_states: torch.Tensor, cache=None) -> torch.Tensor:

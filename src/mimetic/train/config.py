@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from .._validate import bool_arg, int_arg, real_arg
 
 
@@ -166,8 +168,6 @@ def config_problems(c: TrainConfig) -> list[str]:
 def device_problem(device: Any) -> str | None:
     """Why ``device`` cannot be trained on here (None if it can): not a device string, or a
     CUDA device on a machine without CUDA (or without that many GPUs)."""
-    import torch
-
     if not isinstance(device, (str, torch.device)):
         return f"device={device!r} must be a device name such as 'cpu' or 'cuda'"
     try:

@@ -102,6 +102,15 @@ def _load_nvrtc(path: str) -> ctypes.CDLL:
 
 
 def _nvrtc_compile(path, source, name, options, arch):
+    try:
+        return _nvrtc_compile_once(path, source, name, ["--ptxas-options=-v", *options], arch)
+    except CudaCompileError as e:
+        if "ptxas-options" not in str(e):
+            raise
+    return _nvrtc_compile_once(path, source, name, list(options), arch)   # an NVRTC without the option
+
+
+def _nvrtc_compile_once(path, source, name, options, arch):
     lib = _load_nvrtc(path)
     prog = ctypes.c_void_p()
 
@@ -112,7 +121,7 @@ def _nvrtc_compile(path, source, name, options, arch):
     check(lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), f"{name}.cu".encode(), 0, None, None),
           "nvrtcCreateProgram")
     try:
-        opts = [f"--gpu-architecture={arch}", "--ptxas-options=-v", *options]
+        opts = [f"--gpu-architecture={arch}", *options]
         arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
         with _NVRTC_LOCK:
             res = lib.nvrtcCompileProgram(prog, len(opts), arr)

@@ -1,8 +1,9 @@
 """torch.compile and torch.autocast with the scan ops (``mimetic.ops._library``).
 
 Compiled results are compared with eager ones on the same inputs. The compiled graph
-runs the same backend (forward; backward by recompute), so agreement is to float32
-rounding, not to a loose tolerance. Backend "aot_eager" traces forward and backward
+runs the same backend (forward; backward: the backend's own backward op, or autograd of
+its code for the references and the chunked SSD), so agreement is to float32 rounding,
+not to a loose tolerance. Backend "aot_eager" traces forward and backward
 like inductor does but skips code generation, which on CPU costs a C++ compile.
 """
 from __future__ import annotations
@@ -15,8 +16,11 @@ from numerics import rel_err
 
 from mimetic import MambaConfig, MambaLM
 from mimetic.ops import selective_scan, ssd_scan
+from mimetic.ops._dispatch import triton_available, triton_interpret
 
 OPS = torch.ops.mimetic
+# Triton runs on these CPU tensors through the interpreter only.
+BACKENDS = ["reference", "torch"] + (["triton"] if triton_available() and triton_interpret() else [])
 
 
 @pytest.fixture(autouse=True)
@@ -140,14 +144,64 @@ def test_opcheck(requires_grad):
 
 
 def test_opcheck_backward_ops():
+    """Schema and fake kernels of the backward ops; on the interpreter also the Triton
+    backends' (whose gradients may share a buffer, copied apart by the op)."""
     ss = _ss_op_args(ss_inputs(), False)
     g = torch.randn(ss[0].shape[0], ss[0].shape[2], ss[0].shape[1]).transpose(1, 2)  # any layout
     needs = [True, True, True, True, True, False, True, True, True]
+    x = _ssd_op_args(ssd_inputs(), False)
+    ssd_args = (torch.randn(x[0].shape), None) + x + (4, True, 0.0, math.inf)
+    for backend in ["torch"] + (["triton"] if "triton" in BACKENDS else []):
+        torch.library.opcheck(OPS.ssd_scan_backward, ssd_args + (backend, [True] * 9))
     torch.library.opcheck(OPS.selective_scan_backward,
                           (g, torch.randn(2, 4, 3)) + ss + (True, "torch", needs))
-    x = _ssd_op_args(ssd_inputs(), False)
-    torch.library.opcheck(OPS.ssd_scan_backward,
-                          (torch.randn(x[0].shape), None) + x + (4, True, 0.0, math.inf, "torch", [True] * 9))
+    if "triton" in BACKENDS:  # the Triton backward op takes the forward's checkpoints
+        _, _, ckpt = OPS.selective_scan(*ss, True, True, "triton", True)
+        torch.library.opcheck(OPS.selective_scan_backward,
+                              (g, torch.randn(2, 4, 3)) + ss + (True, "triton", needs, ckpt))
+
+
+def _scans_on(backend):
+    def fn(ss, ssd):
+        out, last = selective_scan(**ss, delta_softplus=True, return_last_state=True, backend=backend)
+        y, final = ssd_scan(**ssd, chunk_size=4, dt_softplus=True, dt_limit=(0.0, 2.0),
+                            return_final_states=True, backend=backend)
+        return out, last, y, final
+    return fn
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compiled_gradients_match_eager(backend, monkeypatch):
+    """Every backend: the compiled ops' outputs and gradients equal the eager backend's
+    (to float32 rounding), and a backend with a backward of its own runs its forward
+    once per forward+backward (its backward op is called directly: no rerun of the
+    forward on a helper thread, which only the autograd-only backends need)."""
+    import importlib
+
+    calls = []
+    if backend != "reference":   # count the forwards of the backends' plain functions
+        ss_mod = importlib.import_module(
+            "mimetic.ops.selective_scan." + ("triton" if backend == "triton" else "chunked"))
+        fwd = ss_mod.selective_scan_fwd
+        monkeypatch.setattr(ss_mod, "selective_scan_fwd",
+                            lambda *a, **k: calls.append("ss") or fwd(*a, **k))
+    if backend == "triton":
+        ssd_mod = importlib.import_module("mimetic.ops.ssd.triton")
+        ssd_fwd = ssd_mod.ssd_scan_fwd
+        monkeypatch.setattr(ssd_mod, "ssd_scan_fwd",
+                            lambda *a, **k: calls.append("ssd") or ssd_fwd(*a, **k))
+    ss, ssd = ss_inputs(), ssd_inputs()
+    fn = _scans_on(backend)
+    got, got_grads = fwd_bwd(torch.compile(fn, backend="aot_eager", fullgraph=True), ss, ssd)
+    assert calls.count("ss") == (backend != "reference")
+    assert calls.count("ssd") == (backend == "triton")
+    ref, ref_grads = fwd_bwd(fn, ss, ssd)
+    for g, r in zip(got, ref):
+        assert g.shape == r.shape and g.dtype == r.dtype
+        assert rel_err(g, r) < 1e-6
+    assert got_grads.keys() == ref_grads.keys()
+    for k in ref_grads:
+        assert rel_err(got_grads[k], ref_grads[k]) < 1e-5, k
 
 
 def small_model(layer, seed=0):

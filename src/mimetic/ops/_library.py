@@ -29,8 +29,12 @@ Design:
   are fixed by its schema.
 * Backends without a hand-written backward (the references, and the chunked SSD, which
   is plain autograd code) are differentiated by rerunning their forward with autograd
-  (:func:`_autograd_grads`). The chunked selective scan's backward also reruns its
-  forward, without autograd, instead of keeping a dozen intermediates as op outputs.
+  (:func:`_autograd_grads`), on a helper thread since the backward op's kernel runs with
+  autograd off. (Rerunning it in the op's autograd formula instead, outside any kernel,
+  needs no thread but traces the rerun into the compiled backward graph: compiling the
+  chunked SSD with dynamic shapes became an order of magnitude slower.) The chunked
+  selective scan's backward also reruns its forward loop, without autograd, instead of
+  keeping a dozen intermediates as op outputs.
 * Fake (meta) kernels give every output's shape, dtype and strides, from helpers of
   the backends themselves for the Triton selective scan (``output_like``,
   ``checkpoint_shape``); the real kernels copy an output into that layout only when
@@ -90,7 +94,9 @@ def _grads_fake(inputs: Sequence[Tensor | None], needs: Sequence[bool], ref: Ten
 def _finish_grads(grads: Sequence[Tensor | None], inputs: Sequence[Tensor | None],
                   needs: Sequence[bool], grad_outputs: Sequence[Tensor | None]) -> list[Tensor]:
     """A backend's gradients as the backward op returns them (:func:`_grads_fake`'s list):
-    laid out like their inputs, zeros for an input that reaches no output."""
+    laid out like their inputs, zeros for an input that reaches no output, and copied
+    where one shares memory with an op input or another gradient (the Triton SSD's dA
+    and d dt_bias are slices of one buffer; op outputs may not alias)."""
     ref = next(g for g in grad_outputs if g is not None)
     result = _grads_fake(inputs, needs, ref)
     everything = list(inputs) + list(grad_outputs)
@@ -102,6 +108,7 @@ def _finish_grads(grads: Sequence[Tensor | None], inputs: Sequence[Tensor | None
             result[i].zero_()
         else:
             result[i] = _laid_out(g, result[i], everything)
+            everything.append(result[i])
     return result
 
 

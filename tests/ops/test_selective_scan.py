@@ -330,4 +330,4 @@ def test_validation_errors(mutate, error, match):
 def test_unknown_backend():
     t = _valid()
     with pytest.raises(ValueError, match="backend"):
-        selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], backend="cuda")
+        selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], backend="cudnn")

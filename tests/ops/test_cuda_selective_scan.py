@@ -302,7 +302,7 @@ def _gpu_case(batch, dim, L, n, groups, dtype, z=True, D=True, bias=True, h0=Tru
                   initial_state=leaves["initial_state"], return_last_state=last, **kw)
         outs = outs if isinstance(outs, tuple) else (outs,)
         grads_out = [dout] + ([dlast] if last else [])
-        torch.autograd.backward(list(outs), grads_out)
+        torch.autograd.backward(list(outs), [g.to(o.dtype) for g, o in zip(grads_out, outs)])
         return outs, {k: v.grad for k, v in leaves.items() if v is not None}
 
     got, got_g = run(cuda.selective_scan_cuda, t, config=config)

@@ -47,9 +47,9 @@ The lane kernels are limited by the warp shuffles / shared memory (MIO) of their
 cross-lane scans and reductions, not by memory bandwidth (benchmarks/RESULTS.md compares
 them with mamba_ssm's CUDA kernel).
 
-Memory layouts: the lane and segment kernels take every (b, dim, L)
-tensor -- u, delta, z, out, and in backward dout, du, ddelta, dz -- and B, C with their
-own batch / channel / state strides; only the time axis must have unit stride. So
+Memory layouts: both kernels take every (b, dim, L) tensor -- u, delta, z, out, and in
+backward dout, du, ddelta, dz -- and B, C with their own batch / channel / state
+strides; only the time axis must have unit stride. So
 strided views (Mamba's x and z as slices of one projection, B and C as slices of
 x_proj's output, a transposed gradient) are read in place, and each gradient is
 allocated like its input (``torch.empty_like``: the same strides for a dense input),
@@ -57,8 +57,8 @@ which is the layout the caller's backward consumes. ``out`` takes the layout of 
 without z).
 
 Entry points: :func:`selective_scan_fwd` / :func:`selective_scan_bwd` (plain functions,
-also the torch.compile op's forward and backward), wrapped for eager autograd by
-``_SelectiveScanFn`` and :func:`selective_scan_triton`.
+also the torch.compile op's forward and backward, each taking the call's ``ScanConfig``),
+wrapped for eager autograd by ``_SelectiveScanFn`` and :func:`selective_scan_triton`.
 
 Layout of the code: the kernels live in ``triton_lane.py`` and ``triton_segment.py``,
 their shared helpers in ``triton_common.py``, the launch configuration in
@@ -354,7 +354,8 @@ def selective_scan_triton(
     state (batch, dim, n) in float32. Differentiable in every tensor argument.
     ``config``: the kernels and tiles (None: :func:`default_config` for these inputs and
     whether a gradient is wanted); a config given for a call with gradients must satisfy
-    the backward (``ScanConfig.check``).
+    the backward (``ScanConfig.check``). Float64 inputs take the chunked PyTorch path,
+    without a config.
     """
     if u.dtype == torch.float64:
         # The kernels compute in float32; keep float64 inputs at float64 accuracy.

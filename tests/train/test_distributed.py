@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 from mimetic.models import MambaConfig, MambaLM
 from mimetic.tasks import make_task
 from mimetic.train import NonFiniteLossError, TrainConfig, latest_checkpoint, load_checkpoint, read_metrics, train
+from mimetic.train.distributed import shutdown
 
 from .tiny import LookbackLM, TinyLM
 
@@ -81,7 +82,8 @@ def _rank(rank: int, world: int, port: int, root: str) -> None:
         train(NaNOnRankOne(task.vocab_size), task, cfg(root / "nan"))
     except NonFiniteLossError as e:
         (root / f"nan_rank{rank}.txt").write_text(str(e))
-    dist.destroy_process_group()
+    shutdown()  # as the CLI leaves the group (a bare destroy_process_group could abort at exit)
+    assert not dist.is_initialized()
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ so every rank takes the same early-stop decision.
 from __future__ import annotations
 
 import copy
+import gc
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -80,8 +81,16 @@ def init_from_env(device: torch.device) -> None:
 
 
 def shutdown() -> None:
-    """Leave the process group (if any); the CLI calls it before exiting."""
+    """Leave the process group (if any) once every rank is here; the CLI calls it before exiting.
+
+    Objects in reference cycles (a caught exception's traceback holding a DDP wrapper, whose
+    reducer holds the group) are freed first: otherwise the group outlives this call and is torn
+    down during interpreter exit, when gloo's worker threads can no longer take the GIL to free
+    the tensors of their last collective, and the process aborts.
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 

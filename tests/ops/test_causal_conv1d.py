@@ -8,9 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.ops.numerics import backend_params, device_of, leaf_copies, randn, randn64, rel_err
 
 from mimetic.ops.causal_conv1d import causal_conv1d, causal_conv1d_ref
+
+from .numerics import backend_params, device_of, leaf_copies, randn, randn64, rel_err
 
 # Triton against the reference in float64, ||got - ref|| / ||ref||: fp32 arithmetic; one
 # rounding of each output for bf16/fp16.

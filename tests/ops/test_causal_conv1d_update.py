@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.ops.numerics import TRITON_DEVICE, backend_params, device_of, needs_triton, randn, randn64, rel_err
 
 from mimetic.ops import _dispatch as dispatch_module
 from mimetic.ops import causal_conv1d, causal_conv1d_update
 from mimetic.ops.causal_conv1d.reference import causal_conv1d_ref
+
+from .numerics import TRITON_DEVICE, backend_params, device_of, needs_triton, randn, randn64, rel_err
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Triton against the PyTorch step on the same inputs, ||got - ref|| / ||ref||: both compute

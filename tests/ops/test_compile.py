@@ -12,11 +12,12 @@ import math
 
 import pytest
 import torch
-from numerics import rel_err
 
 from mimetic import MambaConfig, MambaLM
 from mimetic.ops import selective_scan, ssd_scan
 from mimetic.ops._dispatch import triton_available, triton_interpret
+
+from .numerics import rel_err
 
 OPS = torch.ops.mimetic
 # Triton runs on these CPU tensors through the interpreter only.

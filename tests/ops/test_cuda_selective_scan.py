@@ -15,11 +15,12 @@ import warnings
 
 import pytest
 import torch
-from numerics import rel_err
 
 from mimetic.ops import _cuda_rtc, selective_scan
 from mimetic.ops.selective_scan import cuda
 from mimetic.ops.selective_scan.reference import selective_scan_ref
+
+from .numerics import rel_err
 
 ARCH = "sm_90"
 COMPILER = _cuda_rtc.find_compiler()

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.ops.numerics import (
+
+from mimetic.ops.rms_norm import rms_norm, rms_norm_ref
+
+from .numerics import (
     CUDA,
     backend_params,
     backward_weighted,
@@ -18,8 +21,6 @@ from tests.ops.numerics import (
     rel_err,
     to64,
 )
-
-from mimetic.ops.rms_norm import rms_norm, rms_norm_ref
 
 # Triton against the reference, ||got - ref|| / ||ref||: fp32 arithmetic; one rounding of
 # each output for bf16.

@@ -16,7 +16,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.ops.numerics import (
+
+from mimetic.ops.ssd import ssd_scan, ssd_scan_ref
+from mimetic.ops.ssd.chunked import segsum, ssd_scan_torch
+
+from .numerics import (
     CUDA,
     backend_params,
     backward_weighted,
@@ -29,9 +33,6 @@ from tests.ops.numerics import (
     ssd_inputs,
     to64,
 )
-
-from mimetic.ops.ssd import ssd_scan, ssd_scan_ref
-from mimetic.ops.ssd.chunked import segsum, ssd_scan_torch
 
 # The chunked torch path. fp32: float32 arithmetic only. bf16/fp16: one rounding of each
 # result to the input dtype (unit roundoff 2^-8 / 2^-11); we allow twice that.

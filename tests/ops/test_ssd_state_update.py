@@ -10,10 +10,11 @@ import math
 
 import pytest
 import torch
-from tests.ops.numerics import CUDA, TRITON_DEVICE, backend_params, device_of, needs_triton, randn, rel_err, ssd_inputs
 
 from mimetic.ops import ssd_state_update
 from mimetic.ops.ssd import ssd_scan_ref
+
+from .numerics import CUDA, TRITON_DEVICE, backend_params, device_of, needs_triton, randn, rel_err, ssd_inputs
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Triton against the PyTorch step on the same inputs, ||got - ref|| / ||ref||: both compute

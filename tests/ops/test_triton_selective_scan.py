@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from numerics import rel_err, triton_device
+
+from .numerics import rel_err, triton_device
 
 DEVICE = triton_device()  # skips this module where Triton cannot run
 CUDA = DEVICE == "cuda"

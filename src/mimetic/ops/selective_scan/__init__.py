@@ -12,7 +12,7 @@ import torch
 
 from .. import _library
 from .._checks import check_shape, check_tensors
-from .._dispatch import call_eager, compiling, resolve_backend, resolve_step_backend
+from .._dispatch import call_eager, compiling, lazy, resolve_backend, resolve_step_backend
 from .chunked import selective_scan_torch
 from .reference import selective_scan_ref
 from .step import selective_state_update_torch
@@ -20,33 +20,15 @@ from .step import selective_state_update_torch
 __all__ = ["selective_scan", "selective_scan_ref", "selective_state_update"]
 
 
-def _selective_scan_triton(*args, **kwargs):
-    from .triton import selective_scan_triton  # imports triton: only when it is asked for
-
-    return selective_scan_triton(*args, **kwargs)
-
-
-def _selective_scan_cuda(*args, **kwargs):
-    from .cuda import selective_scan_cuda  # compiles its kernels on first use
-
-    return selective_scan_cuda(*args, **kwargs)
-
-
-def _selective_state_update_triton(*args, **kwargs):
-    from .step_triton import selective_state_update_triton
-
-    return selective_state_update_triton(*args, **kwargs)
-
-
 BACKENDS = {
     "reference": selective_scan_ref,
     "torch": selective_scan_torch,
-    "triton": _selective_scan_triton,
-    "cuda": _selective_scan_cuda,
+    "triton": lazy(f"{__name__}.triton", "selective_scan_triton"),
+    "cuda": lazy(f"{__name__}.cuda", "selective_scan_cuda"),  # compiles its kernels on first use
 }
 STEP_BACKENDS = {
     "torch": selective_state_update_torch,
-    "triton": _selective_state_update_triton,
+    "triton": lazy(f"{__name__}.step_triton", "selective_state_update_triton"),
 }
 
 

@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mimetic.ops.ssd import ssd_scan, ssd_scan_ref
@@ -81,6 +81,15 @@ def check_against_reference(inputs, chunk_size, **kw):
             err = ((grads[name].double() - r_grads[name]).abs() / scale).max().item()
         else:
             err = rel_err(grads[name], r_grads[name])
+        if err >= TOL[dtype] and dtype == torch.float32:
+            # A sum that cancels (d A[h] adds every (batch, step) term of head h; seen 1.1e-5
+            # from a 3 x 11 case) can be ill-conditioned past what any float32 summation
+            # reaches: then the backend must be as accurate as the sequential reference run
+            # in float32 itself (within 2x, the flash-attention tests' rule).
+            _, _, f_grads = run(ssd_scan_ref, inputs, w, **kw)
+            plain = rel_err(f_grads[name], r_grads[name])
+            assert err <= 2 * plain, f"grad of {name}: relative error {err:.2e}, the float32 reference's {plain:.2e}"
+            continue
         assert err < TOL[dtype], f"grad of {name}: relative error {err:.2e}"
 
 
@@ -122,6 +131,8 @@ def test_torch_other_dtypes(dtype):
 
 
 @settings(max_examples=25, deadline=None)
+@example(batch=3, heads_per_group=1, G=1, L=11, P=4, N=7, chunk=1, D=None, z=False, bias=False, h0=True,
+         seed=208)  # d A as ill-conditioned as float32 allows: 1.1e-5, the float32 reference's too
 @given(
     batch=st.integers(1, 3), heads_per_group=st.integers(1, 3), G=st.integers(1, 2),
     L=st.integers(1, 40), P=st.integers(1, 4), N=st.integers(1, 8), chunk=st.integers(1, 17),

@@ -2,9 +2,10 @@
 
 For each op and each shape of DESIGN.md it first checks the kernel against an oracle
 (mamba_ssm's output and gradients where present, else the sequential reference on a
-small slice), then times forward and forward+backward with ``triton.testing.do_bench``
-(median of many runs; inputs are random, never zeros). Selective-scan kernel variants
-are launch configurations (``ScanConfig``) passed to the op, so one run compares them.
+small slice), then times forward and forward+backward with ``harness.cuda_ms``
+(``triton.testing.do_bench``'s median; inputs are random, never zeros). Selective-scan
+kernel variants are launch configurations (``ScanConfig``) passed to the op, so one run
+compares them.
 
 Usage (on the device):  python benchmarks/gpu.py [--ops ss,ssd,conv] [--quick] [--out DIR]
 Prints a table last; writes every number as JSON to DIR/gpu_results.json.
@@ -13,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
-import time
 from dataclasses import replace
 
 import torch
-import triton
-from triton.testing import do_bench
+
+import harness  # benchmarks/harness.py: this script's folder is first on sys.path
 
 COPY_TBPS = 3.0e12  # device-to-device copy rate; main() replaces it by this device's, measured
 
@@ -31,17 +30,13 @@ def measure_copy_tbps(gib: float = 2.0) -> float:
     memory ceiling), measured on this GPU: the floor of the memory-bound ops."""
     src = torch.randn(int(gib * 2**30) // 4, device="cuda")
     dst = torch.empty_like(src)
-    ms = bench(lambda: dst.copy_(src))
+    ms = harness.cuda_ms(lambda: dst.copy_(src))
     return 2 * src.numel() * 4 / (ms * 1e-3)
 
 
-def rel_err(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def bench(fn, grad_to_none=None):
-    return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
+def errs(out, grads, ref_out, ref_grads) -> list[float]:
+    """``harness.rel_err`` of the output, then of each gradient, against the reference's."""
+    return [harness.rel_err(out, ref_out)] + [harness.rel_err(a, c) for a, c in zip(grads, ref_grads)]
 
 
 # ------------------------------------------------------------------- selective scan
@@ -137,26 +132,26 @@ def run_selective_scan(args, rows, details):
                 if theirs is not None:
                     tm = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
                     out_m, grads_m = ss_fwd_bwd(theirs, tm, dout)
-                    errs = [rel_err(out, out_m)] + [rel_err(a, c) for a, c in zip(grads, grads_m)]
-                    rec[f"err_vs_mamba_{name}"] = max(errs)
-                    rec[f"errs_vs_mamba_{name}"] = errs
+                    errs_m = errs(out, grads, out_m, grads_m)
+                    rec[f"err_vs_mamba_{name}"] = max(errs_m)
+                    rec[f"errs_vs_mamba_{name}"] = errs_m
                 with torch.no_grad():
-                    rec[f"fwd_ms_{name}"] = bench(lambda: ss_call(ours, t, config=infer))
+                    rec[f"fwd_ms_{name}"] = harness.cuda_ms(lambda: ss_call(ours, t, config=infer))
                 if name in fwdbwd_variants:
-                    rec[f"fwdbwd_ms_{name}"] = bench(lambda: ss_fwd_bwd(ours, tg, dout, config=train),
-                                                     grad_to_none=list(tg.values()))
+                    rec[f"fwdbwd_ms_{name}"] = harness.cuda_ms(lambda: ss_fwd_bwd(ours, tg, dout, config=train),
+                                                               grad_to_none=list(tg.values()))
             rec["fwdbwd_ms_ours"] = min(rec[f"fwdbwd_ms_{k}"] for k in fwdbwd_variants)
             if theirs is not None:
                 tm = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
                 with torch.no_grad():
-                    rec["fwd_ms_mamba"] = bench(lambda: ss_call(theirs, t))
-                rec["fwdbwd_ms_mamba"] = bench(lambda: ss_fwd_bwd(theirs, tm, dout),
-                                               grad_to_none=list(tm.values()))
+                    rec["fwd_ms_mamba"] = harness.cuda_ms(lambda: ss_call(theirs, t))
+                rec["fwdbwd_ms_mamba"] = harness.cuda_ms(lambda: ss_fwd_bwd(theirs, tm, dout),
+                                                         grad_to_none=list(tm.values()))
             best = min((k for k in rec if k.startswith("fwd_ms_") and k != "fwd_ms_mamba"),
                        key=lambda k: rec[k])
             rec["best_fwd"] = best
             details.append(rec)
-            print(json.dumps(rec), flush=True)
+            harness.print_record(rec)
             fm, bm = rec.get("fwd_ms_mamba"), rec.get("fwdbwd_ms_mamba")
             rows.append((
                 f"ss {b}x{d}x{L}x{n} {str(dtype)[6:]}",
@@ -188,22 +183,6 @@ def ssd_inputs(b, L, H, P, N, dtype, seed=0):
 def ssd_call(fn, t):
     return fn(t["x"], t["dt"], t["A"], t["B"], t["C"], 256, D=t["D"], z=t["z"],
               dt_bias=t["dt_bias"], dt_softplus=True)
-
-
-def kernel_ms(fn, iters=20):
-    """GPU kernel time per call of fn (ms): the sum of the CUDA kernels' durations from
-    torch.profiler over ``iters`` calls. Unlike do_bench's wall time, it leaves out the
-    host work (Python, launches), which dominates small ops."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-    total_us = sum(e.self_device_time_total for e in prof.key_averages())
-    return total_us / iters / 1e3
 
 
 def parse_ssd_variants(spec: str) -> dict:
@@ -246,15 +225,18 @@ def run_ssd(args, rows, details):
             tt = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
             res[name] = fb(fn, tt)
             with torch.no_grad():
-                rec[f"fwd_ms_{name}"] = bench(lambda: ssd_call(fn, t))
-            rec[f"fwdbwd_ms_{name}"] = bench(lambda: fb(fn, tt), grad_to_none=list(tt.values()))
+                rec[f"fwd_ms_{name}"] = harness.cuda_ms(lambda: ssd_call(fn, t))
+            rec[f"fwdbwd_ms_{name}"] = harness.cuda_ms(lambda: fb(fn, tt), grad_to_none=list(tt.values()))
         if len(res) == 2:
             (o1, g1), (o2, g2) = res["ours"], res["mamba"]
-            rec["errs_vs_mamba"] = [rel_err(o1, o2)] + [rel_err(a, c) for a, c in zip(g1, g2)]
+            rec["errs_vs_mamba"] = errs(o1, g1, o2, g2)
+        # GPU time from torch.profiler: the kernels' plus the memcpy/memset time (fb's clones
+        # of the gradients are copies), as this script has always reported it, so that the
+        # SSD kernel-ms numbers in RESULTS.md stay comparable.
         for name, fn in (("ours", ours), ("mamba", theirs)):
             if fn is not None:
                 tt = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
-                rec[f"fwdbwd_kernel_ms_{name}"] = kernel_ms(lambda: fb(fn, tt))
+                rec[f"fwdbwd_kernel_ms_{name}"] = harness.kernel_ms(lambda: fb(fn, tt), copies=True)
         # Tilings of our kernels (BLOCK_M x warps x heads per program); checked against
         # the default's output and gradients, then timed (wall and kernel time).
         variants = parse_ssd_variants(args.ssd_variants) if ours is not None else {}
@@ -265,15 +247,15 @@ def run_ssd(args, rows, details):
             tt = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
             o, g = fb(ours, tt)
             o0, g0 = res["ours"]
-            rec[f"err_vs_default_{name}"] = max([rel_err(o, o0)] + [rel_err(a, c) for a, c in zip(g, g0)])
+            rec[f"err_vs_default_{name}"] = max(errs(o, g, o0, g0))
             with torch.no_grad():
-                rec[f"fwd_ms_{name}"] = bench(lambda: ssd_call(ours, t))
-            rec[f"fwdbwd_ms_{name}"] = bench(lambda: fb(ours, tt), grad_to_none=list(tt.values()))
-            rec[f"fwdbwd_kernel_ms_{name}"] = kernel_ms(lambda: fb(ours, tt))
+                rec[f"fwd_ms_{name}"] = harness.cuda_ms(lambda: ssd_call(ours, t))
+            rec[f"fwdbwd_ms_{name}"] = harness.cuda_ms(lambda: fb(ours, tt), grad_to_none=list(tt.values()))
+            rec[f"fwdbwd_kernel_ms_{name}"] = harness.kernel_ms(lambda: fb(ours, tt), copies=True)
             for k, v in default.items():
                 setattr(mod, k, v)
         details.append(rec)
-        print(json.dumps(rec), flush=True)
+        harness.print_record(rec)
         f = lambda k: f"{rec[k]:.3f}" if k in rec else "-"  # noqa: E731
         ratio = lambda a, b: f"{rec[b] / rec[a]:.2f}x" if a in rec and b in rec else "-"  # noqa: E731
         rows.append((f"ssd {b}x{L}x{H}x{P}x{N} bf16", f("fwd_ms_ours"), f("fwd_ms_mamba"),
@@ -349,8 +331,8 @@ def run_conv(args, rows, details):
                 return o
             res = (fb(), [t.grad.clone() for t in leaves])
             with torch.no_grad():
-                rec[f"fwd_ms_{name}"] = bench(lambda: fn(x, w, bias, activation="silu"))
-            rec[f"fwdbwd_ms_{name}"] = bench(fb, grad_to_none=leaves)
+                rec[f"fwd_ms_{name}"] = harness.cuda_ms(lambda: fn(x, w, bias, activation="silu"))
+            rec[f"fwdbwd_ms_{name}"] = harness.cuda_ms(fb, grad_to_none=leaves)
             return res
 
         outs = {"ours": timed("ours", ours)}
@@ -362,7 +344,7 @@ def run_conv(args, rows, details):
         o1, g1 = outs["ours"]
         for name, (o2, g2) in outs.items():
             if name != "ours":
-                rec[f"errs_vs_{name}"] = [rel_err(o1, o2)] + [rel_err(a, c) for a, c in zip(g1, g2)]
+                rec[f"errs_vs_{name}"] = errs(o1, g1, o2, g2)
         if cols is not None and not args.quick and not swept:
             swept = True
             default = dict(mod.TILES_CL)
@@ -381,7 +363,7 @@ def run_conv(args, rows, details):
             rec.pop("fwdbwd_ms_variant", None)
             rec["cl_tile_variants_ms"] = tried
         details.append(rec)
-        print(json.dumps(rec), flush=True)
+        harness.print_record(rec)
         tag = "" if cols is None else " channels-last"
         for name in [n for n in outs if n != "ours"]:
             rows.append((f"conv {b}x{d}x{L}x{W}{tag} bf16 (vs {name})", f"{rec['fwd_ms_ours']:.3f}",
@@ -426,15 +408,8 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     global COPY_TBPS
     COPY_TBPS = measure_copy_tbps()
-    info = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
-                triton=triton.__version__, date=time.strftime("%Y-%m-%d"),
-                copy_tbps=round(COPY_TBPS / 1e12, 3))
-    try:
-        import mamba_ssm
-        info["mamba_ssm"] = mamba_ssm.__version__
-    except Exception:  # noqa: BLE001
-        info["mamba_ssm"] = None
-    print(json.dumps(info), flush=True)
+    info = harness.env_info("cuda", packages=("mamba_ssm",), copy_tbps=round(COPY_TBPS / 1e12, 3))
+    harness.print_record(info)
     rows, details = [], []
     ops = args.ops.split(",")
     if "ss" in ops:
@@ -443,14 +418,10 @@ def main():
         run_ssd(args, rows, details)
     if "conv" in ops:
         run_conv(args, rows, details)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
-        json.dump(dict(info=info, results=details), f, indent=1, default=str)
+    harness.write_results(args.out, "gpu_results", info, details)
     head = ("case", "fwd ms ours", "fwd ms mamba", "fwd speedup", "f+b ms ours",
             "f+b ms mamba", "f+b speedup", "fwd % of mem floor")
-    print("\n" + " | ".join(head))
-    for r in rows:
-        print(" | ".join(r))
+    print("\n" + harness.markdown_table(head, rows))
     return 0
 
 

@@ -12,8 +12,8 @@ reset before each timed call, so that backward passes do not accumulate):
 * :func:`graph_us`: microseconds per call inside one CUDA graph (what a decode loop that
   replays graphs pays, launches excluded);
 * :func:`kernel_ms`: GPU kernel time per call, the device time of every kernel that
-  ``torch.profiler`` saw, summed (:func:`device_time_totals`): host work (Python,
-  launches) left out;
+  ``torch.profiler`` saw, summed (:func:`device_time_totals`; memcpy/memset added on
+  request): host work (Python, launches) left out;
 * :func:`median_s`: seconds of whole calls between device synchronisations, for long
   calls (a training step, a generate call).
 
@@ -118,11 +118,12 @@ def device_time_totals(prof, top: int = 0) -> dict[str, Any]:
     return rec
 
 
-def kernel_ms(fn: Callable[[], Any], iters: int = 20) -> float:
+def kernel_ms(fn: Callable[[], Any], iters: int = 20, copies: bool = False) -> float:
     """GPU kernel milliseconds per call of fn: the device time of the kernels
     ``torch.profiler`` records over ``iters`` calls (after one untimed call), summed
-    (:func:`device_time_totals`) and divided by ``iters``. Unlike :func:`cuda_ms` it leaves
-    out host work (Python, launches), which dominates small ops."""
+    (:func:`device_time_totals`) and divided by ``iters``; with ``copies``, memcpy/memset
+    time is added. Unlike :func:`cuda_ms` it leaves out host work (Python, launches),
+    which dominates small ops."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -131,7 +132,8 @@ def kernel_ms(fn: Callable[[], Any], iters: int = 20) -> float:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
-    return device_time_totals(prof)["kernel_ms"] / iters
+    totals = device_time_totals(prof)
+    return (totals["kernel_ms"] + (totals["memcpy_memset_ms"] if copies else 0.0)) / iters
 
 
 def sync(device: str | torch.device | None = None) -> None:

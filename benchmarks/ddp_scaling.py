@@ -1,6 +1,7 @@
-"""Issue 13, part 3: one LM over 1-8 GPUs (DDP scaling), and a sweep's wall time over GPU counts.
+"""Training on several GPUs: the check of DDP/FSDP2 losses against one process, one LM's
+scaling over 1-8 GPUs, and a sweep's wall time over GPU counts.
 
-    python benchmarks/ddp_scaling.py --json benchmarks/logs/ddp_scaling.json   # both sections
+    python benchmarks/ddp_scaling.py --json benchmarks/logs/ddp_scaling.json   # every section
     python benchmarks/ddp_scaling.py --sections ddp --gpus 1 2 4 8
     python benchmarks/ddp_scaling.py --sections sweep --gpus 1 2 4 8
     python benchmarks/ddp_scaling.py --smoke      # CPU check of both sections (gloo, Ray on CPU)

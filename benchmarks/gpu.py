@@ -1,6 +1,8 @@
 """GPU benchmark of mimetic's Triton kernels, side by side with mamba_ssm when importable.
 
-For each op and each shape of DESIGN.md it first checks the kernel against an oracle
+For each op and each of its shapes (``SS_SHAPES``, ``SSD_SHAPES``, ``CONV_SHAPES``: those of
+the mamba_ssm timings in the project's design notes, ``DESIGN.md`` in the shared folder
+beside the checkout, not in this repository) it first checks the kernel against an oracle
 (mamba_ssm's output and gradients where present, else the sequential reference on a
 small slice), then times forward and forward+backward with ``harness.cuda_ms``
 (``triton.testing.do_bench``'s median; inputs are random, never zeros). Selective-scan
@@ -376,7 +378,7 @@ def run_conv(args, rows, details):
 
 def profile_once(variant: str = ""):
     """Two forwards without gradients and two forward+backward passes of the selective
-    scan at the first DESIGN shape (bf16), for running under ``ncu -k regex:_ss_``;
+    scan at ``SS_SHAPES[0]`` (bf16), for running under ``ncu -k regex:_ss_``;
     ``variant``: one name of ``SS_VARIANTS`` (e.g. a segment configuration), else the
     default."""
     mod = importlib.import_module("mimetic.ops.selective_scan.triton")

@@ -1,5 +1,5 @@
 """Whole-layer benchmark: mimetic's Mamba / Mamba2 against mamba_ssm's, forward and
-forward+backward, speed and peak memory (issue 4).
+forward+backward, speed and peak memory.
 
 For each layer (Mamba-1: d_state 16, d_conv 4, expand 2; Mamba-2: d_state 128, headdim 64,
 expand 2, ngroups 1, chunk 256 -- mamba_ssm's defaults; --smoke too), shape
@@ -471,7 +471,7 @@ def main():
         unknown = [m for m in CONV_PROBES if conv.get(m) == {}]
         if dead:
             print(f"WARNING: causal_conv1d not visible in {dead}: mamba_ssm's fast paths there "
-                  "are off or fail, and the comparison is not the one issue 4 asks for",
+                  "are off or fail, so theirs is not the fast layer this compares against",
                   flush=True)
         if unknown:
             print(f"note: none of {CONV_NAMES} found in {unknown} (other import names?)",

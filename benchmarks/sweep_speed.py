@@ -62,7 +62,7 @@ scaling
     ``train_ensemble`` of K seeds of the quick models at copy_len 128 and the wide ones at
     copy_len 256, a short and a long run, the difference per extra step (so compilation,
     capture and the final eval drop out); on CUDA the same difference of kernel time gives
-    the kernel fraction of a steady step, the issue's 80% target.
+    the kernel fraction of a steady step (GPU kernel time / wall time).
 
 Each measurement is wrapped: a failure is recorded (with its traceback's tail) and the rest
 goes on; measurements not yet started when ``--budget-s`` seconds have passed are skipped.
@@ -322,7 +322,7 @@ def anatomy_one(cfg, point: GridPoint, sizes: Sizes, device: torch.device, scrat
                          eval_batches=1, target_acc=None, cuda_graph=False)
     result = train(copy.deepcopy(model), task, check)
     rec["train_ms_per_step_mean"] = ms(result.elapsed / result.step)
-    if device.type == "cuda":  # the CUDA-graph step (issue 15 part 2); its mean holds the capture
+    if device.type == "cuda":  # the CUDA-graph step (cuda_graph=None, the default); its mean holds the capture
         result = train(copy.deepcopy(model), task, dataclasses.replace(check, cuda_graph=None))
         rec["graph_train_ms_per_step_mean"] = ms(result.elapsed / result.step)
     return rec

@@ -319,14 +319,16 @@ def mixer_attention_map(mixer: nn.Module, hidden_states: torch.Tensor, reduce: s
             Mamba-2 and attention layers, which have heads).
         channels: Mamba-1 channel indices, or Mamba-2 / attention head indices, to return
             as heads (None: all heads, or the reduced Mamba-1 map).
-        max_bytes: limit on the returned map's size; :class:`MapMemoryError` above it.
+        max_bytes: limit on the returned map's size (counted as float32 entries);
+            :class:`MapMemoryError` above it.
         tile_size: query rows per tile (None: Mamba-1 uses 32; Mamba-2 and attention as
             many rows as fit in ``work_bytes``). Results do not depend on it.
         work_bytes: scratch memory to aim for per tile (default 64 MiB).
 
     Returns:
-        (batch, heads, L, L) float32: M (Mamba-1/2, signed, without D and gate) or softmax
-        probabilities (attention); row t holds the weights of positions s <= t.
+        (batch, heads, L, L): M (Mamba-1/2, signed, without D and gate; float32, float64
+        for a float64 layer) or softmax probabilities (attention, float32); row t holds the
+        weights of positions s <= t.
     """
     kind = layer_kind(mixer)
     batch, L = hidden_states.shape[:2]
@@ -365,13 +367,13 @@ def attention_maps(model: nn.Module, input_ids: torch.Tensor,
         layers: layer indices (negative counts from the end), one index, or None for all.
         reduce, channels, tile_size, work_bytes: as in :func:`mixer_attention_map`
             (``channels`` applies to every chosen layer).
-        max_bytes: limit on all returned maps together (float32); checked before the model
-            runs, :class:`MapMemoryError` names it.
+        max_bytes: limit on all returned maps together (counted as float32 entries);
+            checked before the model runs, :class:`MapMemoryError` names it.
 
     Returns:
-        {layer index: (batch, heads, L, L) float32 on the model's device}. Mamba-1: the
-        channel reduction (1 head) or the chosen channels; Mamba-2: per head; attention:
-        softmax probabilities per head.
+        {layer index: (batch, heads, L, L) on the model's device, float32 (float64 for a
+        float64 Mamba layer)}. Mamba-1: the channel reduction (1 head) or the chosen
+        channels; Mamba-2: per head; attention: softmax probabilities per head.
     """
     if reduce not in REDUCTIONS:  # checked here too: only Mamba-1 layers read it
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")

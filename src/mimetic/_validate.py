@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -80,3 +82,24 @@ def choice_arg(where: str, name: str, value: Any, allowed: tuple | list) -> None
     """Raise ValueError unless ``value`` is one of ``allowed``."""
     if isinstance(value, bool) or value not in allowed:  # True == 1 would match an int choice
         raise ValueError(f"{where}: {name}={value!r} must be one of {list(allowed)}")
+
+
+def device_problem(device: Any) -> str | None:
+    """Why ``device`` cannot be used here (None if it can): not a device string, a CUDA
+    device on a machine without CUDA (or without that many GPUs), or a type other than
+    cpu, cuda, mps and xpu (``meta`` tensors hold no values to train or load into). The
+    message without a prefix: the training config and ``from_pretrained`` add theirs."""
+    if not isinstance(device, (str, torch.device)):
+        return f"device={device!r} must be a device name such as 'cpu' or 'cuda'"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        return f"device={device!r} is not a device name (e.g. 'cpu', 'cuda', 'cuda:1')"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"device={device!r} but CUDA is not available here (use 'cpu')"
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible"
+    elif dev.type not in ("cpu", "mps", "xpu"):  # meta tensors hold no values: nothing to train
+        return f"device={device!r}: training supports 'cpu' and 'cuda'"
+    return None

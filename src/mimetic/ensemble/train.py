@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..models import MambaLM
+from ..models._weights import first_nonfinite
 from ..tasks import EvalTally, Task, eval_batches
-from ..train.checkpoint import first_nonfinite, nonfinite_in_state, save_checkpoint
+from ..train.checkpoint import nonfinite_in_state, save_checkpoint
 from ..train.config import TrainConfig
 from ..train.loop import (
     NonFiniteLossError,

@@ -1,9 +1,11 @@
 """Weight files into a model, for every checkpoint format: ``checkpoint.py`` (ours and
 ``mamba_ssm``'s) and ``hf_convert.py`` (``transformers``') both read through here, so
-neither imports the other for it."""
+neither imports the other for it. ``first_nonfinite`` is the NaN/inf check of weights on
+save and load (training checkpoints use it too)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -25,6 +27,21 @@ def tensors_sha256(state: dict) -> str:
     return h.hexdigest()
 
 
+def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating tensor of ``named`` holding NaN/inf, or None. Reads the
+    host once per device (not once per tensor), so a check of a model on the GPU at a
+    checkpoint costs one synchronisation."""
+    floats = [(n, t.detach()) for n, t in named if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, t) in enumerate(floats):
+        by_device.setdefault(t.device, []).append(i)
+    bad: list[int] = []
+    for idx in by_device.values():
+        ok = torch.stack([torch.isfinite(floats[i][1]).all() for i in idx]).cpu()
+        bad += [i for i, good in zip(idx, ok.tolist()) if not good]
+    return floats[min(bad)][0] if bad else None
+
+
 def read_weights(file: Path) -> dict:
     """Every tensor of ``file`` (CPU): a ``.safetensors`` file, else a pickled state dict read
     with ``weights_only=True``. A truncated or foreign file is a one-line error naming it, and
@@ -44,9 +61,9 @@ def read_weights(file: Path) -> dict:
         raise ValueError(f"{file}: not a state dict")
     if stored is not None and stored != tensors_sha256(state):
         raise ValueError(f"{file}: the tensors do not match the checksum saved with them (a corrupted file)")
-    for name, t in state.items():
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{file}: tensor {name} holds non-finite values (NaN/inf)")
+    bad = first_nonfinite(state.items())
+    if bad is not None:
+        raise ValueError(f"{file}: tensor {bad} holds non-finite values (NaN/inf)")
     return state
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from ._weights import CHECKSUM_KEY, load_state_into, read_weights, tensors_sha256
+from .._validate import device_problem
+from ._weights import CHECKSUM_KEY, first_nonfinite, load_state_into, read_weights, tensors_sha256
 from .config import MambaConfig
 from .hf_convert import load_transformers_checkpoint
 
@@ -23,8 +24,6 @@ def save_pretrained(model, path) -> None:
     old file or the new one, never half of one); both get the mode the umask gives. Weights
     holding NaN/inf are refused (``from_pretrained`` would refuse the files), naming the
     tensor; nothing is written then."""
-    from ..train.checkpoint import first_nonfinite
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file, not a folder")
@@ -66,8 +65,6 @@ def _read_config(path: Path) -> dict:
 def load_pretrained(cls, path, device=None, dtype=None):
     """Detect the checkpoint format in directory ``path`` and build the model."""
     if device is not None:
-        from ..train.config import device_problem
-
         problem = device_problem(device)
         if problem is not None:
             raise ValueError(f"from_pretrained: {problem}")

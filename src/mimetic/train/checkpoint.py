@@ -28,12 +28,14 @@ import random
 import re
 import shutil
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, load_model, save_model
+
+from ..models._weights import first_nonfinite
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKSUM_FILE = "checksum.json"
@@ -192,21 +194,6 @@ def _named_tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, torch.Ten
     items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
     for k, v in items:
         yield from _named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
-
-
-def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
-    """The name of the first floating tensor of ``named`` holding NaN/inf, or None. Reads the
-    host once per device (not once per tensor), so a check of a model on the GPU at a
-    checkpoint costs one synchronisation."""
-    floats = [(n, t.detach()) for n, t in named if isinstance(t, torch.Tensor) and t.is_floating_point()]
-    by_device: dict[torch.device, list[int]] = {}
-    for i, (_, t) in enumerate(floats):
-        by_device.setdefault(t.device, []).append(i)
-    bad: list[int] = []
-    for idx in by_device.values():
-        ok = torch.stack([torch.isfinite(floats[i][1]).all() for i in idx]).cpu()
-        bad += [i for i, good in zip(idx, ok.tolist()) if not good]
-    return floats[min(bad)][0] if bad else None
 
 
 def _nonfinite_tensor(tree: Any, prefix: str = "") -> str | None:

@@ -6,9 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from .._validate import bool_arg, int_arg, real_arg
+from .._validate import bool_arg, device_problem, int_arg, real_arg
 
 
 @dataclass
@@ -163,22 +161,3 @@ def config_problems(c: TrainConfig) -> list[str]:
     if c.resume and c.out_dir is None:
         found.append("resume=True needs out_dir")
     return [p for p in found if p is not None]
-
-
-def device_problem(device: Any) -> str | None:
-    """Why ``device`` cannot be trained on here (None if it can): not a device string, or a
-    CUDA device on a machine without CUDA (or without that many GPUs)."""
-    if not isinstance(device, (str, torch.device)):
-        return f"device={device!r} must be a device name such as 'cpu' or 'cuda'"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        return f"device={device!r} is not a device name (e.g. 'cpu', 'cuda', 'cuda:1')"
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            return f"device={device!r} but CUDA is not available here (use 'cpu')"
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            return f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible"
-    elif dev.type not in ("cpu", "mps", "xpu"):  # meta tensors hold no values: nothing to train
-        return f"device={device!r}: training supports 'cpu' and 'cuda'"
-    return None

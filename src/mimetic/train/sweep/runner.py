@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..._validate import device_problem
 from ...models import MambaLM
 from ...tasks import Task, derive_seed
-from ..config import device_problem
 from ..loop import train
 from ..resume import run_lock
 from .config import GRID_KEYS, GridPoint, SweepConfig, axis_columns, freeze_value, load_sweep, mamba_config

@@ -3,7 +3,10 @@ value and what is allowed.
 
 Used where a value enters the library (configs, layer constructors, sweep files), never in
 inner loops. ``bool`` is not accepted as an int or a float (``n_layer=True`` is a mistake,
-not 1), and floats must be finite unless a bound says otherwise.
+not 1), and floats must be finite unless a bound says otherwise. numpy scalars
+(``np.int64(16)`` from an array, ``np.float32`` from a linspace) are refused too, with a
+message saying how to pass them: stored in a config they would break its JSON files
+(``json.dumps`` does not take them), long after the value entered.
 """
 from __future__ import annotations
 
@@ -21,13 +24,22 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def numpy_note(value: Any) -> str:
+    """For a numpy scalar, a note naming its type and the plain Python value to pass instead
+    (a bare "np.int32(4) must be an integer" reads as a contradiction); else ""."""
+    kind = type(value)
+    if kind.__module__ == "numpy" and hasattr(value, "item"):
+        return f" (a numpy {kind.__name__}: pass {type(value.item()).__name__}(value))"
+    return ""
+
+
 def int_arg(where: str, name: str, value: Any, *, minimum: int | None = None, optional: bool = False) -> None:
     """Raise ValueError unless ``value`` is an int (not bool) >= ``minimum`` (or None if ``optional``)."""
     if optional and value is None:
         return
     bound = f" >= {minimum}" if minimum is not None else ""
     if not _is_int(value):
-        raise ValueError(f"{where}: {name}={value!r} must be an integer{bound}")
+        raise ValueError(f"{where}: {name}={value!r} must be an integer{bound}{numpy_note(value)}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{where}: {name}={value!r} must be an integer{bound}")
 
@@ -50,7 +62,7 @@ def real_arg(where: str, name: str, value: Any, *, low: float | None = None, hig
         bound = "finite"
     if not _is_real(value) or not math.isfinite(value):
         raise ValueError(f"{where}: {name}={value!r} must be a finite number"
-                         + ("" if bound == "finite" else f" {bound}"))
+                         + ("" if bound == "finite" else f" {bound}") + numpy_note(value))
     if (low is not None and (value < low or (low_open and value == low))) or \
             (high is not None and (value > high or (high_open and value == high))):
         raise ValueError(f"{where}: {name}={value!r} must be {bound}")
@@ -75,7 +87,7 @@ def bool_arg(where: str, name: str, value: Any, *, optional: bool = False) -> No
     if optional and value is None:
         return
     if not isinstance(value, bool):
-        raise ValueError(f"{where}: {name}={value!r} must be true or false")
+        raise ValueError(f"{where}: {name}={value!r} must be true or false{numpy_note(value)}")
 
 
 def choice_arg(where: str, name: str, value: Any, allowed: tuple | list) -> None:

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .._validate import numpy_note
 from ..layer_kinds import MAMBA1, MAMBA2
 from .default import inverse_softplus
 
@@ -68,7 +69,7 @@ class MimeticConfig:
         for name in ("a_log", "keep", "dt", "bc_noise", "bc_alpha", "bc_scale"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"mimetic init: {name} must be a finite number, got {value!r}")
+                raise ValueError(f"mimetic init: {name} must be a finite number, got {value!r}{numpy_note(value)}")
         if self.dt <= 0:
             raise ValueError(f"mimetic init: dt must be positive, got {self.dt}")
         if self.bc_noise < 0 or self.bc_scale <= 0:
@@ -77,7 +78,7 @@ class MimeticConfig:
         if self.horizon is not None:
             if isinstance(self.horizon, bool) or not isinstance(self.horizon, int) or self.horizon < 1:
                 raise ValueError(f"mimetic init: horizon must be a positive int (the training "
-                                 f"length in tokens) or None, got {self.horizon!r}")
+                                 f"length in tokens) or None, got {self.horizon!r}{numpy_note(self.horizon)}")
             if self.a_log != DEFAULT_A_LOG:
                 raise ValueError("mimetic init: give a_log or horizon, not both (horizon sets A_log)")
         if not 0 < self.keep < 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import asdict, dataclass, field, fields
 
-from .._validate import bool_arg, int_arg
+from .._validate import bool_arg, int_arg, numpy_note
 from ..init import MIMETIC_KNOBS, MimeticConfig
 from ..layer_kinds import LINEAR_ATTENTION, MAMBA1, MAMBA2, MIMETIC_LAYERS
 from ..modules import MHA, LinearAttention, Mamba, Mamba2
@@ -55,7 +55,7 @@ class MambaConfig:
         for name in ("d_model", "n_layer", "vocab_size", "pad_vocab_size_multiple"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"MambaConfig.{name} must be a positive integer, got {value!r}")
+                raise ValueError(f"MambaConfig.{name} must be a positive integer, got {value!r}{numpy_note(value)}")
         int_arg("MambaConfig", "d_intermediate", self.d_intermediate, minimum=0)
         for name in ("rms_norm", "residual_in_fp32", "tie_embeddings"):
             bool_arg("MambaConfig", name, getattr(self, name))

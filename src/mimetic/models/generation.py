@@ -63,6 +63,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
             or input_ids.dtype not in (torch.long, torch.int)):
         got = f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} {tuple(getattr(input_ids, 'shape', ()))}"
         raise ValueError(f"generate: input_ids must be an integer tensor (batch, length), got {got}")
+    if input_ids.shape[0] == 0:  # allocate_cache would name its own batch_size=0
+        raise ValueError(f"generate: input_ids {tuple(input_ids.shape)} holds no prompt (batch 0)")
     return _generate(model, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, generator,
                      progress, cuda_graph, state_dtype).clone()
 

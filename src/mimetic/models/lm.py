@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._validate import numpy_note
 from ..init import init_lm_weights_, mimetic_init_
 from ..modules import MHA, Block, GatedMLP, RMSNorm
+from ..modules._args import check_device, check_dtype
 from . import checkpoint, generation
 from .cache import InferenceCache, KVState, SSMState
 from .config import LAYER_TYPES, MambaConfig
@@ -52,27 +54,6 @@ class MixerModel(nn.Module):
         return self.norm_f((hidden + residual).to(self.norm_f.weight.dtype))
 
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _check_dtype(where: str, name: str, dtype, optional: bool = True) -> None:
-    """``dtype`` is a floating torch.dtype (or None if ``optional``)."""
-    if dtype is None and optional:
-        return
-    if dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"{where}: {name}={dtype!r} must be a floating torch.dtype "
-                         f"({', '.join(str(d) for d in _FLOAT_DTYPES)}){' or None' if optional else ''}")
-
-
-def _check_device(where: str, device) -> None:
-    if device is None:
-        return
-    try:
-        torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"{where}: device={device!r} is not a device name (e.g. 'cpu', 'cuda', 'cuda:1')") from None
-
-
 class MambaLM(nn.Module):
     """A language model of Mamba-1 / Mamba-2 / attention blocks.
 
@@ -87,8 +68,8 @@ class MambaLM(nn.Module):
         if not isinstance(config, MambaConfig):
             raise TypeError(f"MambaLM takes a MambaConfig (MambaConfig.from_dict for a dict), "
                             f"got {type(config).__name__}")
-        _check_device("MambaLM", device)
-        _check_dtype("MambaLM", "dtype", dtype)
+        check_device("MambaLM", device)
+        check_dtype("MambaLM", "dtype", dtype)
         self.config = config
         self.backbone = MixerModel(config, device=device, dtype=dtype)
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False,
@@ -110,7 +91,7 @@ class MambaLM(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
         if input_ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+            raise TypeError(f"input_ids must be an integer tensor of int64 (long) or int32, got {input_ids.dtype}")
         # The range check reads the data: skip it while compiling so it costs no graph break.
         if torch.compiler.is_compiling():
             return
@@ -161,9 +142,9 @@ class MambaLM(nn.Module):
         halves the state bytes that each decoding step reads and writes."""
         for name, value in (("batch_size", batch_size), ("max_seqlen", max_seqlen)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        _check_dtype("allocate_cache", "dtype", dtype)
-        _check_dtype("allocate_cache", "state_dtype", state_dtype, optional=False)
+                raise ValueError(f"{name} must be a positive int, got {value!r}{numpy_note(value)}")
+        check_dtype("allocate_cache", "dtype", dtype)
+        check_dtype("allocate_cache", "state_dtype", state_dtype, optional=False)
         cache = InferenceCache(batch_size=batch_size, max_seqlen=max_seqlen)
         for layer in self.backbone.layers:
             mixer = layer.mixer

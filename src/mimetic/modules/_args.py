@@ -67,6 +67,18 @@ def check_mamba2_args(d_model, d_state=128, d_conv=4, conv_init=None, expand=2, 
     _dt_init(where, dt_min, dt_max, dt_init_floor)
 
 
+def mamba2_heads(d_model: int, expand: float, headdim: int, ngroups: int) -> tuple[int, int]:
+    """(d_inner, nheads) of a Mamba-2 layer, after the divisibility checks that its single
+    arguments cannot show: headdim | d_inner and ngroups | nheads."""
+    d_inner = int(expand * d_model)
+    if d_inner % headdim != 0:
+        raise ValueError(f"Mamba2: d_inner = expand * d_model = {d_inner} must be a multiple of headdim={headdim}")
+    nheads = d_inner // headdim
+    if nheads % ngroups != 0:
+        raise ValueError(f"Mamba2: ngroups={ngroups} must divide nheads={nheads}")
+    return d_inner, nheads
+
+
 def check_mha_args(embed_dim, num_heads, num_heads_kv=None, head_dim=None, qkv_proj_bias=True,
                    out_proj_bias=True, softmax_scale=None, causal=True, rotary_emb_dim=0,
                    rotary_emb_base=10000.0, **_: Any) -> None:
@@ -83,6 +95,35 @@ def check_mha_args(embed_dim, num_heads, num_heads_kv=None, head_dim=None, qkv_p
         bool_arg(where, name, value)
     if head_dim is None and embed_dim // num_heads < 1:
         raise ValueError(f"{where}: num_heads={num_heads} > embed_dim={embed_dim} leaves head_dim 0")
+
+
+def check_dtype(where: str, name: str, dtype: Any, optional: bool = True) -> None:
+    """``dtype`` is a floating torch.dtype (or None if ``optional``): a layer or model built
+    with ``dtype="float32"`` or ``torch.int64`` fails here, not in ``torch.empty`` or
+    ``requires_grad`` deep inside ``nn.Linear``."""
+    if dtype is None and optional:
+        return
+    if dtype not in _FLOATS:
+        raise ValueError(f"{where}: {name}={dtype!r} must be a floating torch.dtype "
+                         f"({', '.join(str(d) for d in _FLOATS)}){' or None' if optional else ''}")
+
+
+def check_device(where: str, device: Any) -> None:
+    """``device`` is None or names a device torch knows ("cpu", "cuda:1", a torch.device)."""
+    if device is None:
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{where}: device={device!r} is not a device name (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+
+
+def check_factory(where: str, layer_idx: Any, device: Any, dtype: Any) -> None:
+    """The arguments every layer constructor takes besides its own: ``layer_idx`` (an int or
+    None), ``device`` and ``dtype``."""
+    int_arg(where, "layer_idx", layer_idx, minimum=0, optional=True)
+    check_device(where, device)
+    check_dtype(where, "dtype", dtype)
 
 
 def check_hidden(where: str, x: Any, d_model: int, weight: torch.Tensor | None = None) -> None:

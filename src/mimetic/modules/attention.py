@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ._args import check_hidden, check_mha_args
+from ._args import check_factory, check_hidden, check_mha_args
 
 
 def apply_rotary(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, base: float) -> torch.Tensor:
@@ -41,6 +41,7 @@ class MHA(nn.Module):
         super().__init__()
         check_mha_args(embed_dim, num_heads, num_heads_kv, head_dim, qkv_proj_bias, out_proj_bias,
                        softmax_scale, causal, rotary_emb_dim, rotary_emb_base)
+        check_factory("MHA", layer_idx, device, dtype)
         if not causal:
             raise ValueError("only causal attention is supported (this is a language model mixer)")
         self.num_heads = num_heads

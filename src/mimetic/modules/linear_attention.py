@@ -34,6 +34,7 @@ from torch import nn
 
 from .._validate import bool_arg, choice_arg, int_arg, real_arg
 from ..ops import ssd_scan, ssd_state_update
+from ._args import check_factory
 from .norm import RMSNorm
 from .recurrent import recurrent_forward
 
@@ -91,6 +92,7 @@ class LinearAttention(nn.Module):
         bool_arg(where, "norm", norm)
         bool_arg(where, "bias", bias)
         int_arg(where, "chunk_size", chunk_size, minimum=1)
+        check_factory(where, layer_idx, device, dtype)
         factory = dict(device=device, dtype=dtype)
         self.d_model, self.d_state, self.expand = d_model, d_state, expand
         self.d_inner = int(expand * d_model)

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..init import default_init_mamba_
 from ..ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
-from ._args import check_hidden, check_mamba_args
+from ._args import check_factory, check_hidden, check_mamba_args
 from .batch_parallel import batch_parallel
 
 
@@ -46,6 +46,7 @@ class Mamba(nn.Module):
         super().__init__()
         check_mamba_args(d_model, d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init, dt_scale,
                          dt_init_floor, conv_bias, bias, use_fast_path)
+        check_factory("Mamba", layer_idx, device, dtype)
         factory = dict(device=device, dtype=dtype)
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)

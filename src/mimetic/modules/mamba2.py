@@ -7,7 +7,7 @@ from torch import nn
 
 from ..init import default_init_mamba2_
 from ..ops import causal_conv1d, causal_conv1d_update, ssd_scan, ssd_state_update
-from ._args import check_mamba2_args
+from ._args import check_factory, check_mamba2_args, mamba2_heads
 from .norm import RMSNormGated
 from .recurrent import recurrent_forward
 
@@ -52,15 +52,11 @@ class Mamba2(nn.Module):
         check_mamba2_args(d_model, d_state, d_conv, conv_init, expand, headdim, ngroups, A_init_range,
                           D_has_hdim, rmsnorm, norm_before_gate, dt_min, dt_max, dt_init_floor, dt_limit,
                           bias, conv_bias, chunk_size, use_mem_eff_path)
+        check_factory("Mamba2", layer_idx, device, dtype)
         factory = dict(device=device, dtype=dtype)
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
-        self.d_inner = int(expand * d_model)
-        if self.d_inner % headdim != 0:
-            raise ValueError(f"d_inner = expand * d_model = {self.d_inner} must be a multiple "
-                             f"of headdim={headdim}")
-        self.headdim, self.nheads, self.ngroups = headdim, self.d_inner // headdim, ngroups
-        if self.nheads % ngroups != 0:
-            raise ValueError(f"ngroups={ngroups} must divide nheads={self.nheads}")
+        self.d_inner, self.nheads = mamba2_heads(d_model, expand, headdim, ngroups)
+        self.headdim, self.ngroups = headdim, ngroups
         self.D_has_hdim, self.rmsnorm = D_has_hdim, rmsnorm
         self.dt_limit, self.chunk_size, self.layer_idx = tuple(dt_limit), chunk_size, layer_idx
         self.conv_init = conv_init

@@ -23,6 +23,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from .._validate import numpy_note
+
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -64,10 +66,10 @@ class Task:
                     continue
                 kind = kind[: -len(" | None")]
             if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{self.name}: {f.name} must be an int, got {value!r}")
+                raise ValueError(f"{self.name}: {f.name} must be an int, got {value!r}{numpy_note(value)}")
             if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))
                                     or not math.isfinite(value)):
-                raise ValueError(f"{self.name}: {f.name} must be a finite number, got {value!r}")
+                raise ValueError(f"{self.name}: {f.name} must be a finite number, got {value!r}{numpy_note(value)}")
             if kind == "bool" and not isinstance(value, bool):  # "no" would be taken as true
                 raise ValueError(f"{self.name}: {f.name} must be true or false, got {value!r}")
         self._validate()
@@ -146,7 +148,7 @@ def _check_batch_args(batch_size: int, generator: torch.Generator) -> None:
     """``Task.batch``'s arguments: a positive int and a ``torch.Generator`` (the batch is a
     function of its seed; None would draw from the global RNG, unreproducibly)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}{numpy_note(batch_size)}")
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator (e.g. mimetic.tasks.make_generator(seed)), "
                          f"got {type(generator).__name__}")

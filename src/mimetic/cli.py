@@ -27,6 +27,8 @@ def _kv_pairs(items: list[str]) -> dict:
         if "=" not in item:
             raise ValueError(f"expected KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
+        if not key.strip():
+            raise ValueError(f"--task-arg {item!r} names no knob (expected KEY=VALUE)")
         for cast in (int, float):
             try:
                 value = cast(value)
@@ -142,6 +144,8 @@ def cmd_sweep(args) -> None:
 def cmd_attn(args) -> None:
     from .analysis import attn_command
 
+    if not args.input.strip():
+        raise ValueError("--input must be space-separated token ids or a task name, got an empty string")
     try:
         result = attn_command(args.checkpoint, args.input, args.out, layers=args.layers,
                               log_scale=not args.linear, reduce=args.reduce, max_heads=args.max_heads,
@@ -278,10 +282,12 @@ def _one_line(e: BaseException) -> str:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by what the user gave or where they run (bad values, missing or corrupt
-    files, a busy output folder, a full disk): one line and exit 2."""
+    files, a busy output folder, a full disk, a run that diverged with the given settings):
+    one line and exit 2."""
+    from .train import NonFiniteLossError
     from .train.resume import RunLockedError
 
-    return (ValueError, FileNotFoundError, NotImplementedError, RunLockedError, OSError)
+    return (ValueError, FileNotFoundError, NotImplementedError, RunLockedError, OSError, NonFiniteLossError)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,9 @@ def load_pretrained(cls, path, device=None, dtype=None):
         return model
     if raw.get("model_type") in ("mamba", "mamba2"):
         return load_transformers_checkpoint(cls, path, raw, device=device, dtype=dtype)
+    if "format" in raw:  # ours with another tag: read as mamba_ssm's it would fail on "format"
+        raise ValueError(f"{path / 'config.json'}: format={raw['format']!r} is not {FORMAT_TAG!r} "
+                         "(the tag save_pretrained writes)")
     if "d_model" in raw and "n_layer" in raw:
         return _load_mamba_ssm(cls, path, raw, device=device, dtype=dtype)
     raise ValueError(f"{path / 'config.json'}: unrecognized checkpoint format (expected ours, "

@@ -91,7 +91,11 @@ def run_lock(out_dir: str | os.PathLike | None, what: str = "run") -> Iterator[N
 def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir={str(out)!r} is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError):  # a file where a parent folder should be
+        file = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        raise ValueError(f"out_dir={str(out)!r} cannot be created: {file} is a file, not a folder") from None
 
 
 def _acquire(out: Path, fcntl, what: str = "run") -> int:

@@ -92,10 +92,11 @@ from typing import Any
 import tomllib
 
 from ...init import MimeticConfig
-from ...layer_kinds import ATTENTION, LINEAR_ATTENTION, SSM_LAYERS
+from ...layer_kinds import ATTENTION, LINEAR_ATTENTION, MAMBA2, SSM_LAYERS
 from ...models import MambaConfig
 from ...models.config import LAYER_TYPES, _accepted_kwargs
 from ...modules import MHA
+from ...modules._args import mamba2_heads
 from ...tasks import TASKS, make_task
 from ..config import TrainConfig
 
@@ -595,6 +596,31 @@ def _check_model_config(cfg: SweepConfig, point: GridPoint, vocab_size: int) -> 
     """Build the ``MambaConfig`` that ``runner.build_model`` would build for ``point``, so that
     its checks run now."""
     mamba_config(cfg.model_for(point), vocab_size, point, *cfg.init_for(point))
+
+
+def check_default_models(cfg: SweepConfig, points: list[GridPoint], where: str) -> None:
+    """What ``runner.build_model`` (``MambaLM``) would refuse in ``points`` and one mixer
+    argument cannot show on its own: Mamba-2's ``headdim`` dividing ``expand * d_model`` and
+    ``ngroups`` dividing the heads, attention's ``num_heads_kv`` and ``rotary_emb_dim``
+    (an MHA built on the meta device: no memory, no compute). It then fails before the first
+    point trains, not at the point that has it. Only for the default model factory: a custom
+    one may read ``[model]`` its own way (``load_sweep`` checks what holds for every factory)."""
+    seen = set()
+    for point in points:
+        config = mamba_config(cfg.model_for(point), cfg.task_for(point).vocab_size, point, *cfg.init_for(point))
+        kwargs = config.attn_cfg if config.attn_layer_idx else config.mixer_kwargs()
+        key = (point.layer, config.d_model, repr(sorted(kwargs.items())))
+        if key in seen or point.layer not in (ATTENTION, MAMBA2):
+            continue
+        seen.add(key)
+        try:
+            if point.layer == ATTENTION:
+                MHA(config.d_model, **kwargs, device="meta")
+            else:
+                mamba2_heads(config.d_model, kwargs.get("expand", 2), kwargs.get("headdim", 64),
+                             kwargs.get("ngroups", 1))
+        except ValueError as e:
+            raise _one_line(f"{where}: point {point.run_id}: {e}") from None
 
 
 def _check_model_keys(where: str, model: dict[str, Any], layers: list[str], axes: set[str]) -> None:

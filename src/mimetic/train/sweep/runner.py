@@ -20,9 +20,18 @@ from tqdm.auto import tqdm
 from ..._validate import device_problem
 from ...models import MambaLM
 from ...tasks import Task, derive_seed
-from ..loop import train
+from ..loop import NonFiniteLossError, train
 from ..resume import run_lock
-from .config import GRID_KEYS, GridPoint, SweepConfig, axis_columns, freeze_value, load_sweep, mamba_config
+from .config import (
+    GRID_KEYS,
+    GridPoint,
+    SweepConfig,
+    axis_columns,
+    check_default_models,
+    freeze_value,
+    load_sweep,
+    mamba_config,
+)
 from .packed import StreamLease, pack_points, run_pack
 from .plots import plot_sweep
 from .record import check_and_record
@@ -73,7 +82,9 @@ def run_point(
 
     The model is initialised under ``torch.manual_seed(derive_seed("init", seed))``, so the
     seed axis changes the init and the data stream. The row is also written to
-    ``run_dir/row.json``, which marks the point finished.
+    ``run_dir/row.json``, which marks the point finished. A point whose training diverges
+    (``NonFiniteLossError``) finishes with an ``error`` row, as a pack member does, so one bad
+    setting (an lr axis value too high) does not stop the sweep at it on every re-run.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     task = cfg.task_for(point)
@@ -84,7 +95,12 @@ def run_point(
     else:
         model = model_factory(model_cfg, task, point)
     tcfg = cfg.train_config(point, run_dir, device, progress)
-    result = train(model, task, tcfg)
+    try:
+        result = train(model, task, tcfg)
+    except NonFiniteLossError as e:  # a diverged point is a result, as in a pack: the sweep goes on
+        row = {**point.to_dict(), "seq_len": task.seq_len, "error": str(e)}
+        write_row(run_dir, row)
+        return row
     row = result_row(point, task, result)
     # train() leaves the final weights in `model`, also when it returned a stored result
     # (a point whose training finished before a crash in this length evaluation).
@@ -168,6 +184,9 @@ def run_sweep(
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    if isinstance(pack, bool) or not (pack in ("auto", "off") or (isinstance(pack, int) and pack >= 1)):
+        # checked before the folder is touched (sweep.json written, the lock taken)
+        raise ValueError(f"pack must be 'auto', 'off' or a positive int, got {pack!r}")
     if not isinstance(config_path, (str, os.PathLike)):
         raise TypeError(f"run_sweep: config_path must be the path of a sweep .toml file, "
                         f"got {type(config_path).__name__}")
@@ -176,12 +195,14 @@ def run_sweep(
     cfg = load_sweep(config_path)
     out = Path(out_dir) if out_dir is not None else Path("runs") / cfg.name
     points = cfg.points()
-    if dry_run:
+    if dry_run:  # lists the grid of the file, whatever factory will build its models
         return SweepResult(rows=[p.to_dict() for p in points], csv_path=None, summary_path=None)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     with run_lock(out, what="sweep"):  # one sweep per folder (each point's run locks its own)
+        if model_factory is None:  # MambaLM's shape checks of every point before the first trains
+            check_default_models(cfg, points, str(config_path))
         return _run_locked(cfg, out, points, workers=workers, device=device, progress=progress, plot=plot,
                            model_factory=model_factory, pack=pack, ray=ray)
 
@@ -220,8 +241,6 @@ def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], *, workers
     elif pack == "off" or model_factory is not None:
         jobs, packed = [[p] for p in todo], False
     else:
-        if isinstance(pack, bool) or not (pack == "auto" or (isinstance(pack, int) and pack >= 1)):
-            raise ValueError(f"pack must be 'auto', 'off' or a positive int, got {pack!r}")
         jobs = pack_points(cfg, todo, out / "runs", capacity=None if pack == "auto" else pack, device=device,
                            concurrent=max(1, workers))
         packed = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..._validate import bool_arg
 from .._checks import check_shape, check_tensors
 from .._dispatch import lazy, resolve_backend, resolve_step_backend
 from .reference import causal_conv1d_ref
@@ -59,11 +60,19 @@ def causal_conv1d(
         raise ValueError(f"x must have shape (batch, dim, length), got {tuple(x.shape)}")
     batch, dim, _ = x.shape
     check_shape("weight", weight, (dim, None))
+    _check_width(weight)
     check_shape("bias", bias, (dim,))
     check_shape("initial_states", initial_states, (batch, dim, weight.shape[1] - 1))
+    bool_arg("causal_conv1d", "return_final_states", return_final_states)  # "no" would be taken as true
     return BACKENDS[resolve_backend(backend, x)](
         x, weight, bias=bias, activation=activation, initial_states=initial_states,
         return_final_states=return_final_states)
+
+
+def _check_width(weight: torch.Tensor) -> None:
+    """A conv of width 0 has no taps (and a state of width -1): refused by name."""
+    if weight.shape[1] < 1:
+        raise ValueError(f"weight must have shape (dim, width) with width >= 1, got {tuple(weight.shape)}")
 
 
 def _validate_step(x, conv_state, weight, bias, activation) -> None:
@@ -74,6 +83,7 @@ def _validate_step(x, conv_state, weight, bias, activation) -> None:
         raise ValueError(f"x must have shape (batch, dim), got {tuple(x.shape)}")
     batch, dim = x.shape
     check_shape("weight", weight, (dim, None))
+    _check_width(weight)
     check_shape("bias", bias, (dim,))
     check_shape("conv_state", conv_state, (batch, dim, weight.shape[1] - 1))
 

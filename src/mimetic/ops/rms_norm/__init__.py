@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._validate import real_arg
+from ..._validate import bool_arg, int_arg, real_arg
 from .._checks import check_shape, check_tensors
 from .._dispatch import lazy, resolve_backend
 from .reference import rms_norm_ref
@@ -48,7 +48,11 @@ def rms_norm(
         raise ValueError(f"z must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
-    if group_size is not None and (group_size <= 0 or dim % group_size != 0):
+    int_arg("rms_norm", "group_size", group_size, minimum=1, optional=True)
+    for name, value in (("norm_before_gate", norm_before_gate), ("prenorm", prenorm),
+                        ("residual_in_fp32", residual_in_fp32)):
+        bool_arg("rms_norm", name, value)  # "no" would be taken as true
+    if group_size is not None and dim % group_size != 0:
         raise ValueError(f"group_size={group_size} must divide dim={dim}")
     real_arg("rms_norm", "eps", eps, low=0)  # a negative eps takes the root of a negative mean
     return BACKENDS[resolve_backend(backend, x)](

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ..._validate import int_arg, range_arg
+from ..._validate import bool_arg, int_arg, range_arg
 from .. import _library
 from .._checks import check_shape, check_tensors
 from .._dispatch import call_eager, compiling, lazy, resolve_backend, resolve_step_backend
@@ -94,6 +94,8 @@ def ssd_scan(
     """
     _validate(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states)
     range_arg("ssd_scan", "dt_limit", dt_limit, low=0, allow_inf_high=True, strict_low=False)
+    bool_arg("ssd_scan", "dt_softplus", dt_softplus)  # "no" would be taken as true
+    bool_arg("ssd_scan", "return_final_states", return_final_states)
     choice = resolve_backend(backend, x)
     if compiling():  # one opaque op in the graph
         return _library.ssd_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus,
@@ -159,6 +161,8 @@ def ssd_state_update(
     """
     _validate_step(state, x, dt, A, B, C, D, z, dt_bias)
     range_arg("ssd_state_update", "dt_limit", dt_limit, low=0, allow_inf_high=True, strict_low=False)
+    bool_arg("ssd_state_update", "dt_softplus", dt_softplus)
+    bool_arg("ssd_state_update", "A_is_log", A_is_log)
     args = (state, x, dt, A, B, C, D, z, dt_bias)
     choice = resolve_step_backend(backend, x, args)
     return STEP_BACKENDS[choice](*args, dt_softplus=dt_softplus, dt_limit=dt_limit,

@@ -11,6 +11,7 @@ message saying how to pass them: stored in a config they would break its JSON fi
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -115,3 +116,14 @@ def device_problem(device: Any) -> str | None:
     elif dev.type not in ("cpu", "mps", "xpu"):  # meta tensors hold no values: nothing to train
         return f"device={device!r}: training supports 'cpu' and 'cuda'"
     return None
+
+
+def make_folder(where: str, name: str, path: Any) -> None:
+    """Create folder ``path`` with its parents, or raise ValueError naming the argument and
+    the file that stands where a folder must be (instead of the OS's "File exists" or "Not a
+    directory" about a path the caller never named)."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError):
+        file = next((p for p in (Path(path), *Path(path).parents) if p.exists() and not p.is_dir()), None)
+        raise ValueError(f"{where}: {name}={str(path)!r} cannot be created: {file} is a file, not a folder") from None

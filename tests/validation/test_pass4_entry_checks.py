@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mimetic import MHA, Mamba, Mamba2, MambaConfig, MambaLM, MimeticConfig
+from mimetic.analysis import plot_attention_maps
 from mimetic.modules import LinearAttention
 from mimetic.ops import causal_conv1d, causal_conv1d_update, rms_norm, ssd_scan, ssd_state_update
 from mimetic.tasks import make_task
@@ -168,6 +169,13 @@ def test_out_dir_under_a_file(tmp_path):
     with pytest.raises(ValueError, match=r"cannot be created: .*f is a file"):
         train(tiny(), make_task("copy", copy_len=2, vocab=4),
               TrainConfig(steps=2, out_dir=str(tmp_path / "f" / "run"), progress=False, device="cpu"))
+
+
+def test_plot_path_under_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    maps = {0: torch.rand(1, 1, 3, 3).tril()}
+    with pytest.raises(ValueError, match=r"plot_attention_maps: the folder of path=.* cannot be created: .*f is a"):
+        plot_attention_maps(maps, tmp_path / "f" / "x.png")
 
 
 def test_config_json_with_another_format_tag(tmp_path):

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from .._validate import make_folder
+
 DEFAULT_MAX_HEADS = 4
 DEFAULT_DYNAMIC_RANGE = 1e-4  # log scale: colours span [vmax * this, vmax]
 
@@ -145,6 +147,6 @@ def plot_attention_maps(maps: Mapping, path: str | os.PathLike, log_scale: bool 
     path = os.fspath(path)
     if not os.path.splitext(path)[1]:  # matplotlib would write path + ".png": say so
         path += ".png"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    make_folder("plot_attention_maps", "the folder of path", os.path.dirname(os.path.abspath(path)))
     fig.savefig(path, dpi=dpi)
     return path

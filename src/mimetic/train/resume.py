@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from .._validate import make_folder
 from ..models.config import RETIRED_FIELDS
 from .checkpoint import list_checkpoints, load_weights, newest_good_checkpoint
 from .config import TrainConfig
@@ -91,11 +92,7 @@ def run_lock(out_dir: str | os.PathLike | None, what: str = "run") -> Iterator[N
 def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir={str(out)!r} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (NotADirectoryError, FileExistsError):  # a file where a parent folder should be
-        file = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-        raise ValueError(f"out_dir={str(out)!r} cannot be created: {file} is a file, not a folder") from None
+    make_folder("train", "out_dir", out)
 
 
 def _acquire(out: Path, fcntl, what: str = "run") -> int:

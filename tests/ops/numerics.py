@@ -120,3 +120,32 @@ def backward_weighted(outs, weights) -> None:
 def grads_of(leaves: dict) -> dict:
     """The gradients of the leaves that were given, by name."""
     return {k: v.grad for k, v in leaves.items() if v is not None}
+
+
+def selective_scan_inputs(batch, dim, L, n, groups=None, dtype=torch.float32, *, D=True, z=True, bias=True,
+                          h0=True, seed=0, delta_scale=0.5, A_scale=0.5, draws=torch.float64, params_dtype=None,
+                          device="cpu") -> dict:
+    """Random inputs of the selective scan (Mamba-1) in the ranges Mamba produces (decays
+    from mild to strong): u, delta and z (b, d, L), A (d, n), B and C (b, n, L), or
+    (b, g, n, L) with ``groups``, D and delta_bias (d,), initial_state (b, d, n); D, z,
+    delta_bias and initial_state None where switched off.
+
+    Drawn in ``draws`` from one generator of ``seed``, then moved to ``device``; u, delta,
+    B, C and z are cast to dtype, the parameters and the state (A, D, delta_bias,
+    initial_state) to ``params_dtype`` (default: dtype). float32 parameters beside bf16
+    activations are what a layer with float32 weights gives the kernels."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=draws) * scale).to(device)
+
+    bc = (batch, n, L) if groups is None else (batch, groups, n, L)
+    t = dict(
+        u=rnd(batch, dim, L), delta=rnd(batch, dim, L, scale=delta_scale) - 1.0,
+        A=-torch.exp(rnd(dim, n, scale=A_scale)), B=rnd(*bc), C=rnd(*bc),
+        D=rnd(dim) if D else None, z=rnd(batch, dim, L) if z else None,
+        delta_bias=rnd(dim, scale=0.3) - 1.0 if bias else None,
+        initial_state=rnd(batch, dim, n) if h0 else None,
+    )
+    params = {"A", "D", "delta_bias", "initial_state"}
+    return {k: None if v is None else v.to((params_dtype or dtype) if k in params else dtype) for k, v in t.items()}

@@ -27,11 +27,25 @@ template <> struct ss_dtype<0> { typedef float T; };
 template <> struct ss_dtype<1> { typedef ss_bf16 T; };
 template <> struct ss_dtype<2> { typedef ss_f16 T; };
 
+// The inline PTX, as macros so that the CPU emulation of the tests (tests/ops/cuda_emu,
+// -DMIMETIC_CPU_EMULATION, never set for NVRTC / nvcc) can put C++ in their place.
+#ifdef MIMETIC_CPU_EMULATION
+#define SS_CVT_F32_F16(f, h) ((f) = ::emu::f16_to_f32(h))
+#define SS_CVT_BF16_F32(h, f) ((h) = ::emu::f32_to_bf16(f))
+#define SS_CVT_F16_F32(h, f) ((h) = ::emu::f32_to_f16(f))
+#define SS_EX2_APPROX(y, x) ((y) = ::emu::ex2_approx_ftz(x))
+#else
+#define SS_CVT_F32_F16(f, h) asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h))
+#define SS_CVT_BF16_F32(h, f) asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f))
+#define SS_CVT_F16_F32(h, f) asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f))
+#define SS_EX2_APPROX(y, x) asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x))
+#endif
+
 SS_INLINE float to_f(float x) { return x; }
 SS_INLINE float to_f(ss_bf16 x) { return __uint_as_float(((unsigned int)x.v) << 16); }
 SS_INLINE float to_f(ss_f16 x) {
     float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.v));
+    SS_CVT_F32_F16(f, x.v);
     return f;
 }
 
@@ -39,19 +53,19 @@ template <typename T> SS_INLINE T from_f(float x);
 template <> SS_INLINE float from_f<float>(float x) { return x; }
 template <> SS_INLINE ss_bf16 from_f<ss_bf16>(float x) {
     ss_bf16 r;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.v) : "f"(x));
+    SS_CVT_BF16_F32(r.v, x);
     return r;
 }
 template <> SS_INLINE ss_f16 from_f<ss_f16>(float x) {
     ss_f16 r;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.v) : "f"(x));
+    SS_CVT_F16_F32(r.v, x);
     return r;
 }
 
 // 2^x on the MUFU unit (one instruction; relative error ~2^-22, flushes subnormals).
 SS_INLINE float ex2(float x) {
     float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    SS_EX2_APPROX(y, x);
     return y;
 }
 

@@ -157,7 +157,7 @@ def build(cache: Path, names: tuple[str, ...] = ("fwd", "bwd")) -> dict[str, Pat
         libs[name] = lib
         if lib.exists():
             continue
-        src = cache / f"{name}-{key}.cpp"
+        src = cache / f"{name}-{key}.{os.getpid()}.cpp"     # per process: parallel test runs share the cache
         src.write_text(tu)
         tmp = lib.with_suffix(f".{os.getpid()}.tmp.so")
         cmd = [GXX, *COMMON_FLAGS, *KERNEL_FLAGS, "-shared", "-Wl,-z,defs", str(src), str(runtime), "-o", str(tmp)]

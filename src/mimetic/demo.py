@@ -57,7 +57,8 @@ def run_demo(s: DemoSettings, out_dir: str | Path, progress: bool = True) -> dic
         model = MambaLM(demo_model_config(s, task.vocab_size, init))
         cfg = TrainConfig(steps=s.steps, batch_size=s.batch_size, lr=s.lr, warmup_steps=s.warmup_steps,
                           eval_every=s.eval_every, eval_batches=2, target_acc=None, seed=s.seed,
-                          out_dir=str(out / init), progress=progress, device="cpu")
+                          out_dir=str(out / init), progress=progress, device="cpu",
+                          resume=True)  # a re-run continues (or returns) its runs; the command has no --resume
         results[init] = train(model, task, cfg).to_dict()
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     plot_demo(results, out / "demo.png", title=f"{s.layer} on {s.task} (copy_len={s.copy_len}), CPU")

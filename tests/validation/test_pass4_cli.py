@@ -36,3 +36,10 @@ def test_attn_empty_input_names_the_flag(capsys, tmp_path, text):
                         ssm_cfg={"layer": "Mamba2", "d_state": 4, "headdim": 8})).save_pretrained(tmp_path / "m")
     code, err = run_cli(capsys, "attn", str(tmp_path / "m"), "--input", text, "--out", str(tmp_path / "a.png"))
     assert_user_error(code, err, "--input")
+
+
+def test_demo_rerun_into_the_same_folder(capsys, tmp_path):
+    argv = ["demo", "--no-progress", "--steps", "2", "--copy-len", "4", "--threads", "1", "--out", str(tmp_path / "d")]
+    assert run_cli(capsys, *argv)[0] == 0
+    code, err = run_cli(capsys, *argv)  # it said "pass --resume", a flag demo does not have
+    assert code == 0, err

@@ -206,3 +206,15 @@ def test_pack_checked_before_the_folder_is_touched(tmp_path, pack):
     with pytest.raises(ValueError, match=f"pack must be 'auto', 'off' or a positive int, got {pack!r}"):
         run_sweep(path, tmp_path / "out", progress=False, device="cpu", pack=pack)
     assert not (tmp_path / "out").exists()
+
+
+def test_failed_checkpoint_write_is_an_os_error(tmp_path, monkeypatch):
+    from mimetic.train import checkpoint
+
+    def full_disk(*args, **kwargs):  # what torch's zip writer raises when a write comes up short
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 16128 vs 16080")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"state.pt: write failed .*is the disk full\?"):
+        checkpoint.save_checkpoint(tmp_path, 1, tiny(), {"step": 1})
+    assert checkpoint.latest_checkpoint(tmp_path) is None

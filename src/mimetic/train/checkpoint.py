@@ -120,7 +120,10 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_model(model, str(tmp / WEIGHTS_FILE))
-    torch.save(state, tmp / STATE_FILE)
+    try:
+        torch.save(state, tmp / STATE_FILE)
+    except RuntimeError as e:  # torch's zip writer reports a failed write (a full disk) this way
+        raise OSError(f"{tmp / STATE_FILE}: write failed ({' '.join(str(e).split())}); is the disk full?") from None
     same_mode(tmp / WEIGHTS_FILE, like=tmp / STATE_FILE)
     sums = {name: file_sha256(tmp / name) for name in (WEIGHTS_FILE, STATE_FILE)}
     (tmp / CHECKSUM_FILE).write_text(json.dumps({"sha256": sums}, indent=1))

@@ -12,7 +12,15 @@ import torch
 from mimetic import MHA, Mamba, Mamba2, MambaConfig, MambaLM, MimeticConfig
 from mimetic.analysis import plot_attention_maps
 from mimetic.modules import LinearAttention
-from mimetic.ops import causal_conv1d, causal_conv1d_update, rms_norm, ssd_scan, ssd_state_update
+from mimetic.ops import (
+    causal_conv1d,
+    causal_conv1d_update,
+    rms_norm,
+    selective_scan,
+    selective_state_update,
+    ssd_scan,
+    ssd_state_update,
+)
 from mimetic.tasks import make_task
 from mimetic.train import TrainConfig, train
 from mimetic.train.sweep import run_sweep
@@ -117,6 +125,27 @@ def _ssd_args():
 def test_ssd_scan_flags_are_booleans(backend, name):
     with pytest.raises(ValueError, match=rf"{name}='no' must be true or false"):
         ssd_scan(*_ssd_args(), chunk_size=4, backend=backend, **{name: "no"})
+
+
+def _ss_args():
+    torch.manual_seed(0)
+    return (torch.randn(1, 3, 5), torch.rand(1, 3, 5), -torch.rand(3, 4), torch.randn(1, 4, 5),
+            torch.randn(1, 4, 5))
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("name", ["delta_softplus", "return_last_state"])
+def test_selective_scan_flags_are_booleans(backend, name):
+    with pytest.raises(ValueError, match=rf"{name}='no' must be true or false"):
+        selective_scan(*_ss_args(), backend=backend, **{name: "no"})
+
+
+@pytest.mark.parametrize("name", ["dt_softplus", "A_is_log"])
+def test_selective_state_update_flags_are_booleans(name):
+    u, delta, A, B, C = _ss_args()
+    with pytest.raises(ValueError, match=rf"{name}='no' must be true or false"):
+        selective_state_update(torch.zeros(1, 3, 4), u[..., 0], delta[..., 0], A, B[..., 0], C[..., 0],
+                               **{name: "no"})
 
 
 @pytest.mark.parametrize("name", ["dt_softplus", "A_is_log"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..._validate import bool_arg
 from .. import _library
 from .._checks import check_shape, check_tensors
 from .._dispatch import call_eager, compiling, lazy, resolve_backend, resolve_step_backend
@@ -98,6 +99,8 @@ def selective_scan(
     inside); under ``torch.compile`` it is one ``torch.ops.mimetic.selective_scan`` node.
     """
     _validate(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    bool_arg("selective_scan", "delta_softplus", delta_softplus)  # "no" would be taken as true
+    bool_arg("selective_scan", "return_last_state", return_last_state)
     choice = "cuda" if backend == "cuda" else resolve_backend(backend, u)
     if compiling():  # one opaque op in the graph (no CUDA-kernel entry in _library.py yet)
         return _library.selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state,
@@ -169,6 +172,8 @@ def selective_state_update(
         PyTorch path when a gradient is wanted, and so does float64 (kernel is float32).
     """
     _validate_step(state, x, dt, A, B, C, D, z, dt_bias, dt_proj_weight)
+    bool_arg("selective_state_update", "dt_softplus", dt_softplus)
+    bool_arg("selective_state_update", "A_is_log", A_is_log)
     args = (state, x, dt, A, B, C, D, z, dt_bias)
     choice = resolve_step_backend(backend, x, args + (dt_proj_weight,))
     return STEP_BACKENDS[choice](*args, dt_softplus=dt_softplus, A_is_log=A_is_log,

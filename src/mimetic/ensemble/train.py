@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from ..models import MambaLM
 from ..models._weights import first_nonfinite
 from ..tasks import EvalTally, Task, eval_batches
@@ -376,7 +376,7 @@ def _train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Tra
 
     batches = _Batches(task, members, threads=min(8, torch.get_num_threads()))
     prefetch = ThreadPoolExecutor(1, thread_name_prefix="mimetic-prefetch")
-    pbar = tqdm(total=steps, initial=step, disable=not base.progress, desc=f"{task.name} x{K}", leave=False)
+    pbar = progress_bar(total=steps, initial=step, enabled=base.progress, desc=f"{task.name} x{K}", leave=False)
     interrupted = False
     window_time, window_tokens = 0.0, 0
     stops = {steps} | set(range(base.eval_every, steps, base.eval_every)) | set(range(ckpt_every, steps, ckpt_every))

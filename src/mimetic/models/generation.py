@@ -4,8 +4,8 @@ from __future__ import annotations
 import functools
 
 import torch
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from .._validate import bool_arg, int_arg, real_arg
 from .cuda_graph import check_graphable, decode_graph
 
@@ -90,7 +90,7 @@ def _generate(model, input_ids, max_new_tokens, temperature, top_k, top_p, eos_t
         step = functools.partial(model.step, cache=cache)
     out = [input_ids]
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-    for i in tqdm(range(max_new_tokens), desc="generate", disable=not progress):
+    for i in progress_bar(range(max_new_tokens), desc="generate", enabled=progress):
         token = sample_next(logits, temperature, top_k, top_p, generator)
         if eos_token_id is not None:
             token = token.masked_fill(finished, eos_token_id)

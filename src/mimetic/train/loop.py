@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from ..tasks import Task, evaluate, make_generator, model_logits
 from .checkpoint import latest_checkpoint, nonfinite_in_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
@@ -255,7 +255,7 @@ def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResu
         par.barrier()
         last_saved = at_step
 
-    pbar = tqdm(total=config.steps, initial=step, disable=not (config.progress and par.is_main), desc=task.name,
+    pbar = progress_bar(total=config.steps, initial=step, enabled=config.progress and par.is_main, desc=task.name,
                 leave=False)
     window_tokens, window_time, window_loss, window_n = 0, 0.0, 0.0, 0
     model.train()

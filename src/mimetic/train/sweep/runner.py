@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from ..._progress import progress_bar
 from ..._validate import device_problem
 from ...models import MambaLM
 from ...tasks import Task, derive_seed
@@ -229,7 +229,7 @@ def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], *, workers
         rows[point] = row
         write_results(out, [rows[p] for p in points if p in rows])
 
-    bar = tqdm(total=len(points), initial=skipped, desc=f"sweep {cfg.name}", disable=not progress)
+    bar = progress_bar(total=len(points), initial=skipped, desc=f"sweep {cfg.name}", enabled=progress)
     if ray is not None and ray is not False:
         from .ray_runner import run_on_ray  # ray_runner imports this module
 

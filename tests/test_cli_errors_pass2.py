@@ -3,20 +3,11 @@ are one line with exit 2 (not an 'internal error' or a silent run)."""
 import pytest
 import torch
 
-from mimetic import MambaConfig, MambaLM
+from mimetic import MambaLM
 from mimetic.train import TrainConfig
 from mimetic.train.sweep import run_sweep
 
 from .cli_helpers import TRAIN, assert_user_error, run_cli
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "model"
-    torch.manual_seed(0)
-    MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=8,
-                        ssm_cfg={"layer": "Mamba2", "d_state": 4, "headdim": 8})).save_pretrained(path)
-    return path
 
 
 def test_train_into_an_empty_out_is_refused(capsys, tmp_path, monkeypatch):
@@ -42,24 +33,24 @@ def test_allow_changed_typo_is_refused(capsys, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_generate_on_cuda_without_cuda(capsys, checkpoint):
-    assert_user_error(*run_cli(capsys, "generate", str(checkpoint), "--prompt", "1 2", "--device", "cuda"),
+def test_generate_on_cuda_without_cuda(capsys, tiny_checkpoint):
+    assert_user_error(*run_cli(capsys, "generate", str(tiny_checkpoint), "--prompt", "1 2", "--device", "cuda"),
                       "CUDA is not available")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_from_pretrained_on_cuda_without_cuda(checkpoint):
+def test_from_pretrained_on_cuda_without_cuda(tiny_checkpoint):
     with pytest.raises(ValueError, match=r"from_pretrained: device='cuda' but CUDA is not available"):
-        MambaLM.from_pretrained(checkpoint, device="cuda")
+        MambaLM.from_pretrained(tiny_checkpoint, device="cuda")
 
 
-def test_from_pretrained_on_an_unknown_device(checkpoint):
+def test_from_pretrained_on_an_unknown_device(tiny_checkpoint):
     with pytest.raises(ValueError, match=r"from_pretrained: device='nosuch' is not a device name"):
-        MambaLM.from_pretrained(checkpoint, device="nosuch")
+        MambaLM.from_pretrained(tiny_checkpoint, device="nosuch")
 
 
-def test_attn_layer_the_model_lacks(capsys, checkpoint, tmp_path):
-    assert_user_error(*run_cli(capsys, "attn", str(checkpoint), "--input", "1 2", "--layers", "9",
+def test_attn_layer_the_model_lacks(capsys, tiny_checkpoint, tmp_path):
+    assert_user_error(*run_cli(capsys, "attn", str(tiny_checkpoint), "--input", "1 2", "--layers", "9",
                                "--out", str(tmp_path / "m.png")), "--layers:", "out of range")
 
 

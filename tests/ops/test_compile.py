@@ -73,6 +73,17 @@ def fwd_bwd(fn, ss, ssd):
     return outs, {**{"ss." + k: v.grad for k, v in ss.items()}, **{"ssd." + k: v.grad for k, v in ssd.items()}}
 
 
+def assert_matches(got, ref):
+    """Two :func:`fwd_bwd` results agree: outputs (shape, dtype, 1e-6) and every gradient (1e-5)."""
+    (outs, grads), (ref_outs, ref_grads) = got, ref
+    for g, r in zip(outs, ref_outs):
+        assert g.shape == r.shape and g.dtype == r.dtype
+        assert rel_err(g, r) < 1e-6
+    assert grads.keys() == ref_grads.keys()
+    for k in ref_grads:
+        assert rel_err(grads[k], ref_grads[k]) < 1e-5, k
+
+
 def graph_ops(fn, *args):
     """Compile fn with a backend that records its graph; returns the graph's call targets."""
     targets = []
@@ -89,14 +100,7 @@ def graph_ops(fn, *args):
 def test_compiled_scans_match_eager(full):
     ss, ssd = ss_inputs(full), ssd_inputs(full)
     compiled = torch.compile(both_scans, backend="aot_eager", fullgraph=True)  # fullgraph: no break
-    got, got_grads = fwd_bwd(compiled, ss, ssd)
-    ref, ref_grads = fwd_bwd(both_scans, ss, ssd)
-    for g, r in zip(got, ref):
-        assert g.shape == r.shape and g.dtype == r.dtype
-        assert rel_err(g, r) < 1e-6
-    assert got_grads.keys() == ref_grads.keys()
-    for k in ref_grads:
-        assert rel_err(got_grads[k], ref_grads[k]) < 1e-5, k
+    assert_matches(fwd_bwd(compiled, ss, ssd), fwd_bwd(both_scans, ss, ssd))
 
 
 def test_graph_holds_one_op_per_scan():
@@ -193,16 +197,10 @@ def test_compiled_gradients_match_eager(backend, monkeypatch):
                             lambda *a, **k: calls.append("ssd") or ssd_fwd(*a, **k))
     ss, ssd = ss_inputs(), ssd_inputs()
     fn = _scans_on(backend)
-    got, got_grads = fwd_bwd(torch.compile(fn, backend="aot_eager", fullgraph=True), ss, ssd)
+    got = fwd_bwd(torch.compile(fn, backend="aot_eager", fullgraph=True), ss, ssd)
     assert calls.count("ss") == (backend != "reference")
     assert calls.count("ssd") == (backend == "triton")
-    ref, ref_grads = fwd_bwd(fn, ss, ssd)
-    for g, r in zip(got, ref):
-        assert g.shape == r.shape and g.dtype == r.dtype
-        assert rel_err(g, r) < 1e-6
-    assert got_grads.keys() == ref_grads.keys()
-    for k in ref_grads:
-        assert rel_err(got_grads[k], ref_grads[k]) < 1e-5, k
+    assert_matches(got, fwd_bwd(fn, ss, ssd))
 
 
 def small_model(layer, seed=0):
@@ -297,8 +295,4 @@ def test_dynamic_shapes():
     compiled = torch.compile(both_scans, backend="aot_eager", fullgraph=True, dynamic=True)
     for L in (5, 9):
         ss, ssd = ss_inputs(L=L), ssd_inputs(L=L + 2)
-        got, ref = fwd_bwd(compiled, ss, ssd), fwd_bwd(both_scans, ss, ssd)
-        for g, r in zip(got[0], ref[0]):
-            assert g.shape == r.shape and rel_err(g, r) < 1e-6
-        for k in ref[1]:
-            assert rel_err(got[1][k], ref[1][k]) < 1e-5, k
+        assert_matches(fwd_bwd(compiled, ss, ssd), fwd_bwd(both_scans, ss, ssd))

@@ -267,6 +267,29 @@ def test_plots_draw_one_series_per_axis_value(tmp_path, monkeypatch):
     assert sorted(figs[0].axes[0].get_legend_handles_labels()[1]) == ["attention", "default", "mimetic"]
 
 
+def test_split_plot_has_a_panel_per_layer_and_d_state_with_every_seed(tmp_path, monkeypatch):
+    figs = record_figures(monkeypatch)
+    rows = [{"task": "copy", "init": init, "layer": layer, "d_state": d, "length": n, "seed": s,
+             "final_token_acc": 0.1 * i + 0.01 * s + d / 1000}
+            for i, init in enumerate(("default", "mimetic")) for layer in ("Mamba1", "Mamba2")
+            for d in (4, 8) for n in (8, 16) for s in range(3)]
+    length_path, _ = plots.plot_sweep(rows, tmp_path, split=True)
+    assert length_path.name == "copy_acc_vs_length.png" and length_path.exists()
+    axes = figs[0].axes
+    assert [ax.get_title() for ax in axes] == ["Mamba1, d_state=4", "Mamba1, d_state=8",
+                                               "Mamba2, d_state=4", "Mamba2, d_state=8"]
+    assert axes[1].get_legend_handles_labels()[1] == ["default", "mimetic"]  # the panel names the d_state
+    ax = axes[3]  # Mamba2, d_state 8: default, then mimetic
+    means = [list(bar.lines[0].get_ydata()) for bar in ax.containers]
+    assert means == [pytest.approx([0.018, 0.018]), pytest.approx([0.118, 0.118])]
+    seeds = [c for c in ax.collections if type(c).__name__ == "PathCollection"]
+    assert [len(c.get_offsets()) for c in seeds] == [6, 6]  # 2 lengths x 3 seeds, per init
+    assert sorted(seeds[0].get_offsets()[:, 1]) == pytest.approx([0.008, 0.008, 0.018, 0.018, 0.028, 0.028])
+    # the same d_state keeps its marker in every panel
+    assert axes[1].containers[0].lines[0].get_marker() == axes[3].containers[0].lines[0].get_marker() != \
+        axes[0].containers[0].lines[0].get_marker()
+
+
 def test_ablation_plot_has_a_column_per_init_with_mean_and_seeds(tmp_path, monkeypatch):
     figs = record_figures(monkeypatch)
     inits = ("default", "mimetic", "decay_only")

@@ -1,10 +1,12 @@
 """Paper-style plots of sweep results: accuracy vs length and vs state size, default vs mimetic.
 
 Every point is the mean over seeds with an error bar of one standard deviation (population
-std; 0 with a single seed). SSM layer types get one panel each; colour = init (default blue,
-mimetic orange, named variants other colours); marker/line style = the other axis' value (d_state or length); attention
-points (if any) are the black dashed baseline in every panel. Rows that differ in an extra grid
-axis (``model.d_model``, ``train.lr``, ...) are separate series, labelled ``<path>=<value>``.
+std; 0 with a single seed), each seed's value a faint dot behind it. SSM layer types get one
+panel each (``split=True``: one per layer type and value of the other axis); colour = init
+(default blue, mimetic orange, named variants other colours); marker/line style = the other
+axis' value (d_state or length); attention points (if any) are the black dashed baseline in
+every panel. Rows that differ in an extra grid axis (``model.d_model``, ``train.lr``, ...) are
+separate series, labelled ``<path>=<value>``.
 
 The figures are bare :class:`matplotlib.figure.Figure` objects written to files: pyplot and its
 global backend are never touched, so importing or calling this in a notebook changes nothing
@@ -62,43 +64,58 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, (sum((v - mean) ** 2 for v in values) / n) ** 0.5
 
 
-def _series(rows: list[dict[str, Any]], x_key: str, metric: str) -> tuple[list, list, list]:
+def _values_by_x(rows: list[dict[str, Any]], x_key: str, metric: str) -> dict[Any, list[float]]:
+    """``metric``'s values per ``x_key`` value, sorted by it; runs without a value left out."""
     by_x: dict[Any, list[float]] = {}
     for r in rows:
         if r.get(metric) is not None:
             by_x.setdefault(r[x_key], []).append(float(r[metric]))
-    xs = sorted(by_x)
-    stats = [_mean_std(by_x[x]) for x in xs]
-    return xs, [m for m, _ in stats], [s for _, s in stats]
+    return dict(sorted(by_x.items()))
+
+
+def _series(rows: list[dict[str, Any]], x_key: str, metric: str) -> tuple[list, list, list]:
+    by_x = _values_by_x(rows, x_key, metric)
+    stats = [_mean_std(v) for v in by_x.values()]
+    return list(by_x), [m for m, _ in stats], [s for _, s in stats]
 
 
 def _plot_axis(
-    rows: list[dict[str, Any]], task: str, x_key: str, group_key: str, metric: str, path: Path, title: str
+    rows: list[dict[str, Any]], task: str, x_key: str, group_key: str, metric: str, path: Path, title: str,
+    split: bool = False,
 ) -> Path:
+    """One figure: a row of panels per layer type, with one panel per ``group_key`` value
+    across it when ``split`` (else all values in one panel, told apart by marker and line)."""
     task_rows = [r for r in rows if r["task"] == task]
     layers = [x for x in SSM_LAYERS if any(r["layer"] == x for r in task_rows)]
     attn = [r for r in task_rows if r["layer"] == ATTENTION]
-    panels = layers or [ATTENTION]
-    groups = sorted({r[group_key] for r in task_rows if r["layer"] != ATTENTION and r[group_key] is not None})
-    fig = Figure(figsize=(4.2 * len(panels), 3.4))
-    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)
+    all_groups = sorted({r[group_key] for r in task_rows if r["layer"] != ATTENTION and r[group_key] is not None})
+    panel_groups = [[g] for g in all_groups] if split and all_groups else [all_groups]
+    panels = [(layer, groups) for layer in layers or [ATTENTION] for groups in panel_groups]
+    n_cols = len(panel_groups) if split else len(panels)
+    n_rows = len(panels) // n_cols
+    fig = Figure(figsize=(4.2 * n_cols, 3.4 * n_rows))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False, sharey=True)
     x_label = TASKS[task].length_knob if x_key == "length" else "state size (d_state)"
     g_label = TASKS[task].length_knob if group_key == "length" else "d_state"
     paths = axis_columns(task_rows)
     attn_combos = _axis_combos(attn, paths)
-    for ax, layer in zip(axes[0], panels):
+    for ax, (layer, groups) in zip(axes.flat, panels):
         combos = _axis_combos([r for r in task_rows if r["layer"] == layer], paths)
         for init, color in _init_colors([r for r in task_rows if r["layer"] != ATTENTION]).items():
-            for gi, (g, combo) in enumerate(itertools.product(groups, combos)):
+            for g, (ci, combo) in itertools.product(groups, enumerate(combos)):
                 sel = [r for r in task_rows if r["layer"] == layer and r["init"] == init and r[group_key] == g
                        and _combo(r, paths) == combo]
                 if not sel:
                     continue
                 xs, ms, ss = _series(sel, x_key, metric)
-                marker, ls = STYLES[gi % len(STYLES)]
+                # numbered over all groups, so that a value keeps its marker across split panels
+                marker, ls = STYLES[(all_groups.index(g) * len(combos) + ci) % len(STYLES)]
                 g_part = "" if len(groups) == 1 else f"{g_label}={g}"
                 label = _label(init, g_part, _combo_label(paths, combo, combos))
-                ax.errorbar(xs, ms, yerr=ss, color=color, marker=marker, ls=ls, capsize=3, label=label)
+                seeds = _values_by_x(sel, x_key, metric)
+                ax.scatter([x for x, vs in seeds.items() for _ in vs], [v for vs in seeds.values() for v in vs],
+                           s=10, color=color, alpha=0.35, linewidths=0, zorder=1)
+                ax.errorbar(xs, ms, yerr=ss, color=color, marker=marker, ls=ls, capsize=3, label=label, zorder=2)
         if attn:
             if x_key == "length":
                 for ci, combo in enumerate(attn_combos):
@@ -106,11 +123,12 @@ def _plot_axis(
                     ax.errorbar(xs, ms, yerr=ss, color="black", marker="x", ls=ATTN_STYLES[ci % len(ATTN_STYLES)],
                                 capsize=3, label=_label("attention", _combo_label(paths, combo, attn_combos)))
             else:  # attention has no state: a horizontal line per length
-                for gi, (g, combo) in enumerate(itertools.product(groups, attn_combos)):
+                for g, (ci, combo) in itertools.product(groups, enumerate(attn_combos)):
                     sel = [r for r in attn if r["length"] == g and _combo(r, paths) == combo]
                     _, ms, _ = _series(sel, "length", metric)
                     if ms:
                         g_part = f"{g_label}={g}" if len(groups) > 1 else ""
+                        gi = all_groups.index(g) * len(attn_combos) + ci
                         ax.axhline(ms[0], color="black", ls=STYLES[gi % len(STYLES)][1], lw=1,
                                    label=_label("attention", g_part, _combo_label(paths, combo, attn_combos)))
         all_x = sorted({r[x_key] for r in task_rows if r[x_key] is not None})
@@ -118,11 +136,12 @@ def _plot_axis(
             ax.set_xscale("log", base=2)
         ax.set_xticks(all_x, [str(x) for x in all_x])  # ticks at the swept values only
         ax.minorticks_off()
-        ax.set_title(layer)
+        ax.set_title(_label(layer, f"{g_label}={groups[0]}" if split and len(groups) == 1 else ""))
         ax.set_xlabel(x_label)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(metric.replace("_", " "))
+    for row_axes in axes:
+        row_axes[0].set_ylabel(metric.replace("_", " ") + " (mean +- std; dots: seeds)")
     handles, labels = axes[0][-1].get_legend_handles_labels()
     if handles:
         axes[0][-1].legend(fontsize=7, loc="best")
@@ -134,11 +153,14 @@ def _plot_axis(
 
 
 def plot_sweep(
-    rows: list[dict[str, Any]], out_dir: str | Path, metric: str = "final_token_acc", title: str = "sweep"
+    rows: list[dict[str, Any]], out_dir: str | Path, metric: str = "final_token_acc", title: str = "sweep",
+    split: bool = False,
 ) -> list[Path]:
     """Draw ``<task>_acc_vs_length.png`` and ``<task>_acc_vs_d_state.png`` into ``out_dir`` for
     each task with at least two lengths / two state sizes. ``rows`` are results.csv rows (as
-    dicts: task, init, layer, d_state, length, seed, and ``metric``). Returns the files."""
+    dicts: task, init, layer, d_state, length, seed, and ``metric``). ``split``: a panel per
+    layer type and d_state (per length in the d_state plot) instead of one per layer type.
+    Returns the files."""
     out = Path(out_dir)
     paths = []
     for task in sorted({r["task"] for r in rows}):
@@ -146,9 +168,11 @@ def plot_sweep(
         lengths = {r["length"] for r in task_rows}
         d_states = {r["d_state"] for r in task_rows if r["d_state"] is not None}
         if len(lengths) >= 2:
-            paths.append(_plot_axis(rows, task, "length", "d_state", metric, out / f"{task}_acc_vs_length.png", title))
+            paths.append(_plot_axis(rows, task, "length", "d_state", metric, out / f"{task}_acc_vs_length.png", title,
+                                    split))
         if len(d_states) >= 2:
-            paths.append(_plot_axis(rows, task, "d_state", "length", metric, out / f"{task}_acc_vs_d_state.png", title))
+            paths.append(_plot_axis(rows, task, "d_state", "length", metric, out / f"{task}_acc_vs_d_state.png", title,
+                                    split))
         if len({r["init"] for r in task_rows if r["layer"] != ATTENTION}) >= 3:
             paths.append(_plot_by_init(task_rows, metric, out / f"{task}_acc_by_init.png", f"{title}: {task}"))
     return paths

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from mimetic.ops import _cuda_rtc, selective_scan
-from mimetic.ops.selective_scan import cuda
+from mimetic.ops.selective_scan import AUTO_CUDA_MIN_ROWS, auto_backend, cuda
 from mimetic.ops.selective_scan.reference import selective_scan_ref
 
 from .numerics import rel_err
@@ -218,8 +218,30 @@ def test_launch_parameters_without_a_gpu():
 def test_default_config():
     assert cuda.default_config(torch.empty(8, 1536, 1), 16) == cuda.CudaScanConfig("A", "A")
     assert cuda.default_config(torch.empty(1, 1536, 1), 16) == cuda.CudaScanConfig("B", "B")
+    assert cuda.default_config(torch.empty(2, 1536, 1), 16) == cuda.CudaScanConfig("A", "A")
     assert cuda.default_config(torch.empty(8, 5120, 1), 16) == cuda.CudaScanConfig("C", "C")
     assert cuda.default_config(torch.empty(8, 5120, 1), 128) == cuda.CudaScanConfig("A", "A")
+
+
+def test_auto_backend_routing(monkeypatch):
+    """"auto" on CUDA: the CUDA kernels for every scan with a gradient and for forwards of
+    many rows, Triton for forwards of few rows and for float64; the CPU keeps "torch"."""
+    import types
+
+    monkeypatch.setattr("mimetic.ops._dispatch._triton_available", lambda: True)
+
+    def fake_cuda(batch, dim, dtype=torch.float32):  # what auto_backend and resolve_backend read
+        return types.SimpleNamespace(is_cuda=True, dtype=dtype, shape=(batch, dim, 64))
+
+    leaf = torch.zeros(1, requires_grad=True)
+    few, many = fake_cuda(1, AUTO_CUDA_MIN_ROWS - 1), fake_cuda(2, AUTO_CUDA_MIN_ROWS // 2)
+    assert auto_backend(few, (leaf,)) == "cuda"
+    assert auto_backend(few, (leaf.detach(),)) == "triton"
+    assert auto_backend(many, (leaf.detach(),)) == "cuda"
+    with torch.no_grad():
+        assert auto_backend(few, (leaf,)) == "triton"
+    assert auto_backend(fake_cuda(8, 8192, torch.float64), (leaf,)) == "triton"
+    assert auto_backend(torch.zeros(8, 8192, 2), (leaf,)) == "torch"
 
 
 # ----------------------------------------------------------------------------- fallback and checks
@@ -331,3 +353,62 @@ def test_gpu_matches_reference(shape, layout, dtype):
                          ids=["no_z", "no_D_bias", "no_states"])
 def test_gpu_optional_arguments(opts):
     _gpu_case(2, 24, 100, 16, None, torch.float32, **opts)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU of compute capability 8.0+")
+def test_gpu_graph_capture_of_forward_and_backward():
+    """A forward + backward captured as one CUDA graph (as the packed training step is)
+    and replayed on new inputs gives what eager calls give, bit for bit."""
+    t = {k: v.cuda() for k, v in _inputs(2, 64, 150, 16, None, torch.bfloat16).items()}
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
+    dout = torch.randn(2, 64, 150, device="cuda").to(torch.bfloat16)
+
+    def step():
+        for v in leaves.values():
+            v.grad = None
+        out = _call(selective_scan, leaves, backend="auto")[0]
+        out.backward(dout)
+        return out.detach(), {k: v.grad for k, v in leaves.items()}
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()                                   # compiles the kernels outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, grads = step()
+    fresh = {k: v.cuda() for k, v in _inputs(2, 64, 150, 16, None, torch.bfloat16, seed=7).items()}
+    with torch.no_grad():
+        for k, v in leaves.items():
+            v.copy_(fresh[k])
+    graph.replay()
+    want, want_g = step()
+    assert torch.equal(out, want)
+    for k in want_g:
+        assert torch.equal(grads[k], want_g[k]), k
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU of compute capability 8.0+")
+@pytest.mark.parametrize("shape", [(8, 1536, 2048, 16), (1, 1536, 8192, 16), (8, 5120, 512, 16), (2, 256, 300, 256)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_gpu_real_sizes_match_triton(shape):
+    """At real sizes (the default layouts) the kernels agree with the Triton scan, whose
+    own accuracy the Triton tests establish, to float32 round-off over long sequences."""
+    pytest.importorskip("triton")
+    from mimetic.ops.selective_scan.triton import selective_scan_triton
+
+    b, d, L, n = shape
+    t = {k: v.cuda() for k, v in _inputs(b, d, L, n, None, torch.float32).items()}
+    dout = torch.randn(b, d, L, device="cuda")
+
+    def run(fn):
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
+        out, last = _call(fn, leaves)
+        torch.autograd.backward([out, last], [dout, torch.zeros_like(last)])
+        return [out, last] + [leaves[k].grad for k in sorted(leaves)]
+
+    for name, a, b_ in zip(["out", "last"] + sorted(t), run(cuda.selective_scan_cuda), run(selective_scan_triton)):
+        assert rel_err(a, b_) < 1e-4, name

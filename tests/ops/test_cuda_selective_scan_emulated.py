@@ -21,6 +21,7 @@ channel or chunk wrong) costs orders of magnitude more.
 """
 from __future__ import annotations
 
+import importlib
 import platform
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -273,3 +274,42 @@ def test_thread_orders_agree_bit_for_bit(emu, case):
             assert torch.equal(a, b), f"order {order} (seed {seed}): outputs differ"
         for k in first_g:
             assert torch.equal(got_g[k], first_g[k]), f"order {order} (seed {seed}): d {k} differs"
+
+
+# ----------------------------------------------------------------------------- in the models
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["lm", "ensemble"])
+def test_models_through_the_kernels(emu, monkeypatch, packed):
+    """A Mamba-1 LM and a 3-member packed ensemble of it (B / C per member: one group per
+    model) with every scan on the kernels, as ``backend="auto"`` runs them on a GPU in
+    training, against the same models on the PyTorch scan: logits and every parameter
+    gradient (float32)."""
+    from mimetic.ensemble import EnsembleLM
+    from mimetic.models import MambaConfig, MambaLM
+    scan_op = importlib.import_module("mimetic.ops.selective_scan")
+
+    def lm(seed):
+        torch.manual_seed(seed)
+        return MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=11, init="mimetic",
+                                   ssm_cfg=dict(layer="Mamba1", d_state=8)))
+
+    def build():
+        return EnsembleLM([lm(0), lm(1), lm(2)]) if packed else lm(0)
+
+    ids = torch.randint(0, 11, (2, 37, 3) if packed else (2, 37), generator=torch.Generator().manual_seed(5))
+    results = []
+    for route in ("torch", "cuda"):
+        monkeypatch.setattr(scan_op, "auto_backend", lambda u, tensors, _r=route: _r)
+        model = build()
+        logits = model(ids)
+        logits.float().pow(2).mean().backward()
+        results.append((logits.detach(), {k: p.grad for k, p in model.named_parameters()}))
+    (ref, ref_g), (got, got_g) = results
+    launched = {spec.direction for spec, k in emu._kernels.items() if k.last_params is not None}
+    assert launched == {"fwd", "bwd"}, launched
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    assert got_g.keys() == ref_g.keys()
+    for k, g in ref_g.items():
+        torch.testing.assert_close(got_g[k], g, rtol=1e-4, atol=1e-6 * float(g.abs().max()),
+                                   msg=lambda s, k=k: f"{k}: {s}")

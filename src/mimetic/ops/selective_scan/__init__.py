@@ -33,6 +33,26 @@ STEP_BACKENDS = {
 }
 
 
+# Below this many (batch x dim) rows, a forward without gradient is faster on the Triton
+# scan (fewer rows, longer sequences: its segment forward splits L more finely); at and
+# above it, and for every forward + backward, the CUDA kernels are (benchmarks/RESULTS.md,
+# "CUDA selective scan").
+AUTO_CUDA_MIN_ROWS = 4096
+
+
+def auto_backend(u: torch.Tensor, tensors: tuple) -> str:
+    """What ``backend="auto"`` runs for these inputs: on CUDA tensors "cuda" when a
+    gradient is wanted or ``batch * dim >= AUTO_CUDA_MIN_ROWS``, else "triton"; "torch" on
+    the CPU or without Triton (as :func:`resolve_backend`)."""
+    fallback = resolve_backend("auto", u)
+    if not u.is_cuda or u.dtype == torch.float64:
+        return fallback
+    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if need_grad or u.shape[0] * u.shape[1] >= AUTO_CUDA_MIN_ROWS:
+        return "cuda"
+    return fallback
+
+
 def _validate(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
     check_tensors(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
                   initial_state=initial_state)
@@ -87,9 +107,11 @@ def selective_scan(
         D: skip (d,). z: gate (b, d, L), applied as ``out * silu(z)``.
         delta_bias: (d,) added to delta before the softplus.
         initial_state: (b, d, n) state before step 0 (zeros if None).
-        backend: "auto" (Triton on CUDA, else torch), "reference", "torch", "triton" or
-            "cuda" (opt-in: run-time compiled CUDA kernels, ``cuda.py``; Triton where they
-            cannot run, with a warning; the Triton op under torch.compile).
+        backend: "auto", "reference", "torch", "triton" or "cuda" (run-time compiled
+            CUDA kernels, ``cuda.py``; Triton where they cannot run, with one warning; the
+            Triton op under torch.compile). "auto" on CUDA tensors: "cuda" when a gradient
+            is wanted or the scan has more than ``AUTO_CUDA_MIN_ROWS`` (batch x dim) rows,
+            else Triton (see :func:`auto_backend`); on the CPU "torch".
 
     Returns:
         out (b, d, L) in u's dtype; with ``return_last_state`` also the final state
@@ -101,7 +123,9 @@ def selective_scan(
     _validate(u, delta, A, B, C, D, z, delta_bias, initial_state)
     bool_arg("selective_scan", "delta_softplus", delta_softplus)  # "no" would be taken as true
     bool_arg("selective_scan", "return_last_state", return_last_state)
-    choice = "cuda" if backend == "cuda" else resolve_backend(backend, u)
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    choice = "cuda" if backend == "cuda" else auto_backend(u, tensors) if backend == "auto" \
+        else resolve_backend(backend, u)
     if compiling():  # one opaque op in the graph (no CUDA-kernel entry in _library.py yet)
         return _library.selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state,
                                        delta_softplus, return_last_state,
@@ -113,7 +137,7 @@ def selective_scan(
                   delta_softplus=delta_softplus, return_last_state=return_last_state,
                   initial_state=initial_state)
 
-    return call_eager(run, u.device.type, (u, delta, A, B, C, D, z, delta_bias, initial_state))
+    return call_eager(run, u.device.type, tensors)
 
 
 def _validate_step(state, x, dt, A, B, C, D, z, dt_bias, dt_proj_weight) -> None:

@@ -382,3 +382,75 @@ class Kernel:
         _check(_driver().cuLaunchKernel(func, *grid, *block, smem, ctypes.c_void_p(stream),
                                         ctypes.cast(args, ctypes.c_void_p), None),
                f"cuLaunchKernel({self.entry})")
+
+
+# ----------------------------------------------------------------------------- helpers of the ops' launchers
+
+
+def param_struct(source: str, name: str) -> type[ctypes.Structure]:
+    """The parameter struct ``name`` of a kernel source as a ctypes Structure, read from
+    the source itself: every field must be ``u64`` or ``i64`` (so the layouts agree with
+    no padding rules); ``//`` comments are skipped."""
+    found = re.search(r"struct " + name + r" \{(.*?)\};", source, re.S)
+    if found is None:
+        raise ValueError(f"no struct {name} in the kernel source")
+    body = re.sub(r"//[^\n]*", "", found.group(1))
+    fields = []
+    for decl in body.split(";"):
+        decl = decl.strip()
+        if not decl:
+            continue
+        kind, names = decl.split(None, 1)
+        ctype = {"u64": ctypes.c_uint64, "i64": ctypes.c_int64}[kind]
+        fields += [(n.strip(), ctype) for n in names.split(",")]
+    return type(name, (ctypes.Structure,), {"_fields_": fields})
+
+
+def make_params(cls: type[ctypes.Structure], **values) -> ctypes.Structure:
+    """cls with every field given (a field left out would silently be 0 in the kernel)."""
+    names = [name for name, _ in cls._fields_]
+    if set(values) != set(names):
+        raise TypeError(f"{cls.__name__}: missing {sorted(set(names) - set(values))}, "
+                        f"unknown {sorted(set(values) - set(names))}")
+    return cls(**values)
+
+
+def device_arch(device: torch.device) -> str:
+    """``sm_XY`` of a CUDA device."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+_PROBLEMS: dict[tuple, str | None] = {}
+
+
+def environment_problem(device: torch.device, min_capability: tuple[int, int]) -> str | None:
+    """Why kernels needing ``min_capability`` cannot run on ``device`` at all (too old a
+    GPU, no compiler, no driver), or None; cached per (device, capability)."""
+    key = (str(device), tuple(min_capability))
+    if key not in _PROBLEMS:
+        problem = None
+        cap = torch.cuda.get_device_capability(device)
+        if cap < tuple(min_capability):
+            problem = (f"compute capability {cap[0]}.{cap[1]} is below "
+                       f"{min_capability[0]}.{min_capability[1]}")
+        elif find_compiler() is None:
+            problem = "no CUDA compiler: neither torch's NVRTC library (nvidia-cuda-nvrtc) nor nvcc was found"
+        else:
+            try:
+                _driver()
+            except CudaRtcUnavailable as e:
+                problem = str(e)
+        _PROBLEMS[key] = problem
+    return _PROBLEMS[key]
+
+
+def resources_by_template_args(log: str) -> dict[tuple[int, ...], dict[str, int]]:
+    """ptxas' registers / stack / spills of each kernel in the -v log of a translation
+    unit of explicit template instantiations, keyed by the kernel's integer template
+    arguments (read from the mangled name)."""
+    found = {}
+    for part in log.split("Compiling entry function '")[1:]:
+        mangled = part.split("'", 1)[0]
+        found[tuple(int(a) for a in re.findall(r"Li(\d+)E", mangled))] = ptxas_resources(part)
+    return found

@@ -2,9 +2,9 @@
 their backend tables.
 
 Backends of the conv (``BACKENDS``): ``reference.py`` (a sum of W shifted products, the oracle),
-``shifted.py`` (pure PyTorch: W shifted multiply-adds in the input's own layout) and
-``triton.py``. Of the step (``STEP_BACKENDS``): ``step.py`` (PyTorch) and
-``step_triton.py`` (one fused kernel, no backward).
+``shifted.py`` (pure PyTorch: W shifted multiply-adds in the input's own layout),
+``triton.py`` and, opt-in, ``cuda.py`` (CUDA C++ compiled at run time). Of the step
+(``STEP_BACKENDS``): ``step.py`` (PyTorch) and ``step_triton.py`` (one fused kernel, no backward).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from ..._validate import bool_arg
 from .._checks import check_shape, check_tensors
-from .._dispatch import lazy, resolve_backend, resolve_step_backend
+from .._dispatch import compiling, lazy, resolve_backend, resolve_step_backend
 from .reference import causal_conv1d_ref
 from .shifted import causal_conv1d_torch
 from .step import causal_conv1d_update_torch
@@ -26,6 +26,7 @@ BACKENDS = {
     "reference": causal_conv1d_ref,
     "torch": causal_conv1d_torch,
     "triton": lazy(f"{__name__}.triton", "causal_conv1d_triton"),
+    "cuda": lazy(f"{__name__}.cuda", "causal_conv1d_cuda"),  # compiles its kernels on first use
 }
 STEP_BACKENDS = {
     "torch": causal_conv1d_update_torch,
@@ -48,6 +49,9 @@ def causal_conv1d(
         x: (b, d, L). weight: (d, width). bias: (d,).
         activation: None, "silu" or "swish" (the same).
         initial_states: (b, d, width-1), the inputs before step 0 (zeros if None).
+        backend: "auto" (Triton on CUDA, else torch), "reference", "torch", "triton" or
+            "cuda" (opt-in: run-time compiled CUDA kernels, ``cuda.py``; Triton where they
+            cannot run, with a warning, and under torch.compile).
 
     Returns:
         out (b, d, L); with ``return_final_states`` also (b, d, width-1), the conv state
@@ -64,7 +68,11 @@ def causal_conv1d(
     check_shape("bias", bias, (dim,))
     check_shape("initial_states", initial_states, (batch, dim, weight.shape[1] - 1))
     bool_arg("causal_conv1d", "return_final_states", return_final_states)  # "no" would be taken as true
-    return BACKENDS[resolve_backend(backend, x)](
+    if backend == "cuda":  # ctypes launches do not trace: the Triton conv under torch.compile
+        choice = resolve_backend("triton", x) if compiling() else "cuda"
+    else:
+        choice = resolve_backend(backend, x)
+    return BACKENDS[choice](
         x, weight, bias=bias, activation=activation, initial_states=initial_states,
         return_final_states=return_final_states)
 

@@ -34,6 +34,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .layout import channels_last as _channels_last
+from .layout import final_states
+from .layout import in_layout as _in_layout
+from .layout import like as _like
 from .shifted import causal_conv1d_torch
 
 __all__ = ["causal_conv1d_triton"]
@@ -180,30 +184,6 @@ def _strides(t):
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def _channels_last(x: torch.Tensor) -> bool:
-    """x (batch, dim, L) is (batch, L, dim) storage seen through a transpose."""
-    return x.stride(1) == 1 and x.stride(2) != 1
-
-
-def _like(x: torch.Tensor, dtype=None, n: int | None = None) -> torch.Tensor:
-    """A new (batch, dim, n) tensor (n: x's L by default) stored like x: channels last when
-    x's channels are (batch, L, dim) storage seen through a transpose, else contiguous."""
-    batch, dim, L = x.shape
-    n = L if n is None else n
-    if _channels_last(x):
-        return torch.empty(batch, n, dim, device=x.device, dtype=dtype or x.dtype).transpose(1, 2)
-    return torch.empty(batch, dim, n, device=x.device, dtype=dtype or x.dtype)
-
-
-def _in_layout(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """t (batch, dim, n) as is when its unit stride is along x's unit-stride dimension,
-    else a copy in x's layout (the kernels address every tensor through its strides, but
-    tile and vectorize for x's layout)."""
-    if t.stride(1 if _channels_last(x) else 2) == 1:
-        return t
-    return _like(x, t.dtype, t.shape[2]).copy_(t)
-
-
 # Tile of each kernel: (BLOCK_D, BLOCK_T, num_warps, vector cap in elements).
 # L contiguous (Mamba-1): 16 channels x 128 steps (measured on an H100); the vector cap is
 # unused (the time stride is 1, alignment comes from the specialization on L % 16).
@@ -307,9 +287,5 @@ def causal_conv1d_triton(
                                    return_final_states=return_final_states)
     out = _CausalConv1dFn.apply(x, weight, bias, initial_states, activation in ("silu", "swish"))
     if return_final_states:
-        W = weight.shape[1]
-        past = (initial_states.to(x.dtype) if initial_states is not None
-                else x.new_zeros(x.shape[0], x.shape[1], W - 1))
-        padded = torch.cat([past, x], dim=-1)
-        return out, padded[:, :, padded.shape[-1] - (W - 1):]
+        return out, final_states(x, initial_states, weight.shape[1])
     return out

@@ -176,9 +176,15 @@ class GridPoint:
     def run_id(self) -> str:
         """A stable folder name, e.g. ``copy-mimetic-Mamba2-d16-L64-s0``, plus
         ``-<path>=<value>`` per applying extra axis (``...-s0-model.d_model=128``)."""
+        return "-".join(self.run_id_parts)
+
+    @property
+    def run_id_parts(self) -> tuple[str, ...]:
+        """The ``-``-separated parts of :attr:`run_id`: ``("copy", "mimetic", "Mamba2", "d16",
+        "L64", "s0", "model.d_model=128")``."""
         d = "dNA" if self.d_state is None else f"d{self.d_state}"
-        base = f"{self.task}-{self.init}-{self.layer}-{d}-L{self.length}-s{self.seed}"
-        return base + "".join(f"-{p}={_fmt_value(v)}" for p, v in self.axes if v is not None)
+        axes = tuple(f"{p}={_fmt_value(v)}" for p, v in self.axes if v is not None)
+        return (self.task, self.init, self.layer, d, f"L{self.length}", f"s{self.seed}", *axes)
 
     def to_dict(self) -> dict[str, Any]:
         """The grid keys, then one column per extra axis (its dotted path; lists as lists)."""

@@ -20,6 +20,7 @@ import torch
 
 from ...ensemble.model import EnsembleLM, ensemble_problem, shape_signature
 from ...ensemble.train import PER_MEMBER_FIELDS, member_losses, train_ensemble
+from ...layer_kinds import ATTENTION
 from ...models import MambaLM
 from ...tasks import derive_seed
 from ..checkpoint import list_checkpoints
@@ -56,14 +57,46 @@ def group_key(cfg: SweepConfig, point: GridPoint, run_dir: Path) -> str:
                       sort_keys=True, default=str)
 
 
+def point_cost(cfg: SweepConfig, point: GridPoint, run_dir: Path) -> int:
+    """A relative estimate of the work left in ``point``'s run, from its config alone (no
+    measurement; it only orders the runs): steps left x batch_size x seq_len x n_layer x
+    d_model x (d_model + m), the multiply-adds of a layer's projections (~ d_model^2 a token)
+    and of its sequence mixing, m = d_state for an SSM or linear-attention layer (its state),
+    seq_len for softmax attention (its scores). 0 for a run that has finished training."""
+    at = _resume_step(run_dir)
+    if at == "done":
+        return 0
+    task = cfg.task_for(point)
+    tcfg = TrainConfig(**cfg.train_for(point))
+    mcfg = mamba_config(cfg.model_for(point), task.vocab_size, point, *cfg.init_for(point))
+    mixing = task.seq_len if point.layer == ATTENTION else (point.d_state or 0)
+    return (max(0, tcfg.steps - at) * tcfg.batch_size * task.seq_len * mcfg.n_layer * mcfg.d_model
+            * (mcfg.d_model + mixing))
+
+
+def by_cost(cfg: SweepConfig, points: list[GridPoint], runs: Path) -> list[GridPoint]:
+    """``points`` cheapest first (:func:`point_cost`), and among equally costly ones by the
+    position of their seed in ``grid.seed`` (then in file order): a sweep cut short by a time
+    limit leaves the most finished runs, and every cell of the grid with its first seeds
+    rather than a few cells with all of theirs. A run's cost does not depend on the others,
+    so this order changes no result, only which rows exist first."""
+    seed_rank = {s: i for i, s in enumerate(cfg.grid["seed"])}
+    cost = {p: point_cost(cfg, p, runs / p.run_id) for p in points}
+    return sorted(points, key=lambda p: (cost[p], seed_rank.get(p.seed, len(seed_rank))))
+
+
 def pack_points(cfg: SweepConfig, points: list[GridPoint], runs: Path,
                 capacity: int | None = None, device: str | None = None,
                 concurrent: int = 1) -> list[list[GridPoint]]:
-    """``points`` grouped by :func:`group_key` (in file order) and split into packs of at most
-    ``capacity`` members (None: :func:`pack_capacity` of each group on ``device``, sharing
-    the memory among ``concurrent`` packs at once)."""
+    """``points`` grouped by :func:`group_key` and split into packs of at most ``capacity``
+    members (None: :func:`pack_capacity` of each group on ``device``, sharing the memory among
+    ``concurrent`` packs at once), in :func:`by_cost` order: groups cheapest per member first
+    (the weighted-shortest-job-first order, which finishes the most runs by any time when a
+    pack's cost grows with its members), the members of a group seed by seed, so that
+    when a group is split each pack holds some seeds of every init and lr rather than all
+    seeds of a few."""
     groups: dict[str, list[GridPoint]] = {}
-    for p in points:
+    for p in by_cost(cfg, points, runs):
         groups.setdefault(group_key(cfg, p, runs / p.run_id), []).append(p)
     packs = []
     for members in groups.values():

@@ -32,7 +32,8 @@ from .config import (
     load_sweep,
     mamba_config,
 )
-from .packed import StreamLease, pack_points, run_pack
+from .events import SweepLog, job_label, rows_summary
+from .packed import StreamLease, _resume_step, by_cost, pack_points, run_pack
 from .plots import plot_sweep
 from .record import check_and_record
 from .rows import ROW_FILE, length_evals, result_row, write_row
@@ -109,14 +110,22 @@ def run_point(
     return row
 
 
-def _worker(args: tuple) -> list[dict[str, Any]]:
+def _train_job(cfg: SweepConfig, points: list[GridPoint], runs: Path, device: str | None, progress: bool,
+               factory: ModelFactory | None, packed: bool) -> list[dict[str, Any]]:
+    """Train one job: a pack of ``points``, or its one point alone; their rows."""
+    if packed:
+        return run_pack(cfg, points, runs, device, progress)
+    return [run_point(cfg, points[0], runs / points[0].run_id, device, progress, factory)]
+
+
+def _worker(args: tuple, log: SweepLog | None = None, index: int = 0, total: int = 0) -> list[dict[str, Any]]:
+    """A job in a worker process (or a Ray task): ``args`` = (cfg, points, runs, device,
+    factory, threads, packed); with ``log``, between its start and finish lines."""
     cfg, points, runs, device, factory, threads, packed = args
     if threads:
         torch.set_num_threads(threads)
-    if packed:
-        return run_pack(cfg, points, Path(runs), device=device, progress=False)
-    return [run_point(cfg, points[0], Path(runs) / points[0].run_id, device=device, progress=False,
-                      model_factory=factory)]
+    job = lambda: _train_job(cfg, points, Path(runs), device, False, factory, packed)  # noqa: E731
+    return job() if log is None else log.job(cfg, points, Path(runs), index, total, packed, job)
 
 
 def die_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
@@ -165,7 +174,10 @@ def run_sweep(
             None and CUDA has several; on CPU each worker gets ``cpu_count // workers``
             threads. 1 = one job at a time in this process.
         device: "cuda", "cuda:1", "cpu"... ; None = CUDA if available.
-        progress: progress bars (per run in this process, per sweep with workers > 1).
+        progress: progress bars (per run in this process, per sweep with workers > 1). Where
+            no bar is drawn (False, or stderr not a terminal) the sweep writes one plain line
+            per event to stderr instead: its start, each job's start and finish (seconds,
+            model-steps/s, mean final token accuracy or errors), the end (``sweep/events.py``).
         dry_run: validate and list the points without training (rows hold only grid keys).
         plot: draw the PNG plots at the end.
         model_factory: ``f(model_cfg, task, point) -> nn.Module``; default ``build_model``
@@ -180,7 +192,9 @@ def run_sweep(
             job (``sweep/ray_runner.py``; ``workers`` and ``device`` are then Ray's).
     Points already finished in ``out_dir`` (``row.json`` present) are skipped and partially
     trained ones resume from their checkpoints, so re-running a sweep continues it. Results
-    CSV and summary are rewritten after every finished point.
+    CSV and summary are rewritten after every finished point. Jobs start cheapest first by an
+    estimate from the config (``packed.by_cost``), so a sweep cut short by a time limit leaves
+    the most finished points, spread over the grid.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
@@ -230,35 +244,51 @@ def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], *, workers
         write_results(out, [rows[p] for p in points if p in rows])
 
     bar = progress_bar(total=len(points), initial=skipped, desc=f"sweep {cfg.name}", enabled=progress)
-    if ray is not None and ray is not False:
-        from .ray_runner import run_on_ray  # ray_runner imports this module
+    log = SweepLog(cfg.name, enabled=bool(bar.disable))  # lines where no bar is drawn
+    counted = f"{len(points)} points, {skipped} done, {len(todo)} to run"
+    runs = out / "runs"
+    on_ray = ray is not None and ray is not False
+    if on_ray:
+        from .ray_runner import import_ray, run_on_ray  # ray_runner imports this module
 
-        for job in run_on_ray(cfg, todo, out / "runs", pack=pack, model_factory=model_factory, address=ray):
+        import_ray()  # a missing Ray is a one-line error before any line of this sweep
+        log(f"start: {counted}, on Ray")
+        starts = {p: _resume_step(runs / p.run_id) for p in todo} if log.enabled else {}
+        for n, job in enumerate(run_on_ray(cfg, todo, runs, pack=pack, model_factory=model_factory, address=ray)):
             for p, row in zip(job.points, job.rows):
                 finished(p, row)
             bar.update(len(job.points))
+            if log.enabled:
+                log.finished(f"Ray job {n + 1} ({job_label(job.points)})", job.rows, starts[job.points[0]],
+                             job.seconds)
         jobs, packed, workers = [], False, 1  # all trained: the loops below have nothing to do
     elif pack == "off" or model_factory is not None:
-        jobs, packed = [[p] for p in todo], False
+        jobs, packed = [[p] for p in by_cost(cfg, todo, runs)], False
     else:
-        jobs = pack_points(cfg, todo, out / "runs", capacity=None if pack == "auto" else pack, device=device,
+        jobs = pack_points(cfg, todo, runs, capacity=None if pack == "auto" else pack, device=device,
                            concurrent=max(1, workers))
         packed = True
+    total = len(jobs)
+    threaded = workers > 1 and packed and _on_one_gpu(device)
+    if not on_ray:
+        how = ("one at a time" if workers <= 1 else
+               f"{workers} at once ({'threads on one GPU' if threaded else 'processes'})")
+        log(f"start: {counted}" + (f" as {total} {'packs' if packed else 'runs'}, {how}" if jobs else ""))
 
     if workers <= 1:
-        for job in jobs:
+        for i, job in enumerate(jobs):
             bar.set_postfix_str(job[0].run_id + (f" +{len(job) - 1}" if len(job) > 1 else ""))
-            if packed:
-                job_rows = run_pack(cfg, job, out / "runs", device, progress)
-            else:
-                job_rows = [run_point(cfg, job[0], out / "runs" / job[0].run_id, device, progress, model_factory)]
+            job_rows = log.job(cfg, job, runs, i + 1, total, packed,
+                               lambda job=job: _train_job(cfg, job, runs, device, progress, model_factory, packed))
             for p, row in zip(job, job_rows):
                 finished(p, row)
             bar.update(len(job))
-    elif packed and _on_one_gpu(device):
+    elif threaded:
         streams = StreamLease(workers, device)
         with ThreadPoolExecutor(max_workers=workers) as threads_pool:
-            futures = {threads_pool.submit(streams.run_pack, cfg, job, out / "runs", device): job for job in jobs}
+            futures = {threads_pool.submit(log.job, cfg, job, runs, i + 1, total, True,
+                                           lambda job=job: streams.run_pack(cfg, job, runs, device)): job
+                       for i, job in enumerate(jobs)}
             for fut in as_completed(futures):
                 for p, row in zip(futures[fut], fut.result()):
                     finished(p, row)
@@ -269,16 +299,19 @@ def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], *, workers
         args = []
         for i, job in enumerate(jobs):
             dev = f"cuda:{i % n_gpu}" if n_gpu > 1 else device
-            args.append((cfg, job, str(out / "runs"), dev, model_factory, threads, packed))
+            args.append((cfg, job, str(runs), dev, model_factory, threads, packed))
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                                  initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-            futures = {pool.submit(_worker, a): a[1] for a in args}
+            futures = {pool.submit(_worker, a, log, i + 1, total): a[1] for i, a in enumerate(args)}
             for fut in as_completed(futures):
                 for p, row in zip(futures[fut], fut.result()):
                     finished(p, row)
                 bar.update(len(futures[fut]))
     bar.close()
 
+    if todo:
+        log(f"done: {len(todo)} runs{f' in {total} packs' if packed else ''}, {len(rows)} of {len(points)} "
+            f"points have rows; {rows_summary([rows[p] for p in todo])}")
     ordered = [rows[p] for p in points]
     csv_path, summary_path = write_results(out, ordered)
     plots: list[Path] = []

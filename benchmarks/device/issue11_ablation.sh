@@ -2,11 +2,15 @@
 # under $OUT even when the time limit cuts the sweep short. Usage:
 #   bash benchmarks/device/issue11_ablation.sh [TOML] [SECONDS] [WORKERS]
 # The sweep goes to runs/$name in the repository (ignored by git; kept between calls on a
-# warm device machine), so a second call resumes where the first was cut off.
+# warm device machine), so a second call resumes where the first was cut off. A later session
+# (a fresh machine) resumes from the rows an earlier one brought back: RESTORE=ROWS.jsonl
+# (e.g. experiments/results/copy_seeds_h200_partial_rows.jsonl) writes them into runs/$name
+# first (benchmarks/device/sweep_rows.py), and the sweep skips those points.
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 toml=${1:-experiments/ablation_seeds.toml}; secs=${2:-300}; workers=${3:-2}
 name=$(basename "$toml" .toml)
 dir=runs/$name
+[ -n "$RESTORE" ] && python3 benchmarks/device/sweep_rows.py "$toml" "$RESTORE" "$dir"
 start=$(date +%s)
 timeout "$secs" python3 -m mimetic.cli sweep "$toml" --out "$dir" --workers "$workers" --no-progress \
     > $OUT/$name.log 2>&1; echo "sweep rc $? in $(( $(date +%s) - start )) s"

@@ -139,13 +139,18 @@ def _unit(name: str) -> tuple[str, str]:
     """(translation unit, the text it includes) of a library name."""
     if name == "probes":
         return f'#include "{HERE / "probes.cu"}"\n', (HERE / "probes.cu").read_text()
+    if name.startswith("conv_"):
+        from . import conv
+
+        return conv.unit(name[5:])
     return kernel_source(name, cuda.shipped_specs(name)), cuda.source(name)
 
 
 def build(cache: Path, names: tuple[str, ...] = ("fwd", "bwd")) -> dict[str, Path]:
     """{name: path of its library}, built where ``cache`` lacks them (in parallel). Names:
     "fwd" / "bwd", the emulated kernels of a direction (every shipped spec), "probes"
-    (probes.cu: kernels that check the emulation itself)."""
+    (probes.cu: kernels that check the emulation itself), "conv_fwd" / "conv_bwd" (the
+    causal conv1d's kernels, ``conv.py``)."""
     cache.mkdir(parents=True, exist_ok=True)
     version = _compiler_version()
     runtime, runtime_src = _runtime(cache, version)
@@ -193,14 +198,19 @@ def _source_line(report: str) -> str:
 class EmulatedKernel:
     """One specialization in an emulated library, launched like ``_cuda_rtc.Kernel``."""
 
-    def __init__(self, emulation: Emulation, spec: cuda.Spec):
+    def __init__(self, emulation, spec, outputs: set[str] | None = None, accumulated: set[str] = ACCUMULATED):
+        """``emulation``: has ``libs`` (by ``spec.direction``), ``seen``, ``order``, ``seed``;
+        ``outputs`` / ``accumulated``: the pointer fields written / added into (default:
+        the scan's, :data:`OUTPUTS`)."""
         self.emulation, self.spec = emulation, spec
         self.fn = entry(emulation.libs[spec.direction], spec.name)
+        self.outputs = OUTPUTS[spec.direction] if outputs is None else outputs
+        self.accumulated = accumulated
         self.last_params: dict[str, int] | None = None    # the fields of the last launch
 
     def launch(self, grid, block, smem, params, device) -> None:
         em = self.emulation
-        outputs = OUTPUTS[self.spec.direction]
+        outputs = self.outputs
         by_ptr = {t.data_ptr(): t for t in em.seen if t.numel()}
         tensors = []
         for field, kind in params._fields_:
@@ -210,7 +220,7 @@ class EmulatedKernel:
             tensor = by_ptr.get(value)
             if tensor is None:
                 raise EmulationError(f"pointer field {field} of {self.spec.name} is not a tensor the launcher passed")
-            if field in outputs and field not in ACCUMULATED:
+            if field in outputs and field not in self.accumulated:
                 tensor.fill_(float("nan"))
             tensors.append((field, tensor, field in outputs))
         em.seen.clear()

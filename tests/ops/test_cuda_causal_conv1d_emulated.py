@@ -7,7 +7,7 @@ The kernel sources compile with g++ (``-DMIMETIC_CPU_EMULATION``) and run throug
 Cases: both layouts as the layers pass them (Mamba-1: a channel slice of the (b, 2 d_inner,
 L) in_proj output, time contiguous; Mamba-2: a column slice of the (b, L, d_in_proj)
 output seen as (b, d, L), channels contiguous) and plain contiguous x, each dtype, odd L
-(1, below the halo, past one block), widths 1 to 5, with and without bias, SiLU and
+(1, below the halo, past one block), widths 1 to 5 and 8, with and without bias, SiLU and
 initial states, the final states, 16-byte aligned rows (vector access) and unaligned
 ones, the forward alone; the thread orders must agree bit for bit. Skipped without g++.
 

@@ -50,7 +50,7 @@ struct CcBwdWalk {
                 float pre = bias[c];
 #pragma unroll
                 for (int k = 0; k < W; ++k) pre += w[c][k] * xw[c][k];
-                const float sg = sigmoid(pre);
+                const float sg = cc_sigmoid(pre);
                 g *= sg * (1.f + pre * (1.f - sg));
             }
             if (own) {
@@ -103,48 +103,64 @@ __device__ void cc_bwd(const CcBwdParams& p) {
     float* dh0 = p.dh0 ? reinterpret_cast<float*>(p.dh0) + (b * p.dim + cs) * (W - 1) : nullptr;
 
     if constexpr (!CL) {
+        static_assert(W - 1 <= S, "the halos come from one neighbouring lane");
+        const int lane = threadIdx.x & 31;
         const i64 t0 = ((i64)blockIdx.x * LT + lt) * S;   // one S-step vector a thread
-        if (active && t0 < L) {
-            const i64 t1 = t0 + S < L ? t0 + S : L;
-            constexpr int NX = S + 2 * (W - 1), NG = S + W - 1;
-            float xv[NX];                       // xp[t0 - (W-1) .. t0 + S + W - 2]
-            float gv[NG];                       // dout[t0 .. t0 + S + W - 2]
-            {
-                float m[S];
-                load_run<T, S>(x + t0, L - t0, vec, m);
+        const bool live = active && t0 < L;     // whole warps stay for the shuffles
+        const i64 t1 = !live ? t0 : t0 + S < L ? t0 + S : L;
+        constexpr int NX = S + 2 * (W - 1), NG = S + W - 1;
+        float xv[NX];                           // xp[t0 - (W-1) .. t0 + S + W - 2]
+        float gv[NG];                           // dout[t0 .. t0 + S + W - 2] (0 past L)
+        {
+            float mx[S], mg[S];
+            if (live) {
+                load_run<T, S>(x + t0, L - t0, vec, mx);
+                load_run<T, S>(dout + t0, L - t0, vec, mg);
+            } else {
 #pragma unroll
-                for (int i = 0; i < S; ++i) xv[W - 1 + i] = m[i];
-                load_run<T, S>(dout + t0, L - t0, vec, m);
-#pragma unroll
-                for (int i = 0; i < S; ++i) gv[i] = m[i];
+                for (int i = 0; i < S; ++i) mx[i] = mg[i] = 0.f;
             }
 #pragma unroll
-            for (int k = 0; k < W - 1; ++k) {
+            for (int i = 0; i < S; ++i) {
+                xv[W - 1 + i] = mx[i];
+                gv[i] = mg[i];
+            }
+#pragma unroll
+            for (int k = 0; k < W - 1; ++k) {   // halos: the neighbouring lanes' steps
+                float hl = __shfl_up_sync(0xffffffffu, mx[S - (W - 1) + k], 1);
+                float hx = __shfl_down_sync(0xffffffffu, mx[k], 1);
+                float hg = __shfl_down_sync(0xffffffffu, mg[k], 1);
                 const i64 tl = t0 - (W - 1) + k, tr = t0 + S + k;
-                xv[k] = tl >= 0 ? to_f(x[tl]) : cc_past<W>(p.h0, p.h0_dtype, b, p.dim, cs, tl);
-                xv[W - 1 + S + k] = tr < L ? to_f(x[tr]) : 0.f;
-                gv[S + k] = tr < L ? to_f(dout[tr]) : 0.f;
-            }
-#pragma unroll
-            for (int k = 0; k < W; ++k) wk.gw[0][k] = 0.f;
-            float dxs[S];
-#pragma unroll
-            for (int u = 0; u < NX; ++u) {
-                const float xq[1] = {xv[u]};
-                wk.push_x(xq);
-                if (u < W - 1) continue;        // positions before t0: inputs only
-                const int iq = u - (W - 1);     // q - t0
-                const float gq[1] = {t0 + iq < L ? gv[iq] : 0.f};
-                float dxr[1];
-                wk.step(gq, t0 + iq < t1, dxr);
-                const int ir = iq - (W - 1);    // r - t0
-                if (ir >= 0) {
-                    dxs[ir] = dxr[0];
-                } else if (dh0 != nullptr && t0 == 0) {
-                    dh0[W - 1 + ir] = dxr[0];
+                if (lane == 0 && live) hl = tl >= 0 ? to_f(x[tl]) : cc_past<W>(p.h0, p.h0_dtype, b, p.dim, cs, tl);
+                if (lane == 31 && live) {
+                    hx = tr < L ? to_f(x[tr]) : 0.f;
+                    hg = tr < L ? to_f(dout[tr]) : 0.f;
                 }
+                xv[k] = hl;
+                xv[W - 1 + S + k] = hx;
+                gv[S + k] = hg;
             }
-            store_run<T, S>(dx + t0, t1 - t0, vec, dxs);
+        }
+#pragma unroll
+        for (int k = 0; k < W; ++k) wk.gw[0][k] = 0.f;
+        float dxs[S], dh[W > 1 ? W - 1 : 1];  // dx of the steps; dxp of the W-1 positions before t0
+#pragma unroll
+        for (int u = 0; u < NX; ++u) {
+            const float xq[1] = {xv[u]};
+            wk.push_x(xq);
+            if (u < W - 1) continue;            // positions before t0: inputs only
+            const int iq = u - (W - 1);         // q - t0
+            const float gq[1] = {gv[iq]};
+            float dxr[1];
+            wk.step(gq, t0 + iq < t1, dxr);
+            const int ir = iq - (W - 1);        // r - t0
+            if (ir >= 0) dxs[ir] = dxr[0];
+            else dh[W - 1 + ir] = dxr[0];
+        }
+        if (live) store_run<T, S>(dx + t0, t1 - t0, vec, dxs);
+        if (dh0 != nullptr && t0 == 0 && live) {
+#pragma unroll
+            for (int k = 0; k < W - 1; ++k) dh0[k] = dh[k];
         }
     } else {
         const i64 t0 = ((i64)blockIdx.x * LT + lt) * (p.iters * S);

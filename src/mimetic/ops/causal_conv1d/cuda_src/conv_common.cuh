@@ -7,9 +7,11 @@
 // Layouts (template flag CL), a tile of C channels x S steps per thread and LC x LT
 // threads per block (thread t: lc = t % LC, lt = t / LC):
 // * CL false, time contiguous (Mamba-1's (b, d, L)): LC = C = 1; each thread loads S
-//   consecutive steps of one row as vectors (lanes side by side in time: coalesced), the
-//   W-1 halo steps around them as scalars (the neighbouring lanes' data: L1 hits); a
-//   block's LT threads cover LT * S steps of one channel.
+//   consecutive steps of one row as vectors (lanes side by side in time: coalesced) and
+//   takes the W-1 halo steps around them from the neighbouring lanes by shuffles (only
+//   a warp's first / last lane loads them: scalar loads from every lane would ask L1 for
+//   three times the vector's sectors); a block's LT threads cover LT * S steps of one
+//   channel. Whole warps stay to the end for the shuffles (lanes past L compute zeros).
 // * CL true, channels contiguous (Mamba-2's transposed (b, L, d) slice): each thread owns
 //   C adjacent channels (one vector per step; a warp's 32 lanes cover 32 C channels of
 //   one step: coalesced) and streams `iters` * S consecutive steps with the last W inputs
@@ -90,4 +92,19 @@ SS_INLINE void cc_thread(i64 dim, i64& c0, i64& nc, int& lt) {
 template <int W>
 SS_INLINE float cc_past(u64 h0, i64 h0_dtype, i64 b, i64 dim, i64 c, i64 p) {
     return h0 ? load_any(h0, (b * dim + c) * (W - 1) + (W - 1) + p, h0_dtype) : 0.f;
+}
+
+// sigmoid on the MUFU unit: 1 / (1 + 2^(-x log2 e)) with ex2.approx and rcp.approx
+// (relative error ~2^-21; exact division in the CPU emulation). The conv is memory-bound
+// only while its arithmetic stays small: expf and an IEEE division per element, and the
+// backward's recomputation of W-1 halo steps, would not.
+#ifdef MIMETIC_CPU_EMULATION
+#define CC_RCP_APPROX(y, x) ((y) = 1.f / (x))
+#else
+#define CC_RCP_APPROX(y, x) asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x))
+#endif
+SS_INLINE float cc_sigmoid(float x) {
+    float r;
+    CC_RCP_APPROX(r, 1.f + ex2(-x * SS_LOG2E));
+    return r;
 }

@@ -16,10 +16,11 @@ struct CcFwdParams {
 
 template <typename T, int W, bool CL, int LC, int LT, int C, int S>
 __device__ void cc_fwd(const CcFwdParams& p) {
+    static_assert(CL || W - 1 <= S, "the halo comes from one neighbouring lane");
     i64 c0, nc;
     int lt;
     cc_thread<CL, LC, C>(p.dim, c0, nc, lt);
-    if (nc <= 0) return;                        // no barrier in this kernel
+    if (CL && nc <= 0) return;                  // CL: no warp operation in this kernel
     const i64 b = blockIdx.z, L = p.L;
     const bool vec = p.vec != 0;
     float w[C][W], bias[C];
@@ -34,16 +35,24 @@ __device__ void cc_fwd(const CcFwdParams& p) {
     T* out = reinterpret_cast<T*>(p.out) + b * p.out_sb + c0 * p.out_sd;
 
     if constexpr (!CL) {
+        const int lane = threadIdx.x & 31;
         const i64 t0 = ((i64)blockIdx.x * LT + lt) * S;   // one S-step vector a thread
-        if (t0 >= L) return;
-        float xv[S + W - 1];                // xp[t0 - (W-1) .. t0 + S - 1]
-#pragma unroll
-        for (int k = 0; k < W - 1; ++k) {
-            const i64 t = t0 - (W - 1) + k;
-            xv[k] = t >= 0 ? to_f(x[t]) : cc_past<W>(p.h0, p.h0_dtype, b, p.dim, c0, t);
-        }
+        const bool live = t0 < L;
+        float xv[S + W - 1];                    // xp[t0 - (W-1) .. t0 + S - 1]
         float m[S];
-        load_run<T, S>(x + t0, L - t0, vec, m);
+        if (live) {
+            load_run<T, S>(x + t0, L - t0, vec, m);
+        } else {
+#pragma unroll
+            for (int i = 0; i < S; ++i) m[i] = 0.f;
+        }
+#pragma unroll
+        for (int k = 0; k < W - 1; ++k) {       // the previous lane's last W-1 steps
+            float h = __shfl_up_sync(0xffffffffu, m[S - (W - 1) + k], 1);
+            const i64 t = t0 - (W - 1) + k;
+            if (lane == 0 && live) h = t >= 0 ? to_f(x[t]) : cc_past<W>(p.h0, p.h0_dtype, b, p.dim, c0, t);
+            xv[k] = h;
+        }
 #pragma unroll
         for (int i = 0; i < S; ++i) xv[W - 1 + i] = m[i];
 #pragma unroll
@@ -51,9 +60,9 @@ __device__ void cc_fwd(const CcFwdParams& p) {
             float acc = bias[0];
 #pragma unroll
             for (int k = 0; k < W; ++k) acc += w[0][k] * xv[i + k];
-            m[i] = p.silu ? acc * sigmoid(acc) : acc;
+            m[i] = p.silu ? acc * cc_sigmoid(acc) : acc;
         }
-        store_run<T, S>(out + t0, L - t0, vec, m);
+        if (live) store_run<T, S>(out + t0, L - t0, vec, m);
     } else {
         const i64 t0 = ((i64)blockIdx.x * LT + lt) * (p.iters * S);
         if (t0 >= L) return;
@@ -94,7 +103,7 @@ __device__ void cc_fwd(const CcFwdParams& p) {
                     float acc = bias[c];
 #pragma unroll
                     for (int k = 0; k < W; ++k) acc += w[c][k] * xw[c][k];
-                    y[c] = p.silu ? acc * sigmoid(acc) : acc;
+                    y[c] = p.silu ? acc * cc_sigmoid(acc) : acc;
                 }
                 if (ts + s < t1) store_run<T, C>(out + (ts + s) * p.out_sl, nc, vec, y);
             }

@@ -81,8 +81,9 @@ class MHA(nn.Module):
 
     def _attend(self, q, k, v, causal: bool):
         rep = self.num_heads // self.num_heads_kv
-        k = k.repeat_interleave(rep, dim=2)
-        v = v.repeat_interleave(rep, dim=2)
+        if rep > 1:  # repeat_interleave copies even for 1: in decoding, the whole KV cache each step
+            k = k.repeat_interleave(rep, dim=2)
+            v = v.repeat_interleave(rep, dim=2)
         poisoned = None
         if causal:
             # The kernels mask future keys after q.k (and weight future values by 0), so a

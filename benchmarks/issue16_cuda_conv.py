@@ -20,6 +20,8 @@ Sections (``--sections``, comma-separated; all by default):
   wall time (``do_bench`` median) and GPU kernel time (``harness.kernel_ms``, memsets
   included: our backward zeroes its dweight / dbias buffers): ours, Triton,
   causal_conv1d; then the channels-last run length (``cuda.TARGET_THREADS``) swept.
+* ``tiles`` (not in the default list): other tiles under each layout's name
+  (:data:`TILES`), kernel time at the layer shapes, bf16.
 
 Writes ``OUT/issue16_cuda_conv.json`` (every number) and ``OUT/issue16_cuda_conv.md`` (the
 tables); prints one JSON line per case as it goes.
@@ -350,6 +352,57 @@ def _sweep_runs(layer, params, records, rows, label):
         cuda.TARGET_THREADS.update(saved)
 
 
+# Tiles to try under each layout's name, (direction, name): [Layout(...)], the shipped one first.
+TILES = {
+    ("fwd", "L"): [cuda.Layout(False, 1, 128, 1, 8), cuda.Layout(False, 1, 64, 1, 8), cuda.Layout(False, 1, 256, 1, 8),
+                   cuda.Layout(False, 1, 128, 1, 16)],
+    ("bwd", "L"): [cuda.Layout(False, 1, 128, 1, 8), cuda.Layout(False, 1, 64, 1, 8), cuda.Layout(False, 1, 256, 1, 8),
+                   cuda.Layout(False, 1, 128, 1, 16)],
+    ("fwd", "CL"): [cuda.Layout(True, 32, 4, 8, 4), cuda.Layout(True, 32, 4, 8, 2), cuda.Layout(True, 32, 4, 4, 4),
+                    cuda.Layout(True, 32, 4, 8, 4, 4), cuda.Layout(True, 32, 4, 8, 8)],
+    ("bwd", "CL"): [cuda.Layout(True, 32, 4, 4, 2, 4), cuda.Layout(True, 32, 4, 4, 2), cuda.Layout(True, 32, 4, 4, 4),
+                    cuda.Layout(True, 32, 4, 2, 4), cuda.Layout(True, 32, 4, 2, 8), cuda.Layout(True, 32, 4, 8, 2)],
+}
+
+
+def section_tiles(records, tables):
+    """Kernel time of each tile in TILES at the layer shapes (bf16), one direction at a
+    time (the other keeps its shipped tile): forward alone for "fwd", forward + backward
+    for "bwd"."""
+    rows = []
+    for (name, b, d, L, W, cols) in LAYER_SHAPES:
+        layer = Layer(name, b, d, L, torch.bfloat16, cols=cols)
+        params = _params(d, W, torch.bfloat16)
+        lay = "CL" if name == "mamba2" else "L"
+        for direction in ("fwd", "bwd"):
+            shipped = cuda.LAYOUTS[direction][lay]
+            want, want_g = fwd_bwd(cuda.causal_conv1d_cuda, layer, params)
+            try:
+                for tile in TILES[(direction, lay)]:
+                    cuda.LAYOUTS[direction][lay] = tile
+                    rec = dict(section="tiles", layer=name, direction=direction, tile=repr(tile))
+                    try:
+                        got, got_g = fwd_bwd(cuda.causal_conv1d_cuda, layer, params)
+                        rec["rel_diff_vs_shipped"] = max([harness.rel_err(got[0], want[0])]
+                                                         + [harness.rel_err(got_g[k], want_g[k]) for k in want_g])
+                        _time(cuda.causal_conv1d_cuda, layer, params, rec, "cuda")
+                    except Exception as e:  # noqa: BLE001
+                        rec["error"] = repr(e)[:300]
+                    harness.print_record(rec)
+                    records.append(rec)
+                    key = "fwd_kernel_ms_cuda" if direction == "fwd" else "fwdbwd_kernel_ms_cuda"
+                    got = rec.get(key)
+                    label = f"lc{tile.lc} lt{tile.lt} c{tile.c} s{tile.s} mb{tile.min_blocks}"
+                    label += " (shipped)" if tile == shipped else ""
+                    rows.append((f"{name} {b}x{d}x{L} bf16", direction, label,
+                                 "-" if got is None else f"{got:.4f}",
+                                 f"{rec.get('rel_diff_vs_shipped', float('nan')):.1e}"))
+            finally:
+                cuda.LAYOUTS[direction][lay] = shipped
+    tables.append(("Tiles: kernel ms (fwd: forward alone; bwd: forward + backward)",
+                   ("case", "direction", "tile", "kernel ms", "rel diff vs shipped"), rows))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -366,6 +419,8 @@ def main():
             section_check(records, tables, args.quick)
         elif section == "bench":
             section_bench(records, tables, args.quick)
+        elif section == "tiles":
+            section_tiles(records, tables)
         else:
             raise SystemExit(f"unknown section {section!r}")
         print(f"section {section}: {time.perf_counter() - t0:.1f} s", flush=True)

@@ -52,6 +52,7 @@ __all__ = ["LAYOUTS", "MAX_WIDTH", "Layout", "Spec", "causal_conv1d_cuda", "ship
 SOURCE_DIR = Path(__file__).with_name("cuda_src")
 SCAN_COMMON = Path(__file__).parents[1] / "selective_scan" / "cuda_src" / "common.cuh"
 MAX_WIDTH = 8
+CAP_WIDTH = 4                    # widths a layout's min_blocks applies to (see Layout)
 MIN_CAPABILITY = (8, 0)          # cvt.rn.bf16.f32 and the shuffles' sync variants
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -61,13 +62,16 @@ class Layout:
     """A block of ``lc`` x ``lt`` threads, each owning ``c`` channels x ``s`` steps (see
     conv_common.cuh). ``cl``: unit channel stride (lanes across channels, each thread
     streams a run of steps); else unit time stride (lanes across time, one channel a
-    block, s steps a thread as vectors)."""
+    block, s steps a thread as vectors). ``min_blocks``: ``__launch_bounds__``' blocks
+    per SM (1: no cap below 255 registers; k: 65536 / (k threads) registers a thread),
+    for widths up to :data:`CAP_WIDTH` (wider convs hold more per channel: uncapped)."""
 
     cl: bool
     lc: int
     lt: int
     c: int
     s: int
+    min_blocks: int = 1
 
     def __post_init__(self):
         if 32 % self.lc or (self.lc * self.lt) % 32 or (not self.cl and (self.lc, self.c) != (1, 1)):
@@ -86,11 +90,14 @@ class Layout:
 
 # "L": 128 threads along time, 8 steps each (a 16-byte vector of bf16; two of float32).
 # "CL": 32 lanes across channels x 4 warps along time; the forward 8 channels a thread
-# (16-byte bf16 vectors), the backward 4 (it holds x, dout and two windows per channel;
-# 8-byte bf16 vectors) with 8 steps loaded ahead per run.
+# (16-byte bf16 vectors) with 4 steps loaded ahead; the backward 4 channels (it holds x,
+# dout, two windows and the sums per channel; 8-byte bf16 vectors), 2 steps ahead, capped
+# at 128 registers (4 blocks an SM; 4 steps ahead would need ~178 and allow 2 blocks).
+# First choices from the sm_90 ptxas report, not timed: benchmarks/issue16_cuda_conv.py
+# --sections tiles times the alternatives.
 LAYOUTS = {
     "fwd": {"L": Layout(False, 1, 128, 1, 8), "CL": Layout(True, 32, 4, 8, 4)},
-    "bwd": {"L": Layout(False, 1, 128, 1, 8), "CL": Layout(True, 32, 4, 4, 4)},
+    "bwd": {"L": Layout(False, 1, 128, 1, 8), "CL": Layout(True, 32, 4, 4, 2, 4)},
 }
 
 # Steps per thread run in the "CL" layout: as long as the grid keeps at least this many
@@ -115,10 +122,14 @@ class Spec:
         return LAYOUTS[self.direction][self.layout_name]
 
     @property
+    def min_blocks(self) -> int:
+        return self.layout.min_blocks if self.width <= CAP_WIDTH else 1
+
+    @property
     def name(self) -> str:
         lo = self.layout
         return (f"cc_{self.direction}_t{self.dtype}_w{self.width}_{self.layout_name.lower()}"
-                f"{lo.lc}x{lo.lt}c{lo.c}s{lo.s}")
+                f"{lo.lc}x{lo.lt}c{lo.c}s{lo.s}mb{self.min_blocks}")
 
     @property
     def entry(self) -> str:
@@ -127,12 +138,13 @@ class Spec:
     def template_args(self) -> tuple[int, ...]:
         """The template arguments of ``cc_<direction>_kernel`` in the source."""
         lo = self.layout
-        return (self.dtype, self.width, int(lo.cl), lo.lc, lo.lt, lo.c, lo.s)
+        return (self.dtype, self.width, int(lo.cl), lo.lc, lo.lt, lo.c, lo.s, self.min_blocks)
 
     def options(self) -> list[str]:
         lo = self.layout
         return ["-std=c++17", f"-DCC_T={self.dtype}", f"-DCC_W={self.width}", f"-DCC_CL={int(lo.cl)}",
-                f"-DCC_LC={lo.lc}", f"-DCC_LT={lo.lt}", f"-DCC_C={lo.c}", f"-DCC_S={lo.s}"]
+                f"-DCC_LC={lo.lc}", f"-DCC_LT={lo.lt}", f"-DCC_C={lo.c}", f"-DCC_S={lo.s}",
+                f"-DCC_MIN_BLOCKS={self.min_blocks}"]
 
     def smem_bytes(self) -> int:
         """Dynamic shared memory of a launch: the backward's per-warp dw / dbias partials."""
@@ -189,13 +201,14 @@ def compiled(spec: Spec, arch: str, compiler: _cuda_rtc.Compiler | None = None) 
     return _cuda_rtc.compile_cached(source(spec.direction), spec.name, spec.options(), arch, compiler)
 
 
-_KERNELS: dict[tuple[Spec, str], _cuda_rtc.Kernel] = {}
+_KERNELS: dict[tuple[Spec, Layout, str], _cuda_rtc.Kernel] = {}
 
 
 def _kernel(spec: Spec, device: torch.device) -> _cuda_rtc.Kernel:
-    key = (spec, _cuda_rtc.device_arch(device))
+    # keyed by the layout too: a benchmark may try other tiles under a layout's name
+    key = (spec, spec.layout, _cuda_rtc.device_arch(device))
     if key not in _KERNELS:
-        _KERNELS[key] = _cuda_rtc.Kernel(compiled(spec, key[1]), spec.entry)
+        _KERNELS[key] = _cuda_rtc.Kernel(compiled(spec, key[2]), spec.entry)
     return _KERNELS[key]
 
 

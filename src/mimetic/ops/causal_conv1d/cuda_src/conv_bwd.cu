@@ -244,13 +244,13 @@ __device__ void cc_bwd(const CcBwdParams& p) {
     }
 }
 
-template <int T, int W, int CL, int LC, int LT, int C, int S>
-__global__ void __launch_bounds__(LC * LT) cc_bwd_kernel(const CcBwdParams p) {
+template <int T, int W, int CL, int LC, int LT, int C, int S, int MB>
+__global__ void __launch_bounds__(LC * LT, MB) cc_bwd_kernel(const CcBwdParams p) {
     cc_bwd<typename ss_dtype<T>::T, W, CL != 0, LC, LT, C, S>(p);
 }
 
 #ifdef CC_T
-extern "C" __global__ void __launch_bounds__(CC_LC * CC_LT) mimetic_cc_bwd(const CcBwdParams p) {
+extern "C" __global__ void __launch_bounds__(CC_LC * CC_LT, CC_MIN_BLOCKS) mimetic_cc_bwd(const CcBwdParams p) {
     cc_bwd<ss_dtype<CC_T>::T, CC_W, CC_CL != 0, CC_LC, CC_LT, CC_C, CC_S>(p);
 }
 #endif

@@ -4,7 +4,8 @@
 // multiply-adds per element in float32 (conv_common.cuh for the two layouts).
 //
 // Specialization (-D macros from the loader): CC_T (dtype of x and out: 0 float, 1 bf16,
-// 2 fp16), CC_W (width), CC_CL (1: channels contiguous), CC_LC, CC_LT, CC_C, CC_S (tile).
+// 2 fp16), CC_W (width), CC_CL (1: channels contiguous), CC_LC, CC_LT, CC_C, CC_S (tile),
+// CC_MIN_BLOCKS (__launch_bounds__' blocks per SM: caps the registers).
 
 struct CcFwdParams {
     u64 x, w, bias, h0, out;                    // w (dim, W), h0 (batch, dim, W-1) contiguous
@@ -113,13 +114,13 @@ __device__ void cc_fwd(const CcFwdParams& p) {
 
 // Every specialization as a template kernel (CI compiles them all in one translation unit
 // by explicit instantiation), and the loader's one, named by the -D macros, unmangled.
-template <int T, int W, int CL, int LC, int LT, int C, int S>
-__global__ void __launch_bounds__(LC * LT) cc_fwd_kernel(const CcFwdParams p) {
+template <int T, int W, int CL, int LC, int LT, int C, int S, int MB>
+__global__ void __launch_bounds__(LC * LT, MB) cc_fwd_kernel(const CcFwdParams p) {
     cc_fwd<typename ss_dtype<T>::T, W, CL != 0, LC, LT, C, S>(p);
 }
 
 #ifdef CC_T
-extern "C" __global__ void __launch_bounds__(CC_LC * CC_LT) mimetic_cc_fwd(const CcFwdParams p) {
+extern "C" __global__ void __launch_bounds__(CC_LC * CC_LT, CC_MIN_BLOCKS) mimetic_cc_fwd(const CcFwdParams p) {
     cc_fwd<ss_dtype<CC_T>::T, CC_W, CC_CL != 0, CC_LC, CC_LT, CC_C, CC_S>(p);
 }
 #endif

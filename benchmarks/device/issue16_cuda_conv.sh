@@ -1,7 +1,7 @@
 # Issue 16 on the GPU: the run-time compiled CUDA causal conv1d (ops/causal_conv1d/cuda.py).
 # Run from the repo root on the device, with .peerbin carried (causal_conv1d for the
 # side-by-side; without it those columns stay empty). Writes under $OUT:
-# issue16_cuda_conv.{json,md}, the logs. Modes: all (default) | check | bench | sanitize.
+# issue16_cuda_conv.{json,md}, the logs. Modes: all (default) | check | bench | tiles | sanitize.
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 MIMETIC_CUDA_CACHE=/tmp/mimetic-cuda-cache
 set -o pipefail
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -27,4 +27,10 @@ if [ "$mode" = all ] || [ "$mode" = bench ]; then
   mkdir -p $OUT/bench
   timeout $([ "$mode" = all ] && echo 140 || echo 550) python3 benchmarks/issue16_cuda_conv.py --out $OUT/bench \
       --sections bench $([ "$mode" = all ] && echo --quick) 2>&1 | tee $OUT/bench.log | grep -v '^{' | tail -40
+fi
+if [ "$mode" = tiles ]; then
+  # alternative tiles under each layout's name (kernel time at the layer shapes, bf16)
+  mkdir -p $OUT/tiles
+  timeout 550 python3 benchmarks/issue16_cuda_conv.py --out $OUT/tiles --sections tiles 2>&1 \
+      | tee $OUT/tiles.log | grep -v '^{' | tail -40
 fi

@@ -216,10 +216,22 @@ def _gpu_x(layout, batch, dim, L, dtype):
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU of compute capability 8.0+")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "mamba1", "mamba2"])
-@pytest.mark.parametrize("shape", [(2, 24, 203, 4), (1, 300, 1029, 4), (2, 64, 2048, 3), (3, 16, 7, 2)],
+@pytest.mark.parametrize("shape", [(2, 24, 203, 4), (1, 300, 1029, 4), (2, 64, 2048, 4), (3, 16, 7, 4)],
                          ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("h0", [False, True], ids=["no_h0", "h0"])
 def test_gpu_matches_reference(shape, layout, dtype, h0):
+    _gpu_case(shape, layout, dtype, h0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU of compute capability 8.0+")
+@pytest.mark.parametrize("width", [2, 3])
+@pytest.mark.parametrize("layout", ["mamba1", "mamba2"])
+def test_gpu_other_widths(width, layout):
+    _gpu_case((2, 40, 301, width), layout, torch.bfloat16, True)
+
+
+def _gpu_case(shape, layout, dtype, h0):
     batch, dim, L, W = shape
     x = _gpu_x(layout, batch, dim, L, dtype)
     t = dict(x=x, weight=torch.randn(dim, W, device="cuda"), bias=torch.randn(dim, device="cuda"),

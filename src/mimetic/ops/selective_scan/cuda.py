@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import re
 import warnings
 from dataclasses import dataclass
 from functools import cache
@@ -220,14 +219,8 @@ def resources_by_spec(specs: list[Spec], log: str) -> dict[Spec, dict[str, int]]
     """ptxas' registers / stack / spills of each instantiated spec, from the -v log of
     :func:`instantiations_source`'s compile (entries named by their mangled template
     arguments)."""
-    by_args = {spec.template_args(): spec for spec in specs}
-    found = {}
-    for part in log.split("Compiling entry function '")[1:]:
-        mangled = part.split("'", 1)[0]
-        args = tuple(int(a) for a in re.findall(r"Li(\d+)E", mangled))
-        if args in by_args:
-            found[by_args[args]] = _cuda_rtc.ptxas_resources(part)
-    return found
+    found = _cuda_rtc.resources_by_template_args(log)
+    return {spec: found[spec.template_args()] for spec in specs if spec.template_args() in found}
 
 
 @cache
@@ -237,33 +230,13 @@ def source(direction: str) -> str:
 
 
 def _param_struct(direction: str) -> type[ctypes.Structure]:
-    """The kernel's parameter struct as a ctypes Structure, read from the source itself
-    (every field is u64 or i64, so the layouts agree without padding rules)."""
-    name = "SsFwdParams" if direction == "fwd" else "SsBwdParams"
-    body = re.search(r"struct " + name + r" \{(.*?)\};", source(direction), re.S).group(1)
-    body = re.sub(r"//[^\n]*", "", body)
-    fields = []
-    for decl in body.split(";"):
-        decl = decl.strip()
-        if not decl:
-            continue
-        kind, names = decl.split(None, 1)
-        ctype = {"u64": ctypes.c_uint64, "i64": ctypes.c_int64}[kind]
-        fields += [(n.strip(), ctype) for n in names.split(",")]
-    return type(name, (ctypes.Structure,), {"_fields_": fields})
+    """The kernel's parameter struct as a ctypes Structure, read from the source itself."""
+    return _cuda_rtc.param_struct(source(direction), "SsFwdParams" if direction == "fwd" else "SsBwdParams")
 
 
 FwdParams = _param_struct("fwd")
 BwdParams = _param_struct("bwd")
-
-
-def _params(cls: type[ctypes.Structure], **values) -> ctypes.Structure:
-    """cls with every field given (a field left out would silently be 0 in the kernel)."""
-    names = [name for name, _ in cls._fields_]
-    if set(values) != set(names):
-        raise TypeError(f"{cls.__name__}: missing {sorted(set(names) - set(values))}, "
-                        f"unknown {sorted(set(values) - set(names))}")
-    return cls(**values)
+_params = _cuda_rtc.make_params
 
 
 def compiled(spec: Spec, arch: str, compiler: _cuda_rtc.Compiler | None = None) -> _cuda_rtc.Compiled:
@@ -300,19 +273,9 @@ def _warn_fallback(reason: str) -> None:
                       f"Triton scan instead (this warning is shown once)", RuntimeWarning, stacklevel=4)
 
 
-@cache
 def _environment_problem(device: torch.device) -> str | None:
     """Why this device cannot run the kernels at all, or None (cached per device)."""
-    cap = torch.cuda.get_device_capability(device)
-    if cap < MIN_CAPABILITY:
-        return f"compute capability {cap[0]}.{cap[1]} is below {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]}"
-    if _cuda_rtc.find_compiler() is None:
-        return "no CUDA compiler: neither torch's NVRTC library (nvidia-cuda-nvrtc) nor nvcc was found"
-    try:
-        _cuda_rtc._driver()
-    except _cuda_rtc.CudaRtcUnavailable as e:
-        return str(e)
-    return None
+    return _cuda_rtc.environment_problem(device, MIN_CAPABILITY)
 
 
 def _check_device(u: torch.Tensor) -> None:

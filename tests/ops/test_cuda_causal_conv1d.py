@@ -129,10 +129,11 @@ def test_launch_parameters_without_a_gpu():
     assert p["x_sd"] == L and p["x_sb"] == 2 * dim * L and p["vec"] == 1 and p["h0"] == 0 and p["silu"] == 1
     assert out.shape == x.shape and out.is_contiguous() and p["out"] == out.data_ptr()
     rec = _Recorder()
-    dx, dw, db, dh0 = cuda._backward(rec, bwd, x, w, b, None, True, torch.randn(batch, dim, L).to(torch.bfloat16))
+    dx, sums, dh0 = cuda._backward(rec, bwd, x, w, b, None, True, torch.randn(batch, dim, L).to(torch.bfloat16))
     (grid, block, smem, p), = rec.calls
-    assert smem == bwd.smem_bytes() and p["dw"] == dw.data_ptr() and p["dbias"] == db.data_ptr() and dh0 is None
-    assert dw.shape == (dim, W) and dw.dtype == torch.float32 and not dw.any()   # zeroed: added into
+    # dweight (dim, W) then dbias (dim,) in one zeroed float32 buffer (added into)
+    assert smem == bwd.smem_bytes() and p["dw"] == sums.data_ptr() and dh0 is None
+    assert p["dbias"] == sums.data_ptr() + 4 * dim * W and sums.shape == (dim * (W + 1),) and not sums.any()
 
     # Mamba-2: xBC, columns 16..16+dim of (b, L, d_in_proj), seen as (b, d, L)
     proj = torch.randn(batch, L, 16 + dim + 8).to(torch.bfloat16)

@@ -339,18 +339,18 @@ def _backward(kernel, spec, x, w, bias, h0, silu, dout):
     dout = in_layout(dout.to(x.dtype), x)
     dx = like(x)
     f32 = dict(device=x.device, dtype=torch.float32)
-    dw = torch.zeros(dim, W, **f32)
-    db = torch.zeros(dim, **f32) if bias is not None else None
+    # dweight and dbias in one zeroed buffer: one fill kernel (and one cast, in backward())
+    sums = torch.zeros(dim * (W + (bias is not None)), **f32)   # dw (dim, W), then dbias (dim,)
     dh0 = torch.empty(batch, dim, W - 1, **f32) if h0 is not None else None
     grid, iters = _grid(spec, batch, dim, L)
     p = _cuda_rtc.make_params(
         BwdParams, x=_ptr(x), w=_ptr(w), bias=_ptr(bias), h0=_ptr(h0), dout=_ptr(dout),
-        dx=_ptr(dx), dw=_ptr(dw), dbias=_ptr(db), dh0=_ptr(dh0),
+        dx=_ptr(dx), dw=_ptr(sums[:dim * W]), dbias=_ptr(sums[dim * W:] if bias is not None else None), dh0=_ptr(dh0),
         batch=batch, dim=dim, L=L, **_strides("x", x), **_strides("dout", dout), **_strides("dx", dx),
         w_dtype=_code(w), bias_dtype=_code(bias), h0_dtype=_code(h0), silu=int(silu),
         vec=int(_aligned(spec, x, dout, dx)), iters=iters)
     kernel.launch(grid, (spec.layout.threads, 1, 1), spec.smem_bytes(), p, x.device)
-    return dx, dw, db, dh0
+    return dx, sums, dh0
 
 
 class _CausalConv1dCuda(torch.autograd.Function):
@@ -374,9 +374,14 @@ class _CausalConv1dCuda(torch.autograd.Function):
     def backward(ctx, dout):
         x, w, b, h0 = ctx.saved_tensors
         (kb,) = _kernels(x.device, [ctx.spec])
-        dx, dw, db, dh0 = _backward(kb, ctx.spec, x, w, b, h0, ctx.silu, dout)
+        dx, sums, dh0 = _backward(kb, ctx.spec, x, w, b, h0, ctx.silu, dout)
         wd, bd, hd = ctx.dtypes
-        return (dx, dw.to(wd), None if db is None else db.to(bd), None if dh0 is None else dh0.to(hd), None)
+        dim, W = w.shape
+        if b is not None and bd == wd:          # one cast for both (none for float32)
+            sums = sums.to(wd)
+        dw = sums[:dim * W].view(dim, W).to(wd)
+        db = sums[dim * W:].to(bd) if b is not None else None
+        return dx, dw, db, None if dh0 is None else dh0.to(hd), None
 
 
 def causal_conv1d_cuda(

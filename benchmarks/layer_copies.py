@@ -10,7 +10,8 @@ Each op is logged by a ``TorchDispatchMode`` with its phase (forward, or the aut
 node whose backward ran it), input/output shapes, dtypes and strides, and the innermost
 Python frames of this repository (``src/mimetic`` and this script) that led to it.
 Backward formulas of built-in ops run in C++, so their origin is the autograd node name
-(e.g. ``SplitWithSizesBackward0``), not a Python line.
+(e.g. ``SplitWithSizesBackward0``), not a Python line. Each op's bytes are what it reads
+plus what it writes (its distinct tensors' sizes), totalled per kind at the end.
 
     python benchmarks/layer_copies.py                          # CUDA, the H100 shape, bf16
     python benchmarks/layer_copies.py --d-model 768 --batch 8 --length 2048
@@ -42,6 +43,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV = os.sep + ".venv" + os.sep   # a virtual environment inside the repository is not its code
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
 aten = torch.ops.aten
@@ -64,7 +66,7 @@ def kind(record) -> str:
         return "-"
     if name in FILL_OPS:
         return "fill"
-    if name in ("_to_copy", "copy_") and record["dtypes"][0] != record["dtypes"][-1]:
+    if name in ("_to_copy", "copy_") and len(set(record["dtypes"])) > 1:
         return "cast"
     return "layout"
 # Frames from these files never explain a copy: the tracer, the dispatch machinery.
@@ -87,8 +89,8 @@ def _origin(repo_only: bool = True) -> tuple[str, bool]:
     interpreter frame is on the stack)."""
     frames = traceback.extract_stack()
     interp = any("triton/runtime/interpreter" in f.filename for f in frames)
-    mine = [f for f in frames
-            if ROOT in os.path.abspath(f.filename) and not f.filename.endswith(_SKIP_FILES)]
+    mine = [f for f in frames if ROOT in os.path.abspath(f.filename) and VENV not in f.filename
+            and not f.filename.endswith(_SKIP_FILES)]
     if not mine and not repo_only:
         mine = [f for f in frames if not any(s in f.filename for s in _SKIP_FILES)]
     text = " < ".join(f"{os.path.relpath(f.filename, ROOT)}:{f.lineno} {f.name}"
@@ -115,10 +117,21 @@ class CopyLog(TorchDispatchMode):
                 ins = [d for d in map(_describe, list(args) + list(kwargs.values())) if d]
                 tensors = [a for a in list(args) + [out] if isinstance(a, torch.Tensor)]
                 self.records.append(dict(
-                    dtypes=[t.dtype for t in tensors],
+                    dtypes=[t.dtype for t in tensors], bytes=moved_bytes(args, out),
                     op=str(func), phase=f"backward {node.name()}" if node is not None else "forward",
                     inputs=ins, output=_describe(out), origin=origin))
         return out
+
+
+def moved_bytes(args, out) -> int:
+    """Bytes an op reads and writes: every distinct tensor among its arguments (a list's
+    too: ``cat``) and its output, once each (``copy_``'s destination is both)."""
+    seen = {}
+    for a in list(args) + [out]:
+        for t in (a if isinstance(a, (list, tuple)) else [a]):
+            if isinstance(t, torch.Tensor):
+                seen[id(t)] = t.numel() * t.element_size()
+    return sum(seen.values())
 
 
 def force_triton() -> None:
@@ -129,7 +142,7 @@ def force_triton() -> None:
     from mimetic.cpu import set_cpu_workers
 
     # import_module: the package attributes of these names are the public functions.
-    for name in ("causal_conv1d", "selective_scan", "ssd"):
+    for name in ("causal_conv1d", "selective_scan", "ssd", "rms_norm"):
         mod = importlib.import_module(f"mimetic.ops.{name}")
         orig = mod.resolve_backend
 
@@ -189,13 +202,18 @@ def main(argv=None):
     counts = collections.Counter(r["op"] for r in records)
     kinds = collections.Counter(kind(r) for r in records)
     for i, r in enumerate(records):
-        print(f"[{i:2d}] {kind(r):6s} {r['op']:28s} {r['phase']}")
+        print(f"[{i:2d}] {kind(r):6s} {r['op']:28s} {r['phase']}  {r['bytes']} B")
         print(f"      in  {', '.join(r['inputs'])}")
         print(f"      out {r['output']}")
         if r["origin"]:
             print(f"      at  {r['origin']}")
     print("by op:", ", ".join(f"{k} x{v}" for k, v in counts.most_common()))
     print("by kind:", ", ".join(f"{k} x{kinds[k]}" for k in ("layout", "cast", "fill")))
+    moved = collections.Counter()
+    for r in records:
+        moved[kind(r)] += r["bytes"]
+    print("bytes read + written:", ", ".join(f"{k} {moved[k]}" for k in ("layout", "cast", "fill")),
+          f"(all {sum(moved.values())})")
 
 
 if __name__ == "__main__":

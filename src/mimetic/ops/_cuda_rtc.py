@@ -47,6 +47,10 @@ __all__ = ["CudaCompileError", "CudaRtcUnavailable", "Compiled", "Compiler", "Ke
            "compile_cached", "find_compiler", "ptxas_resources"]
 
 
+#: The header every op's kernel source starts with (16-bit types, conversions, vector loads).
+SHARED_COMMON = Path(__file__).with_name("cuda_src") / "common.cuh"
+
+
 class CudaRtcUnavailable(RuntimeError):
     """No usable compiler or CUDA driver: the caller should fall back to another backend."""
 

@@ -86,10 +86,11 @@ class _Launch(ctypes.Structure):
 
 def kernel_source(direction: str, specs: list[cuda.Spec]) -> str:
     """The translation unit of one direction: simt.h, the kernel source as NVRTC sees it
-    (common.cuh, then scan_<direction>.cu, by #include so that reports name their lines)
-    and one exported ``int <spec.name>(const EmuLaunch*)`` per spec."""
+    (ops/cuda_src/common.cuh, the scan's common.cuh, then scan_<direction>.cu, by #include
+    so that reports name their lines) and one exported ``int <spec.name>(const EmuLaunch*)`` per spec."""
     params = "SsFwdParams" if direction == "fwd" else "SsBwdParams"
     lines = ['#include "simt.h"',
+             f'#include "{cuda.SHARED_COMMON}"',
              f'#include "{cuda.SOURCE_DIR / "common.cuh"}"',
              f'#include "{cuda.SOURCE_DIR / f"scan_{direction}.cu"}"',
              f"alignas(16) ss_f4 smem4[{SMEM_CAPACITY // 16}];   // extern __shared__ in the kernel",

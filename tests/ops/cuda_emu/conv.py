@@ -31,7 +31,7 @@ def unit(direction: str) -> tuple[str, str]:
     NVRTC sees them (by #include, so that reports name their lines) and one exported
     ``int <spec.name>(const EmuLaunch*)`` per spec of :func:`specs`."""
     params = "CcFwdParams" if direction == "fwd" else "CcBwdParams"
-    files = [conv_cuda.SCAN_COMMON, conv_cuda.SOURCE_DIR / "conv_common.cuh",
+    files = [conv_cuda.SHARED_COMMON, conv_cuda.SOURCE_DIR / "conv_common.cuh",
              conv_cuda.SOURCE_DIR / f"conv_{direction}.cu"]
     lines = ['#include "simt.h"', *[f'#include "{f}"' for f in files],
              f"alignas(16) ss_f4 smem4[{SMEM_CAPACITY // 16}];   // extern __shared__ in the kernel",

@@ -2,8 +2,8 @@
 ``backend="cuda"``).
 
 Same contract as ``reference.py``. The kernels are ``cuda_src/conv_fwd.cu`` and
-``cuda_src/conv_bwd.cu`` (with ``cuda_src/conv_common.cuh``, after the selective scan's
-``common.cuh``: its 16-bit float types, conversions and vector loads), compiled with NVRTC
+``cuda_src/conv_bwd.cu`` (with ``cuda_src/conv_common.cuh``, after the ops' shared
+``ops/cuda_src/common.cuh``: 16-bit float types, conversions, vector loads), compiled with NVRTC
 (or nvcc) on first use per specialization and cached on disk by ``ops/_cuda_rtc.py``.
 Design: docs/kernels.md, "CUDA causal conv1d".
 
@@ -50,7 +50,7 @@ from .shifted import causal_conv1d_torch
 __all__ = ["LAYOUTS", "MAX_WIDTH", "Layout", "Spec", "causal_conv1d_cuda", "shipped_specs"]
 
 SOURCE_DIR = Path(__file__).with_name("cuda_src")
-SCAN_COMMON = Path(__file__).parents[1] / "selective_scan" / "cuda_src" / "common.cuh"
+SHARED_COMMON = _cuda_rtc.SHARED_COMMON
 MAX_WIDTH = 8
 CAP_WIDTH = 4                    # widths a layout's min_blocks applies to (see Layout)
 MIN_CAPABILITY = (8, 0)          # cvt.rn.bf16.f32 and the shuffles' sync variants
@@ -169,8 +169,8 @@ def shipped_specs(direction: str | None = None) -> list[Spec]:
 
 @cache
 def source(direction: str) -> str:
-    """The kernel source NVRTC sees: the scan's common.cuh, conv_common.cuh, conv_<direction>.cu."""
-    return "\n".join(p.read_text() for p in (SCAN_COMMON, SOURCE_DIR / "conv_common.cuh",
+    """The kernel source NVRTC sees: ops/cuda_src/common.cuh, conv_common.cuh, conv_<direction>.cu."""
+    return "\n".join(p.read_text() for p in (SHARED_COMMON, SOURCE_DIR / "conv_common.cuh",
                                              SOURCE_DIR / f"conv_{direction}.cu"))
 
 

@@ -2,9 +2,9 @@
 what ``"auto"`` runs on CUDA for training: ``selective_scan.auto_backend``).
 
 Same math as ``reference.py``; the kernels are ``cuda_src/scan_fwd.cu`` and
-``cuda_src/scan_bwd.cu`` (with ``cuda_src/common.cuh``), compiled with NVRTC (or nvcc) on
-first use per specialization and cached on disk by ``ops/_cuda_rtc.py``. Design and
-expected speed: docs/kernels.md, "CUDA selective scan".
+``cuda_src/scan_bwd.cu`` (after ``ops/cuda_src/common.cuh`` and ``cuda_src/common.cuh``),
+compiled with NVRTC (or nvcc) on first use per specialization and cached on disk by
+``ops/_cuda_rtc.py``. Design and expected speed: docs/kernels.md, "CUDA selective scan".
 
 Specializations (the kernels' template parameters, passed as -D macros):
 
@@ -47,6 +47,7 @@ __all__ = ["BWD_LAYOUTS", "FWD_LAYOUTS", "MAX_STATE", "CudaScanConfig", "Layout"
            "selective_scan_cuda", "selective_scan_cuda_bwd", "selective_scan_cuda_fwd", "shipped_specs"]
 
 SOURCE_DIR = Path(__file__).with_name("cuda_src")
+SHARED_COMMON = _cuda_rtc.SHARED_COMMON
 MAX_STATE = 256
 MIN_CAPABILITY = (8, 0)          # cvt.rn.bf16.f32 and the shuffles' sync variants
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -225,8 +226,10 @@ def resources_by_spec(specs: list[Spec], log: str) -> dict[Spec, dict[str, int]]
 
 @cache
 def source(direction: str) -> str:
-    """The kernel source NVRTC sees: common.cuh, then scan_<direction>.cu."""
-    return (SOURCE_DIR / "common.cuh").read_text() + "\n" + (SOURCE_DIR / f"scan_{direction}.cu").read_text()
+    """The kernel source NVRTC sees: ops/cuda_src/common.cuh, cuda_src/common.cuh, then
+    scan_<direction>.cu."""
+    return "\n".join(p.read_text() for p in (SHARED_COMMON, SOURCE_DIR / "common.cuh",
+                                             SOURCE_DIR / f"scan_{direction}.cu"))
 
 
 def _param_struct(direction: str) -> type[ctypes.Structure]:

@@ -1,8 +1,8 @@
 // Shared pieces of the causal depthwise conv1d kernels (conv_fwd.cu, conv_bwd.cu).
 //
-// The loader (causal_conv1d/cuda.py) puts the selective scan's common.cuh first (16-bit
-// float types and conversions, 16-byte vectors, load_steps / store_steps, sigmoid), then
-// this file, then the kernel file; the specialization comes as -D macros.
+// The loader (causal_conv1d/cuda.py) puts ops/cuda_src/common.cuh first (16-bit float
+// types and conversions, 16-byte vectors, ex2), then this file, then the kernel file; the
+// specialization comes as -D macros.
 //
 // Layouts (template flag CL), a tile of C channels x S steps per thread and LC x LT
 // threads per block (thread t: lc = t % LC, lt = t / LC):

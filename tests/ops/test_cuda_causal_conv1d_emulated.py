@@ -275,3 +275,20 @@ def test_thread_orders_agree_bit_for_bit(emu, case):
             assert torch.equal(a, b), f"order {order} (seed {seed}): outputs differ"
         for k in first_g:
             assert torch.equal(got_g[k], first_g[k]), f"order {order} (seed {seed}): d {k} differs"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("layout", ["mamba1", "mamba2"])
+def test_a_bad_input_stays_causal(emu, layout, value):
+    """A non-finite x at step 13 (batch 0, channel 0) leaves every output before it finite,
+    and dx finite before the W-1 steps whose outputs it reaches (the halo exchange and the
+    runs keep to causal order)."""
+    c = Case(2, 6, 24, 4, torch.float32, layout, h0=True)
+    data = _inputs(c)
+    data["inputs"]["x"][0, 0, 13] = value
+    (out,), grads = _run(cuda.causal_conv1d_cuda, c, data, double=False)
+    assert torch.isfinite(out[..., :13]).all()
+    if value != value:
+        assert not torch.isfinite(out[0, 0, 13])
+    assert torch.isfinite(grads["x"][..., :13 - (c.width - 1)]).all()
+    assert torch.isfinite(grads["x"][:, 1:]).all() and torch.isfinite(grads["x"][1]).all()

@@ -30,6 +30,12 @@ Mamba-1 (--d-model 16 --batch 2 --length 32 on the interpreter): 15 layout copie
 casts, 2 fills at e51eff4; 2 layout copies (the concatenated gradient of x_proj's
 dt/B/C split, (b, r + 2n, L); the conv's contiguous dx made feature-major for in_proj's
 backward), 5 casts, 0 fills after the layout changes of the following commits.
+
+Mamba2 (--layer mamba2 --d-model 64 --batch 2 --length 64 on the interpreter): 7 layout
+copies (the scan's contiguous x, dt, B, C and D as (H, P); the concatenated gradients of
+the x | B | C and z | xBC | dt splits), 6 casts, 0 fills at cd15026; 1 layout copy (the
+z | xBC | dt concatenation), 6 casts (dB and dC written into their blocks of the conv's
+gradient, four parameter-sized), 0 fills after the scan read its inputs in place.
 """
 from __future__ import annotations
 

@@ -413,6 +413,45 @@ def test_triton_other_block_config(backend, monkeypatch, nan_empty):
     assert all(v < TRITON_TOL[torch.float32] for v in errs.values()), errs
 
 
+@pytest.mark.parametrize("backend", backend_params("triton"))
+@pytest.mark.parametrize("H", [4, 24], ids=["one-split", "three-splits"])
+def test_triton_packed_inputs_read_in_place(backend, H, nan_empty):
+    """x | B | C as the column blocks of one tensor and dt a slice of a wider one (as
+    Mamba-2's conv and in_proj outputs give them) are read in place: the outputs and
+    every gradient equal those of contiguous copies bit for bit, and dx, dB, dC come
+    back as the blocks of one tensor (with 24 heads in a group, dB and dC sum 3 head
+    splits first)."""
+    batch, L, P, N, G = 2, 37, 4, 8, 1
+    t = kernel_inputs(batch, L, H, P, N, G, torch.float32, seed=H, device=device_of(backend))
+    limit = (1e-3, 0.5)
+    contiguous = run_kernel_case(ssd_scan, t, 16, limit, backend=backend)
+
+    g = torch.Generator().manual_seed(7)
+    packed = torch.cat([t["x"].flatten(2), t["B"].flatten(2), t["C"].flatten(2)], -1)
+    dt_wide = torch.cat([randn(g, batch, L, 3, device=packed.device), t["dt"]], -1)
+    packed, dt_wide = packed.requires_grad_(), dt_wide.requires_grad_()
+    x, B, C = packed.split([H * P, G * N, G * N], dim=-1)
+    x, B, C = x.unflatten(-1, (H, P)), B.unflatten(-1, (G, N)), C.unflatten(-1, (G, N))
+    dt = dt_wide[..., 3:]
+    rest = leaf_copies({k: t[k] for k in ("A", "D", "z", "dt_bias", "initial_states")})
+    out, final = ssd_scan(x, dt, rest["A"], B, C, 16, D=rest["D"], z=rest["z"],
+                          dt_bias=rest["dt_bias"], dt_softplus=True, dt_limit=limit,
+                          initial_states=rest["initial_states"], return_final_states=True,
+                          backend=backend)
+    g = torch.Generator().manual_seed(99)   # run_kernel_case's loss weights
+    loss = (out.double() * randn64(g, *out.shape).to(out.device)).sum() \
+        + (final.double() * randn64(g, *final.shape).to(out.device)).sum()
+    dx, dB, dC, ddt = torch.autograd.grad(loss, [x, B, C, dt], retain_graph=True)
+    assert dx._base is not None and dx._base is dB._base is dC._base
+    loss.backward()
+    got = {"x": dx, "B": dB, "C": dC, "dt": ddt, **grads_of(rest)}
+    assert torch.equal(out, contiguous[0]) and torch.equal(final, contiguous[1])
+    for k, v in contiguous[2].items():
+        assert torch.equal(got[k], v), k
+    assert torch.equal(packed.grad, torch.cat([dx.flatten(2), dB.flatten(2), dC.flatten(2)], -1))
+    assert torch.equal(dt_wide.grad[..., 3:], ddt) and not dt_wide.grad[..., :3].any()
+
+
 # ---------------------------------------------------------------- input checks
 
 

@@ -8,6 +8,7 @@ from torch import nn
 from ..init import default_init_mamba2_
 from ..ops import causal_conv1d, causal_conv1d_update, ssd_scan, ssd_state_update
 from ._args import check_factory, check_mamba2_args, mamba2_heads
+from ._packed import split_views
 from .norm import RMSNormGated
 from .recurrent import recurrent_forward
 
@@ -122,7 +123,9 @@ class Mamba2(nn.Module):
         state = None
         if conv_state:
             xBC, state = xBC
-        x, B, C = self._split_xbc(rearrange(xBC, "b d l -> b l d"))
+        # split_views: the Triton scan writes dx | dB | dC as one tensor, taken as is
+        gn = self.ngroups * self.d_state
+        x, B, C = split_views(rearrange(xBC, "b d l -> b l d"), [self.d_inner, gn, gn])
         inputs = dict(
             x=rearrange(x, "b l (h p) -> b l h p", p=self.headdim), dt=dt, A=self.A,
             B=rearrange(B, "b l (g n) -> b l g n", g=self.ngroups),

@@ -56,6 +56,7 @@ import triton.language as tl
 
 from .._triton_math import _softplus
 from .chunked import ssd_scan_torch
+from .step_triton import _inner_contiguous
 
 __all__ = ["ssd_scan_triton"]
 
@@ -185,13 +186,14 @@ def _ssd_pass_bwd_kernel(U_ptr, sin_ptr, cslast_ptr, dfinal_ptr, gend_ptr, dh0_p
 def _ssd_scan_kernel(x_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, D_ptr, z_ptr, sin_ptr, out_ptr,
                      dout_ptr, dz_ptr,
                      L, H, P, N, Q, heads_per_group, n_chunks,
-                     s_x_b, s_x_l, s_b_b, s_b_l,
+                     s_x_b, s_x_l, s_y_b, s_y_l, s_b_b, s_b_l,
                      HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr,
                      GATE_BWD: tl.constexpr, DOT_F32: tl.constexpr,
                      BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     """Outputs of a row block of chunk c. With GATE_BWD (backward, z given) it writes,
     instead of the gated output, dy = dout * silu(z) into out and the gate's gradient
-    into dz, from the recomputed pre-gate y (never stored)."""
+    into dz, from the recomputed pre-gate y (never stored). x has the (b, l) strides
+    s_x_*; out, z, dout and dz the strides s_y_*."""
     pid_bh = tl.program_id(0)
     c = tl.program_id(1)
     r = tl.program_id(2)
@@ -248,6 +250,7 @@ def _ssd_scan_kernel(x_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, D_ptr, z_ptr, sin_ptr, 
             acc += tl.dot(mt.to(x_j.dtype), x_j)
     acc = tl.where(n_bad[:, None] > 0, float("nan"), acc)
     x_offs = b * s_x_b + ti[:, None] * s_x_l + h * P + offs_p[None, :]
+    y_offs = b * s_y_b + ti[:, None] * s_y_l + h * P + offs_p[None, :]
     m_out = mi[:, None] & mp
     if HAS_D:
         x_i = tl.load(x_ptr + x_offs, mask=m_out, other=0.0).to(tl.float32)
@@ -257,28 +260,30 @@ def _ssd_scan_kernel(x_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, D_ptr, z_ptr, sin_ptr, 
         else:
             acc += x_i * tl.load(D_ptr + h).to(tl.float32)
     if HAS_Z:
-        zz = tl.load(z_ptr + x_offs, mask=m_out, other=0.0).to(tl.float32)
+        zz = tl.load(z_ptr + y_offs, mask=m_out, other=0.0).to(tl.float32)
         sz = tl.sigmoid(zz)
         if GATE_BWD:
-            do = tl.load(dout_ptr + x_offs, mask=m_out, other=0.0).to(tl.float32)
-            tl.store(dz_ptr + x_offs, (do * acc * sz * (1.0 + zz * (1.0 - sz)))
+            do = tl.load(dout_ptr + y_offs, mask=m_out, other=0.0).to(tl.float32)
+            tl.store(dz_ptr + y_offs, (do * acc * sz * (1.0 + zz * (1.0 - sz)))
                      .to(dz_ptr.dtype.element_ty), mask=m_out)
             acc = do * zz * sz
         else:
             acc = acc * zz * sz
-    tl.store(out_ptr + x_offs, acc.to(out_ptr.dtype.element_ty), mask=m_out)
+    tl.store(out_ptr + y_offs, acc.to(out_ptr.dtype.element_ty), mask=m_out)
 
 
 @triton.jit
 def _ssd_bwd_dx_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, cslast_ptr, B_ptr, C_ptr, D_ptr, gend_ptr,
-                       dx_ptr, dB_ptr, dw_ptr, term_ptr, dD_ptr,
+                       dx_ptr, dB_ptr, dw_ptr, term_ptr, dD_ptr, s_d_h, s_d_p,
                        L, H, P, N, Q, heads_per_group, n_chunks, G, n_splits,
-                       s_x_b, s_x_l, s_b_b, s_b_l,
+                       s_x_b, s_x_l, s_y_b, s_y_l, s_b_b, s_b_l,
                        HAS_D: tl.constexpr, DOT_F32: tl.constexpr, HEADS: tl.constexpr,
                        BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     """Gradients reaching the inputs of step j, for a column block of chunk c and HEADS
     heads of one group: dx, dw and the state term's weight per head; dB summed over
-    those heads (float32, one slice per head split); the block's part of dD per head."""
+    those heads (float32, one slice per head split); the block's part of dD per head.
+    x and dx have the (b, l) strides s_x_*, dy the strides s_y_*; D (float32) is read
+    as (H, P) at strides (s_d_h, s_d_p), s_d_p = 0 for a D per head."""
     pid = tl.program_id(0)
     c = tl.program_id(1)
     r = tl.program_id(2)
@@ -326,7 +331,7 @@ def _ssd_bwd_dx_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, cslast_ptr, B_ptr, C_ptr, D
             cs_i = tl.load(cs_ptr + row + ti, mask=mi, other=0.0)
             C_i = tl.load(C_ptr + b * s_b_b + ti[:, None] * s_b_l + g * N + offs_n[None, :],
                           mask=mi[:, None] & mn, other=0.0)
-            dy_i = tl.load(dy_ptr + b * s_x_b + ti[:, None] * s_x_l + h * P + offs_p[None, :],
+            dy_i = tl.load(dy_ptr + b * s_y_b + ti[:, None] * s_y_l + h * P + offs_p[None, :],
                            mask=mi[:, None] & mp, other=0.0)
             if DOT_F32:
                 CB = tl.dot(B_j.to(tl.float32), tl.trans(C_i.to(tl.float32)),
@@ -348,8 +353,9 @@ def _ssd_bwd_dx_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, cslast_ptr, B_ptr, C_ptr, D
                 dx_acc += tl.dot((CBd * w_j[:, None]).to(dy_i.dtype), dy_i)
                 dB_sum += tl.dot((XD * decay * w_j[:, None]).to(C_i.dtype), C_i)
         if HAS_D:
-            dy_j = tl.load(dy_ptr + xj_offs, mask=mj[:, None] & mp, other=0.0).to(tl.float32)
-            Dv = tl.load(D_ptr + h * P + offs_p, mask=offs_p < P, other=0.0)   # (H, P) float32
+            dy_j = tl.load(dy_ptr + b * s_y_b + tj[:, None] * s_y_l + h * P + offs_p[None, :],
+                           mask=mj[:, None] & mp, other=0.0).to(tl.float32)
+            Dv = tl.load(D_ptr + h * s_d_h + offs_p * s_d_p, mask=offs_p < P, other=0.0)
             dx_acc += dy_j * Dv[None, :]
             tl.store(dD_ptr + (((b * n_chunks + c) * tl.num_programs(2) + r) * H + h) * P
                      + offs_p, tl.sum(dy_j * x_j.to(tl.float32), axis=0), mask=offs_p < P)
@@ -363,7 +369,7 @@ def _ssd_bwd_dx_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, cslast_ptr, B_ptr, C_ptr, D
 def _ssd_bwd_dc_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, sin_ptr, dC_ptr,
                        sterm_ptr, da_ptr,
                        L, H, P, N, Q, heads_per_group, n_chunks, G, n_splits,
-                       s_x_b, s_x_l, s_b_b, s_b_l,
+                       s_x_b, s_x_l, s_y_b, s_y_l, s_b_b, s_b_l,
                        DOT_F32: tl.constexpr, HEADS: tl.constexpr,
                        BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     """dC for a row block i of chunk c summed over HEADS heads of one group (float32, one
@@ -392,7 +398,7 @@ def _ssd_bwd_dc_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, sin_ptr, dC_p
         h = g * heads_per_group + split * HEADS + k
         row = (b * H + h) * n_chunks * Q
         cs_i = tl.load(cs_ptr + row + ti, mask=mi, other=0.0)
-        dy_i = tl.load(dy_ptr + b * s_x_b + ti[:, None] * s_x_l + h * P + offs_p[None, :],
+        dy_i = tl.load(dy_ptr + b * s_y_b + ti[:, None] * s_y_l + h * P + offs_p[None, :],
                        mask=mi[:, None] & mp, other=0.0)
         S = tl.load(sin_ptr + ((b * n_chunks + c) * H + h) * P * N + offs_p[:, None] * N
                     + offs_n[None, :], mask=(offs_p[:, None] < P) & mn, other=0.0)  # (BP, BN)
@@ -443,6 +449,7 @@ def _ssd_bwd_dc_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, sin_ptr, dC_p
 def _ssd_bwd_dt_kernel(pairs_ptr, sterm_ptr, term_ptr, dcl_ptr, dw_ptr, w_ptr, A_ptr, dt_ptr,
                        bias_ptr, ddt_ptr, parts_ptr,
                        L, H, Q, n_chunks, n_rows, BM, n_blocks, lo, hi, s_dt_b, s_dt_l,
+                       s_ddt_b, s_ddt_l,
                        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
                        BQ: tl.constexpr, BLK: tl.constexpr):
     """Step 8 for chunk c of head h, batch b: the log-decays' gradient d a, then d w and
@@ -500,7 +507,7 @@ def _ssd_bwd_dt_kernel(pairs_ptr, sterm_ptr, term_ptr, dcl_ptr, dw_ptr, w_ptr, A
             g = tl.where(x > 20.0, g, g * e / (e + 1.0))
     # (The Triton interpreter truncates float32 -> bf16 here; the GPU rounds to nearest
     # even, as autograd's cast did.)
-    tl.store(ddt_ptr + dt_offs, g.to(ddt_ptr.dtype.element_ty), mask=m)
+    tl.store(ddt_ptr + b * s_ddt_b + t * s_ddt_l + h, g.to(ddt_ptr.dtype.element_ty), mask=m)
     if HAS_BIAS:   # d dt_bias = sum of the gradient reaching dt + bias
         tl.store(parts + H, tl.sum(tl.where(m, g, 0.0).to(tl.float64)))
 
@@ -518,7 +525,9 @@ def _p2(n: int) -> int:
 
 class _Launch:
     """Shapes, block sizes and kernel options shared by the forward and backward passes.
-    Inputs are made contiguous: x, z (b, L, h, p); dt (b, L, h); B, C (b, L, g, n)."""
+    Inputs in kernel layout (:func:`_kernel_layout`): x (b, L, h, p), dt (b, L, h), B, C
+    (b, L, g, n) at their own (b, l) strides (``x_strides``, ``b_strides``); z, the output,
+    dout and dy (b, L, h, p) contiguous (``y_strides``)."""
 
     def __init__(self, x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_limit):
         self.batch, self.L, self.H, self.P = x.shape
@@ -535,8 +544,9 @@ class _Launch:
         # values ~1e9 off), so there the float32 path runs; the GPU tests cover it.
         self.dot_f32 = x.dtype in (torch.float32, torch.float64) or not x.is_cuda
         self.dims = (self.L, self.H, self.P, self.N, self.Q, self.H // self.G, self.nc)
-        self.x_strides = (self.L * self.H * self.P, self.H * self.P)
-        self.b_strides = (self.L * self.G * self.N, self.G * self.N)
+        self.x_strides = (x.stride(0), x.stride(1))
+        self.y_strides = (self.L * self.H * self.P, self.H * self.P)
+        self.b_strides = (B.stride(0), B.stride(1))
 
 
 def _time_steps(k: _Launch, dt, A, dt_bias, dt_softplus):
@@ -557,7 +567,8 @@ def _chunk_states(k: _Launch, X, Y, w, cs, cslast, forward: bool):
     backward, the gradient its outputs send to the state entering it (X = dy, Y = C)."""
     out = torch.empty(k.batch, k.nc, k.H, k.P, k.N, device=X.device, dtype=torch.float32)
     _ssd_chunk_state_kernel[(k.batch * k.H, k.nc)](
-        X, Y, w, cs, cslast, out, *k.dims, *k.x_strides, *k.b_strides,
+        X, Y, w, cs, cslast, out, *k.dims, *(k.x_strides if forward else k.y_strides),
+        *k.b_strides,
         FORWARD=forward, DOT_F32=k.dot_f32, BQ=k.BM, BP=k.BP, BN=k.BN, num_warps=4)
     return out
 
@@ -577,21 +588,51 @@ def _pass_states(k: _Launch, states, cslast, h0):
 
 def _outputs(k: _Launch, x, w, cs, B, C, D, z, sin, dout=None):
     """y (b, L, h, p) in x's dtype, gated by silu(z) when z is given. With ``dout`` (and
-    z): (dy, dz) instead, dy = dout * silu(z) and dz the gate's gradient."""
-    out = torch.empty_like(x)
+    z): (dy, dz) instead, dy = dout * silu(z) and dz the gate's gradient. Outputs are
+    contiguous, whatever x's strides."""
+    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     dz = torch.empty_like(z) if dout is not None else None
     _ssd_scan_kernel[(k.batch * k.H, k.nc, triton.cdiv(k.Q, k.BM))](
         x, w, cs, B, C, D if D is not None else w, z if z is not None else x, sin, out,
         dout if dout is not None else x, dz if dz is not None else x,
-        *k.dims, *k.x_strides, *k.b_strides,
+        *k.dims, *k.x_strides, *k.y_strides, *k.b_strides,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
         GATE_BWD=dout is not None, DOT_F32=k.dot_f32, BM=k.BM, BP=k.BP, BN=k.BN,
         num_warps=BLOCK_WARPS)
     return (out, dz) if dout is not None else out
 
 
-def _contiguous(*ts):
-    return [t.contiguous() if t is not None else None for t in ts]
+def _packed(x, B, C) -> bool:
+    """Whether x (b, L, h, p), B and C (b, L, g, n) are adjacent column blocks x | B | C
+    of one contiguous (b, L, h p + 2 g n) tensor (Mamba-2's conv output, split): then
+    their gradients can be written into one such tensor (no concatenation after)."""
+    batch, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    width = H * P + 2 * G * N
+    rows = (L * width, width)
+    return (x.dtype == B.dtype == C.dtype and x.device == B.device == C.device
+            and x.untyped_storage().data_ptr() == B.untyped_storage().data_ptr()
+            == C.untyped_storage().data_ptr()
+            and x.stride() == (*rows, P, 1) and B.stride() == C.stride() == (*rows, N, 1)
+            and B.storage_offset() == x.storage_offset() + H * P
+            and C.storage_offset() == B.storage_offset() + G * N)
+
+
+def _kernel_layout(x, dt, B, C, z, h0, allow_packed: bool):
+    """The inputs in layouts the kernels take, copying only where needed, and whether x,
+    B, C are packed (:func:`_packed`; only with ``allow_packed``). The kernels read rows
+    of h p (x), g n (B, C) and h (dt) contiguous values at any (b, l) strides, B's and
+    C's the same; dx is written with x's strides, so x is made contiguous unless packed;
+    z and the initial states contiguous."""
+    packed = allow_packed and _packed(x, B, C)
+    if not packed:
+        x = x.contiguous()
+        if not (B.stride()[2:] == C.stride()[2:] == (B.shape[3], 1)
+                and B.stride()[:2] == C.stride()[:2]):
+            B, C = B.contiguous(), C.contiguous()
+    dt = _inner_contiguous(dt)
+    z, h0 = [t.contiguous() if t is not None else None for t in (z, h0)]
+    return x, dt, B, C, z, h0, packed
 
 
 def _forward_states(k: _Launch, x, dt, A, B, dt_bias, dt_softplus, h0):
@@ -612,9 +653,11 @@ def _heads_per_program(heads_per_group: int) -> int:
                if heads_per_group % d == 0)
 
 
-def _backward(k: _Launch, saved, dt_softplus, dt_limit, dout, dfinal):
+def _backward(k: _Launch, saved, dt_softplus, dt_limit, dout, dfinal, packed=False):
     """Gradients of (x, dt, A, B, C, D, z, dt_bias, initial_states); see the module
-    docstring, steps 4-8. dout (b, L, h, p); dfinal (b, h, p, n) or None."""
+    docstring, steps 4-8. dout (b, L, h, p); dfinal (b, h, p, n) or None. With
+    ``packed`` (x, B, C column blocks of one tensor: :func:`_packed`) dx, dB and dC are
+    the same column blocks of one new tensor."""
     x, dt, A, B, C, D, z, dt_bias, h0 = saved
     del dt_limit   # k has it (clamp, lo, hi), as the kernels take it
     w, cs, cslast, sin, _ = _forward_states(k, x, dt, A, B, dt_bias, dt_softplus, h0)
@@ -641,30 +684,44 @@ def _backward(k: _Launch, saved, dt_softplus, dt_limit, dout, dfinal):
     splits = hg // heads
     n_rows = triton.cdiv(k.Q, k.BM)
     grid = (k.batch * k.G * splits, k.nc, n_rows)
-    dx = torch.empty_like(x)
+    if packed:
+        grad = torch.empty(k.batch, k.L, k.H * k.P + 2 * k.G * k.N, device=x.device,
+                           dtype=x.dtype)
+        dx, dB, dC = grad.split([k.H * k.P, k.G * k.N, k.G * k.N], dim=-1)
+        dx, dB, dC = (dx.unflatten(-1, (k.H, k.P)), dB.unflatten(-1, (k.G, k.N)),
+                      dC.unflatten(-1, (k.G, k.N)))
+    else:
+        dx = torch.empty_like(x)
     dB_parts = torch.empty(k.batch, k.L, splits, k.G, k.N, device=x.device, dtype=torch.float32)
     # Written by the dx and dC kernels at every step t < L (da_pairs: at the columns of
     # blocks <= its row block); the step-8 kernel reads nothing else: no zero fills.
     dw, term, sterm = torch.empty_like(w), torch.empty_like(w), torch.empty_like(w)
     da_pairs = torch.empty(k.batch, k.H, n_rows, k.nc * k.Q, device=x.device, dtype=torch.float32)
-    D_hp = None
-    if D is not None:   # (H, P) float32 for the kernel, whichever shape D has
-        D_hp = (D.float()[:, None] if D.dim() == 1 else D.float()).expand(k.H, k.P).contiguous()
+    D_hp, d_strides = None, (0, 0)
+    if D is not None:   # (H, P) float32 for the kernel, whichever shape D has (a view)
+        D_hp = (D.float()[:, None] if D.dim() == 1 else D.float()).expand(k.H, k.P)
+        d_strides = D_hp.stride()
         dD_parts = torch.empty(k.batch, k.nc, n_rows, k.H, k.P, device=x.device,
                                dtype=torch.float32)
     common = dict(DOT_F32=k.dot_f32, HEADS=heads, BM=k.BM, BP=k.BP, BN=k.BN,
                   num_warps=BLOCK_WARPS)
     _ssd_bwd_dx_kernel[grid](
         x, dy, w, cs, cslast, B, C, D_hp if D is not None else w, gend,
-        dx, dB_parts, dw, term, dD_parts if D is not None else w,
-        *k.dims, k.G, splits, *k.x_strides, *k.b_strides, HAS_D=D is not None, **common)
+        dx, dB_parts, dw, term, dD_parts if D is not None else w, *d_strides,
+        *k.dims, k.G, splits, *k.x_strides, *k.y_strides, *k.b_strides, HAS_D=D is not None,
+        **common)
     del gend
     dC_parts = torch.empty_like(dB_parts)
     _ssd_bwd_dc_kernel[grid](
         x, dy, w, cs, B, C, sin, dC_parts, sterm, da_pairs,
-        *k.dims, k.G, splits, *k.x_strides, *k.b_strides, **common)
-    dB = dB_parts.sum(2).to(B.dtype) if splits > 1 else dB_parts[:, :, 0].to(B.dtype)
-    dC = dC_parts.sum(2).to(C.dtype) if splits > 1 else dC_parts[:, :, 0].to(C.dtype)
+        *k.dims, k.G, splits, *k.x_strides, *k.y_strides, *k.b_strides, **common)
+    dB_sum = dB_parts.sum(2) if splits > 1 else dB_parts[:, :, 0]
+    dC_sum = dC_parts.sum(2) if splits > 1 else dC_parts[:, :, 0]
+    if packed:   # the cast writes straight into the blocks of grad
+        dB.copy_(dB_sum)
+        dC.copy_(dC_sum)
+    else:
+        dB, dC = dB_sum.to(B.dtype), dC_sum.to(C.dtype)
     dD = None
     if D is not None:
         dD = dD_parts.sum((0, 1, 2) if D.dim() == 2 else (0, 1, 2, 4)).to(D.dtype)
@@ -672,12 +729,12 @@ def _backward(k: _Launch, saved, dt_softplus, dt_limit, dout, dfinal):
     # Step 8, one kernel per (b, h, chunk): d a, d w += d a A, ddt through the time-step
     # transform; dA and d dt_bias as float64 partial sums per chunk, reduced here.
     n_out = 2 if dt_bias is not None else 1
-    ddt = torch.empty_like(dt)
+    ddt = torch.empty(dt.shape, device=dt.device, dtype=dt.dtype)   # contiguous
     parts = torch.empty(k.batch * k.nc, n_out, k.H, device=x.device, dtype=torch.float64)
     _ssd_bwd_dt_kernel[(k.batch * k.H, k.nc)](
         da_pairs, sterm, term, dcl, dw, w, A, dt, dt_bias if dt_bias is not None else A,
         ddt, parts, k.L, k.H, k.Q, k.nc, n_rows, k.BM, n_blocks, k.lo, k.hi,
-        dt.stride(0), dt.stride(1), HAS_BIAS=dt_bias is not None,
+        dt.stride(0), dt.stride(1), ddt.stride(0), ddt.stride(1), HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), CLAMP=k.clamp, BQ=triton.next_power_of_2(k.Q),
         BLK=triton.next_power_of_2(n_blocks), num_warps=4)
     sums = parts.sum(0)                                            # (n_out, H) float64
@@ -693,7 +750,7 @@ def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size, dt_s
                  dt_limit, return_final_states):
     """The forward kernels: (y, final states or None). Nothing is kept for the backward,
     which recomputes the chunk states from the inputs (:func:`ssd_scan_bwd`)."""
-    x, dt, B, C, z, h0 = _contiguous(x, dt, B, C, z, initial_states)
+    x, dt, B, C, z, h0, _ = _kernel_layout(x, dt, B, C, z, initial_states, False)
     k = _Launch(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_limit)
     w, cs, _, sin, final = _forward_states(k, x, dt, A, B, dt_bias, dt_softplus, h0)
     return _outputs(k, x, w, cs, B, C, D, z, sin), final if return_final_states else None
@@ -702,31 +759,34 @@ def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size, dt_s
 def ssd_scan_bwd(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size, dt_softplus,
                  dt_limit, dout, dfinal):
     """Gradients of (x, dt, A, B, C, D, z, dt_bias, initial_states) (None for an absent
-    input); dout (b, L, h, p), dfinal (b, h, p, n) or None."""
-    x, dt, B, C, z, h0 = _contiguous(x, dt, B, C, z, initial_states)
+    input); dout (b, L, h, p), dfinal (b, h, p, n) or None. (Never packed: the gradients
+    of this torch.library op must not alias each other.)"""
+    x, dt, B, C, z, h0, _ = _kernel_layout(x, dt, B, C, z, initial_states, False)
     k = _Launch(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_limit)
     return _backward(k, (x, dt, A, B, C, D, z, dt_bias, h0), dt_softplus, dt_limit, dout, dfinal)
 
 
 class _SSDFn(torch.autograd.Function):
     """Eager autograd around the kernels; the backward reuses the forward's launch
-    configuration and contiguous inputs."""
+    configuration and inputs in kernel layout. Packed x, B, C (:func:`_packed`) get their
+    gradients as the same blocks of one tensor, which Mamba-2's split takes without a
+    copy (:func:`mimetic.modules._packed.split_views`)."""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size, dt_softplus,
                 dt_limit, return_final_states):
-        x, dt, B, C, z, h0 = _contiguous(x, dt, B, C, z, initial_states)
+        x, dt, B, C, z, h0, packed = _kernel_layout(x, dt, B, C, z, initial_states, True)
         k = _Launch(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_limit)
         w, cs, _, sin, final = _forward_states(k, x, dt, A, B, dt_bias, dt_softplus, h0)
         out = _outputs(k, x, w, cs, B, C, D, z, sin)
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, h0)
-        ctx.launch = k
+        ctx.launch, ctx.packed = k, packed
         ctx.opts = (dt_softplus, dt_limit)
         return (out, final) if return_final_states else out
 
     @staticmethod
     def backward(ctx, dout, dfinal=None):
-        grads = _backward(ctx.launch, ctx.saved_tensors, *ctx.opts, dout, dfinal)
+        grads = _backward(ctx.launch, ctx.saved_tensors, *ctx.opts, dout, dfinal, ctx.packed)
         grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad)]
         return (*grads, None, None, None, None)
 

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -389,6 +390,20 @@ class Kernel:
 
 
 # ----------------------------------------------------------------------------- helpers of the ops' launchers
+
+
+class KernelUnavailable(Exception):
+    """This call cannot run on an op's run-time compiled kernels (size, device, compiler);
+    the message says why, and the op falls back to its Triton kernels."""
+
+
+def warn_fallback(warned: set[str], kernels: str, instead: str, reason: str) -> None:
+    """One RuntimeWarning per ``reason`` (``warned`` remembers them, one set per op) that
+    ``kernels`` cannot run here and ``instead`` runs; pointed at the op's caller."""
+    if reason not in warned:
+        warned.add(reason)
+        warnings.warn(f"mimetic: the {kernels} cannot run here ({reason}); using the {instead} instead "
+                      f"(this warning is shown once)", RuntimeWarning, stacklevel=5)
 
 
 def param_struct(source: str, name: str) -> type[ctypes.Structure]:

@@ -36,7 +36,6 @@ float64 inputs run on the shifted PyTorch conv (the kernels compute in float32).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -215,18 +214,12 @@ def _kernel(spec: Spec, device: torch.device) -> _cuda_rtc.Kernel:
 # ----------------------------------------------------------------------------- fallback
 
 
-class _Unavailable(Exception):
-    """This call cannot run on the CUDA kernels; the message says why."""
-
-
+_Unavailable = _cuda_rtc.KernelUnavailable
 _WARNED: set[str] = set()
 
 
 def _warn_fallback(reason: str) -> None:
-    if reason not in _WARNED:
-        _WARNED.add(reason)
-        warnings.warn(f"mimetic: the CUDA causal conv1d cannot run here ({reason}); using the "
-                      f"Triton conv instead (this warning is shown once)", RuntimeWarning, stacklevel=4)
+    _cuda_rtc.warn_fallback(_WARNED, "CUDA causal conv1d", "Triton conv", reason)
 
 
 def _check_device(x: torch.Tensor) -> None:

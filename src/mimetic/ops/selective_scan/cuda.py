@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -262,18 +261,12 @@ def _kernel(spec: Spec, device: torch.device) -> _cuda_rtc.Kernel:
 # ----------------------------------------------------------------------------- fallback
 
 
-class _Unavailable(Exception):
-    """This call cannot run on the CUDA kernels; the message says why."""
-
-
+_Unavailable = _cuda_rtc.KernelUnavailable
 _WARNED: set[str] = set()
 
 
 def _warn_fallback(reason: str) -> None:
-    if reason not in _WARNED:
-        _WARNED.add(reason)
-        warnings.warn(f"mimetic: the CUDA selective scan cannot run here ({reason}); using the "
-                      f"Triton scan instead (this warning is shown once)", RuntimeWarning, stacklevel=4)
+    _cuda_rtc.warn_fallback(_WARNED, "CUDA selective scan", "Triton scan", reason)
 
 
 def _environment_problem(device: torch.device) -> str | None:

@@ -21,11 +21,9 @@ from mimetic.ops import _cuda_rtc, causal_conv1d
 from mimetic.ops.causal_conv1d import cuda
 from mimetic.ops.causal_conv1d.reference import causal_conv1d_ref
 
+from .cuda_compile import ARCH, COMPILER, assert_no_spills, compile_shipped, needs_compiler
 from .numerics import rel_err
 
-ARCH = "sm_90"
-COMPILER = _cuda_rtc.find_compiler()
-needs_compiler = pytest.mark.skipif(COMPILER is None, reason="no CUDA compiler (NVRTC library or nvcc)")
 GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= cuda.MIN_CAPABILITY
 
 
@@ -34,15 +32,7 @@ GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= cuda.M
 
 @pytest.fixture(scope="module")
 def compiled_all():
-    """{direction: (specs, {spec: ptxas resources}, log)}: every shipped specialization,
-    compiled once per direction in one translation unit."""
-    out = {}
-    for direction in ("fwd", "bwd"):
-        specs = cuda.shipped_specs(direction)
-        cubin, log = COMPILER.compile(cuda.instantiations_source(specs), f"cc_all_{direction}", ["-std=c++17"], ARCH)
-        assert cubin[:4] == b"\x7fELF"
-        out[direction] = (specs, cuda.resources_by_spec(specs, log), log)
-    return out
+    return compile_shipped(cuda, "cc_all")
 
 
 @needs_compiler
@@ -50,14 +40,7 @@ def compiled_all():
 def test_every_specialization_compiles_without_spills(compiled_all, direction):
     specs, found, log = compiled_all[direction]
     assert len(specs) == 2 * 3 * cuda.MAX_WIDTH
-    missing = [s.name for s in specs if s not in found]
-    assert not missing, f"no ptxas report for {missing}:\n{log[:3000]}"
-    report = {s.name: found[s] for s in specs}
-    print(direction, report)   # the register counts, for the record (pytest -s)
-    for spec, res in report.items():
-        assert {"registers", "spill_stores", "spill_loads"} <= set(res), (spec, res)
-    spilled = {name: res for name, res in report.items() if res["spill_stores"] or res["spill_loads"]}
-    assert not spilled, f"spills: {spilled}"
+    assert_no_spills(specs, found, log)
 
 
 @needs_compiler

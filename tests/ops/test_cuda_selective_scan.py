@@ -20,11 +20,9 @@ from mimetic.ops import _cuda_rtc, selective_scan
 from mimetic.ops.selective_scan import AUTO_CUDA_MIN_ROWS, auto_backend, cuda
 from mimetic.ops.selective_scan.reference import selective_scan_ref
 
+from .cuda_compile import ARCH, COMPILER, assert_no_spills, compile_shipped, needs_compiler
 from .numerics import rel_err
 
-ARCH = "sm_90"
-COMPILER = _cuda_rtc.find_compiler()
-needs_compiler = pytest.mark.skipif(COMPILER is None, reason="no CUDA compiler (NVRTC library or nvcc)")
 GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= cuda.MIN_CAPABILITY
 
 
@@ -32,31 +30,15 @@ GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= cuda.M
 
 
 @pytest.fixture(scope="module")
-def compiled_all(tmp_path_factory):
-    """{direction: (specs, {spec: ptxas resources}, log)}: every shipped specialization,
-    compiled once per direction in one translation unit (see instantiations_source)."""
-    out = {}
-    for direction in ("fwd", "bwd"):
-        specs = cuda.shipped_specs(direction)
-        cubin, log = COMPILER.compile(cuda.instantiations_source(specs), f"all_{direction}", ["-std=c++17"], ARCH)
-        assert cubin[:4] == b"\x7fELF"
-        out[direction] = (specs, cuda.resources_by_spec(specs, log), log)
-    return out
+def compiled_all():
+    return compile_shipped(cuda, "all")
 
 
 @needs_compiler
 @pytest.mark.parametrize("direction", ["fwd", "bwd"])
 def test_every_specialization_compiles_without_spills(compiled_all, direction):
     specs, found, log = compiled_all[direction]
-    missing = [s.name for s in specs if s not in found]
-    assert not missing, f"no ptxas report for {missing}:\n{log[:3000]}"
-    report = {s.name: found[s] for s in specs}
-    print(direction, report)   # the register counts, for the record (pytest -s)
-    for spec, res in report.items():
-        assert {"registers", "spill_stores", "spill_loads"} <= set(res), (spec, res)
-        assert res["registers"] <= 255
-    spilled = {name: res for name, res in report.items() if res["spill_stores"] or res["spill_loads"]}
-    assert not spilled, f"spills: {spilled}"
+    assert_no_spills(specs, found, log)
 
 
 @needs_compiler

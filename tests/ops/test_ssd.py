@@ -484,3 +484,21 @@ def test_bad_chunk_size():
     t = make_inputs(1, 4, 2, 2, 1, 2)
     with pytest.raises(ValueError, match="chunk_size"):
         ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size=0)
+
+
+def test_triton_refuses_sequences_past_32_bit_offsets():
+    """The kernels' in-sequence offsets are 32-bit: a sequence whose steps x row stride
+    reach 2^31 elements is a clear error, not rows read from the wrong place (meta tensors:
+    only shapes and strides are read)."""
+    pytest.importorskip("triton")
+    from mimetic.ops.ssd.triton import _Launch
+
+    def launch(L):
+        x = torch.empty(1, L, 24, 64, device="meta")
+        dt = torch.empty(1, L, 24, device="meta")
+        B = torch.empty(1, L, 1, 128, device="meta")
+        return _Launch(x, dt, torch.empty(24, device="meta"), B, B, 256, None, True, (0.0, math.inf))
+
+    assert launch(1 << 20).L == 1 << 20            # 2^20 x 1536 < 2^31
+    with pytest.raises(ValueError, match="past 2\\^31 elements"):
+        launch(3 << 20)

@@ -547,6 +547,13 @@ class _Launch:
         self.x_strides = (x.stride(0), x.stride(1))
         self.y_strides = (self.L * self.H * self.P, self.H * self.P)
         self.b_strides = (B.stride(0), B.stride(1))
+        # The kernels form in-sequence offsets (step x row stride) in 32 bits (the batch
+        # offset is 64-bit): refuse what would wrap rather than read the wrong rows.
+        span = (self.nc * self.Q) * max(x.stride(1), dt.stride(1), B.stride(1), C.stride(1), self.H * self.P)
+        if span >= 2 ** 31:
+            raise ValueError(f"ssd_scan (Triton): a sequence of {self.L} steps at row strides up to "
+                             f"{span // (self.nc * self.Q)} needs offsets past 2^31 elements; split the "
+                             "sequence (initial_states carry the state across) or use backend='torch'")
 
 
 def _time_steps(k: _Launch, dt, A, dt_bias, dt_softplus):

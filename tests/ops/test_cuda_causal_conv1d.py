@@ -171,6 +171,7 @@ def test_fallback_warns_once_and_matches_the_reference(monkeypatch):
         out2 = causal_conv1d(x, w, b, activation="silu", backend="cuda")
     mine = [m for m in caught if "CUDA causal conv1d" in str(m.message)]
     assert len(mine) == 1 and "no CUDA compiler: test" in str(mine[0].message) and "Triton" in str(mine[0].message)
+    assert mine[0].filename == __file__     # pointed at the line that called the op
     assert rel_err(out, ref) < 1e-5 and torch.equal(out, out2)
 
 

@@ -255,6 +255,7 @@ def test_fallback_warns_once_and_matches_the_reference(monkeypatch):
         out2, _ = _call(selective_scan, t, backend="cuda")
     mine = [w for w in caught if "CUDA selective scan" in str(w.message)]
     assert len(mine) == 1 and "no CUDA compiler: test" in str(mine[0].message)
+    assert mine[0].filename == __file__     # pointed at the line that called the op
     assert "Triton" in str(mine[0].message)
     assert rel_err(out, ref_out) < 1e-5 and rel_err(last, ref_last) < 1e-5 and torch.equal(out, out2)
 

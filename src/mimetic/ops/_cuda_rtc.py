@@ -397,13 +397,27 @@ class KernelUnavailable(Exception):
     the message says why, and the op falls back to its Triton kernels."""
 
 
+_LIBRARY_DIRS = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,   # mimetic
+                 os.path.dirname(os.path.abspath(torch.__file__)) + os.sep)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the innermost caller outside mimetic and torch (a layer's op
+    is reached through both), seen from :func:`warn_fallback`'s ``warnings.warn``."""
+    level, frame = 2, sys._getframe(2)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def warn_fallback(warned: set[str], kernels: str, instead: str, reason: str) -> None:
     """One RuntimeWarning per ``reason`` (``warned`` remembers them, one set per op) that
-    ``kernels`` cannot run here and ``instead`` runs; pointed at the op's caller."""
+    ``kernels`` cannot run here and ``instead`` runs, pointed at the user's line that led
+    to the call."""
     if reason not in warned:
         warned.add(reason)
         warnings.warn(f"mimetic: the {kernels} cannot run here ({reason}); using the {instead} instead "
-                      f"(this warning is shown once)", RuntimeWarning, stacklevel=5)
+                      f"(this warning is shown once)", RuntimeWarning, stacklevel=_user_stacklevel())
 
 
 def param_struct(source: str, name: str) -> type[ctypes.Structure]:

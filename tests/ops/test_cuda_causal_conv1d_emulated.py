@@ -31,13 +31,10 @@ from mimetic.ops.causal_conv1d.reference import causal_conv1d_ref
 
 from . import cuda_emu
 from .cuda_emu import conv as conv_emu
+from .cuda_emu.accuracy import assert_close
 
 pytestmark = pytest.mark.skipif(cuda_emu.GXX is None or platform.system() != "Linux",
                                 reason="the CPU emulation of the CUDA kernels needs g++ on Linux")
-
-HALF_ULP = {torch.float32: 0.0, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
-FP32_TOL = 1e-5
-
 
 @pytest.fixture(scope="module")
 def emulation(request, tmp_path_factory):
@@ -154,38 +151,19 @@ def _run(fn, c: Case, data: dict, double: bool):
     return outs, {k: v.grad for k, v in leaves.items() if v is not None}
 
 
-def _assert_close(name: str, got: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
-    """The elementwise bound of the module docstring."""
-    assert got.shape == ref.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
-    assert got.dtype == dtype, f"{name}: dtype {got.dtype}, expected {dtype}"
-    got, ref = got.detach().double(), ref.detach().double()
-    bad = ~torch.isfinite(got)
-    assert not bad.any(), f"{name}: {int(bad.sum())} non-finite values (unwritten output or a read outside " \
-                          f"the view), first at {tuple(bad.nonzero()[0].tolist())}"
-    rounding = HALF_ULP[dtype] * ref.abs()
-    if dtype != torch.float32:
-        rounding = rounding + torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps / 2
-    bound = rounding + FP32_TOL * (ref.abs() + ref.pow(2).mean().sqrt().clamp_min(1e-30))
-    ratio = (got - ref).abs() / bound
-    worst = ratio.max().item() if ratio.numel() else 0.0
-    where = tuple(int(i) for i in torch.unravel_index(ratio.argmax(), ratio.shape)) if ratio.numel() else ()
-    assert worst <= 1, (f"{name}: |got - ref| is {worst:.3g} times the tolerance at {where} "
-                        f"(got {got[where].item():.6g}, ref {ref[where].item():.6g})")
-
-
 def _check(c: Case, emu) -> tuple:
     """Runs c on the emulation and the reference, compares everything; returns the
     emulation's outputs and gradients."""
     data = _inputs(c)
     got, got_g = _run(cuda.causal_conv1d_cuda, c, data, double=False)
     ref, ref_g = _run(causal_conv1d_ref, c, data, double=True)
-    _assert_close("out", got[0], ref[0], c.dtype)
+    assert_close("out", got[0], ref[0], c.dtype)
     assert got[0].stride(1 if c.layout == "mamba2" else 2) == 1, "out not in x's layout"
     if c.final:
-        _assert_close("final states", got[1], ref[1], c.dtype)
+        assert_close("final states", got[1], ref[1], c.dtype)
     assert set(got_g) == set(ref_g)
     for k, g in ref_g.items():
-        _assert_close(f"d {k}", got_g[k], g, data["inputs"][k].dtype)
+        assert_close(f"d {k}", got_g[k], g, data["inputs"][k].dtype)
     launched = {spec.direction: (spec, k.last_params) for spec, k in emu._kernels.items() if k.last_params}
     assert set(launched) == ({"fwd", "bwd"} if c.grad else {"fwd"}), launched.keys()
     for spec, params in launched.values():

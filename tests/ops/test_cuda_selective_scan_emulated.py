@@ -34,13 +34,10 @@ from mimetic.ops.selective_scan import cuda
 from mimetic.ops.selective_scan.reference import selective_scan_ref
 
 from . import cuda_emu
+from .cuda_emu.accuracy import assert_close
 
 pytestmark = pytest.mark.skipif(cuda_emu.GXX is None or platform.system() != "Linux",
                                 reason="the CPU emulation of the CUDA kernels needs g++ on Linux")
-
-HALF_ULP = {torch.float32: 0.0, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
-FP32_TOL = 1e-5
-
 
 @pytest.fixture(scope="module")
 def emulation(request, tmp_path_factory):
@@ -139,26 +136,6 @@ def _run(fn, c: Case, data: dict, double: bool, **kw):
     return outs, {k: v.grad for k, v in leaves.items() if v is not None}
 
 
-def _assert_close(name: str, got: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> float:
-    """The elementwise bound of the module docstring; returns the worst fraction of it used."""
-    assert got.shape == ref.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
-    assert got.dtype == dtype, f"{name}: dtype {got.dtype}, expected {dtype}"
-    got, ref = got.detach().double(), ref.detach().double()
-    bad = ~torch.isfinite(got)
-    assert not bad.any(), f"{name}: {int(bad.sum())} non-finite values (unwritten output or unset memory read), " \
-                          f"first at {tuple(bad.nonzero()[0].tolist())}"
-    rounding = HALF_ULP[dtype] * ref.abs()
-    if dtype != torch.float32:      # and half the smallest subnormal step, where rounding is absolute
-        rounding = rounding + torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps / 2
-    bound = rounding + FP32_TOL * (ref.abs() + ref.pow(2).mean().sqrt().clamp_min(1e-30))
-    ratio = (got - ref).abs() / bound
-    worst = ratio.max().item()
-    where = tuple(int(i) for i in torch.unravel_index(ratio.argmax(), ratio.shape)) if ratio.numel() else ()
-    assert worst <= 1, (f"{name}: |got - ref| is {worst:.3g} times the tolerance at {where} "
-                        f"(got {got[where].item():.6g}, ref {ref[where].item():.6g})")
-    return worst
-
-
 def _check(c: Case, emu) -> tuple:
     """Runs c on the emulation and the reference, compares everything; returns the
     emulation's outputs and gradients (for the thread-order comparison)."""
@@ -166,12 +143,12 @@ def _check(c: Case, emu) -> tuple:
     config = cuda.CudaScanConfig(*c.layouts)
     got, got_g = _run(cuda.selective_scan_cuda, c, data, double=False, config=config)
     ref, ref_g = _run(selective_scan_ref, c, data, double=True)
-    _assert_close("out", got[0], ref[0], c.dtype)
+    assert_close("out", got[0], ref[0], c.dtype)
     if c.last:
-        _assert_close("last state", got[1], ref[1], torch.float32)
+        assert_close("last state", got[1], ref[1], torch.float32)
     assert set(got_g) == set(ref_g)
     for k, g in ref_g.items():
-        _assert_close(f"d {k}", got_g[k], g, data["inputs"][k].dtype)
+        assert_close(f"d {k}", got_g[k], g, data["inputs"][k].dtype)
     return got, got_g
 
 

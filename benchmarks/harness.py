@@ -255,16 +255,20 @@ def markdown_table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 def write_results(out_dir: str | os.PathLike, name: str, info: dict, results: list,
                   table: tuple[Sequence[str], Iterable[Sequence[Any]]] | None = None,
+                  tables: Sequence[tuple[str, Sequence[str], Iterable[Sequence[Any]]]] | None = None,
                   **extra) -> str:
     """``out_dir/name.json`` = {"info": info, **extra, "results": results}; with ``table``
     (head, rows) also ``out_dir/name.md``, the table in markdown under the device and
-    commit. Returns the JSON file's path."""
+    commit, or with ``tables`` ((title, head, rows), ...) each table under its "###"
+    title. Returns the JSON file's path."""
     path = write_json(os.path.join(os.fspath(out_dir), f"{name}.json"),
                       dict(info=info, **extra, results=results))
-    if table is not None:
-        head, rows = table
+    if table is not None or tables is not None:
         with open(os.path.join(os.fspath(out_dir), f"{name}.md"), "w") as f:
             f.write(f"{name}: {info.get('device')}, torch {info.get('torch')}, "
-                    f"commit {info.get('commit')}, {info.get('date')}\n\n")
-            f.write(markdown_table(head, rows) + "\n")
+                    f"commit {info.get('commit')}, {info.get('date')}\n")
+            if table is not None:
+                f.write("\n" + markdown_table(*table) + "\n")
+            for title, head, rows in tables or ():
+                f.write(f"\n### {title}\n\n{markdown_table(head, rows)}\n")
     return path

@@ -340,12 +340,7 @@ def main():
 
 
 def _write(out, info, records, tables):
-    harness.write_results(out, "issue16_cuda_scan", info, records)
-    with open(os.path.join(out, "issue16_cuda_scan.md"), "w") as f:
-        f.write(f"issue16_cuda_scan: {info.get('device')}, torch {info.get('torch')}, commit {info.get('commit')}, "
-                f"{info.get('date')}\n")
-        for title, head, rows in tables:
-            f.write(f"\n### {title}\n\n{harness.markdown_table(head, rows)}\n")
+    harness.write_results(out, "issue16_cuda_scan", info, records, tables=tables)
     print(open(os.path.join(out, "issue16_cuda_scan.md")).read(), flush=True)
 
 

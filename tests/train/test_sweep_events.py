@@ -109,6 +109,8 @@ def test_job_label_and_rows_summary():
     assert job_label(points[:1]) == points[0].run_id
     assert job_label(points) == "copy-*-Mamba1-d4-*-* x8"
     rows = [{"final_token_acc": 0.5}, {"final_token_acc": 0.75}, {"error": "loss is nan at step 3\n(lr too high)"}]
-    assert rows_summary(rows) == "mean final_token_acc 0.625, 1 error(s) (loss is nan at step 3 (lr too high))"
-    assert rows_summary(rows[2:]) == "no final_token_acc, 1 error(s) (loss is nan at step 3 (lr too high))"
+    error = "1 error(s) (loss is nan at step 3 (lr too high))"
+    assert rows_summary(rows, "final_token_acc") == f"mean final_token_acc 0.625, {error}"
+    assert rows_summary(rows[2:], "final_token_acc") == f"no final_token_acc, {error}"
+    assert rows_summary(rows[:1], "best_token_acc") == "no best_token_acc"   # the sweep's own metric
 

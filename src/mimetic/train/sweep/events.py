@@ -27,8 +27,6 @@ from ..config import TrainConfig
 from .config import GridPoint, SweepConfig
 from .packed import _resume_step
 
-#: The result column whose mean a finished job's line shows.
-SHOWN_METRIC = "final_token_acc"
 _WRITE = threading.Lock()
 
 Rows = list[dict[str, Any]]
@@ -44,11 +42,12 @@ def job_label(points: list[GridPoint]) -> str:
     return shared + (f" x{len(points)}" if len(points) > 1 else "")
 
 
-def rows_summary(rows: Rows) -> str:
-    """``mean final_token_acc 0.873`` (and how many errors), or the error of a lone failed run."""
-    values = [r[SHOWN_METRIC] for r in rows if isinstance(r.get(SHOWN_METRIC), (int, float))]
+def rows_summary(rows: Rows, metric: str) -> str:
+    """``mean final_token_acc 0.873`` (the sweep's ``metric``, and how many errors), or the
+    error of a lone failed run."""
+    values = [r[metric] for r in rows if isinstance(r.get(metric), (int, float))]
     errors = [r["error"] for r in rows if r.get("error")]
-    text = f"mean {SHOWN_METRIC} {sum(values) / len(values):.3f}" if values else f"no {SHOWN_METRIC}"
+    text = f"mean {metric} {sum(values) / len(values):.3f}" if values else f"no {metric}"
     if errors:
         first = " ".join(str(errors[0]).split())
         text += f", {len(errors)} error(s) ({first[:160]})"
@@ -65,10 +64,12 @@ def model_steps(rows: Rows, start: int | str) -> int:
 
 @dataclass(frozen=True)
 class SweepLog:
-    """Writes a sweep's event lines when ``enabled``; picklable, so worker processes get it."""
+    """Writes a sweep's event lines when ``enabled``; picklable, so worker processes get it.
+    ``metric``: the result column whose mean a finished job's line shows (the sweep's)."""
 
     name: str
     enabled: bool
+    metric: str
     t0: float = field(default_factory=time.time)
 
     def __call__(self, message: str) -> None:
@@ -98,4 +99,4 @@ class SweepLog:
     def finished(self, what: str, rows: Rows, start: int | str, seconds: float) -> None:
         """The line of a finished job: seconds, model-steps a second, the rows' mean metric."""
         rate = model_steps(rows, start) / max(seconds, 1e-9)
-        self(f"{what} done in {seconds:.1f} s: {rate:.0f} model-steps/s, {rows_summary(rows)}")
+        self(f"{what} done in {seconds:.1f} s: {rate:.0f} model-steps/s, {rows_summary(rows, self.metric)}")

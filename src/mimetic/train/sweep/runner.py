@@ -244,7 +244,7 @@ def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], *, workers
         write_results(out, [rows[p] for p in points if p in rows])
 
     bar = progress_bar(total=len(points), initial=skipped, desc=f"sweep {cfg.name}", enabled=progress)
-    log = SweepLog(cfg.name, enabled=bool(bar.disable))  # lines where no bar is drawn
+    log = SweepLog(cfg.name, enabled=bool(bar.disable), metric=cfg.metric)  # lines where no bar is drawn
     counted = f"{len(points)} points, {skipped} done, {len(todo)} to run"
     runs = out / "runs"
     on_ray = ray is not None and ray is not False
@@ -311,7 +311,7 @@ def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], *, workers
 
     if todo:
         log(f"done: {len(todo)} runs{f' in {total} packs' if packed else ''}, {len(rows)} of {len(points)} "
-            f"points have rows; {rows_summary([rows[p] for p in todo])}")
+            f"points have rows; {rows_summary([rows[p] for p in todo], cfg.metric)}")
     ordered = [rows[p] for p in points]
     csv_path, summary_path = write_results(out, ordered)
     plots: list[Path] = []

@@ -43,9 +43,10 @@ AUTO_CUDA_MIN_ROWS = 4096
 def auto_backend(u: torch.Tensor, tensors: tuple) -> str:
     """What ``backend="auto"`` runs for these inputs: on CUDA tensors "cuda" when a
     gradient is wanted or ``batch * dim >= AUTO_CUDA_MIN_ROWS``, else "triton"; "torch" on
-    the CPU or without Triton (as :func:`resolve_backend`)."""
+    the CPU, without Triton (as :func:`resolve_backend`) or while torch.compile traces."""
     fallback = resolve_backend("auto", u)
-    if not u.is_cuda or u.dtype == torch.float64:
+    # under torch.compile the op runs Triton whatever this says: no guard on the row count
+    if compiling() or not u.is_cuda or u.dtype == torch.float64:
         return fallback
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if need_grad or u.shape[0] * u.shape[1] >= AUTO_CUDA_MIN_ROWS:

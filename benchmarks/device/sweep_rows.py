@@ -22,17 +22,20 @@ from mimetic.train.sweep.config import load_sweep
 
 def restore(toml: str, rows_file: str, out_dir: str) -> int:
     points = load_sweep(toml).points()
-    by_key = {tuple(sorted(p.to_dict().items(), key=lambda kv: kv[0])): p for p in points}
-    keys = next(iter(by_key))
+    columns = list(points[0].to_dict())          # the grid columns every row of the sweep has
+
+    def key(values: dict) -> str:                # JSON: axis values may be lists
+        return json.dumps({k: values.get(k) for k in columns}, sort_keys=True)
+
+    by_key = {key(p.to_dict()): p for p in points}
     written = 0
     for n, line in enumerate(Path(rows_file).read_text().splitlines(), 1):
         if not line.strip():
             continue
         row = json.loads(line)
-        key = tuple((k, row.get(k)) for k, _ in keys)
-        point = by_key.get(tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in key))
+        point = by_key.get(key(row))
         if point is None:
-            raise SystemExit(f"{rows_file}:{n}: row {dict(key)} is no point of {toml}")
+            raise SystemExit(f"{rows_file}:{n}: row {key(row)} is no point of {toml}")
         target = Path(out_dir) / "runs" / point.run_id / "row.json"
         if target.exists() and json.loads(target.read_text()) != row:
             raise SystemExit(f"{target} exists and differs from {rows_file}:{n}")

@@ -55,3 +55,15 @@ def test_rows_of_another_grid_and_conflicts_are_refused(tmp_path):
     rows_file.write_text(json.dumps(dict(row, final_token_acc=0.1)) + "\n")
     with pytest.raises(SystemExit, match="differs"):
         _tool().restore(str(SMOKE), str(rows_file), str(tmp_path / "b"))
+
+
+def test_rows_with_list_valued_axes(tmp_path):
+    """An extra axis whose values are lists (``train.betas``) matches rows as JSON gives them."""
+    toml = tmp_path / "betas.toml"
+    axis = '"train.betas" = [[0.8, 0.9], [0.9, 0.95]]'
+    toml.write_text(SMOKE.read_text().replace("seed = [0, 1]", f"seed = [0, 1]\n{axis}"))
+    points = load_sweep(toml).points()
+    assert {tuple(p.to_dict()["train.betas"]) for p in points} == {(0.8, 0.9), (0.9, 0.95)}
+    rows_file = tmp_path / "rows.jsonl"
+    rows_file.write_text("".join(json.dumps(r) + "\n" for r in _rows(points)))
+    assert _tool().restore(str(toml), str(rows_file), str(tmp_path / "sweep")) == len(points)

@@ -1,7 +1,8 @@
 # The first device call of a fresh session, < 10 minutes, three things at once: the mamba_ssm +
 # causal_conv1d build (CPU, background; its packed parts come back for later calls' peers.sh),
 # a sweep resumed from committed rows (GPU, background), and the GPU tests of the CUDA scan
-# and conv (foreground). Needs .peers carried (../shared/peers/fetch-peers.sh). At most 8
+# and conv (foreground). Needs .peers carried (../shared/peers/fetch-peers.sh); without it only
+# the build fails; the tests and the sweep still run. At most 8
 # files: the peer parts (4-5), pytest.log, sweep.tar.gz (the sweep's log, csvs and rows).
 # Usage: bash benchmarks/device/first_call.sh [TOML] [SWEEP_SECONDS] [WORKERS] (RESTORE= as
 # in issue11_ablation.sh).

@@ -15,7 +15,7 @@ start=$(date +%s)
 timeout "$secs" python3 -m mimetic.cli sweep "$toml" --out "$dir" --workers "$workers" --no-progress \
     > $OUT/$name.log 2>&1; echo "sweep rc $? in $(( $(date +%s) - start )) s"
 tail -5 $OUT/$name.log
-cp "$dir/results.csv" "$dir/summary.csv" $OUT/ 2>/dev/null
+cp "$dir/results.csv" $OUT/$name.csv 2>/dev/null; cp "$dir/summary.csv" $OUT/${name}_summary.csv 2>/dev/null
 python3 - "$dir" "$name" <<'PY'
 import glob, json, os, sys
 folder, name = sys.argv[1:]

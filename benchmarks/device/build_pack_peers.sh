@@ -9,7 +9,7 @@ t0=$SECONDS
 sed 's/^build mamba_ssm.*$/build mamba_ssm-2.3.2.post1.tar.gz \&\& exit 0/' .peers/build-on-device.sh > /tmp/b_mamba.sh
 sed -e 's/^build mamba_ssm.*$//' -e 's/^\[ "\${1:-}" = "--with-conv" \] && { \(.*\) }$/\1/' .peers/build-on-device.sh > /tmp/b_conv.sh
 grep -n "^build" /tmp/b_mamba.sh /tmp/b_conv.sh
-export MAX_JOBS=8
+export MAX_JOBS=${MAX_JOBS:-8}
 bash /tmp/b_mamba.sh > /tmp/b_mamba.log 2>&1 &
 bash /tmp/b_conv.sh > /tmp/b_conv.log 2>&1 &
 wait

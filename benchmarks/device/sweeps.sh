@@ -1,9 +1,12 @@
 # Several sweeps in one device call, one after another, each under its own time limit, all
-# their outputs (log, csv, summary, rows) back as one sweeps.tar.gz. Usage:
+# their outputs (log, csv, summary, rows, and the unfinished runs' newest checkpoints) back
+# as sweeps.tar.gz.part-* (15 MiB parts). Usage:
 #   bash benchmarks/device/sweeps.sh TOML:SECONDS:WORKERS [TOML:SECONDS:WORKERS ...]
-# RESTORE_<name>=ROWS.jsonl resumes sweep <name> from rows an earlier call brought back (as
-# RESTORE= in issue11_ablation.sh). On a warm machine a sweep cut off here resumes from
-# runs/<name> in the next call.
+# Resuming on a fresh machine: unpack the parts here into .restore/ (git-ignored:
+#   cat sweeps.tar.gz.part-* | tar -C .restore -xzf -) and carry .restore; each sweep first
+# unpacks .restore/runs_<name>.tar into runs/, so its finished points are skipped and its
+# cut-off packs resume from their checkpoints (exactly: checkpoint/resume is exact).
+# RESTORE_<name>=ROWS.jsonl instead resumes from finished rows only (issue11_ablation.sh).
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 MIMETIC_CUDA_CACHE=/tmp/mimetic-cuda-cache
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 final_out=$OUT; stage=/tmp/sweeps-out; mkdir -p $stage
@@ -11,7 +14,9 @@ for spec in "$@"; do
   IFS=: read -r toml secs workers <<< "$spec"
   name=$(basename "$toml" .toml); restore_var=RESTORE_$name
   echo "== $name ($secs s, $workers workers)"
+  [ -f .restore/runs_$name.tar ] && tar -xf .restore/runs_$name.tar && echo "restored runs/$name"
   RESTORE=${!restore_var:-} OUT=$stage bash benchmarks/device/issue11_ablation.sh "$toml" "$secs" "$workers"
+  python3 benchmarks/device/resumable_runs.py runs/$name $stage/runs_$name.tar
 done
-tar -C $stage -czf $final_out/sweeps.tar.gz .
-ls -la $stage
+tar -C $stage -czf - . | split -b 15M - $final_out/sweeps.tar.gz.part-
+ls -la $stage $final_out

@@ -161,3 +161,40 @@ def test_init_variant_name_with_a_path_is_refused():
     data["grid"]["init"] = ["../x"]
     with pytest.raises(ValueError, match=r"\[inits.../x\]: the name must be letters"):
         parse_sweep(data)
+
+
+def test_cut_off_point_resumes_with_fewer_steps_where_allowed(tmp_path):
+    """A point cut off at step 6 of 12 (constant lr: the first steps do not depend on the step
+    budget), resumed with steps 9 and ``allow_changed = ["steps"]``, ends with the row a fresh
+    9-step sweep gives; without allow_changed the change is refused."""
+    import dataclasses
+
+    from mimetic.train.sweep import run_point
+    from mimetic.train.sweep.record import check_and_record
+
+    constant = {"train.steps": 12, "train.warmup_steps": 0, "train.min_lr_ratio": 1.0}
+    cfg = load_sweep(write_toml(tmp_path / "long.toml", small(**constant)))
+    point = cfg.points()[0]
+    run_dir = tmp_path / "out" / "runs" / point.run_id
+    early = dataclasses.replace(cfg, train={**cfg.train, "interrupt_after": 6})
+    check_and_record(cfg, [point], run_dir.parent, tmp_path / "out")  # as the sweep does first
+    run_point(early, point, run_dir, model_factory=tiny_factory)  # stopped at step 6 of 12
+    (run_dir / "row.json").unlink(missing_ok=True)
+    shorter = {**constant, "train.steps": 9}
+    with pytest.raises(ValueError, match="steps was 12, now 9"):
+        sweep(tmp_path, small(**shorter))
+    with pytest.warns(UserWarning, match=r"resuming with changed steps \(12 -> 9\)"):
+        resumed = sweep(tmp_path, small(**shorter, **{"train.allow_changed": ["steps"]}))
+    fresh = run_sweep(write_toml(tmp_path / "short.toml", small(**shorter)), tmp_path / "fresh",
+                      progress=False, plot=False, model_factory=tiny_factory)
+    assert resumed.rows[0]["steps"] == 9
+    for key in ("final_loss", "final_token_acc", "best_token_acc"):
+        assert resumed.rows[0][key] == pytest.approx(fresh.rows[0][key], abs=1e-6), key
+    stored = json.loads((run_dir / SETTINGS_FILE).read_text())
+    assert stored["settings"]["train"]["steps"] == 9  # the settings behind the row it now has
+
+
+def test_finished_row_is_not_changed_even_where_allowed(tmp_path):
+    sweep(tmp_path, small())
+    with pytest.raises(ValueError, match="steps was 6, now 9"):
+        sweep(tmp_path, small(**{"train.steps": 9, "train.allow_changed": ["steps"]}))

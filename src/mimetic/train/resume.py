@@ -159,7 +159,7 @@ def changed_settings(stored: dict[str, Any], current: dict[str, Any]) -> list[tu
     return diffs
 
 
-def _allowed(name: str, allow: bool | tuple[str, ...]) -> bool:
+def change_allowed(name: str, allow: bool | tuple[str, ...]) -> bool:
     """Whether ``allow_changed`` covers setting ``name`` (a name also covers what is below it:
     ``model`` covers ``model.init``)."""
     if allow is True:
@@ -178,7 +178,7 @@ def check_settings(state: dict[str, Any], config: TrainConfig, task: Any, model:
     diffs = changed_settings(stored, run_settings(config, task, model))
     if extending:
         diffs = [d for d in diffs if d[0] != "steps"]
-    refused = [d for d in diffs if not _allowed(d[0], config.allow_changed)]
+    refused = [d for d in diffs if not change_allowed(d[0], config.allow_changed)]
     if refused:
         name, old, new = refused[0]
         more = f" (and {', '.join(d[0] for d in refused[1:])})" if len(refused) > 1 else ""

@@ -15,10 +15,11 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-from ..resume import NEUTRAL_FIELDS, changed_settings, without_retired
+from ..resume import NEUTRAL_FIELDS, change_allowed, changed_settings, without_retired
 from .config import GridPoint, SweepConfig, mamba_config
 
 SETTINGS_FILE = "settings.json"
@@ -71,7 +72,15 @@ def check_and_record(cfg: SweepConfig, points: list[GridPoint], runs: Path, out:
             digest = _digest(settings)
             if stored.get("sha256") != digest and _digest(without_retired(stored.get("settings", {}))) != digest:
                 diffs = changed_settings(stored.get("settings", {}), settings) or [("settings", "?", "?")]
-                clashes.append((p.run_id, diffs[0]))
+                # train.allow_changed lets an unfinished point go on under the new settings (the
+                # run's resume checks the same list); a finished row keeps the settings it had.
+                allow = cfg.train_for(p).get("allow_changed", ())
+                if not (run_dir / "row.json").exists() and all(change_allowed(d[0], allow) for d in diffs):
+                    warnings.warn(f"{p.run_id}: resuming with changed " + ", ".join(
+                        f"{n} ({old!r} -> {new!r})" for n, old, new in diffs), stacklevel=2)
+                    fresh.append((path, settings))
+                else:
+                    clashes.append((p.run_id, diffs[0]))
         elif not (run_dir / "row.json").exists():  # a finished row of an older sweep is left as it is
             fresh.append((path, settings))
     if clashes:

@@ -306,6 +306,34 @@ def test_ablation_plot_has_a_column_per_init_with_mean_and_seeds(tmp_path, monke
     assert sum(len(c.get_offsets()) for c in seeds) == 9  # every seed drawn
 
 
+def test_generalization_plot_has_a_line_per_model_with_mean_over_seeds(tmp_path, monkeypatch):
+    """[eval] lengths (``gen_*@n`` columns) give ``<task>_gen_vs_length.png``: a panel per metric,
+    a line per (layer, init) at the seed means, the training length marked, log-2 x past 16x."""
+    figs = record_figures(monkeypatch)
+    rows = []
+    for i, (layer, init) in enumerate([("Mamba1", "default"), ("Mamba1", "mimetic"), ("attention", "default")]):
+        for s in range(2):
+            row = {"task": "copy", "init": init, "layer": layer, "d_state": 4, "length": 64, "seed": s,
+                   "final_token_acc": 0.5}
+            for n in (64, 256, 2048):
+                row[f"gen_token_acc@{n}"] = 0.1 * i + 0.1 * s
+                row[f"gen_seq_acc@{n}"] = 0.05 * i
+            rows.append(row)
+    rows[0]["gen_seq_acc@2048"] = None  # a length a run did not evaluate is left out of its mean
+    (path,) = plots.plot_sweep(rows, tmp_path)
+    assert path.name == "copy_gen_vs_length.png" and path.exists()
+    token_ax, seq_ax = figs[0].axes
+    assert seq_ax.get_legend_handles_labels()[1] == ["Mamba1, default", "Mamba1, mimetic", "attention"]
+    lines = [ln for ln in token_ax.get_lines() if len(ln.get_xdata()) > 2]
+    assert [list(ln.get_xdata()) for ln in lines] == [[64, 256, 2048]] * 3
+    assert [list(ln.get_ydata()) for ln in lines] == [pytest.approx([0.05] * 3), pytest.approx([0.15] * 3),
+                                                      pytest.approx([0.25] * 3)]
+    assert token_ax.get_xscale() == "log"
+    assert [list(ln.get_xdata()) for ln in token_ax.get_lines() if len(ln.get_xdata()) == 2] == [[64, 64]]
+    seq_default = [ln for ln in seq_ax.get_lines() if len(ln.get_xdata()) > 2][0]
+    assert list(seq_default.get_xdata()) == [64, 256, 2048]  # seed 1 still has 2048
+
+
 def test_linear_attention_points_run_with_default_init_and_keep_d_state(tmp_path):
     """The paper's baseline in a sweep: one point per (d_state, length, seed), init ignored;
     [model.ssm_cfg]'s shared keys reach only the layers that take them."""

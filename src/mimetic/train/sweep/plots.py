@@ -173,6 +173,8 @@ def plot_sweep(
         if len(d_states) >= 2:
             paths.append(_plot_axis(rows, task, "d_state", "length", metric, out / f"{task}_acc_vs_d_state.png", title,
                                     split))
+        if len(_eval_lengths(task_rows, GEN_METRICS[0])) >= 2:
+            paths.append(_plot_generalization(task_rows, out / f"{task}_gen_vs_length.png", f"{title}: {task}"))
         if len({r["init"] for r in task_rows if r["layer"] != ATTENTION}) >= 3:
             paths.append(_plot_by_init(task_rows, metric, out / f"{task}_acc_by_init.png", f"{title}: {task}"))
     return paths
@@ -209,6 +211,65 @@ def _plot_by_init(rows: list[dict[str, Any]], metric: str, path: Path, title: st
     axes[0][0].set_ylabel(metric.replace("_", " ") + " (mean +- std; dots: seeds)")
     if len(combos) > 1:
         axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+#: the [eval] metrics of a row, ``<name>@<length>`` per evaluated length
+GEN_METRICS = ("gen_token_acc", "gen_seq_acc")
+
+
+def _eval_lengths(rows: list[dict[str, Any]], name: str) -> list[int]:
+    """The lengths n with a ``<name>@n`` value in some row, ascending."""
+    found = {int(k.split("@", 1)[1]) for r in rows for k, v in r.items()
+             if k.startswith(name + "@") and v not in (None, "")}
+    return sorted(found)
+
+
+def _plot_generalization(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Length generalization: accuracy at each [eval] length, one panel per metric (token and
+    sequence accuracy), one line per (layer, init, training length) with a band of one std over
+    seeds; a dotted vertical line at each training length. Log-2 x axis when the lengths span
+    more than 16x (the Mamba paper's 2^6 .. 2^20)."""
+    metrics = [m for m in GEN_METRICS if _eval_lengths(rows, m)]
+    colors = _init_colors(rows)
+    fig = Figure(figsize=(5.2 * len(metrics), 3.9))
+    axes = fig.subplots(1, len(metrics), squeeze=False, sharey=True)
+    series = sorted({(r["layer"], r["init"], r["length"]) for r in rows},
+                    key=lambda k: (k[0] == ATTENTION, k[0], k[1] != "default", k[1], k[2]))
+    layer_styles = {layer: STYLES[i % len(STYLES)] for i, layer in
+                    enumerate(dict.fromkeys(k[0] for k in series))}
+    for ax, metric in zip(axes[0], metrics):
+        lengths = _eval_lengths(rows, metric)
+        for layer, init, train_len in series:
+            group = [r for r in rows if (r["layer"], r["init"], r["length"]) == (layer, init, train_len)]
+            xs, means, stds = [], [], []
+            for n in lengths:
+                values = [float(r[f"{metric}@{n}"]) for r in group if r.get(f"{metric}@{n}") not in (None, "")]
+                if values:
+                    mean, std = _mean_std(values)
+                    xs.append(n), means.append(mean), stds.append(std)
+            if not xs:
+                continue
+            marker, line = layer_styles[layer]
+            color = "black" if layer == ATTENTION else colors[init]
+            label = _label(layer, "" if layer == ATTENTION and init == "default" else init,
+                           f"trained at {train_len}" if len({k[2] for k in series}) > 1 else "")
+            ax.plot(xs, means, marker=marker, linestyle=line, color=color, markersize=4, label=label)
+            ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                            color=color, alpha=0.12, linewidth=0)
+        for train_len in sorted({k[2] for k in series}):
+            ax.axvline(train_len, color="gray", linestyle=":", linewidth=1)
+        if lengths[-1] > 16 * lengths[0]:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel("test length (dotted: training length)")
+        ax.set_ylabel(metric.replace("_", " ") + " (mean +- std over seeds)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

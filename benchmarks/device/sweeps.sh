@@ -1,6 +1,7 @@
 # Several sweeps in one device call, one after another, each under its own time limit, all
 # their outputs (log, csv, summary, rows, and the unfinished runs' newest checkpoints) back
-# as sweeps.tar.gz.part-* (15 MiB parts). Usage:
+# as sweeps_rows.tar.gz (rows, csv, logs) and sweeps.tar.gz.part-* (the checkpoints, 15 MiB
+# parts). Usage:
 #   bash benchmarks/device/sweeps.sh TOML:SECONDS:WORKERS [TOML:SECONDS:WORKERS ...]
 # Resuming on a fresh machine: unpack the parts here into .restore/ (git-ignored:
 #   cat sweeps.tar.gz.part-* | tar -C .restore -xzf -) and carry .restore; each sweep first
@@ -25,5 +26,10 @@ for spec in "$@"; do
   else one_sweep "$spec"; fi
 done
 wait; cat $stage/*.sweeps.txt 2>/dev/null
-tar -C $stage -czf - . | split -b 15M - $final_out/sweeps.tar.gz.part-
+# The rows, csv and logs come back as their own small file, and the checkpoints in parts: the
+# device returns at most 8 files and 64 MiB per call, and drops files past that, so a large
+# resume set (MQAR's vocab-8192 packs: ~5 MB a model) must not take the results with it.
+tar -C $stage -czf $final_out/sweeps_rows.tar.gz --exclude='runs_*.tar' .
+du -sh $stage/runs_*.tar 2>/dev/null
+tar -C $stage -czf - $(cd $stage && ls runs_*.tar 2>/dev/null) | split -b 15M - $final_out/sweeps.tar.gz.part-
 ls -la $stage $final_out

@@ -7,7 +7,8 @@
 #   cat sweeps.tar.gz.part-* | tar -C .restore -xzf -) and carry .restore; each sweep first
 # unpacks .restore/runs_<name>.tar into runs/, so its finished points are skipped and its
 # cut-off packs resume from their checkpoints (exactly: checkpoint/resume is exact).
-# RESTORE_<name>=ROWS.jsonl instead resumes from finished rows only (issue11_ablation.sh).
+# RESTORE_DIR=experiments/resume takes the resume sets committed there instead (tracked files
+# travel anyway, so they cost no carry). RESTORE_<name>=ROWS.jsonl instead resumes from finished rows only (issue11_ablation.sh).
 # PARALLEL=1 runs the sweeps at once (one process each, sharing the GPU): small packs leave
 # most of an H200 idle, so a large sweep beside them costs them little.
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 MIMETIC_CUDA_CACHE=/tmp/mimetic-cuda-cache
@@ -17,7 +18,8 @@ one_sweep() {
   IFS=: read -r toml secs workers <<< "$1"
   name=$(basename "$toml" .toml); restore_var=RESTORE_$name
   echo "== $name ($secs s, $workers workers)"
-  [ -f .restore/runs_$name.tar ] && tar -xf .restore/runs_$name.tar && echo "restored runs/$name"
+  restore_tar=${RESTORE_DIR:-.restore}/runs_$name.tar
+  [ -f $restore_tar ] && tar -xf $restore_tar && echo "restored runs/$name from $restore_tar"
   RESTORE=${!restore_var:-} OUT=$stage bash benchmarks/device/issue11_ablation.sh "$toml" "$secs" "$workers"
   python3 benchmarks/device/resumable_runs.py runs/$name $stage/runs_$name.tar
 }

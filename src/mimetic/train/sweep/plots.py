@@ -79,6 +79,15 @@ def _series(rows: list[dict[str, Any]], x_key: str, metric: str) -> tuple[list, 
     return list(by_x), [m for m, _ in stats], [s for _, s in stats]
 
 
+def _save(fig: Figure, path: Path, title: str) -> Path:
+    """Title ``fig``, lay it out and write it to ``path`` (its folder made if missing)."""
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def _plot_axis(
     rows: list[dict[str, Any]], task: str, x_key: str, group_key: str, metric: str, path: Path, title: str,
     split: bool = False,
@@ -145,11 +154,7 @@ def _plot_axis(
     handles, labels = axes[0][-1].get_legend_handles_labels()
     if handles:
         axes[0][-1].legend(fontsize=7, loc="best")
-    fig.suptitle(f"{title}: {task}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return _save(fig, path, f"{title}: {task}")
 
 
 def plot_sweep(
@@ -211,11 +216,7 @@ def _plot_by_init(rows: list[dict[str, Any]], metric: str, path: Path, title: st
     axes[0][0].set_ylabel(metric.replace("_", " ") + " (mean +- std; dots: seeds)")
     if len(combos) > 1:
         axes[0][-1].legend(fontsize=7, loc="best")
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return _save(fig, path, title)
 
 
 #: the [eval] metrics of a row, ``<name>@<length>`` per evaluated length
@@ -270,8 +271,4 @@ def _plot_generalization(rows: list[dict[str, Any]], path: Path, title: str) -> 
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="best")
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return _save(fig, path, title)

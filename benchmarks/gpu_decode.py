@@ -31,7 +31,7 @@ import sys
 
 import torch
 
-from harness import env_info, markdown_table, median_s, print_record, write_results
+from harness import env_info, fmt, markdown_table, median_s, print_record, write_results
 from mimetic import MambaConfig, MambaLM
 
 FULL = dict(d_model=768, n_layer=24, vocab_size=50277, prompt=16, new=256, batches=(1, 64))
@@ -150,10 +150,6 @@ def mismatch(r):
         return "-"
     at = r["mamba_first_mismatch"]
     return "all same" if at is None else f"token {at}"
-
-
-def fmt(x, spec=".0f"):
-    return "-" if x is None else format(x, spec)
 
 
 def main():

@@ -62,7 +62,7 @@ import sys
 
 import torch
 
-from harness import device_time_totals, env_info, markdown_table, median_s, print_record, write_results
+from harness import device_time_totals, env_info, fmt, markdown_table, median_s, print_record, write_results
 from mimetic import MambaConfig, MambaLM
 from mimetic.models.cache import SSMState
 from mimetic.models.cuda_graph import decode_graph
@@ -371,10 +371,6 @@ def add_ratios(results) -> None:
             for key in ("generate_tok_s", "decode_tok_s", "decode_kernel_tok_s"):
                 if o and r.get(key) and o.get(key):
                     r[f"{key}_{tag}"] = r[key] / o[key]
-
-
-def fmt(x, spec=".0f"):
-    return "-" if x is None else format(x, spec)
 
 
 def table(results):

@@ -11,7 +11,7 @@ Before timing, one step of each on the same batch from the same weights is compa
 losses, and the relative error of the gradients of the embedding and of the first and last
 layer's input projection (bf16 autocast, so close rather than equal). Then per model:
 wall ms per step (``triton.testing.do_bench`` median, harness.cuda_ms), GPU kernel ms per
-step (torch.profiler, harness.kernel_ms; memcpy/memset apart) and peak memory of a step.
+step (torch.profiler, harness.profile_totals; memcpy/memset apart) and peak memory of a step.
 
 Usage (on the device, with mamba_ssm importable: benchmarks/device/peers.sh):
     python benchmarks/gpu_lm_step.py [--layers Mamba1,Mamba2] [--out DIR]
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from gpu_decode import mamba_ssm_model
-from harness import cpu_ms, cuda_ms, device_time_totals, env_info, markdown_table, print_record, rel_err, write_results
+from harness import cpu_ms, cuda_ms, env_info, fmt, markdown_table, print_record, profile_totals, rel_err, write_results
 from mimetic import MambaConfig, MambaLM
 
 FULL = dict(d_model=768, n_layer=24, vocab_size=50277, batch=8, seq_len=2048)
@@ -104,14 +104,7 @@ def measure(step, device):
         rec["wall_ms"] = cpu_ms(step)
         return rec
     rec["wall_ms"] = cuda_ms(step, warmup=WARMUP_MS, rep=REP_MS)
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(PROFILE_STEPS):
-            step()
-        torch.cuda.synchronize()
-    totals = device_time_totals(prof, top=8)
+    totals = profile_totals(step, PROFILE_STEPS, top=8)
     rec["kernel_ms"] = totals["kernel_ms"] / PROFILE_STEPS
     rec["memcpy_memset_ms"] = totals["memcpy_memset_ms"] / PROFILE_STEPS
     rec["kernels_per_step"] = totals["kernels"] / PROFILE_STEPS
@@ -158,10 +151,6 @@ def ratio(r, key):
     return a / b if a and b else None
 
 
-def fmt(x, spec=".2f"):
-    return "-" if x is None else format(x, spec)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (CPU is fine)")
@@ -184,9 +173,9 @@ def main():
     for r in results:
         errs = [v for k, v in r.items() if k.startswith("grad_err")]
         table.append([r["layer"], fmt(r.get("ours_wall_ms"), ".1f"), fmt(r.get("mamba_ssm_wall_ms"), ".1f"),
-                      fmt(ratio(r, "wall_ms")), fmt(r.get("ours_kernel_ms"), ".1f"),
-                      fmt(r.get("mamba_ssm_kernel_ms"), ".1f"), fmt(ratio(r, "kernel_ms")),
-                      fmt(r.get("ours_peak_gib")), fmt(r.get("mamba_ssm_peak_gib")),
+                      fmt(ratio(r, "wall_ms"), ".2f"), fmt(r.get("ours_kernel_ms"), ".1f"),
+                      fmt(r.get("mamba_ssm_kernel_ms"), ".1f"), fmt(ratio(r, "kernel_ms"), ".2f"),
+                      fmt(r.get("ours_peak_gib"), ".2f"), fmt(r.get("mamba_ssm_peak_gib"), ".2f"),
                       f"{fmt(r.get('loss_ours'), '.4f')} / {fmt(r.get('loss_mamba_ssm'), '.4f')}",
                       fmt(max(errs) if errs else None, ".1e")])
     write_results(args.out, "gpu_lm_step", info, results, table=(head, table), sizes=sizes)

@@ -118,12 +118,9 @@ def device_time_totals(prof, top: int = 0) -> dict[str, Any]:
     return rec
 
 
-def kernel_ms(fn: Callable[[], Any], iters: int = 20, copies: bool = False) -> float:
-    """GPU kernel milliseconds per call of fn: the device time of the kernels
-    ``torch.profiler`` records over ``iters`` calls (after one untimed call), summed
-    (:func:`device_time_totals`) and divided by ``iters``; with ``copies``, memcpy/memset
-    time is added. Unlike :func:`cuda_ms` it leaves out host work (Python, launches),
-    which dominates small ops."""
+def profile_totals(fn: Callable[[], Any], iters: int = 20, top: int = 0) -> dict[str, Any]:
+    """:func:`device_time_totals` of ``iters`` calls of fn under ``torch.profiler`` (after one
+    untimed call), summed over the calls (divide by ``iters`` for per-call numbers)."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -132,7 +129,16 @@ def kernel_ms(fn: Callable[[], Any], iters: int = 20, copies: bool = False) -> f
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
-    totals = device_time_totals(prof)
+    return device_time_totals(prof, top=top)
+
+
+def kernel_ms(fn: Callable[[], Any], iters: int = 20, copies: bool = False) -> float:
+    """GPU kernel milliseconds per call of fn: the device time of the kernels
+    ``torch.profiler`` records over ``iters`` calls (after one untimed call), summed
+    (:func:`profile_totals`) and divided by ``iters``; with ``copies``, memcpy/memset
+    time is added. Unlike :func:`cuda_ms` it leaves out host work (Python, launches),
+    which dominates small ops."""
+    totals = profile_totals(fn, iters)
     return (totals["kernel_ms"] + (totals["memcpy_memset_ms"] if copies else 0.0)) / iters
 
 
@@ -243,6 +249,11 @@ def write_json(path: str | os.PathLike, data: Any, indent: int = 1) -> str:
     with open(path, "w") as f:
         json.dump(data, f, indent=indent, default=str)
     return path
+
+
+def fmt(x: Any, spec: str = ".0f") -> str:
+    """``format(x, spec)``, or "-" for a missing value (a table cell)."""
+    return "-" if x is None else format(x, spec)
 
 
 def markdown_table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

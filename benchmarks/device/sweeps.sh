@@ -8,7 +8,8 @@
 # unpacks .restore/runs_<name>.tar into runs/, so its finished points are skipped and its
 # cut-off packs resume from their checkpoints (exactly: checkpoint/resume is exact).
 # RESTORE_DIR=experiments/resume takes the resume sets committed there instead (tracked files
-# travel anyway, so they cost no carry). RESTORE_<name>=ROWS.jsonl instead resumes from finished rows only (issue11_ablation.sh).
+# travel anyway, so they cost no carry). RESTORE_<name>=ROWS.jsonl instead resumes from
+# finished rows only (issue11_ablation.sh).
 # PARALLEL=1 runs the sweeps at once (one process each, sharing the GPU): small packs leave
 # most of an H200 idle, so a large sweep beside them costs them little.
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 MIMETIC_CUDA_CACHE=/tmp/mimetic-cuda-cache

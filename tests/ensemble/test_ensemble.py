@@ -17,7 +17,7 @@ import torch
 from mimetic.ensemble import EnsembleLM
 from mimetic.ensemble import train as ens_train
 from mimetic.ensemble.optim import StackedAdamW, adamw_factors, clip_stacked_grad_norm_
-from mimetic.ensemble.train import PER_MEMBER_FIELDS, shared_config_problems, train_ensemble
+from mimetic.ensemble.train import PER_MEMBER_FIELDS, scored_slots, shared_config_problems, train_ensemble
 from mimetic.models import MambaConfig, MambaLM
 from mimetic.modules import MHA
 from mimetic.tasks import make_task
@@ -152,26 +152,26 @@ def checkpoint_steps(out) -> list[int]:
     return [s for s, _ in list_checkpoints(out)]
 
 
-def run_separately(kind, members, tmp_path=None, tag="sep", **shared):
+def run_separately(kind, members, tmp_path=None, tag="sep", task=TASK, **shared):
     """Each member through plain ``train()``: [(model, result or exception)]."""
     runs = []
     for i, (mseed, init, fields) in enumerate(members):
-        model = build(kind, mseed, init)
+        model = build(kind, mseed, init, vocab_size=task.vocab_size)
         extra = dict(out_dir=str(tmp_path / tag / str(i))) if tmp_path is not None else {}
         cfg = tcfg(**{**shared, **fields, **extra})
         try:
-            runs.append((model, train(model, TASK, cfg)))
+            runs.append((model, train(model, task, cfg)))
         except NonFiniteLossError as e:
             runs.append((model, e))
     return runs
 
 
-def run_together(kind, members, tmp_path=None, tag="ens", **shared):
+def run_together(kind, members, tmp_path=None, tag="ens", task=TASK, **shared):
     """All members as one ``train_ensemble``: (models, results)."""
-    models = [build(kind, mseed, init) for mseed, init, _ in members]
+    models = [build(kind, mseed, init, vocab_size=task.vocab_size) for mseed, init, _ in members]
     cfgs = [tcfg(**{**shared, **fields, **(dict(out_dir=str(tmp_path / tag / str(i))) if tmp_path else {})})
             for i, (_, _, fields) in enumerate(members)]
-    return models, train_ensemble(models, TASK, cfgs)
+    return models, train_ensemble(models, task, cfgs)
 
 
 # ---- 1. EnsembleLM forward/backward == the members' ------------------------------------------
@@ -435,6 +435,50 @@ def test_member_losses_equal_train_loss_and_ignore_unscored_logits():
             torch.testing.assert_close(logits.grad[:, :, k], lk.grad, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("kind", ["mamba1", "mamba2", "attention"])
+def test_logits_at_positions_are_the_full_logits_there(kind):
+    """``forward(ids, positions)`` (the LM head at scored slots only) is the full forward
+    gathered at each member's own positions, forward and backward."""
+    members = [build(kind, 0, "default"), build(kind, 1, "mimetic"), build(kind, 2, "default")]
+    K, B, L, P = len(members), 3, 11, 4
+    gen = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, TASK.vocab_size, (B, L, K), generator=gen)
+    positions = torch.randint(0, L, (B, P, K), generator=gen)  # repeats allowed, as padding slots
+    ens = EnsembleLM(members)
+    full = ens(ids)
+    want = full.gather(1, positions[..., None].expand(-1, -1, -1, full.shape[-1]))
+    got = ens(ids, positions)
+    assert got.shape == (B, P, K, TASK.vocab_size)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    weights = torch.randn(want.shape, generator=gen)
+    (got * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in ens.named_stacked()}
+    ens.zero_grad()
+    (want * weights).sum().backward()
+    for name, p in ens.named_stacked():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    with pytest.raises(ValueError, match="positions must have shape"):
+        ens(ids, positions[..., :2])
+
+
+def test_scored_slots_keep_every_scored_position_in_order():
+    mask = torch.tensor([[0, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    targets = torch.arange(18).view(3, 6)
+    positions, tgt, kept = scored_slots(targets, mask, 3)
+    assert positions.shape == tgt.shape == kept.shape == (3, 3)
+    assert positions[0].tolist() == [1, 3, 4] and kept[0].all()
+    assert positions[1, 0] == 5 and kept[1].tolist() == [True, False, False]
+    assert not kept[2].any()
+    assert torch.equal(tgt, targets.gather(1, positions))
+    # the kept slots are exactly the scored positions
+    rebuilt = torch.zeros_like(mask)
+    for b in range(3):
+        rebuilt[b, positions[b][kept[b]]] = True
+    assert torch.equal(rebuilt, mask)
+    with pytest.raises(ValueError, match="copy: a sequence scores 3 positions, more than its max_scored=2"):
+        scored_slots(targets, mask, 2, "copy")
+
+
 # ---- 3. train_ensemble == separate train() runs -------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["mamba1", "mamba2", "attention", "linear_attention"])
@@ -459,6 +503,20 @@ def test_ensemble_training_equals_separate_runs(kind):
     # members really differ (different data, init, lr): the equality above is not trivial
     losses = [tuple(r["train_loss"] for r in res.history) for res in results]
     assert len(set(losses)) == 3
+
+
+@pytest.mark.parametrize("kind", ["mamba1", "mamba2"])
+def test_ensemble_training_equals_separate_runs_where_few_positions_are_scored(kind):
+    """MQAR scores 3 of 20 positions, at random places per sequence: the head at scored slots
+    only gives train()'s numbers (train() takes the full logits and ``logits[mask]``)."""
+    task = make_task("mqar", vocab_size=40, seq_len=20, num_kv_pairs=3)
+    assert task.max_scored == 3 < task.seq_len
+    separate = run_separately(kind, MEMBERS, task=task)
+    models, results = run_together(kind, MEMBERS, task=task)
+    for (ref_model, ref), model, res in zip(separate, models, results):
+        assert_result_matches(res, ref)
+        assert_params_close(model, ref_model, tol=1e-5)
+    assert len({tuple(r["train_loss"] for r in res.history) for res in results}) == 3
 
 
 def test_read_back_chunks_do_not_change_results(monkeypatch):

@@ -13,6 +13,8 @@ def check(task, seed):
     assert x.shape == (4, task.seq_len)
     assert 0 <= int(x.min()) and int(x.max()) < task.vocab_size
     assert torch.equal(oracle_predictions(task, x)[m], y[m])
+    # The static bound the ensemble trainer sizes its LM-head slots by (scored_slots).
+    assert int(m.sum(1).max()) <= task.max_scored
     return x, y, m
 
 
@@ -27,7 +29,7 @@ def test_mqar_any_valid_knobs(P, extra, vocab_extra, q_frac, power_a, random_fil
     task = MQARTask(num_kv_pairs=P, seq_len=2 * P + 2 * Q + extra, vocab_size=2 * (P + 1) + vocab_extra,
                     num_queries=Q, power_a=power_a, random_non_queries=random_fill)
     x, y, m = check(task, seed)
-    assert (m.sum(1) == Q).all()
+    assert (m.sum(1) == Q).all() and task.max_scored == Q
     keys, values = x[:, 0:2 * P:2], x[:, 1:2 * P:2]
     half = task.vocab_size // 2
     assert ((keys >= 1) & (keys < half)).all() and (values >= half).all()
@@ -36,21 +38,23 @@ def test_mqar_any_valid_knobs(P, extra, vocab_extra, q_frac, power_a, random_fil
 @settings(max_examples=30, deadline=None)
 @given(M=st.integers(1, 10), extra=st.integers(0, 30), V=st.integers(3, 20), seed=st.integers(0, 2**31))
 def test_selective_copy_any_valid_knobs(M, extra, V, seed):
-    check(SelectiveCopyTask(seq_len=2 * M + extra, num_tokens=M, vocab_size=V), seed)
+    _, _, m = check(task := SelectiveCopyTask(seq_len=2 * M + extra, num_tokens=M, vocab_size=V), seed)
+    assert (m.sum(1) == M).all() and task.max_scored == M
 
 
 @settings(max_examples=30, deadline=None)
 @given(L=st.integers(4, 40), V=st.integers(3, 20), seed=st.integers(0, 2**31))
 def test_induction_heads_any_valid_knobs(L, V, seed):
-    x, _, _ = check(InductionHeadsTask(seq_len=L, vocab_size=V), seed)
+    x, _, m = check(task := InductionHeadsTask(seq_len=L, vocab_size=V), seed)
     assert ((x == V - 1).sum(1) == 2).all()
+    assert (m.sum(1) == 1).all() and task.max_scored == 1
 
 
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(1, 30), V=st.integers(2, 30), seed=st.integers(0, 2**31))
 def test_copy_any_valid_knobs(n, V, seed):
-    x, y, m = check(CopyTask(vocab=V, copy_len=n), seed)
-    assert (m.sum(1) == n).all()
+    x, y, m = check(task := CopyTask(vocab=V, copy_len=n), seed)
+    assert (m.sum(1) == n).all() and task.max_scored == n
 
 
 @settings(max_examples=30, deadline=None)

@@ -64,7 +64,10 @@ class EnsembleLM(nn.Module):
     """K same-shape ``MambaLM`` trained as one model (see the module docstring).
 
     ``forward(input_ids (batch, L, K) long) -> logits (batch, L, K, vocab_size)``: member k
-    reads ``input_ids[..., k]`` and writes ``logits[..., k, :]``.
+    reads ``input_ids[..., k]`` and writes ``logits[..., k, :]``. With ``positions (batch, P, K)``
+    long, the logits are only those at ``positions[..., k]`` of member k: (batch, P, K,
+    vocab_size), the LM head (often most of a step when the vocabulary is large) computed
+    only where the loss reads it.
     ``params[name]`` is the (K, *shape) stack of the members' parameter ``name`` (names as
     in ``MambaLM.named_parameters()``; tied weights appear once).
     """
@@ -123,9 +126,12 @@ class EnsembleLM(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         if input_ids.dim() != 3 or input_ids.shape[-1] != self.K:
             raise ValueError(f"input_ids must have shape (batch, L, K={self.K}), got {tuple(input_ids.shape)}")
+        if positions is not None and (positions.dim() != 3 or positions.shape[0] != input_ids.shape[0]
+                                      or positions.shape[-1] != self.K):
+            raise ValueError(f"positions must have shape (batch, P, K={self.K}), got {tuple(positions.shape)}")
         cfg, K = self.config, self.K
         table = self.p("backbone.embedding.weight")              # (K, V_pad, d)
         vpad = table.shape[1]
@@ -151,8 +157,11 @@ class EnsembleLM(nn.Module):
         norm_f: RMSNorm = self._template[0].backbone.norm_f
         hidden = rms_norm(hidden, self.p("backbone.norm_f.weight").reshape(-1), eps=norm_f.eps,
                           residual=residual, group_size=cfg.d_model)
+        hidden = hidden.unflatten(2, (K, -1))                    # (b, L, K, d)
+        if positions is not None:  # the head only where it is read: (b, P, K, d)
+            hidden = hidden.gather(1, positions[..., None].expand(-1, -1, -1, hidden.shape[-1]))
         head = table if cfg.tie_embeddings else self.p("lm_head.weight")
-        logits = torch.einsum("blkd,kvd->blkv", hidden.unflatten(2, (K, -1)), head)
+        logits = torch.einsum("blkd,kvd->blkv", hidden, head)
         return logits[..., : cfg.vocab_size]
 
     def _linear(self, name: str, x: torch.Tensor) -> torch.Tensor:

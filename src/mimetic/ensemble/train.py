@@ -82,6 +82,24 @@ def shared_config_problems(configs: Sequence[TrainConfig]) -> list[str]:
     return problems
 
 
+def scored_slots(targets: torch.Tensor, mask: torch.Tensor, slots: int,
+                 task_name: str = "task") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The scored positions of each sequence, in order, in ``slots`` fixed slots, so that the
+    LM head runs at scored positions only and in static shapes (a CUDA graph):
+    targets, mask (B, L) -> positions (B, slots) long, their targets (B, slots) and a mask
+    (B, slots) bool that is False on the slots left over (which point at unscored positions).
+
+    Raises ValueError when a sequence scores more than ``slots`` positions (a task whose
+    ``max_scored`` is wrong): those positions would silently leave the loss."""
+    most = int(mask.sum(dim=1).max()) if mask.numel() else 0
+    if most > slots:
+        raise ValueError(f"{task_name}: a sequence scores {most} positions, more than its "
+                         f"max_scored={slots}")
+    # A stable sort of "unscored" puts the scored positions first, in their order.
+    positions = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :slots]
+    return positions, targets.gather(1, positions), mask.gather(1, positions)
+
+
 @torch.no_grad()
 def evaluate_ensemble(ensemble: EnsembleLM, task: Task, num_batches: int, batch_size: int, seed: int,
                       autocast_dtype: torch.dtype | None = None) -> list[dict[str, float]]:
@@ -91,9 +109,12 @@ def evaluate_ensemble(ensemble: EnsembleLM, task: Task, num_batches: int, batch_
     tallies = [EvalTally() for _ in range(ensemble.K)]
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     for input_ids, targets, mask in eval_batches(task, num_batches, batch_size, seed):
-        input_ids, targets, mask = input_ids.to(device), targets.to(device), mask.to(device)
+        positions, targets, mask = scored_slots(targets, mask, task.max_scored, task.name)
+        input_ids, positions = input_ids.to(device), positions.to(device)
+        targets, mask = targets.to(device), mask.to(device)
         with ctx:
-            logits = ensemble(input_ids[..., None].expand(-1, -1, ensemble.K))
+            logits = ensemble(input_ids[..., None].expand(-1, -1, ensemble.K),
+                              positions[..., None].expand(-1, -1, ensemble.K))
         for k, tally in enumerate(tallies):
             tally.add(logits[:, :, k], targets, mask)
     return [t.result() for t in tallies]
@@ -101,7 +122,8 @@ def evaluate_ensemble(ensemble: EnsembleLM, task: Task, num_batches: int, batch_
 
 def member_losses(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Each member's mean cross-entropy over its scored positions (fp32), without reading
-    the mask on the host: logits (B, L, K, V), targets (B, L, K), mask (B, L, K) -> (K,).
+    the mask on the host: logits (B, P, K, V), targets (B, P, K), mask (B, P, K) -> (K,),
+    P the scored slots (``scored_slots``) or every position.
 
     Unscored logits are replaced by zeros before the cross-entropy (not masked after it), so
     that, as with ``logits[mask]`` in ``train()``, a non-finite unscored logit reaches
@@ -139,18 +161,24 @@ class _Batches:
         self.task, self.members = task, members
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="mimetic-batches")
 
-    def make(self, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Steps start .. start+n-1: ids, targets (n, B, L, K) int32 and mask (n, B, L, K) bool."""
+    def make(self, start: int, n: int) -> tuple[torch.Tensor, ...]:
+        """Steps start .. start+n-1: ids (n, B, L, K) int32, and at the scored slots
+        (``scored_slots``, P = ``task.max_scored``) positions and targets (n, B, P, K) int32
+        and mask (n, B, P, K) bool."""
         seeds = sorted({m.config.seed for m in self.members})
         cfg = {s: next(m.config for m in self.members if m.config.seed == s) for s in seeds}
-        jobs = {(s, t): self.pool.submit(batch_for_step, self.task, cfg[s], t)
+        jobs = {(s, t): self.pool.submit(self._batch, cfg[s], t)
                 for s in seeds for t in range(start, start + n)}
         out = []
-        for i, dtype in enumerate((torch.int32, torch.int32, torch.bool)):
+        for i, dtype in enumerate((torch.int32, torch.int32, torch.int32, torch.bool)):
             out.append(torch.stack([
                 torch.stack([jobs[(m.config.seed, t)].result()[i] for m in self.members], dim=-1)
                 for t in range(start, start + n)]).to(dtype))
-        return out[0], out[1], out[2]
+        return tuple(out)
+
+    def _batch(self, config: TrainConfig, step: int) -> tuple[torch.Tensor, ...]:
+        ids, targets, mask = batch_for_step(self.task, config, step)
+        return (ids, *scored_slots(targets, mask, self.task.max_scored, self.task.name))
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -275,27 +303,30 @@ def _train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Tra
     ckpt_every = base.checkpoint_every or base.eval_every
     eval_bs = base.eval_batch_size or base.batch_size
     tokens_per_step = base.batch_size * task.seq_len
-    bytes_per_step = tokens_per_step * K * 9
+    n_slots = task.max_scored
+    bytes_per_step = base.batch_size * K * (4 * task.seq_len + 9 * n_slots)
     chunk_cap = max(1, min(base.eval_every, CHUNK_BYTES // bytes_per_step))
 
     step_t = torch.full((1,), step, dtype=torch.long, device=device)
     pos_t = torch.zeros(1, dtype=torch.long, device=device)
-    shape = (chunk_cap, base.batch_size, task.seq_len, K)
-    buf_ids = torch.zeros(shape, dtype=torch.int32, device=device)
-    buf_tgt = torch.zeros(shape, dtype=torch.int32, device=device)
-    buf_mask = torch.zeros(shape, dtype=torch.bool, device=device)
+    buf_ids = torch.zeros(chunk_cap, base.batch_size, task.seq_len, K, dtype=torch.int32, device=device)
+    slot_shape = (chunk_cap, base.batch_size, n_slots, K)
+    buf_pos = torch.zeros(slot_shape, dtype=torch.int32, device=device)
+    buf_tgt = torch.zeros(slot_shape, dtype=torch.int32, device=device)
+    buf_mask = torch.zeros(slot_shape, dtype=torch.bool, device=device)
     log = torch.zeros(chunk_cap, 2, K, device=device)                        # loss, grad norm
     ctx = (lambda: torch.autocast(device.type, dtype=amp_dtype, cache_enabled=False)) if amp_dtype \
         else contextlib.nullcontext
 
     def one_step() -> None:
         ids = buf_ids.index_select(0, pos_t)[0].long()
+        positions = buf_pos.index_select(0, pos_t)[0].long()
         tgt = buf_tgt.index_select(0, pos_t)[0].long()
         mask = buf_mask.index_select(0, pos_t)[0]
         for p in params:
             p.grad = None
         with ctx():
-            logits = ensemble(ids)
+            logits = ensemble(ids, positions)
         losses = member_losses(logits, tgt, mask)
         losses.sum().backward()
         gnorm = clip_stacked_grad_norm_(params, max_norm)
@@ -388,7 +419,7 @@ def _train_ensemble(models: Sequence[MambaLM], task: Task, configs: Sequence[Tra
         t0, start = time.perf_counter(), step
         for idx, (first, n, readback) in enumerate(plan):
             chunk = pending.result()
-            for buf, part in zip((buf_ids, buf_tgt, buf_mask), chunk):
+            for buf, part in zip((buf_ids, buf_pos, buf_tgt, buf_mask), chunk):
                 buf[:n].copy_(part)
             pos_t.zero_()
             run(n)

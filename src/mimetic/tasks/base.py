@@ -104,6 +104,13 @@ class Task:
         return self.with_length(length)
 
     @property
+    def max_scored(self) -> int:
+        """The most positions of one sequence that ``loss_mask`` can score: a static bound that
+        lets a trainer compute the LM head only at scored positions, in fixed shapes (CUDA
+        graphs). Default ``seq_len`` (no bound known); tasks that score few positions say so."""
+        return int(self.seq_len)  # type: ignore[attr-defined]
+
+    @property
     def length(self) -> int:
         """The value of the length knob (what sweeps and plots call the task's length)."""
         return int(getattr(self, self.length_knob))

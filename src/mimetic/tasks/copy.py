@@ -63,6 +63,10 @@ class CopyTask(Task):
     def seq_len(self) -> int:
         return 2 * self.copy_len + 1
 
+    @property
+    def max_scored(self) -> int:
+        return self.copy_len
+
     def with_seq_len(self, seq_len: int) -> CopyTask:
         """Copy of the task with ``2 * copy_len + 1 == seq_len`` (seq_len must be odd, >= 3)."""
         if seq_len < 3 or seq_len % 2 == 0:

@@ -111,6 +111,11 @@ class JelassiCopyTask(Task):
             return self.context_len
         return max(DEFAULT_CONTEXT, 2 * (2 * self.max_len + 3))
 
+    @property
+    def max_scored(self) -> int:
+        # An example of 2n+3 tokens scores at most n+1 of them, fewer than half.
+        return self.seq_len // 2
+
     def with_seq_len(self, seq_len: int) -> JelassiCopyTask:
         """A copy with the context length set to ``seq_len`` (same string lengths)."""
         return dataclasses.replace(self, context_len=seq_len)

@@ -54,6 +54,10 @@ class InductionHeadsTask(Task):
         super().__post_init__()
 
     @property
+    def max_scored(self) -> int:
+        return 1
+
+    @property
     def special(self) -> int:
         return self.vocab_size - 1
 

@@ -65,6 +65,10 @@ class MQARTask(Task):
             object.__setattr__(self, "num_queries", self.num_kv_pairs)
         super().__post_init__()
 
+    @property
+    def max_scored(self) -> int:
+        return int(self.num_queries)  # type: ignore[arg-type]
+
     def _validate(self) -> None:
         P, Q, L, V = self.num_kv_pairs, self.num_queries, self.seq_len, self.vocab_size
         if not isinstance(Q, int) or isinstance(Q, bool):

@@ -49,6 +49,10 @@ class SelectiveCopyTask(Task):
     vocab_size: int = 16
 
     @property
+    def max_scored(self) -> int:
+        return self.num_tokens
+
+    @property
     def blank(self) -> int:
         return 0
 

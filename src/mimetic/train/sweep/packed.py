@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ...ensemble.model import EnsembleLM, ensemble_problem, shape_signature
-from ...ensemble.train import PER_MEMBER_FIELDS, member_losses, train_ensemble
+from ...ensemble.train import PER_MEMBER_FIELDS, member_losses, scored_slots, train_ensemble
 from ...layer_kinds import ATTENTION
 from ...models import MambaLM
 from ...tasks import derive_seed
@@ -126,10 +126,11 @@ def pack_capacity(cfg: SweepConfig, point: GridPoint, device: str | None = None,
     torch.cuda.reset_peak_memory_stats(dev)
     ensemble = EnsembleLM([MambaLM(mcfg), MambaLM(mcfg)]).to(dev)
     state = [torch.zeros_like(p) for p in ensemble.parameters() for _ in range(2)]  # AdamW moments
-    ids, targets, mask = (t.to(dev) for t in batch_for_step(task, tcfg, 0))
-    stack = lambda t: torch.stack([t, t], dim=-1)  # noqa: E731
+    ids, targets, mask = batch_for_step(task, tcfg, 0)
+    positions, targets, mask = scored_slots(targets, mask, task.max_scored, task.name)
+    stack = lambda t: torch.stack([t, t], dim=-1).to(dev)  # noqa: E731
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        logits = ensemble(stack(ids))
+        logits = ensemble(stack(ids), stack(positions))
     member_losses(logits, stack(targets), stack(mask)).sum().backward()
     torch.cuda.synchronize(dev)
     per_member = (torch.cuda.max_memory_allocated(dev) - base) / 2

@@ -20,7 +20,9 @@ one_sweep() {
   name=$(basename "$toml" .toml); restore_var=RESTORE_$name
   echo "== $name ($secs s, $workers workers)"
   restore_tar=${RESTORE_DIR:-.restore}/runs_$name.tar
-  [ -f $restore_tar ] && tar -xf $restore_tar && echo "restored runs/$name from $restore_tar"
+  # A warm machine keeps runs/ between calls: resume from it, newer than any resume set.
+  if [ -d runs/$name ]; then echo "resuming runs/$name, kept on this machine"
+  elif [ -f $restore_tar ]; then tar -xf $restore_tar && echo "restored runs/$name from $restore_tar"; fi
   RESTORE=${!restore_var:-} OUT=$stage bash benchmarks/device/issue11_ablation.sh "$toml" "$secs" "$workers"
   python3 benchmarks/device/resumable_runs.py runs/$name $stage/runs_$name.tar
 }
@@ -34,5 +36,14 @@ wait; cat $stage/*.sweeps.txt 2>/dev/null
 # resume set (MQAR's vocab-8192 packs: ~5 MB a model) must not take the results with it.
 tar -C $stage -czf $final_out/sweeps_rows.tar.gz --exclude='runs_*.tar' .
 du -sh $stage/runs_*.tar 2>/dev/null
-tar -C $stage -czf - $(cd $stage && ls runs_*.tar 2>/dev/null) | split -b 15M - $final_out/sweeps.tar.gz.part-
+# Resume sets smallest first, as many as fit in RESUME_MIB (default 56: the 64 MiB a call
+# returns, less the rows); a set that does not fit stays behind, said here, and resumes on
+# this machine only while it is warm (runs/ is kept between calls).
+keep=(); total=0
+for t in $(cd $stage && ls -S -r runs_*.tar 2>/dev/null); do
+  mib=$(( ($(stat -c %s $stage/$t) + 2**20 - 1) / 2**20 ))
+  if [ $(( total + mib )) -le ${RESUME_MIB:-56} ]; then keep+=($t); total=$(( total + mib ))
+  else echo "resume set $t ($mib MiB) left on the device: past the ${RESUME_MIB:-56} MiB returned"; fi
+done
+[ ${#keep[@]} -gt 0 ] && tar -C $stage -czf - "${keep[@]}" | split -b 15M - $final_out/sweeps.tar.gz.part-
 ls -la $stage $final_out

@@ -12,6 +12,7 @@ from mimetic.tasks import (
     derive_seed,
     make_task,
 )
+from mimetic.tasks.base import random_subset_rows, random_subset_rows_topk
 
 from .oracles import oracle_predictions
 
@@ -215,3 +216,18 @@ def test_derive_seed_is_stable_and_separates_streams():
     seeds = {derive_seed(tag, s, i) for tag in ("train", "eval") for s in range(3) for i in range(50)}
     assert len(seeds) == 300
     assert 0 <= derive_seed("x") < 2**63
+
+
+@pytest.mark.parametrize("draw", [random_subset_rows, random_subset_rows_topk])
+def test_random_subsets_are_uniform_and_in_random_order(draw):
+    """Both subset draws: k distinct values of range(population) a row, every value equally
+    likely in every slot (the law MQAR's keys and values need; counts within 5 sigma)."""
+    B, population, k = 20000, 10, 3
+    rows = draw(B, population, k, torch.Generator().manual_seed(0))
+    assert rows.shape == (B, k) and rows.min() >= 0 and rows.max() < population
+    assert (rows.sort(dim=1).values.diff(dim=1) > 0).all()  # distinct
+    expected = B / population
+    sigma = (expected * (1 - 1 / population)) ** 0.5
+    for slot in range(k):
+        counts = torch.bincount(rows[:, slot], minlength=population).float()
+        assert (counts - expected).abs().max() < 5 * sigma, (slot, counts)

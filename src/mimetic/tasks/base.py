@@ -167,6 +167,19 @@ def random_subset_rows(
     """(batch_size, k) long: per row, k distinct values of ``range(population)`` in random order.
 
     Uses argsort of uniform noise (a uniformly random permutation per row) and keeps the first k.
+    ``selective_copy`` draws with it, and keeps it for its stream of batches (committed
+    results resume on it); new draws take :func:`random_subset_rows_topk`.
     """
     noise = torch.rand(batch_size, population, generator=generator)
     return noise.argsort(dim=1)[:, :k]
+
+
+def random_subset_rows_topk(
+    batch_size: int, population: int, k: int, generator: torch.Generator
+) -> torch.Tensor:
+    """:func:`random_subset_rows` in distribution, from the k smallest of the same uniform noise
+    (``topk``, linear in ``population``, not a full sort: ~6x faster at population 4096, where
+    MQAR's batches at vocab 8192 spent most of their time). Where the noise ties, argsort
+    and topk may order the tied values differently, so the two streams differ, not the law."""
+    noise = torch.rand(batch_size, population, generator=generator)
+    return noise.topk(k, dim=1, largest=False).indices

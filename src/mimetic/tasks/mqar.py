@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Batch, Task, _check_batch_args, random_subset_rows, register_task
+from .base import Batch, Task, _check_batch_args, random_subset_rows_topk, register_task
 
 
 @register_task
@@ -95,8 +95,8 @@ class MQARTask(Task):
         _check_batch_args(batch_size, generator)
         B, P, Q, L, V = batch_size, self.num_kv_pairs, self.num_queries, self.seq_len, self.vocab_size
         half = V // 2
-        keys = random_subset_rows(B, half - 1, P, generator) + 1  # (B, P) in [1, V//2)
-        values = random_subset_rows(B, V - half, P, generator) + half  # (B, P) in [V//2, V)
+        keys = random_subset_rows_topk(B, half - 1, P, generator) + 1  # (B, P) in [1, V//2)
+        values = random_subset_rows_topk(B, V - half, P, generator) + half  # (B, P) in [V//2, V)
 
         if self.random_non_queries:
             input_ids = torch.randint(0, V, (B, L), generator=generator)
@@ -110,7 +110,7 @@ class MQARTask(Task):
         if Q == P:
             which = torch.arange(P).expand(B, P)
         else:
-            which = random_subset_rows(B, P, Q, generator).sort(dim=1).values  # (B, Q)
+            which = random_subset_rows_topk(B, P, Q, generator).sort(dim=1).values  # (B, Q)
         n_slots = (L - 2 * P) // 2
         weights = (torch.arange(1, n_slots + 1, dtype=torch.float64) ** (self.power_a - 1.0))
         # Without replacement, torch.multinomial returns the slots in draw order (successive

@@ -198,7 +198,7 @@ def test_end_to_end_axes_reach_the_runs(tmp_path):
     summary = list(csv.DictReader(res.summary_path.open()))
     assert len(summary) == n // 2 and all(s["n_seeds"] == "2" for s in summary)
     assert {"model.d_model", "train.lr"} <= set(summary[0]) and "model.d_model_mean" not in summary[0]
-    assert {p.name for p in res.plots} == {"copy_acc_vs_length.png"}
+    assert {p.name for p in res.plots} == {"copy_acc_vs_length.png", "copy_acc_vs_d_model.png", "copy_acc_vs_lr.png"}
 
     again = run_sweep(path, out, progress=False, plot=False, model_factory=tiny_factory)
     assert again.skipped == n and again.rows == res.rows
@@ -254,16 +254,23 @@ def test_plots_draw_one_series_per_axis_value(tmp_path, monkeypatch):
          "length": n, "seed": 0, "model.d_model": w, "final_token_acc": 0.5}
         for init in ("default", "mimetic") for layer in ("Mamba2", "attention") for n in (8, 16) for w in (8, 16)
     ]
-    (path,) = plots.plot_sweep(rows, tmp_path)
-    assert path.exists()
+    length_path, width_path = plots.plot_sweep(rows, tmp_path)
+    assert length_path.exists() and width_path.name == "copy_acc_vs_d_model.png" and width_path.exists()
     labels = figs[0].axes[0].get_legend_handles_labels()[1]
     assert sorted(labels) == sorted([
         "default, model.d_model=8", "default, model.d_model=16", "mimetic, model.d_model=8",
         "mimetic, model.d_model=16", "attention, model.d_model=8", "attention, model.d_model=16",
     ])
+    # vs the extra axis: a series per init and length, attention's too, over both widths
+    ax = figs[1].axes[0]
+    assert ax.get_xlabel() == "model.d_model"
+    assert sorted(ax.get_legend_handles_labels()[1]) == sorted([
+        f"{who}, copy_len={n}" for who in ("default", "mimetic", "attention") for n in (8, 16)])
+    assert all(sorted(line.get_xdata()) == [8, 16] for line in ax.get_lines() if len(line.get_xdata()) > 1)
     # without extra axes the labels are the plain ones
     figs.clear()
-    plots.plot_sweep([{k: v for k, v in r.items() if k != "model.d_model"} for r in rows], tmp_path)
+    plots.plot_sweep([{k: v for k, v in r.items() if k != "model.d_model"} for r in rows if r["model.d_model"] == 8],
+                     tmp_path)
     assert sorted(figs[0].axes[0].get_legend_handles_labels()[1]) == ["attention", "default", "mimetic"]
 
 

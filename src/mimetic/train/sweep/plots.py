@@ -104,9 +104,9 @@ def _plot_axis(
     n_rows = len(panels) // n_cols
     fig = Figure(figsize=(4.2 * n_cols, 3.4 * n_rows))
     axes = fig.subplots(n_rows, n_cols, squeeze=False, sharey=True)
-    x_label = TASKS[task].length_knob if x_key == "length" else "state size (d_state)"
+    x_label = {"length": TASKS[task].length_knob, "d_state": "state size (d_state)"}.get(x_key, x_key)
     g_label = TASKS[task].length_knob if group_key == "length" else "d_state"
-    paths = axis_columns(task_rows)
+    paths = [p for p in axis_columns(task_rows) if p != x_key]
     attn_combos = _axis_combos(attn, paths)
     for ax, (layer, groups) in zip(axes.flat, panels):
         combos = _axis_combos([r for r in task_rows if r["layer"] == layer], paths)
@@ -126,11 +126,17 @@ def _plot_axis(
                            s=10, color=color, alpha=0.35, linewidths=0, zorder=1)
                 ax.errorbar(xs, ms, yerr=ss, color=color, marker=marker, ls=ls, capsize=3, label=label, zorder=2)
         if attn:
-            if x_key == "length":
-                for ci, combo in enumerate(attn_combos):
-                    xs, ms, ss = _series([r for r in attn if _combo(r, paths) == combo], "length", metric)
-                    ax.errorbar(xs, ms, yerr=ss, color="black", marker="x", ls=ATTN_STYLES[ci % len(ATTN_STYLES)],
-                                capsize=3, label=_label("attention", _combo_label(paths, combo, attn_combos)))
+            if x_key != "d_state":  # attention varies along the axis: a series per length, as the SSMs
+                attn_groups = [None] if x_key == "length" else groups
+                for (gi, g), (ci, combo) in itertools.product(enumerate(attn_groups), enumerate(attn_combos)):
+                    sel = [r for r in attn if _combo(r, paths) == combo and (g is None or r[group_key] == g)]
+                    if not sel:
+                        continue
+                    xs, ms, ss = _series(sel, x_key, metric)
+                    g_part = f"{g_label}={g}" if g is not None and len(groups) > 1 else ""
+                    ax.errorbar(xs, ms, yerr=ss, color="black", marker="x",
+                                ls=ATTN_STYLES[(gi * len(attn_combos) + ci) % len(ATTN_STYLES)], capsize=3,
+                                label=_label("attention", g_part, _combo_label(paths, combo, attn_combos)))
             else:  # attention has no state: a horizontal line per length
                 for g, (ci, combo) in itertools.product(groups, enumerate(attn_combos)):
                     sel = [r for r in attn if r["length"] == g and _combo(r, paths) == combo]
@@ -162,7 +168,8 @@ def plot_sweep(
     split: bool = False,
 ) -> list[Path]:
     """Draw ``<task>_acc_vs_length.png`` and ``<task>_acc_vs_d_state.png`` into ``out_dir`` for
-    each task with at least two lengths / two state sizes. ``rows`` are results.csv rows (as
+    each task with at least two lengths / two state sizes, and ``<task>_acc_vs_<name>.png``
+    for each numeric extra axis with two values or more (``model.d_model``: ``_vs_d_model``). ``rows`` are results.csv rows (as
     dicts: task, init, layer, d_state, length, seed, and ``metric``). ``split``: a panel per
     layer type and d_state (per length in the d_state plot) instead of one per layer type.
     Returns the files."""
@@ -178,6 +185,12 @@ def plot_sweep(
         if len(d_states) >= 2:
             paths.append(_plot_axis(rows, task, "d_state", "length", metric, out / f"{task}_acc_vs_d_state.png", title,
                                     split))
+        for path in axis_columns(task_rows):  # extra axes by dotted path, e.g. model.d_model
+            values = {r.get(path) for r in task_rows}
+            if len(values) >= 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                name = path.rsplit(".", 1)[-1]
+                paths.append(_plot_axis(rows, task, path, "length", metric, out / f"{task}_acc_vs_{name}.png",
+                                        title, split))
         if len(_eval_lengths(task_rows, GEN_METRICS[0])) >= 2:
             paths.append(_plot_generalization(task_rows, out / f"{task}_gen_vs_length.png", f"{title}: {task}"))
         if len({r["init"] for r in task_rows if r["layer"] != ATTENTION}) >= 3:

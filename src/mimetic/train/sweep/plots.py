@@ -169,8 +169,9 @@ def plot_sweep(
 ) -> list[Path]:
     """Draw ``<task>_acc_vs_length.png`` and ``<task>_acc_vs_d_state.png`` into ``out_dir`` for
     each task with at least two lengths / two state sizes, and ``<task>_acc_vs_<name>.png``
-    for each numeric extra axis with two values or more (``model.d_model``: ``_vs_d_model``). ``rows`` are results.csv rows (as
-    dicts: task, init, layer, d_state, length, seed, and ``metric``). ``split``: a panel per
+    for each numeric extra axis with two values or more (``model.d_model``: ``_vs_d_model``).
+    ``rows`` are results.csv rows (as dicts: task, init, layer, d_state, length, seed, and
+    ``metric``). ``split``: a panel per
     layer type and d_state (per length in the d_state plot) instead of one per layer type.
     Returns the files."""
     out = Path(out_dir)

@@ -261,6 +261,9 @@ def test_plots_draw_one_series_per_axis_value(tmp_path, monkeypatch):
         "default, model.d_model=8", "default, model.d_model=16", "mimetic, model.d_model=8",
         "mimetic, model.d_model=16", "attention, model.d_model=8", "attention, model.d_model=16",
     ])
+    # an axis zipped with the length (MQAR's num_kv_pairs) has no plot of its own
+    zipped = [dict(r, **{"tasks.copy.pairs": r["length"] // 4}) for r in rows]
+    assert [p.name for p in plots.plot_sweep(zipped, tmp_path)] == ["copy_acc_vs_length.png", "copy_acc_vs_d_model.png"]
     # vs the extra axis: a series per init and length, attention's too, over both widths
     ax = figs[1].axes[0]
     assert ax.get_xlabel() == "model.d_model"

@@ -189,7 +189,8 @@ def plot_sweep(
         for path in axis_columns(task_rows):  # extra axes by dotted path, e.g. model.d_model
             values = {r.get(path) for r in task_rows}
             zipped_with_length = len({(r["length"], r.get(path)) for r in task_rows}) == len(lengths)
-            if len(values) >= 2 and not zipped_with_length and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            if len(values) >= 2 and numeric and not zipped_with_length:
                 name = path.rsplit(".", 1)[-1]
                 paths.append(_plot_axis(rows, task, path, "length", metric, out / f"{task}_acc_vs_{name}.png",
                                         title, split))

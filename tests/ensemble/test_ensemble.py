@@ -17,10 +17,10 @@ import torch
 from mimetic.ensemble import EnsembleLM
 from mimetic.ensemble import train as ens_train
 from mimetic.ensemble.optim import StackedAdamW, adamw_factors, clip_stacked_grad_norm_
-from mimetic.ensemble.train import PER_MEMBER_FIELDS, scored_slots, shared_config_problems, train_ensemble
+from mimetic.ensemble.train import PER_MEMBER_FIELDS, shared_config_problems, train_ensemble
 from mimetic.models import MambaConfig, MambaLM
 from mimetic.modules import MHA
-from mimetic.tasks import make_task
+from mimetic.tasks import make_task, scored_slots
 from mimetic.train import NonFiniteLossError, TrainConfig, TrainResult, param_groups, read_metrics, train, wants_decay
 from mimetic.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 

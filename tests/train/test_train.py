@@ -225,3 +225,46 @@ def test_tensorboard_optional(tmp_path):
         train(TinyLM(task.vocab_size), task, cfg(out_dir=str(tmp_path), tensorboard=True, steps=8))
         assert any((tmp_path / "tensorboard").iterdir())
     assert (tmp_path / "metrics.jsonl").exists()
+
+
+class Opaque(torch.nn.Module):
+    """A MambaLM that train() cannot see through: logits at every position, masked after."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids):
+        return self.inner(input_ids)
+
+
+@pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
+def test_head_at_scored_positions_gives_the_full_head_run(layer):
+    """train() computes a MambaLM's LM head only at the scored positions (MQAR scores 3 of 20):
+    the run equals the one that takes the logits everywhere and masks them (``logits[mask]``)."""
+    from mimetic import MambaConfig, MambaLM
+
+    task = make_task("mqar", vocab_size=40, seq_len=20, num_kv_pairs=3)
+    ssm = {"layer": layer, "d_state": 4, **({"headdim": 8, "chunk_size": 8} if layer == "Mamba2" else {})}
+    torch.manual_seed(0)
+    fast = MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=task.vocab_size, ssm_cfg=ssm, init="mimetic"))
+    slow = Opaque(MambaLM(fast.config))
+    slow.inner.load_state_dict(fast.state_dict())
+    c = cfg(steps=12, eval_every=4, batch_size=8, lr=1e-2)
+    a, b = train(fast, task, c), train(slow, task, c)
+    for ra, rb in zip(a.history, b.history, strict=True):
+        for key in ("loss", "token_acc", "seq_acc", "train_loss"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-6), (key, ra["step"])
+    assert a.history[-1]["train_loss"] != a.history[0]["train_loss"]  # it trained
+    for (name, p), q in zip(fast.named_parameters(), slow.inner.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_positions_must_match_the_batch():
+    from mimetic import MambaConfig, MambaLM
+
+    model = MambaLM(MambaConfig(d_model=8, n_layer=1, vocab_size=10, ssm_cfg={"layer": "Mamba1", "d_state": 2}))
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    assert model(ids, positions=torch.tensor([[0, 4], [1, 1]])).shape == (2, 2, 10)
+    with pytest.raises(ValueError, match="positions must be"):
+        model(ids, positions=torch.zeros(3, 2, dtype=torch.long))

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from .._progress import progress_bar
 from ..models import MambaLM
 from ..models._weights import first_nonfinite
-from ..tasks import EvalTally, Task, eval_batches
+from ..tasks import EvalTally, Task, eval_batches, scored_slots
 from ..train.checkpoint import nonfinite_in_state, save_checkpoint
 from ..train.config import TrainConfig
 from ..train.loop import (
@@ -80,24 +80,6 @@ def shared_config_problems(configs: Sequence[TrainConfig]) -> list[str]:
         if len(values) > 1:
             problems.append(f.name)
     return problems
-
-
-def scored_slots(targets: torch.Tensor, mask: torch.Tensor, slots: int,
-                 task_name: str = "task") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The scored positions of each sequence, in order, in ``slots`` fixed slots, so that the
-    LM head runs at scored positions only and in static shapes (a CUDA graph):
-    targets, mask (B, L) -> positions (B, slots) long, their targets (B, slots) and a mask
-    (B, slots) bool that is False on the slots left over (which point at unscored positions).
-
-    Raises ValueError when a sequence scores more than ``slots`` positions (a task whose
-    ``max_scored`` is wrong): those positions would silently leave the loss."""
-    most = int(mask.sum(dim=1).max()) if mask.numel() else 0
-    if most > slots:
-        raise ValueError(f"{task_name}: a sequence scores {most} positions, more than its "
-                         f"max_scored={slots}")
-    # A stable sort of "unscored" puts the scored positions first, in their order.
-    positions = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :slots]
-    return positions, targets.gather(1, positions), mask.gather(1, positions)
 
 
 @torch.no_grad()

@@ -115,13 +115,19 @@ class MambaLM(nn.Module):
                              f"{input_ids.shape[1]} more do not fit (allocate_cache with a larger max_seqlen)")
 
     def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None,
-                num_last_tokens: int = 0) -> torch.Tensor:
+                num_last_tokens: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (batch, L) -> logits (batch, L, vocab_size), or of the last
-        ``num_last_tokens`` positions only. With ``cache``, the layers' states are filled
+        ``num_last_tokens`` positions only, or at ``positions`` (batch, P) long only:
+        (batch, P, vocab_size), the LM head computed only where a loss reads it
+        (:func:`mimetic.tasks.scored_slots`). With ``cache``, the layers' states are filled
         (prefill) and the cache advanced by L."""
         self._check_ids(input_ids)
         if isinstance(num_last_tokens, bool) or not isinstance(num_last_tokens, int) or num_last_tokens < 0:
             raise ValueError(f"num_last_tokens must be an int >= 0 (0: every position), got {num_last_tokens!r}")
+        if positions is not None and (positions.dim() != 2 or positions.shape[0] != input_ids.shape[0]
+                                      or num_last_tokens):
+            raise ValueError(f"positions must be (batch={input_ids.shape[0]}, P) long, without num_last_tokens; "
+                             f"got {tuple(positions.shape)}")
         if cache is not None:
             self._check_cache(cache, input_ids)
         hidden = self.backbone(input_ids, cache=cache)
@@ -129,6 +135,8 @@ class MambaLM(nn.Module):
             cache.advance(input_ids.shape[1])
         if num_last_tokens > 0:
             hidden = hidden[:, -num_last_tokens:]
+        if positions is not None:
+            hidden = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
         return self.lm_head(hidden)[..., : self.config.vocab_size]
 
     # ---- decoding -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ made on the fly.
 See ``base.py`` for the conventions shared by all tasks and each task's docstring for its
 exact token format.
 """
-from .base import TASKS, Task, derive_seed, make_generator, make_task, register_task
+from .base import TASKS, Task, derive_seed, make_generator, make_task, register_task, scored_slots
 from .copy import CopyTask
 from .copy_jelassi import JelassiCopyTask
 from .evaluate import EVAL_STREAM, EvalTally, copy_accuracy_by_length, eval_batches, evaluate, model_logits
@@ -29,6 +29,7 @@ __all__ = [
     "register_task",
     "derive_seed",
     "make_generator",
+    "scored_slots",
     "evaluate",
     "copy_accuracy_by_length",
     "EvalTally",

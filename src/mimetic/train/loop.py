@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from .._progress import progress_bar
-from ..tasks import Task, evaluate, make_generator, model_logits
+from ..models import MambaLM
+from ..tasks import Task, evaluate, make_generator, model_logits, scored_slots
 from .checkpoint import latest_checkpoint, nonfinite_in_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .distributed import is_main_process, parallel_for
@@ -255,6 +256,9 @@ def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResu
         par.barrier()
         last_saved = at_step
 
+    # A MambaLM computes its LM head only at the scored positions when a task scores few (MQAR:
+    # 4 of 64, at vocabulary 8192); other models give logits everywhere, masked after.
+    head_at_scored = isinstance(model, MambaLM) and task.max_scored < task.seq_len
     pbar = progress_bar(total=config.steps, initial=step, enabled=config.progress and par.is_main, desc=task.name,
                 leave=False)
     window_tokens, window_time, window_loss, window_n = 0, 0.0, 0.0, 0
@@ -262,15 +266,22 @@ def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResu
     try:
         while step < config.steps:
             t0 = time.perf_counter()
-            batch = par.shard(batch_for_step(task, config, step))
-            input_ids, targets, mask = (t.to(device, non_blocking=True) for t in batch)
+            batch = batch_for_step(task, config, step)
+            if head_at_scored:  # (ids, positions, targets, mask) at the scored slots
+                batch = (batch[0], *scored_slots(batch[1], batch[2], task.max_scored, task.name))
+            input_ids, *rest = (t.to(device, non_blocking=True) for t in par.shard(batch))
             lr = lr_at(step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
             with ctx:
-                logits = model_logits(train_model, input_ids)
-            if window_n == 0:  # the first step of each window (and of the run): shapes only
+                if head_at_scored:
+                    positions, targets, mask = rest
+                    logits = train_model(input_ids, positions=positions)
+                else:
+                    targets, mask = rest
+                    logits = model_logits(train_model, input_ids)
+            if window_n == 0 and not head_at_scored:  # the first step of each window: shapes only
                 check_logits(logits, input_ids, task.vocab_size)
             loss, acc = masked_loss_and_acc(logits, targets, mask)
             loss, loss_value = par.reduce_loss(loss, mask)  # loss_value: of the global batch

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 
 from ...ensemble.model import EnsembleLM, ensemble_problem, shape_signature
-from ...ensemble.train import PER_MEMBER_FIELDS, member_losses, scored_slots, train_ensemble
+from ...ensemble.train import PER_MEMBER_FIELDS, member_losses, train_ensemble
 from ...layer_kinds import ATTENTION
 from ...models import MambaLM
-from ...tasks import derive_seed
+from ...tasks import derive_seed, scored_slots
 from ..checkpoint import list_checkpoints
 from ..config import TrainConfig
 from ..loop import RESULT_FILE, batch_for_step

@@ -48,9 +48,9 @@ from ..train.loop import (
     _nonfinite_message,
     _nonfinite_weights_message,
     _resolve_device,
-    batch_for_step,
     best_record,
     checkpoint_state,
+    scored_batch_for_step,
     write_result,
 )
 from ..train.metrics import MetricsLogger
@@ -149,7 +149,7 @@ class _Batches:
         and mask (n, B, P, K) bool."""
         seeds = sorted({m.config.seed for m in self.members})
         cfg = {s: next(m.config for m in self.members if m.config.seed == s) for s in seeds}
-        jobs = {(s, t): self.pool.submit(self._batch, cfg[s], t)
+        jobs = {(s, t): self.pool.submit(scored_batch_for_step, self.task, cfg[s], t)
                 for s in seeds for t in range(start, start + n)}
         out = []
         for i, dtype in enumerate((torch.int32, torch.int32, torch.int32, torch.bool)):
@@ -157,10 +157,6 @@ class _Batches:
                 torch.stack([jobs[(m.config.seed, t)].result()[i] for m in self.members], dim=-1)
                 for t in range(start, start + n)]).to(dtype))
         return tuple(out)
-
-    def _batch(self, config: TrainConfig, step: int) -> tuple[torch.Tensor, ...]:
-        ids, targets, mask = batch_for_step(self.task, config, step)
-        return (ids, *scored_slots(targets, mask, self.task.max_scored, self.task.name))
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

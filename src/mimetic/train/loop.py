@@ -73,6 +73,14 @@ def batch_for_step(task: Task, config: TrainConfig, step: int) -> tuple[torch.Te
     return task.batch(config.batch_size, make_generator(TRAIN_STREAM, config.seed, step))
 
 
+def scored_batch_for_step(task: Task, config: TrainConfig, step: int) -> tuple[torch.Tensor, ...]:
+    """:func:`batch_for_step` with the targets and mask at the scored slots, for a head that
+    runs only there: input_ids (B, L), positions, targets (B, P) long, mask (B, P) bool, P =
+    ``task.max_scored`` (:func:`mimetic.tasks.scored_slots`)."""
+    ids, targets, mask = batch_for_step(task, config, step)
+    return (ids, *scored_slots(targets, mask, task.max_scored, task.name))
+
+
 def masked_loss_and_acc(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor):
     """Mean cross-entropy over scored positions (fp32) and the token accuracy there.
 
@@ -266,9 +274,7 @@ def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResu
     try:
         while step < config.steps:
             t0 = time.perf_counter()
-            batch = batch_for_step(task, config, step)
-            if head_at_scored:  # (ids, positions, targets, mask) at the scored slots
-                batch = (batch[0], *scored_slots(batch[1], batch[2], task.max_scored, task.name))
+            batch = (scored_batch_for_step if head_at_scored else batch_for_step)(task, config, step)
             input_ids, *rest = (t.to(device, non_blocking=True) for t in par.shard(batch))
             lr = lr_at(step, config)
             for group in optimizer.param_groups:

@@ -22,10 +22,10 @@ from ...ensemble.model import EnsembleLM, ensemble_problem, shape_signature
 from ...ensemble.train import PER_MEMBER_FIELDS, member_losses, train_ensemble
 from ...layer_kinds import ATTENTION
 from ...models import MambaLM
-from ...tasks import derive_seed, scored_slots
+from ...tasks import derive_seed
 from ..checkpoint import list_checkpoints
 from ..config import TrainConfig
-from ..loop import RESULT_FILE, batch_for_step
+from ..loop import RESULT_FILE, scored_batch_for_step
 from .config import GridPoint, SweepConfig, mamba_config
 from .rows import length_evals, result_row, write_row
 
@@ -126,8 +126,7 @@ def pack_capacity(cfg: SweepConfig, point: GridPoint, device: str | None = None,
     torch.cuda.reset_peak_memory_stats(dev)
     ensemble = EnsembleLM([MambaLM(mcfg), MambaLM(mcfg)]).to(dev)
     state = [torch.zeros_like(p) for p in ensemble.parameters() for _ in range(2)]  # AdamW moments
-    ids, targets, mask = batch_for_step(task, tcfg, 0)
-    positions, targets, mask = scored_slots(targets, mask, task.max_scored, task.name)
+    ids, positions, targets, mask = scored_batch_for_step(task, tcfg, 0)
     stack = lambda t: torch.stack([t, t], dim=-1).to(dev)  # noqa: E731
     with torch.autocast("cuda", dtype=torch.bfloat16):
         logits = ensemble(stack(ids), stack(positions))

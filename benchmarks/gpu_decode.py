@@ -31,7 +31,7 @@ import sys
 
 import torch
 
-from harness import env_info, fmt, markdown_table, median_s, print_record, write_results
+from harness import bench_device, env_info, fmt, markdown_table, median_s, print_record, write_results
 from mimetic import MambaConfig, MambaLM
 
 FULL = dict(d_model=768, n_layer=24, vocab_size=50277, prompt=16, new=256, batches=(1, 64))
@@ -162,9 +162,8 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     sizes = SMOKE if args.smoke else FULL
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type != "cuda" and not args.smoke:
-        print("no CUDA device: run with --smoke on CPU", file=sys.stderr)
+    device = bench_device(args.smoke)
+    if device is None:
         return 2
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     # causal_conv1d: mamba_ssm's Mamba-1 step uses it when present (build-on-device.sh --with-conv)

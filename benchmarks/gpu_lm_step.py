@@ -30,7 +30,18 @@ import torch
 import torch.nn.functional as F
 
 from gpu_decode import mamba_ssm_model
-from harness import cpu_ms, cuda_ms, env_info, fmt, markdown_table, print_record, profile_totals, rel_err, write_results
+from harness import (
+    bench_device,
+    cpu_ms,
+    cuda_ms,
+    env_info,
+    fmt,
+    markdown_table,
+    print_record,
+    profile_totals,
+    rel_err,
+    write_results,
+)
 from mimetic import MambaConfig, MambaLM
 
 FULL = dict(d_model=768, n_layer=24, vocab_size=50277, batch=8, seq_len=2048)
@@ -158,9 +169,8 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     sizes = SMOKE if args.smoke else FULL
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type != "cuda" and not args.smoke:
-        print("no CUDA device: run with --smoke on the CPU", file=sys.stderr)
+    device = bench_device(args.smoke)
+    if device is None:
         return 2
     info = env_info(device, packages=("mamba_ssm", "causal_conv1d"), smoke=args.smoke,
                     warmup_ms=WARMUP_MS, rep_ms=REP_MS, profile_steps=PROFILE_STEPS)

@@ -32,6 +32,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -140,6 +141,16 @@ def kernel_ms(fn: Callable[[], Any], iters: int = 20, copies: bool = False) -> f
     which dominates small ops."""
     totals = profile_totals(fn, iters)
     return (totals["kernel_ms"] + (totals["memcpy_memset_ms"] if copies else 0.0)) / iters
+
+
+def bench_device(smoke: bool) -> torch.device | None:
+    """The device a GPU benchmark measures on: CUDA, or the CPU under ``--smoke`` (tiny
+    sizes); None, said on stderr, when there is no CUDA device and no ``--smoke``."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda" and not smoke:
+        print("no CUDA device: run with --smoke on the CPU", file=sys.stderr)
+        return None
+    return device
 
 
 def sync(device: str | torch.device | None = None) -> None:

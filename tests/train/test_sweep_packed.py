@@ -1,11 +1,12 @@
 """Packed sweeps (points of one shape trained as ensembles) give the rows one-at-a-time runs give."""
 import csv
 import json
+import time
 
 import pytest
 
 from mimetic.train.sweep import load_sweep, run_sweep
-from mimetic.train.sweep.packed import group_key, pack_points
+from mimetic.train.sweep.packed import cpu_pack_capacity, group_key, pack_capacity, pack_points
 
 from .test_sweep import write_toml
 
@@ -103,3 +104,31 @@ def test_stream_lease_refuses_more_threads_than_torch_has_pool_streams():
 
     with pytest.raises(ValueError, match="at most 32 worker threads"):
         StreamLease(STREAM_POOL + 1)
+
+
+def test_cpu_pack_size_is_the_fastest_per_member_measured():
+    """cpu_pack_capacity doubles the pack while a step gets cheaper per member and stops at
+    the first size that is not; it never builds a pack above ``most``. The fake steps sleep
+    for k x a per-member cost that falls to k = 4 and rises after (margins of 25%+, far above
+    sleep jitter)."""
+    per_member_ms = {1: 20, 2: 10, 4: 7.5, 8: 15, 16: 1}
+    built = []
+
+    def make_step(k):
+        built.append(k)
+        return lambda: time.sleep(k * per_member_ms[k] / 1000)
+
+    assert cpu_pack_capacity(make_step, most=16) == 4
+    assert built == [1, 2, 4, 8]          # 16 is never tried: 8 was slower than 4
+    built.clear()
+    assert cpu_pack_capacity(make_step, most=3) == 2
+    assert built == [1, 2]
+
+
+
+def test_cpu_pack_capacity_of_a_grid_point_stays_within_the_group(tmp_path):
+    """The real probe (one step of 1, 2, ... member packs of the point's model) on the CPU
+    returns a size between 1 and ``most``."""
+    cfg = load_sweep(write_toml(tmp_path / "g.toml", GRID))
+    point = cfg.points()[0]
+    assert 1 <= pack_capacity(cfg, point, "cpu", most=3) <= 3

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from .rows import length_evals, result_row, write_row
 
 #: Most members in one pack: beyond this the ops are large enough to fill the GPU.
 MAX_PACK = 64
-#: Most members in one pack on the CPU (no memory probe there).
+#: Largest pack size tried on the CPU (:func:`cpu_pack_capacity`).
 MAX_PACK_CPU = 16
 #: Share of the free device memory a pack may plan to use.
 MEMORY_SHARE = 0.6
@@ -100,7 +102,8 @@ def pack_points(cfg: SweepConfig, points: list[GridPoint], runs: Path,
         groups.setdefault(group_key(cfg, p, runs / p.run_id), []).append(p)
     packs = []
     for members in groups.values():
-        size = capacity if capacity is not None else pack_capacity(cfg, members[0], device, concurrent)
+        size = (capacity if capacity is not None
+                else pack_capacity(cfg, members[0], device, concurrent, most=len(members)))
         packs += [members[i:i + size] for i in range(0, len(members), size)]
     return packs
 
@@ -109,34 +112,82 @@ def _device(device: str | None) -> torch.device:
     return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def pack_capacity(cfg: SweepConfig, point: GridPoint, device: str | None = None, concurrent: int = 1) -> int:
-    """How many members of ``point``'s shape one pack may hold on ``device``: on CUDA, measured
-    as the peak memory of one training step of a 2-member ensemble at the real batch shape
-    (parameters, gradients, AdamW state, activations), scaled into ``MEMORY_SHARE`` of the free
-    memory divided among ``concurrent`` packs (at most ``MAX_PACK``); on the CPU ``MAX_PACK_CPU``."""
+def _probe_step(mcfg, task, tcfg: TrainConfig, members: int, dev: torch.device):
+    """A ``members``-model ensemble of ``mcfg`` on ``dev`` and a function that runs one
+    forward + loss + backward of it at the real batch shape (every member on the step-0
+    batch), as a pack's step runs it (bf16 autocast on CUDA). The members are copies of one
+    model: the weights do not change the cost, and one initialisation is cheaper than k."""
+    ensemble = EnsembleLM([MambaLM(mcfg)] * members).to(dev)
+    ids, positions, targets, mask = (torch.stack([t] * members, dim=-1).to(dev)
+                                     for t in scored_batch_for_step(task, tcfg, 0))
+
+    def step() -> None:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = ensemble(ids, positions)
+        member_losses(logits, targets, mask).sum().backward()
+    return step
+
+
+def pack_capacity(cfg: SweepConfig, point: GridPoint, device: str | None = None, concurrent: int = 1,
+                  most: int | None = None) -> int:
+    """How many members of ``point``'s shape one pack should hold on ``device`` (at most
+    ``most``, e.g. the size of the group). On CUDA, as many as fit: measured as the peak
+    memory of one training step of a 2-member ensemble at the real batch shape (parameters,
+    gradients, AdamW state, activations), scaled into ``MEMORY_SHARE`` of the free memory
+    divided among ``concurrent`` packs (at most ``MAX_PACK``). On the CPU, the fastest per
+    member: :func:`cpu_pack_capacity`. 1 for a model an ensemble cannot hold."""
+    most = MAX_PACK if most is None else max(1, min(most, MAX_PACK))
     dev = _device(device)
-    if dev.type != "cuda":
-        return MAX_PACK_CPU
     task = cfg.task_for(point)
     tcfg = TrainConfig(**cfg.train_for(point))
     mcfg = mamba_config(cfg.model_for(point), task.vocab_size, point, *cfg.init_for(point))
+    if ensemble_problem(MambaLM(mcfg)) is not None:  # run_pack trains these one at a time
+        return 1
+    if dev.type != "cuda":
+        return cpu_pack_capacity(lambda k: _probe_step(mcfg, task, tcfg, k, dev), min(most, MAX_PACK_CPU))
     torch.cuda.synchronize(dev)
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated(dev)
     torch.cuda.reset_peak_memory_stats(dev)
-    ensemble = EnsembleLM([MambaLM(mcfg), MambaLM(mcfg)]).to(dev)
-    state = [torch.zeros_like(p) for p in ensemble.parameters() for _ in range(2)]  # AdamW moments
-    ids, positions, targets, mask = scored_batch_for_step(task, tcfg, 0)
-    stack = lambda t: torch.stack([t, t], dim=-1).to(dev)  # noqa: E731
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        logits = ensemble(stack(ids), stack(positions))
-    member_losses(logits, stack(targets), stack(mask)).sum().backward()
+    # The AdamW moments of 2 members, which the probe step does not allocate.
+    moments = [torch.zeros(2, *p.shape, device=dev) for p in MambaLM(mcfg).parameters() for _ in range(2)]
+    _probe_step(mcfg, task, tcfg, 2, dev)()
     torch.cuda.synchronize(dev)
     per_member = (torch.cuda.max_memory_allocated(dev) - base) / 2
-    del ensemble, state, logits
+    del moments
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info(dev)
-    return int(max(1, min(MAX_PACK, MEMORY_SHARE * free / max(1, concurrent) // max(per_member, 1))))
+    return int(max(1, min(most, MEMORY_SHARE * free / max(1, concurrent) // max(per_member, 1))))
+
+
+def cpu_pack_capacity(make_step: Callable[[int], Callable[[], None]], most: int, repeats: int = 2) -> int:
+    """The pack size, at most ``most``, whose training step takes the least time per member on
+    the CPU, measured: ``make_step(k)`` builds a k-member pack and returns its step, timed for
+    k = 1, 2, 4, ... (the best of ``repeats`` steps, after one untimed step: first-touch
+    allocations).
+
+    Unlike on a GPU, a bigger pack is not always cheaper per member here: packing saves the
+    per-op overhead, which dominates tiny models, but past a size its tensors outgrow the
+    caches and the allocator's reuse (a fresh allocation of tens of MB is paid in page faults):
+    a d_model-64 copy model runs 4x slower per member in a pack of 10 than alone. The
+    doubling stops at the first size slower per member than the best so far.
+    """
+    best_k, best = 1, float("inf")
+    k = 1
+    while k <= most:
+        step = make_step(k)
+        step()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        per_member = min(times) / k
+        if per_member >= best:
+            break
+        best_k, best = k, per_member
+        k *= 2
+    return best_k
 
 
 #: torch.cuda.Stream() takes its streams from a pool of this many per device and priority,

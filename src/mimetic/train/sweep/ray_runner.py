@@ -110,7 +110,8 @@ def plan_jobs(cfg: SweepConfig, todo: list[GridPoint], runs: Path, pack: str | i
         if isinstance(pack, int) and not isinstance(pack, bool):
             capacities[key] = pack
         elif key not in capacities:
-            capacities[key] = ray.get(probe.remote(cfg, group[0])) if probe else pack_capacity(cfg, group[0], "cpu")
+            capacities[key] = (ray.get(probe.remote(cfg, group[0])) if probe
+                               else pack_capacity(cfg, group[0], "cpu", most=len(group)))
         size = capacities[key] if packed else 1
         for i in range(0, len(group), size):
             members = group[i:i + size]

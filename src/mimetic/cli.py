@@ -131,10 +131,16 @@ def _pack_arg(value: str) -> str | int:
 
 def cmd_sweep(args) -> None:
     from .train.sweep import run_sweep
+    from .train.sweep.select import parse_only
 
     result = run_sweep(args.config, args.out, workers=args.workers, device=args.device,
                        progress=not args.no_progress, dry_run=args.dry_run, pack=_pack_arg(args.pack),
-                       ray=args.ray)
+                       ray=args.ray, only=parse_only(args.only) if args.only else None)
+    if args.dry_run:  # the points, one a line
+        for row in result.rows:
+            print(" ".join(f"{k}={v}" for k, v in row.items() if v is not None))
+        print(f"{len(result.rows)} runs")
+        return
     print(f"{len(result.rows)} runs ({result.skipped} already done)")
     for path in (result.csv_path, result.summary_path, *result.plots):
         if path is not None:
@@ -219,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run each pack (or point) as a Ray task with a GPU share: on a local Ray "
                         "instance, or on the cluster at ADDRESS (auto, ray://host:10001); needs mimetic[ray]")
+    s.add_argument("--only", action="append", metavar="KEY=V[,V...]",
+                   help="train only the points with these values (a grid key or an extra axis' dotted "
+                        "path, e.g. layer=Mamba1, seed=0,1, model.d_model=64; repeat for more keys); "
+                        "the CSV keeps every finished point of the folder")
     s.add_argument("--dry-run", action="store_true", help="list the grid points and stop")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_sweep)

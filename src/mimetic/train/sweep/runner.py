@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -37,6 +37,7 @@ from .packed import StreamLease, _resume_step, by_cost, pack_points, run_pack
 from .plots import plot_sweep
 from .record import check_and_record
 from .rows import ROW_FILE, length_evals, result_row, write_row
+from .select import select_points
 
 RESULTS_CSV = "results.csv"
 SUMMARY_CSV = "summary.csv"
@@ -158,6 +159,7 @@ def run_sweep(
     model_factory: ModelFactory | None = None,
     pack: str | int = "auto",
     ray: str | bool | None = None,
+    only: Mapping[str, Sequence[Any]] | None = None,
 ) -> SweepResult:
     """Run every point of the sweep in ``config_path`` (TOML; format in ``sweep/config.py``).
 
@@ -190,6 +192,11 @@ def run_sweep(
         ray: None = run here; True/"local" = each job a task on a local Ray instance, an
             address (``"auto"``, ``"ray://head:10001"``) = on that cluster, one GPU share a
             job (``sweep/ray_runner.py``; ``workers`` and ``device`` are then Ray's).
+        only: train only the points whose value of each key is one of the given ones,
+            ``{"layer": ["Mamba1"], "seed": [0, 1]}`` (grid keys or extra axes' dotted paths;
+            strings as on the command line also match numbers: ``"1e-3"``; ``sweep/select.py``).
+            ``results.csv`` and the plots still hold every point of ``out_dir`` that has a row;
+            the returned rows are the selected points'.
     Points already finished in ``out_dir`` (``row.json`` present) are skipped and partially
     trained ones resume from their checkpoints, so re-running a sweep continues it. Results
     CSV and summary are rewritten after every finished point. Jobs start cheapest first by an
@@ -209,43 +216,47 @@ def run_sweep(
     cfg = load_sweep(config_path)
     out = Path(out_dir) if out_dir is not None else Path("runs") / cfg.name
     points = cfg.points()
+    selected = select_points(cfg, points, only) if only else points
     if dry_run:  # lists the grid of the file, whatever factory will build its models
-        return SweepResult(rows=[p.to_dict() for p in points], csv_path=None, summary_path=None)
+        return SweepResult(rows=[p.to_dict() for p in selected], csv_path=None, summary_path=None)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     with run_lock(out, what="sweep"):  # one sweep per folder (each point's run locks its own)
         if model_factory is None:  # MambaLM's shape checks of every point before the first trains
             check_default_models(cfg, points, str(config_path))
-        return _run_locked(cfg, out, points, workers=workers, device=device, progress=progress, plot=plot,
-                           model_factory=model_factory, pack=pack, ray=ray)
+        return _run_locked(cfg, out, points, selected, workers=workers, device=device, progress=progress,
+                           plot=plot, model_factory=model_factory, pack=pack, ray=ray)
 
 
-def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], *, workers: int, device: str | None,
-                progress: bool, plot: bool, model_factory: ModelFactory | None, pack: str | int,
-                ray: str | bool | None) -> SweepResult:
-    """``run_sweep`` once it holds the folder's lock."""
+def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], selected: list[GridPoint], *,
+                workers: int, device: str | None, progress: bool, plot: bool,
+                model_factory: ModelFactory | None, pack: str | int, ray: str | bool | None) -> SweepResult:
+    """``run_sweep`` once it holds the folder's lock: trains the ``selected`` of ``points``
+    that have no row yet."""
     check_and_record(cfg, points, out / "runs", out)  # never mix rows of two configs (record.py)
     (out / "sweep.json").write_text(json.dumps(_cfg_dict(cfg), indent=1))
 
     rows: dict[GridPoint, dict[str, Any]] = {}
     todo: list[GridPoint] = []
+    chosen = set(selected)
     for p in points:
         row_file = out / "runs" / p.run_id / ROW_FILE
         row = _read_row(row_file) if row_file.exists() else None
         if row is not None:
             rows[p] = row
-        else:
+        elif p in chosen:
             todo.append(p)
-    skipped = len(rows)
+    skipped = len(selected) - len(todo)
 
     def finished(point: GridPoint, row: dict[str, Any]) -> None:
         rows[point] = row
         write_results(out, [rows[p] for p in points if p in rows])
 
-    bar = progress_bar(total=len(points), initial=skipped, desc=f"sweep {cfg.name}", enabled=progress)
+    bar = progress_bar(total=len(selected), initial=skipped, desc=f"sweep {cfg.name}", enabled=progress)
     log = SweepLog(cfg.name, enabled=bool(bar.disable), metric=cfg.metric)  # lines where no bar is drawn
-    counted = f"{len(points)} points, {skipped} done, {len(todo)} to run"
+    counted = (f"{len(points)} points" if len(selected) == len(points)
+               else f"{len(selected)} of {len(points)} points selected") + f", {skipped} done, {len(todo)} to run"
     runs = out / "runs"
     on_ray = ray is not None and ray is not False
     if on_ray:
@@ -312,12 +323,13 @@ def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], *, workers
     if todo:
         log(f"done: {len(todo)} runs{f' in {total} packs' if packed else ''}, {len(rows)} of {len(points)} "
             f"points have rows; {rows_summary([rows[p] for p in todo], cfg.metric)}")
-    ordered = [rows[p] for p in points]
+    ordered = [rows[p] for p in points if p in rows]  # every point with a row, selected or not
     csv_path, summary_path = write_results(out, ordered)
     plots: list[Path] = []
     if plot:
         plots = plot_sweep(ordered, out / "plots", metric=cfg.metric, title=cfg.name)
-    return SweepResult(rows=ordered, csv_path=csv_path, summary_path=summary_path, plots=plots, skipped=skipped)
+    return SweepResult(rows=[rows[p] for p in selected], csv_path=csv_path, summary_path=summary_path,
+                       plots=plots, skipped=skipped)
 
 
 def _read_row(row_file: Path) -> dict[str, Any] | None:

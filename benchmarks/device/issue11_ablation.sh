@@ -6,13 +6,16 @@
 # (a fresh machine) resumes from the rows an earlier one brought back: RESTORE=ROWS.jsonl
 # (e.g. experiments/results/copy_seeds_h200_partial_rows.jsonl) writes them into runs/$name
 # first (benchmarks/device/sweep_rows.py), and the sweep skips those points.
+# ONLY="length=256 model.d_model=64" trains only those points (`mimetic sweep --only`, one per
+# word), in the same folder: a grid too large for one call goes in slices.
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 toml=${1:-experiments/ablation_seeds.toml}; secs=${2:-300}; workers=${3:-2}
 name=$(basename "$toml" .toml)
 dir=runs/$name
 [ -n "$RESTORE" ] && python3 benchmarks/device/sweep_rows.py "$toml" "$RESTORE" "$dir"
 start=$(date +%s)
-timeout "$secs" python3 -m mimetic.cli sweep "$toml" --out "$dir" --workers "$workers" --no-progress \
+only=(); for kv in ${ONLY:-}; do only+=(--only "$kv"); done
+timeout "$secs" python3 -m mimetic.cli sweep "$toml" --out "$dir" --workers "$workers" --no-progress "${only[@]}" \
     > $OUT/$name.log 2>&1; echo "sweep rc $? in $(( $(date +%s) - start )) s"
 tail -5 $OUT/$name.log
 cp "$dir/results.csv" $OUT/$name.csv 2>/dev/null; cp "$dir/summary.csv" $OUT/${name}_summary.csv 2>/dev/null

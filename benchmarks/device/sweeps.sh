@@ -2,7 +2,9 @@
 # their outputs (log, csv, summary, rows, and the unfinished runs' newest checkpoints) back
 # as sweeps_rows.tar.gz (rows, csv, logs) and sweeps.tar.gz.part-* (the checkpoints, 15 MiB
 # parts). Usage:
-#   bash benchmarks/device/sweeps.sh TOML:SECONDS:WORKERS [TOML:SECONDS:WORKERS ...]
+#   bash benchmarks/device/sweeps.sh TOML:SECONDS:WORKERS[:ONLY] [TOML:SECONDS:WORKERS[:ONLY] ...]
+# ONLY (optional): the points to train, `mimetic sweep --only` selections joined by "+", e.g.
+# experiments/mqar_zoology_small.toml:540:3:length=256+model.d_model=64.
 # Resuming on a fresh machine: unpack the parts here into .restore/ (git-ignored:
 #   cat sweeps.tar.gz.part-* | tar -C .restore -xzf -) and carry .restore; each sweep first
 # unpacks .restore/runs_<name>.tar into runs/, so its finished points are skipped and its
@@ -16,14 +18,14 @@ export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 MIMETIC_CUDA_CACHE=/tmp/mimetic-cu
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 final_out=$OUT; stage=/tmp/sweeps-out; mkdir -p $stage
 one_sweep() {
-  IFS=: read -r toml secs workers <<< "$1"
+  IFS=: read -r toml secs workers only <<< "$1"
   name=$(basename "$toml" .toml); restore_var=RESTORE_$name
-  echo "== $name ($secs s, $workers workers)"
+  echo "== $name ($secs s, $workers workers${only:+, only $only})"
   restore_tar=${RESTORE_DIR:-.restore}/runs_$name.tar
   # A warm machine keeps runs/ between calls: resume from it, newer than any resume set.
   if [ -d runs/$name ]; then echo "resuming runs/$name, kept on this machine"
   elif [ -f $restore_tar ]; then tar -xf $restore_tar && echo "restored runs/$name from $restore_tar"; fi
-  RESTORE=${!restore_var:-} OUT=$stage bash benchmarks/device/issue11_ablation.sh "$toml" "$secs" "$workers"
+  ONLY=${only//+/ } RESTORE=${!restore_var:-} OUT=$stage bash benchmarks/device/issue11_ablation.sh "$toml" "$secs" "$workers"
   python3 benchmarks/device/resumable_runs.py runs/$name $stage/runs_$name.tar
 }
 for spec in "$@"; do

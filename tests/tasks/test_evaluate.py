@@ -48,3 +48,19 @@ def test_evaluate_is_deterministic_and_restores_mode():
     a = evaluate(model, task, num_batches=2, batch_size=8, seed=3)
     b = evaluate(model, task, num_batches=2, batch_size=8, seed=3)
     assert a == b and model.training
+
+
+@pytest.mark.parametrize("name", ["mqar", "selective_copy", "induction_heads", "copy"])
+def test_head_at_scored_positions_gives_the_full_logits_metrics(name):
+    """evaluate(at_scored=True) (a MambaLM's head at the scored slots only) gives the metrics
+    of the full (B, L, V) logits: the same hits, the loss within fp32 round-off."""
+    from mimetic.models import MambaConfig, MambaLM
+
+    task = make_task(name, **SMALL[name])
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=task.vocab_size,
+                                ssm_cfg={"layer": "Mamba1", "d_state": 4}))
+    full = evaluate(model, task, num_batches=3, batch_size=8, seed=2)
+    slots = evaluate(model, task, num_batches=3, batch_size=8, seed=2, at_scored=True)
+    assert slots["token_acc"] == full["token_acc"] and slots["seq_acc"] == full["seq_acc"]
+    assert slots["loss"] == pytest.approx(full["loss"], rel=1e-6)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .._validate import int_arg
-from .base import Task, make_generator
+from .base import Task, make_generator, scored_slots
 from .copy import CopyTask
 from .copy_jelassi import JelassiCopyTask
 
@@ -108,6 +108,7 @@ def evaluate(
     *,
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
+    at_scored: bool = False,
 ) -> dict[str, float]:
     """Evaluate ``model`` on ``num_batches`` fresh batches of ``task``.
 
@@ -118,6 +119,9 @@ def evaluate(
         model: maps input_ids (B, L) long to logits (B, L, V') with V' >= task.vocab_size.
         device: where to run; defaults to the device of the model's first parameter.
         autocast_dtype: e.g. ``torch.bfloat16`` to evaluate under autocast (CUDA); None = off.
+        at_scored: the model takes ``positions`` (B, P) long (``MambaLM``) and computes its
+            logits only there: the task's scored positions (:func:`scored_slots`), the same
+            metrics without the (B, L, V) logits (MQAR scores 4 of 64 positions, at V 8192).
 
     Returns:
         ``{"token_acc", "seq_acc", "loss"}``: the fraction of scored tokens whose argmax is the
@@ -138,8 +142,10 @@ def evaluate(
                 if autocast_dtype is not None
                 else contextlib.nullcontext()
             )
+            if at_scored:
+                positions, targets, mask = scored_slots(targets, mask, task.max_scored, task.name)
             with ctx:
-                logits = model_logits(model, input_ids)
+                logits = model(input_ids, positions=positions) if at_scored else model_logits(model, input_ids)
             tally.add(logits, targets, mask)
     finally:
         model.train(was_training)

@@ -73,6 +73,13 @@ def batch_for_step(task: Task, config: TrainConfig, step: int) -> tuple[torch.Te
     return task.batch(config.batch_size, make_generator(TRAIN_STREAM, config.seed, step))
 
 
+def heads_at_scored(model: torch.nn.Module, task: Task) -> bool:
+    """Whether ``model`` computes its LM head only at ``task``'s scored positions, in training
+    and evaluation: a MambaLM does when the task scores fewer positions than its length (MQAR:
+    4 of 64, at vocabulary 8192); other models give logits everywhere, masked after."""
+    return isinstance(model, MambaLM) and task.max_scored < task.seq_len
+
+
 def scored_batch_for_step(task: Task, config: TrainConfig, step: int) -> tuple[torch.Tensor, ...]:
     """:func:`batch_for_step` with the targets and mask at the scored slots, for a head that
     runs only there: input_ids (B, L), positions, targets (B, P) long, mask (B, P) bool, P =
@@ -264,9 +271,7 @@ def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResu
         par.barrier()
         last_saved = at_step
 
-    # A MambaLM computes its LM head only at the scored positions when a task scores few (MQAR:
-    # 4 of 64, at vocabulary 8192); other models give logits everywhere, masked after.
-    head_at_scored = isinstance(model, MambaLM) and task.max_scored < task.seq_len
+    head_at_scored = heads_at_scored(model, task)
     pbar = progress_bar(total=config.steps, initial=step, enabled=config.progress and par.is_main, desc=task.name,
                 leave=False)
     window_tokens, window_time, window_loss, window_n = 0, 0.0, 0.0, 0
@@ -314,7 +319,7 @@ def _train(model: torch.nn.Module, task: Task, config: TrainConfig) -> TrainResu
             if step % config.eval_every == 0 or step == config.steps:
                 metrics = evaluate(
                     model, task, num_batches=config.eval_batches, batch_size=eval_bs,
-                    seed=config.eval_seed, device=device, autocast_dtype=amp_dtype,
+                    seed=config.eval_seed, device=device, autocast_dtype=amp_dtype, at_scored=head_at_scored,
                 )
                 record = {
                     "step": step,

@@ -10,7 +10,7 @@ import torch
 
 from ...tasks import Task, evaluate
 from ..config import TrainConfig
-from ..loop import TrainResult
+from ..loop import TrainResult, heads_at_scored
 from .config import GridPoint, SweepConfig
 
 ROW_FILE = "row.json"
@@ -44,12 +44,14 @@ def length_evals(cfg: SweepConfig, model: torch.nn.Module, task: Task, tcfg: Tra
     accuracy and string exact match); empty without ``[eval] lengths``."""
     out: dict[str, float] = {}
     for n in cfg.eval.get("lengths", []):
+        at_n = task.length_eval_task(n)
         m = evaluate(
-            model, task.length_eval_task(n),
+            model, at_n,
             num_batches=cfg.eval.get("batches", 4),
             batch_size=cfg.eval.get("batch_size", tcfg.eval_batch_size or tcfg.batch_size),
             seed=tcfg.eval_seed,
             autocast_dtype=torch.bfloat16 if next(model.parameters()).is_cuda else None,
+            at_scored=heads_at_scored(model, at_n),
         )
         out[f"gen_token_acc@{n}"] = m["token_acc"]
         out[f"gen_seq_acc@{n}"] = m["seq_acc"]

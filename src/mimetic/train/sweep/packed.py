@@ -112,12 +112,12 @@ def _device(device: str | None) -> torch.device:
     return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _probe_step(mcfg, task, tcfg: TrainConfig, members: int, dev: torch.device):
-    """A ``members``-model ensemble of ``mcfg`` on ``dev`` and a function that runs one
+def _probe_step(model: MambaLM, task, tcfg: TrainConfig, members: int, dev: torch.device):
+    """A ``members``-model ensemble of ``model``'s shape on ``dev`` and a function that runs one
     forward + loss + backward of it at the real batch shape (every member on the step-0
-    batch), as a pack's step runs it (bf16 autocast on CUDA). The members are copies of one
-    model: the weights do not change the cost, and one initialisation is cheaper than k."""
-    ensemble = EnsembleLM([MambaLM(mcfg)] * members).to(dev)
+    batch), as a pack's step runs it (bf16 autocast on CUDA). The members are copies of
+    ``model``: the weights do not change the cost, and one initialisation is cheaper than k."""
+    ensemble = EnsembleLM([model] * members).to(dev)
     ids, positions, targets, mask = (torch.stack([t] * members, dim=-1).to(dev)
                                      for t in scored_batch_for_step(task, tcfg, 0))
 
@@ -141,17 +141,18 @@ def pack_capacity(cfg: SweepConfig, point: GridPoint, device: str | None = None,
     task = cfg.task_for(point)
     tcfg = TrainConfig(**cfg.train_for(point))
     mcfg = mamba_config(cfg.model_for(point), task.vocab_size, point, *cfg.init_for(point))
-    if ensemble_problem(MambaLM(mcfg)) is not None:  # run_pack trains these one at a time
+    model = MambaLM(mcfg)
+    if ensemble_problem(model) is not None:  # run_pack trains these one at a time
         return 1
     if dev.type != "cuda":
-        return cpu_pack_capacity(lambda k: _probe_step(mcfg, task, tcfg, k, dev), min(most, MAX_PACK_CPU))
+        return cpu_pack_capacity(lambda k: _probe_step(model, task, tcfg, k, dev), min(most, MAX_PACK_CPU))
     torch.cuda.synchronize(dev)
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated(dev)
     torch.cuda.reset_peak_memory_stats(dev)
     # The AdamW moments of 2 members, which the probe step does not allocate.
-    moments = [torch.zeros(2, *p.shape, device=dev) for p in MambaLM(mcfg).parameters() for _ in range(2)]
-    _probe_step(mcfg, task, tcfg, 2, dev)()
+    moments = [torch.zeros(2, *p.shape, device=dev) for p in model.parameters() for _ in range(2)]
+    _probe_step(model, task, tcfg, 2, dev)()
     torch.cuda.synchronize(dev)
     per_member = (torch.cuda.max_memory_allocated(dev) - base) / 2
     del moments

@@ -18,7 +18,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mimetic.ops.ssd import ssd_scan, ssd_scan_ref
-from mimetic.ops.ssd.chunked import segsum, ssd_scan_torch
+from mimetic.ops.ssd.chunked import chunk_plan, segsum, ssd_scan_torch
 
 from .numerics import (
     CUDA,
@@ -182,6 +182,13 @@ def test_chunk_size_does_not_change_result():
     for chunk in (7, 16, 50, 256):
         y, s = ssd_scan_torch(*args, chunk_size=chunk, **kw)
         assert rel_err(y, y1) < TOL[torch.float32] and rel_err(s, s1) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("L, longest, plan", [(129, 64, (3, 43)), (128, 64, (2, 64)), (1, 64, (1, 1)),
+                                              (65, 64, (2, 33)), (20, 256, (1, 20)), (0, 64, (1, 1))])
+def test_chunk_plan_pads_less_than_a_step_per_chunk(L, longest, plan):
+    nc, T = chunk_plan(L, longest)
+    assert (nc, T) == plan and T <= max(longest, 1) and 0 <= nc * T - max(L, 1) < nc
 
 
 def test_zero_length():

@@ -35,19 +35,56 @@ from .._time_step import process_dt
 MAX_CHUNK: int | None = 64
 
 
+def chunk_plan(L: int, longest: int) -> tuple[int, int]:
+    """(number of chunks, steps per chunk) for a sequence of L steps in chunks of at most
+    ``longest``: as few chunks as that allows, as equal as L allows, so that fewer than one
+    step per chunk is padding (L = 129 at 64: 3 chunks of 43, not 3 of 64 with 63 padded
+    steps, whose (T, T) work would be paid too)."""
+    longest = max(1, min(longest, L))
+    nc = max(1, -(-L // longest))
+    return nc, max(1, -(-L // nc))
+
+
 def segsum(a: torch.Tensor) -> torch.Tensor:
     """Segment sums of log-decays along the last dim.
 
     a: (..., T). Returns (..., T, T) with out[..., i, j] = a[j+1] + ... + a[i] for i >= j
     (0 on the diagonal) and -inf above the diagonal, so that exp(out) is the causal
-    decay matrix (exactly 0 above the diagonal).
+    decay matrix (exactly 0 above the diagonal). Differentiable (:class:`_SegSum`).
     """
-    T = a.shape[-1]
-    rep = a[..., :, None].expand(*a.shape, T)  # rep[..., i, j] = a[i]
-    strict = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)
-    seg = rep.masked_fill(~strict, 0.0).cumsum(dim=-2)  # sum over j < k <= i
-    causal = torch.ones(T, T, dtype=torch.bool, device=a.device).tril()
-    return seg.masked_fill(~causal, -math.inf)
+    return _SegSum.apply(a)
+
+
+def _segsum_masks(T: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, T) bool: strictly below the diagonal (j < i), and on or below it (j <= i)."""
+    ones = torch.ones(T, T, dtype=torch.bool, device=device)
+    return ones.tril(-1), ones.tril()
+
+
+class _SegSum(torch.autograd.Function):
+    """:func:`segsum` with its own backward. Autograd's would run the reverse cumulative sum
+    of the (..., T, T) gradient over its strided dim as flip, cumsum, flip: two extra passes
+    over the largest tensor of a CPU Mamba-2 step. Here d out[i, j] / d a[k] = 1 exactly when
+    j < k <= i, so grad_a[k] = sum over i >= k of (sum over j < k of g[i, j]): one cumulative
+    sum along the contiguous dim, then a masked sum over i."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor) -> torch.Tensor:
+        T = a.shape[-1]
+        strict, causal = _segsum_masks(T, a.device)
+        rep = a[..., :, None].expand(*a.shape, T)  # rep[..., i, j] = a[i]
+        seg = rep.masked_fill(~strict, 0.0).cumsum(dim=-2)  # sum over j < k <= i
+        return seg.masked_fill_(~causal, -math.inf)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        T = g.shape[-1]
+        strict, causal = _segsum_masks(T, g.device)
+        # Only entries j < i depend on a; the others (the -inf above the diagonal, the 0 on
+        # it) are constants whose gradient, even NaN, reaches nothing.
+        g = g.masked_fill(~strict, 0.0)
+        before = F.pad(g[..., :-1].cumsum(dim=-1), (1, 0))  # before[i, k] = sum_{j < k} g[i, j]
+        return before.masked_fill_(~causal, 0.0).sum(-2)   # over i >= k
 
 
 def _intra_chunk(Ck: torch.Tensor, Bk: torch.Tensor, decay: torch.Tensor, xdt: torch.Tensor) -> torch.Tensor:
@@ -86,8 +123,8 @@ def ssd_scan_torch(
     initial_states: torch.Tensor | None = None,
     return_final_states: bool = False,
 ):
-    """Same contract as :func:`~mimetic.ops.ssd.reference.ssd_scan_ref`; chunks of
-    ``min(chunk_size, MAX_CHUNK)`` steps."""
+    """Same contract as :func:`~mimetic.ops.ssd.reference.ssd_scan_ref`; chunks of at most
+    ``min(chunk_size, MAX_CHUNK)`` steps, as equal as the length allows."""
     dtype_in = x.dtype
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     batch, L, H, P = x.shape
@@ -96,8 +133,7 @@ def ssd_scan_torch(
     xc, Ac = x.to(compute), A.to(compute)
     dtc = process_dt(dt, dt_bias, dt_softplus, dt_limit, compute)
 
-    T = max(1, min(chunk_size, L, MAX_CHUNK or chunk_size))
-    nc = max(1, -(-L // T))
+    nc, T = chunk_plan(L, min(chunk_size, MAX_CHUNK or chunk_size))
     pad = nc * T - L
     Bc, Cc = B.to(compute), C.to(compute)
     if pad:

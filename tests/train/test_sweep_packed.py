@@ -1,11 +1,12 @@
 """Packed sweeps (points of one shape trained as ensembles) give the rows one-at-a-time runs give."""
 import csv
 import json
-import time
+import types
 
 import pytest
 
 from mimetic.train.sweep import load_sweep, run_sweep
+from mimetic.train.sweep import packed as packed_module
 from mimetic.train.sweep.packed import cpu_pack_capacity, group_key, pack_capacity, pack_points
 
 from .test_sweep import write_toml
@@ -106,24 +107,28 @@ def test_stream_lease_refuses_more_threads_than_torch_has_pool_streams():
         StreamLease(STREAM_POOL + 1)
 
 
-def test_cpu_pack_size_is_the_fastest_per_member_measured():
+def test_cpu_pack_size_is_the_fastest_per_member_measured(monkeypatch):
     """cpu_pack_capacity doubles the pack while a step gets cheaper per member and stops at
-    the first size that is not; it never builds a pack above ``most``. The fake steps sleep
-    for k x a per-member cost that falls to k = 4 and rises after (margins of 25%+, far above
-    sleep jitter)."""
+    the first size that is not; it never builds a pack above ``most``. The fake steps advance
+    a fake clock by k x a per-member cost that falls to k = 4 and rises after (no real
+    timing, so no jitter)."""
     per_member_ms = {1: 20, 2: 10, 4: 7.5, 8: 15, 16: 1}
+    clock = [0.0]
+    monkeypatch.setattr(packed_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     built = []
 
     def make_step(k):
         built.append(k)
-        return lambda: time.sleep(k * per_member_ms[k] / 1000)
+
+        def step():
+            clock[0] += k * per_member_ms[k] / 1000
+        return step
 
     assert cpu_pack_capacity(make_step, most=16) == 4
     assert built == [1, 2, 4, 8]          # 16 is never tried: 8 was slower than 4
     built.clear()
     assert cpu_pack_capacity(make_step, most=3) == 2
     assert built == [1, 2]
-
 
 
 def test_cpu_pack_capacity_of_a_grid_point_stays_within_the_group(tmp_path):

@@ -376,27 +376,38 @@ def run_conv(args, rows, details):
                          f"{rec['floor_fwd_ms'] / rec['fwd_ms_ours']:.0%}"))
 
 
-def profile_once(variant: str = ""):
+PROFILE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def profile_once(variant: str = "", backend: str = "triton", dtype: str = "bf16"):
     """Two forwards without gradients and two forward+backward passes of the selective
-    scan at ``SS_SHAPES[0]`` (bf16), for running under ``ncu -k regex:_ss_``;
-    ``variant``: one name of ``SS_VARIANTS`` (e.g. a segment configuration), else the
-    default."""
-    mod = importlib.import_module("mimetic.ops.selective_scan.triton")
-    make = SS_VARIANTS[variant or "auto"]
+    scan at ``SS_SHAPES[0]``, for running under ncu (``-k regex:_ss_`` for Triton,
+    ``regex:mimetic_ss`` for CUDA). ``backend``: "triton" or "cuda" (the run-time compiled
+    kernels, in their default layouts); ``dtype``: "bf16" or "fp32"; ``variant``: one name of
+    ``SS_VARIANTS`` (e.g. a segment configuration; Triton only), else the default."""
     b, d, L, n = SS_SHAPES[0]
-    t = ss_inputs(b, d, L, n, torch.bfloat16)
-    dout = torch.randn(b, d, L, device="cuda", dtype=torch.bfloat16)
+    t = ss_inputs(b, d, L, n, PROFILE_DTYPES[dtype])
+    dout = torch.randn(b, d, L, device="cuda", dtype=PROFILE_DTYPES[dtype])
     tg = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
+    if backend == "cuda":
+        from mimetic.ops.selective_scan.cuda import selective_scan_cuda as scan
+        fwd_kw = bwd_kw = {}
+    else:
+        scan = importlib.import_module("mimetic.ops.selective_scan.triton").selective_scan_triton
+        make = SS_VARIANTS[variant or "auto"]
+        fwd_kw, bwd_kw = dict(config=make(t, False)), dict(config=make(tg, True))
     for _ in range(2):
         with torch.no_grad():
-            ss_call(mod.selective_scan_triton, t, config=make(t, False))
-        ss_fwd_bwd(mod.selective_scan_triton, tg, dout, config=make(tg, True))
+            ss_call(scan, t, **fwd_kw)
+        ss_fwd_bwd(scan, tg, dout, **bwd_kw)
     torch.cuda.synchronize()
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", action="store_true", help="one fwd+bwd, for ncu")
+    ap.add_argument("--profile-backend", default="triton", choices=["triton", "cuda"])
+    ap.add_argument("--profile-dtype", default="bf16", choices=sorted(PROFILE_DTYPES))
     ap.add_argument("--ops", default="ss,ssd,conv")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--variants", default="", help="comma list of selective-scan variants")
@@ -405,7 +416,7 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     if args.profile:
-        profile_once(args.variants)
+        profile_once(args.variants, args.profile_backend, args.profile_dtype)
         return 0
     torch.backends.cuda.matmul.allow_tf32 = False
     global COPY_TBPS

@@ -136,16 +136,18 @@ class Sizes:
     sample_d_states: tuple[int, ...]
     scaling_packs: tuple[int, ...]  # pack sizes K of the scaling section
     scaling_steps: tuple[int, int]  # (short, long) run lengths whose difference is timed
+    scaling_quick_len: int  # copy_len of the quick models in the scaling section
 
 
 FULL = Sizes(warmup=10, wall_steps=50, synced_steps=30, profile_steps=10, train_steps=60,
              quick_len=64, wide_len=256, batch=None, runner_steps=150, profile_sweep_steps=16,
              grid_lengths=(32, 64, 128), sample_steps=60, sample_lengths=(128, 512),
-             sample_d_states=(16, 128), scaling_packs=(1, 4, 16, 64), scaling_steps=(30, 130))
+             sample_d_states=(16, 128), scaling_packs=(1, 4, 16, 64), scaling_steps=(30, 130),
+             scaling_quick_len=128)
 SMOKE = Sizes(warmup=2, wall_steps=6, synced_steps=3, profile_steps=2, train_steps=4,
               quick_len=16, wide_len=16, batch=8, runner_steps=20, profile_sweep_steps=4,
               grid_lengths=(8, 16), sample_steps=10, sample_lengths=(8, 16), sample_d_states=(16,),
-              scaling_packs=(1, 2), scaling_steps=(2, 5))
+              scaling_packs=(1, 2), scaling_steps=(2, 5), scaling_quick_len=16)
 
 
 class Clock:
@@ -672,7 +674,7 @@ def run_scaling(report: Report, sizes: Sizes, device: torch.device) -> None:
     """Pack size K against the steady cost a model-step: the quick models at copy_len 128
     (ablation_seeds.toml's shape) and the wide ones at copy_len 256."""
     quick, wide = load_sweep(COPY_QUICK), load_sweep(COPY_LENGTH)
-    length = {"quick": 128 if sizes is FULL else sizes.quick_len, "wide": sizes.wide_len}
+    length = {"quick": sizes.scaling_quick_len, "wide": sizes.wide_len}
     for name, cfg in (("quick", quick), ("wide", wide)):
         for layer in ("Mamba1", "Mamba2"):
             point = GridPoint("copy", "mimetic", layer, 16, length[name], 0)
@@ -751,6 +753,8 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and step counts (a CPU check)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
     ap.add_argument("--workers", default=None, help="worker counts of the runner (default 1,4,8; smoke 1,2)")
+    ap.add_argument("--packs", default=None,
+                    help="pack sizes K of the scaling section (default 1,4,16,64; smoke 1,2)")
     ap.add_argument("--budget-s", type=float, default=360.0,
                     help="start no measurement after this many seconds")
     args = ap.parse_args()
@@ -760,6 +764,8 @@ def main() -> int:
         ap.error(f"unknown section(s) {unknown}; valid: {list(SECTIONS)}")
     workers = [int(w) for w in (args.workers or ("1,2" if args.smoke else "1,4,8")).split(",")]
     sizes = SMOKE if args.smoke else FULL
+    if args.packs:
+        sizes = dataclasses.replace(sizes, scaling_packs=tuple(int(k) for k in args.packs.split(",")))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     out = Path(args.out)

@@ -11,7 +11,8 @@ Specializations (the kernels' template parameters, passed as -D macros):
 * the dtype of u / delta / z / out (float32, bfloat16, float16; computed in float32) and
   of B / C (the same, or float32);
 * the layout (:class:`Layout`: channel-lanes x time-lanes per warp, steps per thread,
-  warps per block), one of :data:`FWD_LAYOUTS` / :data:`BWD_LAYOUTS` by name;
+  warps per block, states per pass of the state loop), one of :data:`FWD_LAYOUTS` /
+  :data:`BWD_LAYOUTS` by name;
 * NG, the states staged in shared memory per group (:func:`state_group`); any d_state
   up to :data:`MAX_STATE` is walked in groups of NG.
 
@@ -57,17 +58,22 @@ class Layout:
     """Work split of a kernel: a warp is ``channel_lanes`` x ``time_lanes`` threads, each
     owning one channel and ``steps`` consecutive steps of a chunk; a block is ``warps``
     warps side by side in channels. ``min_blocks``: ``__launch_bounds__``' blocks per SM
-    (caps the registers: 65536 / (32 warps min_blocks))."""
+    (caps the registers: 65536 / (32 warps min_blocks)). ``states_per_pass`` (the kernels'
+    SI): states a pass of the state loop processes side by side, independent dependency
+    chains for the scheduler to overlap, at the cost of registers (1: one at a time)."""
 
     channel_lanes: int
     time_lanes: int
     steps: int
     warps: int
     min_blocks: int
+    states_per_pass: int = 1
 
     def __post_init__(self):
         if self.channel_lanes * self.time_lanes != 32 or self.steps % 4:
             raise ValueError(f"bad layout {self}: channel_lanes * time_lanes must be 32, steps a multiple of 4")
+        if self.states_per_pass not in (1, 2):
+            raise ValueError(f"bad layout {self}: states_per_pass must be 1 or 2")
 
     @property
     def channels(self) -> int:
@@ -93,15 +99,23 @@ class Layout:
 # The design note's presets (../shared/kernel-design-mamba1.md): A for many channels, B for
 # few channels and long L, C for very many channels (no cross-lane time scan). The backward
 # holds more per step, so it takes 8 steps per thread and fewer channels per warp.
+# A2: A with two states a pass (ncu found both kernels latency-bound on dependent chains,
+# benchmarks/RESULTS.md); the forward's second chain needs more than A's 128 registers,
+# so three blocks a SM, or A2k8's 8 steps a thread at four (the backward's A2 already
+# takes 8: its A2k8 is A2, so every forward name has a backward one).
 FWD_LAYOUTS = {
     "A": Layout(4, 8, 16, 4, 4),
     "B": Layout(1, 32, 8, 8, 2),
     "C": Layout(32, 1, 16, 4, 4),
+    "A2": Layout(4, 8, 16, 4, 3, 2),
+    "A2k8": Layout(4, 8, 8, 4, 4, 2),
 }
 BWD_LAYOUTS = {
     "A": Layout(4, 8, 8, 4, 2),
     "B": Layout(2, 16, 8, 4, 2),
     "C": Layout(16, 2, 8, 4, 2),
+    "A2": Layout(4, 8, 8, 4, 2, 2),
+    "A2k8": Layout(4, 8, 8, 4, 2, 2),
 }
 
 
@@ -145,7 +159,7 @@ def state_group(direction: str, d_state: int) -> int:
 @dataclass(frozen=True)
 class Spec:
     """One compiled specialization: direction ("fwd" / "bwd"), dtype codes of u and of
-    B / C (:data:`DTYPE_CODES`), layout and NG."""
+    B / C (:data:`DTYPE_CODES`), layout and NG (a multiple of the layout's states per pass)."""
 
     direction: str
     dtype: int
@@ -157,7 +171,7 @@ class Spec:
     def name(self) -> str:
         lo = self.layout
         return (f"ss_{self.direction}_t{self.dtype}{self.bc_dtype}_cl{lo.channel_lanes}tl{lo.time_lanes}"
-                f"kx{lo.steps}w{lo.warps}mb{lo.min_blocks}_ng{self.ng}")
+                f"kx{lo.steps}w{lo.warps}mb{lo.min_blocks}_ng{self.ng}si{lo.states_per_pass}")
 
     @property
     def entry(self) -> str:
@@ -167,13 +181,14 @@ class Spec:
         """The template arguments of ``ss_<direction>_kernel`` in the source."""
         lo = self.layout
         return (self.dtype, self.bc_dtype, lo.channel_lanes, lo.time_lanes, lo.steps, lo.warps, lo.min_blocks,
-                self.ng)
+                self.ng, lo.states_per_pass)
 
     def options(self) -> list[str]:
         lo = self.layout
         return ["-std=c++17", f"-DSS_T={self.dtype}", f"-DSS_TBC={self.bc_dtype}",
                 f"-DSS_CL={lo.channel_lanes}", f"-DSS_TL={lo.time_lanes}", f"-DSS_KX={lo.steps}",
-                f"-DSS_W={lo.warps}", f"-DSS_MIN_BLOCKS={lo.min_blocks}", f"-DSS_NG={self.ng}"]
+                f"-DSS_W={lo.warps}", f"-DSS_MIN_BLOCKS={lo.min_blocks}", f"-DSS_NG={self.ng}",
+                f"-DSS_SI={lo.states_per_pass}"]
 
     def smem_bytes(self, d_state: int) -> int:
         """Dynamic shared memory of a launch (the kernels' carve-up, scan_fwd.cu / scan_bwd.cu)."""
@@ -190,7 +205,8 @@ DTYPE_PAIRS = [(c, c) for c in DTYPE_CODES.values()] + [(c, 0) for c in DTYPE_CO
 
 def shipped_specs(direction: str | None = None) -> list[Spec]:
     """Every specialization a call can ask for (of one direction, or both): each layout,
-    (u, B / C) dtype pair of :func:`_kernel_dtypes` and NG of :func:`state_group`."""
+    (u, B / C) dtype pair of :func:`_kernel_dtypes` and NG of :func:`state_group`; once
+    each where two layout names share a layout."""
     specs = []
     for dirn, layouts in (("fwd", FWD_LAYOUTS), ("bwd", BWD_LAYOUTS)):
         if direction not in (None, dirn):
@@ -199,7 +215,7 @@ def shipped_specs(direction: str | None = None) -> list[Spec]:
             for layout in layouts.values():
                 for code, bc in DTYPE_PAIRS:
                     specs.append(Spec(dirn, code, bc, layout, ng))
-    return specs
+    return list(dict.fromkeys(specs))
 
 
 def instantiations_source(specs: list[Spec]) -> str:

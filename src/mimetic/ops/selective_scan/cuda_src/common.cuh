@@ -51,25 +51,40 @@ SS_INLINE void stage_rows(float* dst, const TM* __restrict__ Mbase, i64 sn, i64 
 }
 
 // Inclusive scan of affine maps h -> P h + H over the TL time-lanes of a channel, in time
-// order (lane j ends with the composition of lanes 0..j).
-template <int TL>
-SS_INLINE void scan_forward(float& P, float& H, int j) {
+// order (lane j ends with the composition of lanes 0..j), for S independent maps side by
+// side (S states of a pass: their shuffles and compositions interleave).
+template <int TL, int S>
+SS_INLINE void scan_forward(float (&P)[S], float (&H)[S], int j) {
 #pragma unroll
     for (int off = 1; off < TL; off *= 2) {
-        const float Po = __shfl_up_sync(0xffffffffu, P, off, TL);
-        const float Ho = __shfl_up_sync(0xffffffffu, H, off, TL);
-        if (j >= off) { H = P * Ho + H; P = P * Po; }
+        float Po[S], Ho[S];
+#pragma unroll
+        for (int s = 0; s < S; ++s) {
+            Po[s] = __shfl_up_sync(0xffffffffu, P[s], off, TL);
+            Ho[s] = __shfl_up_sync(0xffffffffu, H[s], off, TL);
+        }
+        if (j >= off) {
+#pragma unroll
+            for (int s = 0; s < S; ++s) { H[s] = P[s] * Ho[s] + H[s]; P[s] = P[s] * Po[s]; }
+        }
     }
 }
 
 // The same in reverse time order (lane j ends with the composition of lanes j..TL-1).
-template <int TL>
-SS_INLINE void scan_reverse(float& P, float& H, int j) {
+template <int TL, int S>
+SS_INLINE void scan_reverse(float (&P)[S], float (&H)[S], int j) {
 #pragma unroll
     for (int off = 1; off < TL; off *= 2) {
-        const float Po = __shfl_down_sync(0xffffffffu, P, off, TL);
-        const float Ho = __shfl_down_sync(0xffffffffu, H, off, TL);
-        if (j + off < TL) { H = P * Ho + H; P = P * Po; }
+        float Po[S], Ho[S];
+#pragma unroll
+        for (int s = 0; s < S; ++s) {
+            Po[s] = __shfl_down_sync(0xffffffffu, P[s], off, TL);
+            Ho[s] = __shfl_down_sync(0xffffffffu, H[s], off, TL);
+        }
+        if (j + off < TL) {
+#pragma unroll
+            for (int s = 0; s < S; ++s) { H[s] = P[s] * Ho[s] + H[s]; P[s] = P[s] * Po[s]; }
+        }
     }
 }
 

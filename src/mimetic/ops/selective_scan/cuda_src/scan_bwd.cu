@@ -55,13 +55,14 @@ SS_INLINE void reduce_scatter_channels(float (&v)[KX], int c, int& base, bool& o
     }
 }
 
-template <typename T, typename TBC, int CL, int TL, int KX, int W, int NG>
+template <typename T, typename TBC, int CL, int TL, int KX, int W, int NG, int SI>
 __device__ void ss_bwd(const SsBwdParams& p) {
     constexpr int NT = 32 * W, CB = CL * W, T_C = TL * KX;
     constexpr int ROW = row_floats<KX, TL>();
     constexpr int RS = KX / CL > 0 ? KX / CL : 1;
     static_assert(CL * TL == 32, "a warp is CL x TL lanes");
     static_assert(KX % 4 == 0, "KX steps are read from shared memory 4 at a time");
+    static_assert(SI >= 1 && NG % SI == 0, "a group's states are walked SI at a time");
 
     extern __shared__ ss_f4 smem4[];
     float* smem = reinterpret_cast<float*>(smem4);
@@ -137,95 +138,144 @@ __device__ void ss_bwd(const SsBwdParams& p) {
             stage_rows<TBC, NG, KX, TL, NT>(Cs, Cb, p.C_sn, n0, N, tc0, L);
             __syncthreads();
 #pragma unroll 1
-            for (int k = 0; k < NG; ++k) {
+            for (int k = 0; k < NG; k += SI) {
                 const i64 n = n0 + k;
                 if (n >= N) break;
-                const float An = As[cl * NP + n], a2 = An * SS_LOG2E;
-                float a[KX], ah[KX];
+                // SI states side by side, as in the forward: a partner past N runs on zero
+                // rows with a = 1 and zero state and adjoint, and writes nothing.
+                bool live[SI];
+                float An[SI], a[SI][KX], ah[SI][KX], P[SI], H[SI];
+#pragma unroll
+                for (int s = 0; s < SI; ++s) {
+                    live[s] = s == 0 || n + s < N;
+                    An[s] = live[s] ? As[cl * NP + n + s] : 0.f;
+                }
                 // states of the chunk from its entry state
-                float P = 1.f, H = 0.f;
                 {
-                    float bv[KX];
-                    load_row<KX>(Bs + k * ROW + seg_offset<KX>(j), bv);
+                    float bv[SI][KX], a2[SI];
+#pragma unroll
+                    for (int s = 0; s < SI; ++s) {
+                        a2[s] = An[s] * SS_LOG2E;
+                        P[s] = 1.f;
+                        H[s] = 0.f;
+                        load_row<KX>(Bs + (k + s) * ROW + seg_offset<KX>(j), bv[s]);
+                    }
 #pragma unroll
                     for (int i = 0; i < KX; ++i) {
-                        a[i] = ex2(dl[i] * a2);
-                        H = a[i] * H + dl[i] * uu[i] * bv[i];
-                        P *= a[i];
+#pragma unroll
+                        for (int s = 0; s < SI; ++s) {
+                            a[s][i] = ex2(dl[i] * a2[s]);
+                            H[s] = a[s][i] * H[s] + dl[i] * uu[i] * bv[s][i];
+                            P[s] *= a[s][i];
+                        }
                     }
                 }
-                scan_forward<TL>(P, H, j);
-                float Pe = P, He = H;
-                if (TL > 1) {
-                    Pe = __shfl_up_sync(0xffffffffu, P, 1, TL);
-                    He = __shfl_up_sync(0xffffffffu, H, 1, TL);
+                scan_forward<TL, SI>(P, H, j);
+                float Pe[SI], He[SI];
+#pragma unroll
+                for (int s = 0; s < SI; ++s) {
+                    Pe[s] = P[s];
+                    He[s] = H[s];
+                    if (TL > 1) {
+                        Pe[s] = __shfl_up_sync(0xffffffffu, P[s], 1, TL);
+                        He[s] = __shfl_up_sync(0xffffffffu, H[s], 1, TL);
+                    }
+                    if (j == 0) { Pe[s] = 1.f; He[s] = 0.f; }
                 }
-                if (j == 0) { Pe = 1.f; He = 0.f; }
                 int base;
                 bool owner;
                 {
-                    float bv[KX], cv[KX], dCv[KX];
-                    load_row<KX>(Bs + k * ROW + seg_offset<KX>(j), bv);
-                    load_row<KX>(Cs + k * ROW + seg_offset<KX>(j), cv);
-                    float h = Pe * (valid ? ck_row[n] : 0.f) + He;
+                    float bv[SI][KX], cv[SI][KX], dCv[SI][KX], h[SI];
+#pragma unroll
+                    for (int s = 0; s < SI; ++s) {
+                        load_row<KX>(Bs + (k + s) * ROW + seg_offset<KX>(j), bv[s]);
+                        load_row<KX>(Cs + (k + s) * ROW + seg_offset<KX>(j), cv[s]);
+                        h[s] = Pe[s] * (valid && live[s] ? ck_row[n + s] : 0.f) + He[s];
+                    }
 #pragma unroll
                     for (int i = 0; i < KX; ++i) {
-                        ah[i] = a[i] * h;                   // a_t h_{t-1}
-                        h = ah[i] + dl[i] * uu[i] * bv[i];
-                        y[i] += cv[i] * h;
-                        dCv[i] = dy[i] * h;
+#pragma unroll
+                        for (int s = 0; s < SI; ++s) {
+                            ah[s][i] = a[s][i] * h[s];             // a_t h_{t-1}
+                            h[s] = ah[s][i] + dl[i] * uu[i] * bv[s][i];
+                            y[i] += cv[s][i] * h[s];
+                            dCv[s][i] = dy[i] * h[s];
+                        }
                     }
                     // dC: reduce over the warp's channels, then a per-warp partial
-                    reduce_scatter_channels<CL, TL, KX>(dCv, c, base, owner);
-                    if (owner) {
 #pragma unroll
-                        for (int i = 0; i < RS; ++i) redC[(w * NG + k) * T_C + j * KX + base + i] = dCv[i];
+                    for (int s = 0; s < SI; ++s) {
+                        reduce_scatter_channels<CL, TL, KX>(dCv[s], c, base, owner);
+                        if (owner && live[s]) {
+#pragma unroll
+                            for (int i = 0; i < RS; ++i)
+                                redC[(w * NG + k + s) * T_C + j * KX + base + i] = dCv[s][i];
+                        }
                     }
                 }
                 // adjoint, reverse: lane map q -> P q + H with q = a dh entering from later steps
-                float dBv[KX];
+                float dBv[SI][KX];
                 {
-                    float bv[KX], cv[KX];
-                    load_row<KX>(Bs + k * ROW + seg_offset<KX>(j), bv);
-                    load_row<KX>(Cs + k * ROW + seg_offset<KX>(j), cv);
-                    P = 1.f;
-                    H = 0.f;
+                    float bv[SI][KX], cv[SI][KX];
+#pragma unroll
+                    for (int s = 0; s < SI; ++s) {
+                        load_row<KX>(Bs + (k + s) * ROW + seg_offset<KX>(j), bv[s]);
+                        load_row<KX>(Cs + (k + s) * ROW + seg_offset<KX>(j), cv[s]);
+                        P[s] = 1.f;
+                        H[s] = 0.f;
+                    }
 #pragma unroll
                     for (int i = KX - 1; i >= 0; --i) {
-                        H = a[i] * (cv[i] * dy[i] + H);
-                        P *= a[i];
+#pragma unroll
+                        for (int s = 0; s < SI; ++s) {
+                            H[s] = a[s][i] * (cv[s][i] * dy[i] + H[s]);
+                            P[s] *= a[s][i];
+                        }
                     }
-                    scan_reverse<TL>(P, H, j);
-                    Pe = P;
-                    He = H;
-                    if (TL > 1) {
-                        Pe = __shfl_down_sync(0xffffffffu, P, 1, TL);
-                        He = __shfl_down_sync(0xffffffffu, H, 1, TL);
+                    scan_reverse<TL, SI>(P, H, j);
+                    float q[SI], dA_part[SI];
+#pragma unroll
+                    for (int s = 0; s < SI; ++s) {
+                        Pe[s] = P[s];
+                        He[s] = H[s];
+                        if (TL > 1) {
+                            Pe[s] = __shfl_down_sync(0xffffffffu, P[s], 1, TL);
+                            He[s] = __shfl_down_sync(0xffffffffu, H[s], 1, TL);
+                        }
+                        if (j == TL - 1) { Pe[s] = 1.f; He[s] = 0.f; }
+                        q[s] = Pe[s] * (live[s] ? qcarry[cl * NP + n + s] : 0.f) + He[s];
+                        dA_part[s] = 0.f;
                     }
-                    if (j == TL - 1) { Pe = 1.f; He = 0.f; }
-                    float q = Pe * qcarry[cl * NP + n] + He;
-                    float dA_part = 0.f;
 #pragma unroll
                     for (int i = KX - 1; i >= 0; --i) {
-                        const float dh = cv[i] * dy[i] + q;
-                        S1[i] += dh * bv[i];
-                        const float t2 = dh * ah[i];
-                        S2[i] += An * t2;
-                        dA_part += t2 * dl[i];
-                        dBv[i] = dh * dl[i] * uu[i];
-                        q = a[i] * dh;
+#pragma unroll
+                        for (int s = 0; s < SI; ++s) {
+                            const float dh = cv[s][i] * dy[i] + q[s];
+                            S1[i] += dh * bv[s][i];
+                            const float t2 = dh * ah[s][i];
+                            S2[i] += An[s] * t2;
+                            dA_part[s] += t2 * dl[i];
+                            dBv[s][i] = dh * dl[i] * uu[i];
+                            q[s] = a[s][i] * dh;
+                        }
                     }
-                    const float q_first = TL > 1 ? __shfl_sync(0xffffffffu, q, 0, TL) : q;
-                    dA_part = sum_time_lanes<TL>(dA_part);
-                    if (j == 0) {                            // every lane has read the old carry
-                        qcarry[cl * NP + n] = q_first;
-                        dAs[cl * NP + n] += dA_part;
+#pragma unroll
+                    for (int s = 0; s < SI; ++s) {
+                        const float q_first = TL > 1 ? __shfl_sync(0xffffffffu, q[s], 0, TL) : q[s];
+                        dA_part[s] = sum_time_lanes<TL>(dA_part[s]);
+                        if (j == 0 && live[s]) {                // every lane has read the old carry
+                            qcarry[cl * NP + n + s] = q_first;
+                            dAs[cl * NP + n + s] += dA_part[s];
+                        }
                     }
                 }
-                reduce_scatter_channels<CL, TL, KX>(dBv, c, base, owner);
-                if (owner) {
 #pragma unroll
-                    for (int i = 0; i < RS; ++i) redB[(w * NG + k) * T_C + j * KX + base + i] = dBv[i];
+                for (int s = 0; s < SI; ++s) {
+                    reduce_scatter_channels<CL, TL, KX>(dBv[s], c, base, owner);
+                    if (owner && live[s]) {
+#pragma unroll
+                        for (int i = 0; i < RS; ++i) redB[(w * NG + k + s) * T_C + j * KX + base + i] = dBv[s][i];
+                    }
                 }
             }
             __syncthreads();
@@ -290,13 +340,13 @@ __device__ void ss_bwd(const SsBwdParams& p) {
 // Every specialization as a template kernel (CI compiles many in one translation unit by
 // explicit instantiation), and the loader's one specialization, named by the -D macros, as
 // an unmangled entry point.
-template <int T, int TBC, int CL, int TL, int KX, int W, int MB, int NG>
+template <int T, int TBC, int CL, int TL, int KX, int W, int MB, int NG, int SI>
 __global__ void __launch_bounds__(W * 32, MB) ss_bwd_kernel(const SsBwdParams p) {
-    ss_bwd<typename ss_dtype<T>::T, typename ss_dtype<TBC>::T, CL, TL, KX, W, NG>(p);
+    ss_bwd<typename ss_dtype<T>::T, typename ss_dtype<TBC>::T, CL, TL, KX, W, NG, SI>(p);
 }
 
 #ifdef SS_T
 extern "C" __global__ void __launch_bounds__(SS_W * 32, SS_MIN_BLOCKS) mimetic_ss_bwd(const SsBwdParams p) {
-    ss_bwd<ss_dtype<SS_T>::T, ss_dtype<SS_TBC>::T, SS_CL, SS_TL, SS_KX, SS_W, SS_NG>(p);
+    ss_bwd<ss_dtype<SS_T>::T, ss_dtype<SS_TBC>::T, SS_CL, SS_TL, SS_KX, SS_W, SS_NG, SS_SI>(p);
 }
 #endif

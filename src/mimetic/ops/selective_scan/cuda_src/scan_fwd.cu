@@ -3,7 +3,8 @@
 //
 // Specialization (-D macros from the loader): SS_T (dtype of u, delta, z, out: 0 float,
 // 1 bf16, 2 fp16), SS_TBC (dtype of B, C), SS_CL, SS_TL, SS_KX, SS_W (layout, common.cuh),
-// SS_NG (states staged and scanned per group; any N is walked in groups of NG).
+// SS_NG (states staged and scanned per group; any N is walked in groups of NG), SS_SI
+// (states the state loop takes per pass, side by side; divides NG).
 //
 // Per chunk each thread loads its KX steps of u and delta, forms delta (bias, softplus)
 // and delta * u; then per state n: a_i = exp2(delta_i * A[n] * log2 e), b_i = delta_i u_i
@@ -22,12 +23,13 @@ struct SsFwdParams {
     i64 softplus, vec;
 };
 
-template <typename T, typename TBC, int CL, int TL, int KX, int W, int NG>
+template <typename T, typename TBC, int CL, int TL, int KX, int W, int NG, int SI>
 __device__ void ss_fwd(const SsFwdParams& p) {
     constexpr int NT = 32 * W, CB = CL * W, T_C = TL * KX;
     constexpr int ROW = row_floats<KX, TL>();
     static_assert(CL * TL == 32, "a warp is CL x TL lanes");
     static_assert(KX % 4 == 0, "KX steps are read from shared memory 4 at a time");
+    static_assert(SI >= 1 && NG % SI == 0, "a group's states are walked SI at a time");
 
     extern __shared__ ss_f4 smem4[];
     float* smem = reinterpret_cast<float*>(smem4);
@@ -91,38 +93,61 @@ __device__ void ss_fwd(const SsFwdParams& p) {
             stage_rows<TBC, NG, KX, TL, NT>(Cs, Cb, p.C_sn, n0, N, tc0, L);
             __syncthreads();
 #pragma unroll 1
-            for (int k = 0; k < NG; ++k) {
+            for (int k = 0; k < NG; k += SI) {
                 const i64 n = n0 + k;
                 if (n >= N) break;
-                const float a2 = A2s[cl * NP + n];
-                float a[KX], bx[KX];
-                load_row<KX>(Bs + k * ROW + seg_offset<KX>(j), bx);
-                float P = 1.f, H = 0.f;
+                // SI states n .. n + SI - 1 side by side: independent chains the scheduler can
+                // overlap. A partner past N runs on the zero rows staged for it, with a = 1
+                // and a zero carry, and writes nothing; its lanes still reach every shuffle.
+                bool live[SI];
+                float a2[SI], a[SI][KX], bx[SI][KX], P[SI], H[SI];
+#pragma unroll
+                for (int s = 0; s < SI; ++s) {
+                    live[s] = s == 0 || n + s < N;
+                    a2[s] = live[s] ? A2s[cl * NP + n + s] : 0.f;
+                    load_row<KX>(Bs + (k + s) * ROW + seg_offset<KX>(j), bx[s]);
+                    P[s] = 1.f;
+                    H[s] = 0.f;
+                }
 #pragma unroll
                 for (int i = 0; i < KX; ++i) {
-                    a[i] = ex2(dl[i] * a2);
-                    bx[i] *= du[i];
-                    H = a[i] * H + bx[i];
-                    P *= a[i];
+#pragma unroll
+                    for (int s = 0; s < SI; ++s) {
+                        a[s][i] = ex2(dl[i] * a2[s]);
+                        bx[s][i] *= du[i];
+                        H[s] = a[s][i] * H[s] + bx[s][i];
+                        P[s] *= a[s][i];
+                    }
                 }
-                scan_forward<TL>(P, H, j);
-                float Pe = P, He = H;               // exclusive: the lanes before this one
-                if (TL > 1) {
-                    Pe = __shfl_up_sync(0xffffffffu, P, 1, TL);
-                    He = __shfl_up_sync(0xffffffffu, H, 1, TL);
+                scan_forward<TL, SI>(P, H, j);
+                float h[SI];
+#pragma unroll
+                for (int s = 0; s < SI; ++s) {
+                    float Pe = P[s], He = H[s];     // exclusive: the lanes before this one
+                    if (TL > 1) {
+                        Pe = __shfl_up_sync(0xffffffffu, P[s], 1, TL);
+                        He = __shfl_up_sync(0xffffffffu, H[s], 1, TL);
+                    }
+                    if (j == 0) { Pe = 1.f; He = 0.f; }
+                    h[s] = Pe * (live[s] ? carry[cl * NP + n + s] : 0.f) + He;
+                    if (ck_here && live[s]) ck_row[n + s] = h[s];
                 }
-                if (j == 0) { Pe = 1.f; He = 0.f; }
-                float h = Pe * carry[cl * NP + n] + He;
-                if (ck_here) ck_row[n] = h;
-                float cv[KX];
-                load_row<KX>(Cs + k * ROW + seg_offset<KX>(j), cv);
+                float cv[SI][KX];
+#pragma unroll
+                for (int s = 0; s < SI; ++s) load_row<KX>(Cs + (k + s) * ROW + seg_offset<KX>(j), cv[s]);
 #pragma unroll
                 for (int i = 0; i < KX; ++i) {
-                    h = a[i] * h + bx[i];
-                    y[i] += cv[i] * h;
+#pragma unroll
+                    for (int s = 0; s < SI; ++s) {
+                        h[s] = a[s][i] * h[s] + bx[s][i];
+                        y[i] += cv[s][i] * h[s];
+                    }
                 }
-                const float h_end = TL > 1 ? __shfl_sync(0xffffffffu, h, TL - 1, TL) : h;
-                if (j == 0) carry[cl * NP + n] = h_end;   // every lane has read the old carry
+#pragma unroll
+                for (int s = 0; s < SI; ++s) {
+                    const float h_end = TL > 1 ? __shfl_sync(0xffffffffu, h[s], TL - 1, TL) : h[s];
+                    if (j == 0 && live[s]) carry[cl * NP + n + s] = h_end;   // every lane has read the old carry
+                }
             }
         }
         if (z != nullptr) {
@@ -146,13 +171,13 @@ __device__ void ss_fwd(const SsFwdParams& p) {
 // Every specialization as a template kernel (CI compiles many in one translation unit by
 // explicit instantiation), and the loader's one specialization, named by the -D macros, as
 // an unmangled entry point.
-template <int T, int TBC, int CL, int TL, int KX, int W, int MB, int NG>
+template <int T, int TBC, int CL, int TL, int KX, int W, int MB, int NG, int SI>
 __global__ void __launch_bounds__(W * 32, MB) ss_fwd_kernel(const SsFwdParams p) {
-    ss_fwd<typename ss_dtype<T>::T, typename ss_dtype<TBC>::T, CL, TL, KX, W, NG>(p);
+    ss_fwd<typename ss_dtype<T>::T, typename ss_dtype<TBC>::T, CL, TL, KX, W, NG, SI>(p);
 }
 
 #ifdef SS_T
 extern "C" __global__ void __launch_bounds__(SS_W * 32, SS_MIN_BLOCKS) mimetic_ss_fwd(const SsFwdParams p) {
-    ss_fwd<ss_dtype<SS_T>::T, ss_dtype<SS_TBC>::T, SS_CL, SS_TL, SS_KX, SS_W, SS_NG>(p);
+    ss_fwd<ss_dtype<SS_T>::T, ss_dtype<SS_TBC>::T, SS_CL, SS_TL, SS_KX, SS_W, SS_NG, SS_SI>(p);
 }
 #endif

@@ -132,6 +132,15 @@ def test_layouts_and_configs():
         cuda.CudaScanConfig("Z", "A").check(need_grad=False)
     with pytest.raises(ValueError, match="channel_lanes"):
         cuda.Layout(4, 4, 8, 4, 2)
+    with pytest.raises(ValueError, match="states_per_pass"):
+        cuda.Layout(4, 8, 8, 4, 2, 3)
+    # every forward layout name has a backward one (the benchmark pairs them by name); a
+    # spec compiles once however many names share its layout, and names are distinct
+    assert set(cuda.FWD_LAYOUTS) == set(cuda.BWD_LAYOUTS)
+    specs = cuda.shipped_specs()
+    assert len({s.name for s in specs}) == len(set(specs)) == len(specs)
+    assert {s.layout.states_per_pass for s in specs} == {1, 2}
+    assert all(s.ng % s.layout.states_per_pass == 0 for s in specs)
     # the default layouts' shared memory fits an H100/H200 block (227 KB) at every d_state
     for rows in ((1, 1536), (8, 1536), (8, 5120)):
         for n in range(1, cuda.MAX_STATE + 1):

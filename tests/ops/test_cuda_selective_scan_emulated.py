@@ -6,9 +6,10 @@ The kernel sources compile with g++ (``-DMIMETIC_CPU_EMULATION``) and run throug
 ``cuda_emu/__init__.py`` for what every launch checks: memory bounds, barriers, warp
 operations, unwritten outputs). Cases: every layout and (u, B / C) dtype pair, mixed
 forward / backward layouts, L = 1 and L not a multiple of the chunks, idle channels in
-the last block, B / C per batch and per group, d_state from 1 to 256, each optional
-input left out, strided and 16-byte aligned rows, the forward alone; the thread orders
-must agree bit for bit. Skipped without g++.
+the last block, B / C per batch and per group, d_state from 1 to 256 (odd ones leave the
+two-states-a-pass layouts a last state without a partner), each optional input left out,
+strided and 16-byte aligned rows, the forward alone; the thread orders must agree bit for
+bit. Skipped without g++.
 
 Tolerances, elementwise: ``|got - ref| <= r |ref| + s + 1e-5 (|ref| + rms(ref))``, with r
 the half-ulp bound of the result's dtype (2^-8 bfloat16, 2^-11 float16, 0 float32:
@@ -152,7 +153,7 @@ def _check(c: Case, emu) -> tuple:
     return got, got_g
 
 
-LAYOUTS = ["A", "B", "C"]
+LAYOUTS = ["A", "B", "C", "A2", "A2k8"]
 DTYPE_PAIRS = [(torch.float32, None), (torch.bfloat16, None), (torch.float16, None),
                (torch.bfloat16, torch.float32), (torch.float16, torch.float32)]
 
@@ -187,6 +188,17 @@ SHAPES = [
     Case(2, 48, 100, 16, 3, layouts=("A", "B")),   # forward and backward layouts differ
     Case(2, 48, 100, 16, 3, layouts=("C", "A"), dtype=torch.bfloat16),
     Case(2, 48, 150, 16, None, layouts=("B", "C"), dtype=torch.float16, bc_dtype=torch.float32),
+    # two states a pass: an odd d_state leaves a last state without a partner in the last group
+    Case(2, 8, 1, 1, layouts=("A2", "A2")),
+    Case(1, 6, 23, 1, layouts=("A2k8", "A2")),
+    Case(2, 16, 129, 33, 4, layouts=("A2", "A2")),
+    Case(2, 16, 129, 33, 4, layouts=("A2k8", "A2"), dtype=torch.bfloat16),
+    Case(1, 8, 40, 70, layouts=("A2", "A2"), dtype=torch.float16),
+    Case(1, 4, 20, 256, layouts=("A2k8", "A2")),
+    Case(2, 48, 100, 15, 3, layouts=("A2", "A")),
+    Case(2, 48, 100, 15, 3, layouts=("A", "A2"), dtype=torch.bfloat16),
+    Case(2, 48, 150, 9, None, layouts=("C", "A2"), dtype=torch.float16, bc_dtype=torch.float32),
+    Case(1, 12, 300, 3, 3, layouts=("A2k8", "B")),
 ]
 
 
@@ -200,6 +212,10 @@ OPTIONS = [replace(BASE, **{k: False}) for k in ("z", "D", "bias", "softplus", "
 OPTIONS += [replace(BASE, z=False, D=False, bias=False, softplus=False, h0=False, last=False),
             replace(BASE, z=False, D=False, bias=False, softplus=False, h0=False, last=False, layouts=("C", "C"),
                     dtype=torch.bfloat16)]
+OPTIONS += [replace(BASE, n=7, layouts=(lay, "A2"), **{k: False}) for lay in ("A2", "A2k8")
+            for k in ("z", "D", "bias", "softplus", "h0", "last")]
+OPTIONS += [replace(BASE, n=7, z=False, D=False, bias=False, softplus=False, h0=False, last=False, layouts=("A2", "A2"),
+                    dtype=torch.float16)]
 
 
 @pytest.mark.parametrize("case", OPTIONS, ids=_ids(OPTIONS))
@@ -224,7 +240,9 @@ def test_vector_and_strided_rows(emu, case, strided):
 
 FORWARD_ONLY = [Case(2, 24, 200, 16, grad=False), Case(1, 40, 67, 5, 2, torch.bfloat16, grad=False,
                                                         layouts=("B", "B")),
-                Case(2, 130, 1, 3, grad=False, layouts=("C", "C"), h0=False)]
+                Case(2, 130, 1, 3, grad=False, layouts=("C", "C"), h0=False),
+                Case(2, 24, 200, 5, grad=False, layouts=("A2", "A2")),
+                Case(1, 40, 67, 17, 2, torch.float16, grad=False, layouts=("A2k8", "A2k8"))]
 
 
 @pytest.mark.parametrize("case", FORWARD_ONLY, ids=_ids(FORWARD_ONLY))
@@ -232,8 +250,9 @@ def test_forward_without_gradient(emu, case):
     _check(case, emu)
 
 
-ORDERED = [Case(2, 24, 200, 16, None, torch.bfloat16, layouts=(lay, lay)) for lay in LAYOUTS]
-ORDERED += [Case(1, 16, 129, 33, 4, layouts=("A", "C"))]
+# (A2k8's backward is A2's: its forward runs in the last case)
+ORDERED = [Case(2, 24, 200, 16, None, torch.bfloat16, layouts=(lay, lay)) for lay in LAYOUTS if lay != "A2k8"]
+ORDERED += [Case(1, 16, 129, 33, 4, layouts=("A", "C")), Case(1, 16, 129, 33, 4, layouts=("A2k8", "A2"))]
 
 
 @pytest.mark.parametrize("case", ORDERED, ids=_ids(ORDERED))

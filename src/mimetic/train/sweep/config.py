@@ -6,6 +6,8 @@ A sweep file has these tables (``[grid]``, ``[model]``, ``[train]`` required)::
     name = "copy_length"         # default: the file's stem; also the default output folder
     description = "..."
     metric = "final_token_acc"   # what the plots show (any numeric column of results.csv)
+    best_over = ["train.lr"]     # optional: extra axes tuned per seed; summary_best.csv and the
+                                 # plots take each seed's best run over them (sweep/best.py)
 
     [grid]                       # these six keys required; a list (or one value) per key
     task = ["copy"]              # registry names (mimetic.tasks.TASKS)
@@ -103,7 +105,7 @@ from ..config import TrainConfig
 GRID_KEYS = ("task", "init", "layer", "d_state", "length", "seed")
 TOP_KEYS = {"sweep", "grid", "tasks", "inits", "model", "train", "eval"}
 REQUIRED_TOP = ("grid", "model", "train")
-SWEEP_KEYS = {"name", "description", "metric"}
+SWEEP_KEYS = {"name", "description", "metric", "best_over"}
 EVAL_KEYS = {"lengths", "batches", "batch_size"}
 INITS = ("default", "mimetic")
 #: ``init_cfg = { horizon = "seq_len" }`` in an [inits.<name>] table: mimetic init's decay
@@ -210,6 +212,7 @@ class SweepConfig:
     description: str = ""
     metric: str = "final_token_acc"
     zips: list[tuple[str, ...]] = field(default_factory=list)
+    best_over: tuple[str, ...] = ()
 
     @property
     def axis_paths(self) -> list[str]:
@@ -409,6 +412,17 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
         raise _one_line(f"{where} [sweep]: metric={metric!r} is not a column of results.csv; "
                         f"numeric columns: {', '.join(columns)}")
 
+    best_over = meta.get("best_over", [])
+    if isinstance(best_over, str):
+        best_over = [best_over]
+    if not isinstance(best_over, list) or not all(isinstance(a, str) for a in best_over):
+        raise _one_line(f"{where} [sweep]: best_over must be a list of extra grid axes (dotted paths), "
+                        f"got {best_over!r}")
+    bad = [a for a in best_over if a not in axes]
+    if bad:
+        raise _one_line(f"{where} [sweep]: best_over names {bad}, which are not extra grid axes of this file; "
+                        f"its extra axes: {sorted(axes) or 'none'}")
+
     cfg = SweepConfig(
         name=sweep_name,
         grid=grid,
@@ -420,6 +434,7 @@ def parse_sweep(data: dict[str, Any], name: str = "sweep", where: str = "sweep c
         description=meta.get("description", ""),
         metric=metric,
         zips=zips,
+        best_over=tuple(best_over),
     )
     # Build every point's task, train config and model config, so that bad values fail now,
     # not mid-sweep.

@@ -24,8 +24,8 @@ from .config import GridPoint, SweepConfig, mamba_config
 
 SETTINGS_FILE = "settings.json"
 HISTORY_FILE = "sweep_history.jsonl"
-#: Sweep fields that do not change any result (names and what the plots show).
-PRESENTATION_FIELDS = ("name", "description", "metric")
+#: Sweep fields that do not change any result (names, what the plots and summaries show).
+PRESENTATION_FIELDS = ("name", "description", "metric", "best_over")
 
 
 def _digest(value: Any) -> str:

@@ -22,6 +22,7 @@ from ...models import MambaLM
 from ...tasks import Task, derive_seed
 from ..loop import NonFiniteLossError, train
 from ..resume import run_lock
+from .best import best_rows
 from .config import (
     GRID_KEYS,
     GridPoint,
@@ -41,6 +42,7 @@ from .select import select_points
 
 RESULTS_CSV = "results.csv"
 SUMMARY_CSV = "summary.csv"
+BEST_SUMMARY_CSV = "summary_best.csv"
 
 ModelFactory = Callable[[dict, Task, GridPoint], torch.nn.Module]
 
@@ -169,7 +171,8 @@ def run_sweep(
             point (checkpoints, metrics.jsonl, result.json, row.json), ``results.csv`` (one row
             per run: grid keys, seq_len, final/best metrics, steps_to_target, steps, time,
             n_params, gen_*@<length> for [eval] lengths), ``summary.csv`` (mean/std over
-            seeds), ``plots/*.png``, ``sweep.json`` (the parsed config).
+            seeds; with ``[sweep] best_over`` also ``summary_best.csv``, of each seed's best run
+            over those axes), ``plots/*.png``, ``sweep.json`` (the parsed config).
         workers: jobs at once (packs, or points with ``pack="off"``). Packs on one GPU run
             in threads of this process, each on its own CUDA stream; otherwise jobs run in
             spawned processes, spread over the visible GPUs round-robin when ``device`` is
@@ -251,7 +254,7 @@ def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], selected: 
 
     def finished(point: GridPoint, row: dict[str, Any]) -> None:
         rows[point] = row
-        write_results(out, [rows[p] for p in points if p in rows])
+        write_results(out, [rows[p] for p in points if p in rows], cfg.best_over, cfg.metric)
 
     bar = progress_bar(total=len(selected), initial=skipped, desc=f"sweep {cfg.name}", enabled=progress)
     log = SweepLog(cfg.name, enabled=bool(bar.disable), metric=cfg.metric)  # lines where no bar is drawn
@@ -324,9 +327,14 @@ def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], selected: 
         log(f"done: {len(todo)} runs{f' in {total} packs' if packed else ''}, {len(rows)} of {len(points)} "
             f"points have rows; {rows_summary([rows[p] for p in todo], cfg.metric)}")
     ordered = [rows[p] for p in points if p in rows]  # every point with a row, selected or not
-    csv_path, summary_path = write_results(out, ordered)
+    csv_path, summary_path = write_results(out, ordered, cfg.best_over, cfg.metric)
     plots: list[Path] = []
-    if plot:
+    if plot and cfg.best_over:  # drawn from each seed's best run, as the best summary
+        best = [{k: v for k, v in r.items() if k not in cfg.best_over}  # the winners' values vary by seed
+                for r in best_rows(ordered, cfg.best_over, cfg.metric)]
+        plots = plot_sweep(best, out / "plots", metric=cfg.metric,
+                           title=f"{cfg.name} (each seed's best {', '.join(cfg.best_over)})")
+    elif plot:
         plots = plot_sweep(ordered, out / "plots", metric=cfg.metric, title=cfg.name)
     return SweepResult(rows=[rows[p] for p in selected], csv_path=csv_path, summary_path=summary_path,
                        plots=plots, skipped=skipped)
@@ -365,13 +373,15 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarize(rows: list[dict[str, Any]], over: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Mean and standard deviation over seeds of every numeric column, per (task, init, layer,
-    d_state, length, extra grid axes); ``n_seeds`` counts the runs; ``n_reached_target`` those
-    that reached the target accuracy."""
+    d_state, length, extra grid axes but those in ``over``); ``n_seeds`` counts the runs;
+    ``n_reached_target`` those that reached the target accuracy. ``over``: axes whose value
+    may differ between the seeds of a group (``best_rows``' tuned axes); their values are
+    listed per group, in the rows' order (``<axis>_values``)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     axes = axis_columns(rows)
-    keys = [k for k in GRID_KEYS if k != "seed"] + axes
+    keys = [k for k in GRID_KEYS if k != "seed"] + [a for a in axes if a not in over]
     for r in rows:
         groups.setdefault(tuple(freeze_value(r.get(k)) for k in keys), []).append(r)
     out = []
@@ -379,6 +389,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         s: dict[str, Any] = dict(zip(keys, gkey))
         s["n_seeds"] = len(rs)
         s["n_reached_target"] = sum(r.get("steps_to_target") is not None for r in rs)
+        for a in over:
+            s[f"{a}_values"] = " ".join(str(r.get(a)) for r in rs)
         numeric: list[str] = []
         for r in rs:  # union over rows: a column can be None in some (e.g. steps_to_target)
             numeric += [
@@ -395,9 +407,14 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def write_results(out: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
-    """Write ``results.csv`` (rows) and ``summary.csv`` (``summarize(rows)``) atomically."""
+def write_results(out: Path, rows: list[dict[str, Any]], best_over: tuple[str, ...] = (),
+                  metric: str = "final_token_acc") -> tuple[Path, Path]:
+    """Write ``results.csv`` (rows) and ``summary.csv`` (``summarize(rows)``) atomically; with
+    ``best_over`` also ``summary_best.csv``: the summary of each seed's best run over those
+    axes by ``metric`` (``best.best_rows``)."""
     csv_path, summary_path = out / RESULTS_CSV, out / SUMMARY_CSV
+    if best_over:
+        _write_csv(out / BEST_SUMMARY_CSV, summarize(best_rows(rows, best_over, metric), over=best_over))
     _write_csv(csv_path, rows)
     _write_csv(summary_path, summarize(rows))
     return csv_path, summary_path

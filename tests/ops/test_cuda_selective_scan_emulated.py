@@ -4,12 +4,12 @@ the float64 reference.
 The kernel sources compile with g++ (``-DMIMETIC_CPU_EMULATION``) and run through
 ``cuda.py``'s own launchers and autograd function; only the GPU is emulated (see
 ``cuda_emu/__init__.py`` for what every launch checks: memory bounds, barriers, warp
-operations, unwritten outputs). Cases: every layout and (u, B / C) dtype pair, mixed
-forward / backward layouts, L = 1 and L not a multiple of the chunks, idle channels in
-the last block, B / C per batch and per group, d_state from 1 to 256 (odd ones leave the
-two-states-a-pass layouts a last state without a partner), each optional input left out,
-strided and 16-byte aligned rows, the forward alone; the thread orders must agree bit for
-bit. Skipped without g++.
+operations, unwritten outputs). Cases: every layout and (u, B / C) dtype pair (A2k8 with
+fewer), mixed forward / backward layouts, L = 1 and L not a multiple of the chunks, idle
+channels in the last block, B / C per batch and per group, d_state from 1 to 256 (odd
+ones leave the two-states-a-pass layouts a last state without a partner), each optional
+input left out, strided and 16-byte aligned rows, the forward alone; the thread orders
+must agree bit for bit. Skipped without g++.
 
 Tolerances, elementwise: ``|got - ref| <= r |ref| + s + 1e-5 (|ref| + rms(ref))``, with r
 the half-ulp bound of the result's dtype (2^-8 bfloat16, 2^-11 float16, 0 float32:

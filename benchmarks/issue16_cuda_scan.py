@@ -321,7 +321,15 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--sections", default="compile,check,bench")
     ap.add_argument("--quick", action="store_true", help="first shapes only")
+    ap.add_argument("--layouts", default=None,
+                    help="comma-separated layout names the check and bench sections run (default: all)")
     args = ap.parse_args()
+    if args.layouts:
+        global LAYOUTS
+        LAYOUTS = args.layouts.split(",")
+        unknown = sorted(set(LAYOUTS) - set(cuda.FWD_LAYOUTS))
+        if unknown:
+            ap.error(f"unknown layouts {unknown}; valid: {sorted(cuda.FWD_LAYOUTS)}")
     torch.backends.cuda.matmul.allow_tf32 = False
     info = harness.env_info("cuda", packages=("triton", "mamba_ssm"))
     records, tables = [], []

@@ -332,7 +332,7 @@ def _gpu_case(batch, dim, L, n, groups, dtype, z=True, D=True, bias=True, h0=Tru
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU of compute capability 8.0+")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("layout", ["A", "B", "C"])
+@pytest.mark.parametrize("layout", sorted(cuda.FWD_LAYOUTS))
 @pytest.mark.parametrize("shape", [(2, 24, 200, 16, None), (1, 40, 67, 5, 2), (2, 16, 129, 33, 4)],
                          ids=lambda s: "x".join(map(str, s[:4])) + f"g{s[4]}")
 def test_gpu_matches_reference(shape, layout, dtype):

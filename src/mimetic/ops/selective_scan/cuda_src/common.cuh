@@ -88,6 +88,29 @@ SS_INLINE void scan_reverse(float (&P)[S], float (&H)[S], int j) {
     }
 }
 
+// The exclusive forms of the two scans' results: the composition of the lanes before lane
+// j (after it, in reverse), the identity map at the first lane (the last).
+template <int TL>
+SS_INLINE void lanes_before(float P, float H, int j, float& Pe, float& He) {
+    Pe = P;
+    He = H;
+    if (TL > 1) {
+        Pe = __shfl_up_sync(0xffffffffu, P, 1, TL);
+        He = __shfl_up_sync(0xffffffffu, H, 1, TL);
+    }
+    if (j == 0) { Pe = 1.f; He = 0.f; }
+}
+template <int TL>
+SS_INLINE void lanes_after(float P, float H, int j, float& Pe, float& He) {
+    Pe = P;
+    He = H;
+    if (TL > 1) {
+        Pe = __shfl_down_sync(0xffffffffu, P, 1, TL);
+        He = __shfl_down_sync(0xffffffffu, H, 1, TL);
+    }
+    if (j == TL - 1) { Pe = 1.f; He = 0.f; }
+}
+
 // Sum over the TL time-lanes (every lane gets it).
 template <int TL>
 SS_INLINE float sum_time_lanes(float v) {

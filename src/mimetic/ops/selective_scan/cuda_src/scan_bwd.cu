@@ -55,11 +55,30 @@ SS_INLINE void reduce_scatter_channels(float (&v)[KX], int c, int& base, bool& o
     }
 }
 
+// dB or dC of the SI states k .. k + SI - 1 of a pass: each state's KX values summed over
+// the warp's channels (reduce-scattered), the sums written into the warp's partials red
+// ([W][NG][T_c]; the block's W warps are summed later, one atomic per (step, state)). A
+// partner past N (not live) takes part in the shuffles and writes nothing.
+template <int CL, int TL, int KX, int NG, int SI>
+SS_INLINE void store_warp_partials(float (&v)[SI][KX], const bool (&live)[SI], float* red, int w, int k, int j,
+                                   int c) {
+    constexpr int T_C = TL * KX, RS = KX / CL > 0 ? KX / CL : 1;
+#pragma unroll
+    for (int s = 0; s < SI; ++s) {
+        int base;
+        bool owner;
+        reduce_scatter_channels<CL, TL, KX>(v[s], c, base, owner);
+        if (owner && live[s]) {
+#pragma unroll
+            for (int i = 0; i < RS; ++i) red[(w * NG + k + s) * T_C + j * KX + base + i] = v[s][i];
+        }
+    }
+}
+
 template <typename T, typename TBC, int CL, int TL, int KX, int W, int NG, int SI>
 __device__ void ss_bwd(const SsBwdParams& p) {
     constexpr int NT = 32 * W, CB = CL * W, T_C = TL * KX;
     constexpr int ROW = row_floats<KX, TL>();
-    constexpr int RS = KX / CL > 0 ? KX / CL : 1;
     static_assert(CL * TL == 32, "a warp is CL x TL lanes");
     static_assert(KX % 4 == 0, "KX steps are read from shared memory 4 at a time");
     static_assert(SI >= 1 && NG % SI == 0, "a group's states are walked SI at a time");
@@ -173,17 +192,7 @@ __device__ void ss_bwd(const SsBwdParams& p) {
                 scan_forward<TL, SI>(P, H, j);
                 float Pe[SI], He[SI];
 #pragma unroll
-                for (int s = 0; s < SI; ++s) {
-                    Pe[s] = P[s];
-                    He[s] = H[s];
-                    if (TL > 1) {
-                        Pe[s] = __shfl_up_sync(0xffffffffu, P[s], 1, TL);
-                        He[s] = __shfl_up_sync(0xffffffffu, H[s], 1, TL);
-                    }
-                    if (j == 0) { Pe[s] = 1.f; He[s] = 0.f; }
-                }
-                int base;
-                bool owner;
+                for (int s = 0; s < SI; ++s) lanes_before<TL>(P[s], H[s], j, Pe[s], He[s]);
                 {
                     float bv[SI][KX], cv[SI][KX], dCv[SI][KX], h[SI];
 #pragma unroll
@@ -202,16 +211,7 @@ __device__ void ss_bwd(const SsBwdParams& p) {
                             dCv[s][i] = dy[i] * h[s];
                         }
                     }
-                    // dC: reduce over the warp's channels, then a per-warp partial
-#pragma unroll
-                    for (int s = 0; s < SI; ++s) {
-                        reduce_scatter_channels<CL, TL, KX>(dCv[s], c, base, owner);
-                        if (owner && live[s]) {
-#pragma unroll
-                            for (int i = 0; i < RS; ++i)
-                                redC[(w * NG + k + s) * T_C + j * KX + base + i] = dCv[s][i];
-                        }
-                    }
+                    store_warp_partials<CL, TL, KX, NG, SI>(dCv, live, redC, w, k, j, c);
                 }
                 // adjoint, reverse: lane map q -> P q + H with q = a dh entering from later steps
                 float dBv[SI][KX];
@@ -236,13 +236,7 @@ __device__ void ss_bwd(const SsBwdParams& p) {
                     float q[SI], dA_part[SI];
 #pragma unroll
                     for (int s = 0; s < SI; ++s) {
-                        Pe[s] = P[s];
-                        He[s] = H[s];
-                        if (TL > 1) {
-                            Pe[s] = __shfl_down_sync(0xffffffffu, P[s], 1, TL);
-                            He[s] = __shfl_down_sync(0xffffffffu, H[s], 1, TL);
-                        }
-                        if (j == TL - 1) { Pe[s] = 1.f; He[s] = 0.f; }
+                        lanes_after<TL>(P[s], H[s], j, Pe[s], He[s]);
                         q[s] = Pe[s] * (live[s] ? qcarry[cl * NP + n + s] : 0.f) + He[s];
                         dA_part[s] = 0.f;
                     }
@@ -269,14 +263,7 @@ __device__ void ss_bwd(const SsBwdParams& p) {
                         }
                     }
                 }
-#pragma unroll
-                for (int s = 0; s < SI; ++s) {
-                    reduce_scatter_channels<CL, TL, KX>(dBv[s], c, base, owner);
-                    if (owner && live[s]) {
-#pragma unroll
-                        for (int i = 0; i < RS; ++i) redB[(w * NG + k + s) * T_C + j * KX + base + i] = dBv[s][i];
-                    }
-                }
+                store_warp_partials<CL, TL, KX, NG, SI>(dBv, live, redB, w, k, j, c);
             }
             __syncthreads();
             // one atomic add per (block, step, state): the W warps' partials summed here

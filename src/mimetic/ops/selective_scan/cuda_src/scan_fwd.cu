@@ -123,12 +123,8 @@ __device__ void ss_fwd(const SsFwdParams& p) {
                 float h[SI];
 #pragma unroll
                 for (int s = 0; s < SI; ++s) {
-                    float Pe = P[s], He = H[s];     // exclusive: the lanes before this one
-                    if (TL > 1) {
-                        Pe = __shfl_up_sync(0xffffffffu, P[s], 1, TL);
-                        He = __shfl_up_sync(0xffffffffu, H[s], 1, TL);
-                    }
-                    if (j == 0) { Pe = 1.f; He = 0.f; }
+                    float Pe, He;
+                    lanes_before<TL>(P[s], H[s], j, Pe, He);
                     h[s] = Pe * (live[s] ? carry[cl * NP + n + s] : 0.f) + He;
                     if (ck_here && live[s]) ck_row[n + s] = h[s];
                 }

@@ -26,11 +26,10 @@ def best_rows(rows: list[dict[str, Any]], over: tuple[str, ...] | list[str], met
     whose rows has the metric (every run diverged) is left out."""
     keys = list(GRID_KEYS) + [a for a in axis_columns(rows) if a not in over]
     best: dict[tuple, tuple[float, dict[str, Any]]] = {}
-    order: list[tuple] = []
+    order: dict[tuple, None] = {}  # the groups in order of first appearance
     for row in rows:
         key = tuple(freeze_value(row.get(k)) for k in keys)
-        if key not in order:
-            order.append(key)
+        order.setdefault(key)
         score = _score(row, metric)
         if score is not None and (key not in best or score > best[key][0]):
             best[key] = (score, row)

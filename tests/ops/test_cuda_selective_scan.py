@@ -61,6 +61,15 @@ def test_loader_compiles_and_caches(tmp_path, monkeypatch):
         assert again.from_cache and again.cubin == first.cubin and again.key == first.key
 
 
+def test_nvrtc_flags_turn_its_own_cache_off():
+    """NVRTC 12.9+ serves repeated compiles from a cache of its own, with an empty log: no
+    ptxas report, so the spill checks would read nothing. Its cache is off from 12.9 on."""
+    assert _cuda_rtc._nvrtc_flags("12.8") == ["--ptxas-options=-v"]
+    assert _cuda_rtc._nvrtc_flags("11.8") == ["--ptxas-options=-v"]
+    for version in ("12.9", "13.0", "13"):
+        assert _cuda_rtc._nvrtc_flags(version) == ["--ptxas-options=-v", "--no-cache"]
+
+
 def test_cache_key_and_folder(tmp_path, monkeypatch):
     comp = _cuda_rtc.Compiler("nvrtc", "libnvrtc.so", "13.0")
     key = _cuda_rtc.cache_key("src", ["-DX=1"], "sm_90", comp)
@@ -207,9 +216,10 @@ def test_launch_parameters_without_a_gpu():
 
 
 def test_default_config():
-    assert cuda.default_config(torch.empty(8, 1536, 1), 16) == cuda.CudaScanConfig("A", "A")
+    assert cuda.default_config(torch.empty(8, 1536, 1), 16) == cuda.CudaScanConfig("A2", "A2")
     assert cuda.default_config(torch.empty(1, 1536, 1), 16) == cuda.CudaScanConfig("B", "B")
-    assert cuda.default_config(torch.empty(2, 1536, 1), 16) == cuda.CudaScanConfig("A", "A")
+    assert cuda.default_config(torch.empty(2, 1536, 1), 16) == cuda.CudaScanConfig("A2", "A2")
+    assert cuda.default_config(torch.empty(2, 1536, 1), 128) == cuda.CudaScanConfig("A2", "A2")
     assert cuda.default_config(torch.empty(8, 5120, 1), 16) == cuda.CudaScanConfig("C", "C")
     assert cuda.default_config(torch.empty(8, 5120, 1), 128) == cuda.CudaScanConfig("A", "A")
 

@@ -93,7 +93,7 @@ class Compiler:
         """(cubin, log) of ``source`` for ``arch`` ("sm_90"); ``options`` are -D/-std
         flags common to both compilers; ptxas' resource report is asked for (in the log)."""
         if self.kind == "nvrtc":
-            return _nvrtc_compile(self.path, source, name, options, arch)
+            return _nvrtc_compile(self.path, source, name, options, arch, _nvrtc_flags(self.version))
         return _nvcc_compile(self.path, source, name, options, arch)
 
 
@@ -106,11 +106,19 @@ def _load_nvrtc(path: str) -> ctypes.CDLL:
     return lib
 
 
-def _nvrtc_compile(path, source, name, options, arch):
+def _nvrtc_flags(version: str) -> list[str]:
+    """NVRTC's own flags for a compile with ptxas' report: from 12.9 on, NVRTC keeps a cache of
+    its own, and a compile served from it prints no report (an empty log, read as "no
+    resources" by the spill checks); this module's disk cache is the cache, so NVRTC's is off."""
+    major, minor = (int(v) for v in (version.split(".") + ["0"])[:2])
+    return ["--ptxas-options=-v"] + (["--no-cache"] if (major, minor) >= (12, 9) else [])
+
+
+def _nvrtc_compile(path, source, name, options, arch, flags):
     try:
-        return _nvrtc_compile_once(path, source, name, ["--ptxas-options=-v", *options], arch)
+        return _nvrtc_compile_once(path, source, name, [*flags, *options], arch)
     except CudaCompileError as e:
-        if "ptxas-options" not in str(e):
+        if not any(f.split("=")[0] in str(e) for f in flags):
             raise
     return _nvrtc_compile_once(path, source, name, list(options), arch)   # an NVRTC without the option
 

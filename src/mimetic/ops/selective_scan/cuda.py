@@ -140,12 +140,13 @@ class CudaScanConfig:
 
 def default_config(u: torch.Tensor, d_state: int) -> CudaScanConfig:
     """Layouts by the number of (batch, channel) rows, as measured on an H200
-    (benchmarks/RESULTS.md, "CUDA selective scan"): few rows (long sequences) take B, very
-    many take C (A above d_state 64: C's 128 channels per block would need more shared
-    memory for their carries than a block has), others A. At 3072 rows A's forward +
-    backward beat B's by 13%; at 40960 C and A were within 10% of each other."""
+    (benchmarks/RESULTS.md, "CUDA selective scan" and "A2 beside mamba_ssm"): few rows (long
+    sequences) take B, very many take C (A above d_state 64: C's 128 channels per block would
+    need more shared memory for their carries than a block has), others A2 (A with two
+    states a pass: 10-15% faster than A there; at 40960 rows its forward is slower than A's).
+    At 3072 rows A's forward + backward beat B's by 13%; at 40960 C and A were within 10%."""
     rows = u.shape[0] * u.shape[1]
-    name = "B" if rows <= 2048 else "C" if rows >= 32768 and d_state <= 64 else "A"
+    name = "B" if rows <= 2048 else "C" if rows >= 32768 and d_state <= 64 else "A2" if rows < 32768 else "A"
     return CudaScanConfig(name, name)
 
 

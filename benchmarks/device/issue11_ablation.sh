@@ -4,7 +4,7 @@
 # The sweep goes to runs/$name in the repository (ignored by git; kept between calls on a
 # warm device machine), so a second call resumes where the first was cut off. A later session
 # (a fresh machine) resumes from the rows an earlier one brought back: RESTORE=ROWS.jsonl
-# (e.g. experiments/results/copy_seeds_partial_rows.jsonl) writes them into runs/$name
+# (e.g. experiments/results/copy_seeds_rows.jsonl) writes them into runs/$name
 # first (benchmarks/device/sweep_rows.py), and the sweep skips those points.
 # ONLY="length=256 model.d_model=64" trains only those points (`mimetic sweep --only`, one per
 # word), in the same folder: a grid too large for one call goes in slices.

@@ -153,7 +153,7 @@ def _check(c: Case, emu) -> tuple:
     return got, got_g
 
 
-LAYOUTS = ["A", "B", "C", "A2"]
+LAYOUTS = ["A", "B", "C", "A2", "B2", "C2"]
 DTYPE_PAIRS = [(torch.float32, None), (torch.bfloat16, None), (torch.float16, None),
                (torch.bfloat16, torch.float32), (torch.float16, torch.float32)]
 
@@ -202,6 +202,14 @@ SHAPES = [
     Case(2, 48, 100, 15, 3, layouts=("A", "A2"), dtype=torch.bfloat16),
     Case(2, 48, 150, 9, None, layouts=("C", "A2"), dtype=torch.float16, bc_dtype=torch.float32),
     Case(1, 12, 300, 3, 3, layouts=("A2k8", "B")),
+    Case(2, 8, 1, 1, layouts=("B2", "B2")),
+    Case(1, 12, 300, 3, 3, layouts=("B2", "B2")),  # past B's chunks, odd d_state
+    Case(1, 4, 20, 256, layouts=("B2", "B2"), dtype=torch.float16),
+    Case(2, 16, 129, 33, 4, layouts=("C2", "C2")),
+    Case(1, 8, 40, 63, layouts=("C2", "C2"), dtype=torch.bfloat16),
+    Case(2, 130, 17, 2, None, layouts=("C2", "C2")),  # a second block per group
+    Case(2, 48, 100, 15, 3, layouts=("B2", "C2")),
+    Case(2, 48, 100, 15, 3, layouts=("C2", "B"), dtype=torch.bfloat16),
 ]
 
 

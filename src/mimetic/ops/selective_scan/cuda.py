@@ -102,13 +102,17 @@ class Layout:
 # A2: A with two states a pass (ncu found both kernels latency-bound on dependent chains,
 # benchmarks/RESULTS.md); the forward's second chain needs more than A's 128 registers,
 # so three blocks a SM, or A2k8's 8 steps a thread at four (the backward's A2 already
-# takes 8: its A2k8 is A2, so every forward name has a backward one).
+# takes 8: its A2k8 is A2, so every forward name has a backward one). B2 and C2: B and C
+# with two states a pass (B2's forward at B's cap of 128 registers, C2's at three blocks a
+# SM as A2's), for the few-row and very-many-row shapes where A2 is not the default.
 FWD_LAYOUTS = {
     "A": Layout(4, 8, 16, 4, 4),
     "B": Layout(1, 32, 8, 8, 2),
     "C": Layout(32, 1, 16, 4, 4),
     "A2": Layout(4, 8, 16, 4, 3, 2),
     "A2k8": Layout(4, 8, 8, 4, 4, 2),
+    "B2": Layout(1, 32, 8, 8, 2, 2),
+    "C2": Layout(32, 1, 16, 4, 3, 2),
 }
 BWD_LAYOUTS = {
     "A": Layout(4, 8, 8, 4, 2),
@@ -116,6 +120,8 @@ BWD_LAYOUTS = {
     "C": Layout(16, 2, 8, 4, 2),
     "A2": Layout(4, 8, 8, 4, 2, 2),
     "A2k8": Layout(4, 8, 8, 4, 2, 2),
+    "B2": Layout(2, 16, 8, 4, 2, 2),
+    "C2": Layout(16, 2, 8, 4, 2, 2),
 }
 
 

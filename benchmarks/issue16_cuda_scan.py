@@ -41,6 +41,7 @@ SHAPES = [(8, 1536, 2048, 16), (2, 1536, 8192, 16), (8, 5120, 2048, 16), (1, 153
 MUFU_EX2_PER_S = 16 * 132 * 1.98e9        # the design note's H200 MUFU ceiling
 COPY_BPS = 4.28e12                         # the design note's H200 copy rate (read + write)
 LAYOUTS = list(cuda.FWD_LAYOUTS)
+PAIRS: list[tuple[str, str]] = []   # mixed (forward, backward) layout pairs the bench adds (--pairs)
 
 
 def inputs(b, d, L, n, dtype, groups=None, seed=0, bc_dtype=None):
@@ -273,7 +274,7 @@ def section_bench(records, tables, quick):
         leaves = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
         grads = list(leaves.values())
         fns = {f"cuda_{fl}{bl}": (cuda.selective_scan_cuda, dict(config=cuda.CudaScanConfig(fl, bl)))
-               for fl, bl in [(x, x) for x in LAYOUTS]}
+               for fl, bl in dict.fromkeys([(x, x) for x in LAYOUTS] + PAIRS)}
         fns["triton"] = (triton_scan(), {})
         if theirs is not None:
             fns["mamba"] = (theirs, {})
@@ -323,7 +324,19 @@ def main():
     ap.add_argument("--quick", action="store_true", help="first shapes only")
     ap.add_argument("--layouts", default=None,
                     help="comma-separated layout names the check and bench sections run (default: all)")
+    ap.add_argument("--pairs", default=None,
+                    help="comma-separated FWD/BWD layout pairs the bench section adds, e.g. A/A2k8")
     args = ap.parse_args()
+    if args.pairs:
+        global PAIRS
+        PAIRS = [tuple(p.split("/")) for p in args.pairs.split(",")]
+        for p in PAIRS:
+            if len(p) != 2:
+                ap.error(f"--pairs takes FWD/BWD layout names, got {'/'.join(p)!r}")
+            try:
+                cuda.CudaScanConfig(*p).check(need_grad=True)
+            except ValueError as e:
+                ap.error(str(e))
     if args.layouts:
         global LAYOUTS
         LAYOUTS = args.layouts.split(",")

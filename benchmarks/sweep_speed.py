@@ -622,9 +622,10 @@ def measure_packed(report: Report, sizes: Sizes, workers: list[int], scratch: Pa
 
 
 def pack_run(cfg, point: GridPoint, K: int, steps: int, sizes: Sizes, device: torch.device,
-             profile: bool) -> tuple[float, float | None]:
+             profile: bool) -> tuple[float, dict[str, Any] | None]:
     """One ``train_ensemble`` of K members (seeds 0..K-1, the point's model, no files, one eval
-    at the end): (wall seconds, CUDA kernel ms under the profiler, or None)."""
+    at the end): (wall seconds, the profiler's device-time totals with its heaviest kernels
+    (``device_time_totals``), or None)."""
     from mimetic.ensemble.train import train_ensemble
 
     task = cfg.task_for(point)
@@ -647,7 +648,7 @@ def pack_run(cfg, point: GridPoint, K: int, steps: int, sizes: Sizes, device: to
         train_ensemble(models, task, tcfgs)
         sync()
     wall = time.perf_counter() - t0
-    return wall, (device_time_totals(prof)["kernel_ms"] if prof is not None else None)
+    return wall, (device_time_totals(prof, top=40) if prof is not None else None)
 
 
 def scaling_one(cfg, point: GridPoint, K: int, sizes: Sizes, device: torch.device) -> dict[str, Any]:
@@ -655,7 +656,8 @@ def scaling_one(cfg, point: GridPoint, K: int, sizes: Sizes, device: torch.devic
     run (model build, Triton compilation, graph capture, the final eval): a short and a long
     run of ``sizes.scaling_steps`` steps, and their difference divided by the extra steps;
     on CUDA the same difference of kernel time under the profiler (separate runs) gives the
-    kernel fraction of a steady step."""
+    kernel fraction of a steady step, and the kernels that take the most of it (by name, the
+    same difference per step: where a steady step's GPU time goes)."""
     short, long = sizes.scaling_steps
     pack_run(cfg, point, K, short, sizes, device, profile=False)  # compile and warm up
     walls = [pack_run(cfg, point, K, n, sizes, device, profile=False)[0] for n in (short, long)]
@@ -663,11 +665,24 @@ def scaling_one(cfg, point: GridPoint, K: int, sizes: Sizes, device: torch.devic
     rec: dict[str, Any] = {"K": K, "seq_len": cfg.task_for(point).seq_len, "steady_ms_per_step": ms(step_s),
                            "steady_ms_per_model_step": ms(step_s / K), "walls_s": [round(w, 3) for w in walls]}
     if device.type == "cuda":
-        kernels = [pack_run(cfg, point, K, n, sizes, device, profile=True)[1] for n in (short, long)]
-        kernel_ms = (kernels[1] - kernels[0]) / (long - short)
+        totals = [pack_run(cfg, point, K, n, sizes, device, profile=True)[1] for n in (short, long)]
+        kernel_ms = (totals[1]["kernel_ms"] - totals[0]["kernel_ms"]) / (long - short)
         rec.update(kernel_ms_per_step=round(kernel_ms, 4), kernel_ms_per_model_step=round(kernel_ms / K, 4),
-                   kernel_fraction=round(kernel_ms / max(step_s * 1e3, 1e-9), 3))
+                   kernel_fraction=round(kernel_ms / max(step_s * 1e3, 1e-9), 3),
+                   top_kernels=steady_kernels(*totals, long - short))
     return rec
+
+
+def steady_kernels(short: dict[str, Any], long: dict[str, Any], extra_steps: int, top: int = 12) -> list[dict]:
+    """The heaviest kernels of a steady step: each kernel's ms in the long run less the short
+    run's, per extra step (kernels outside either run's top list count as 0 there)."""
+    before = {k["kernel"]: k for k in short["top"]}
+    per_step = []
+    for k in long["top"]:
+        b = before.get(k["kernel"], {"ms": 0.0, "count": 0})
+        per_step.append({"kernel": k["kernel"], "ms_per_step": round((k["ms"] - b["ms"]) / extra_steps, 4),
+                         "launches_per_step": round((k["count"] - b["count"]) / extra_steps, 2)})
+    return sorted(per_step, key=lambda k: -k["ms_per_step"])[:top]
 
 
 def run_scaling(report: Report, sizes: Sizes, device: torch.device) -> None:
@@ -740,6 +755,12 @@ def print_tables(data: dict[str, Any]) -> None:
             print(f"| {key.rsplit('/', 1)[0]} ({r['seq_len']}) | {r['K']} | {fmt(r['steady_ms_per_step'])} | "
                   f"{fmt(r['steady_ms_per_model_step'])} | {fmt(r.get('kernel_ms_per_model_step'))} | "
                   f"{fmt(r.get('kernel_fraction'))} |")
+        largest = max(scaling, key=lambda k: scaling[k]["K"])
+        for key, r in scaling.items():
+            if r["K"] == scaling[largest]["K"] and r.get("top_kernels"):
+                print(f"\n{key}, heaviest kernels of a steady step (ms, launches):")
+                for k in r["top_kernels"][:6]:
+                    print(f"  {k['ms_per_step']:8.3f} {k['launches_per_step']:6.1f}  {k['kernel']}")
     failed = [f"{s}/{k}: {(v.get('error') or v.get('skipped')).splitlines()[0]}" for s in SECTIONS
               for k, v in data[s].items() if isinstance(v, dict) and ("error" in v or "skipped" in v)]
     if failed:

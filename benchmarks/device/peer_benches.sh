@@ -8,7 +8,9 @@ export PYTHONUNBUFFERED=1 MIMETIC_CUDA_CACHE=/tmp/mimetic-cuda-cache
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
 d=/tmp/bench; mkdir -p $d/scan $d/conv $d/ssd
-timeout ${SCAN_S:-200} python3 benchmarks/issue16_cuda_scan.py --out $d/scan --sections bench > $d/scan.log 2>&1; echo "scan rc=$?"
+# every layout (same forward and backward) and the mixed pairs of SCAN_PAIRS
+timeout ${SCAN_S:-200} python3 benchmarks/issue16_cuda_scan.py --out $d/scan --sections bench \
+    --pairs ${SCAN_PAIRS:-A/A2k8,A/A2} > $d/scan.log 2>&1; echo "scan rc=$?"
 timeout ${CONV_S:-100} python3 benchmarks/issue16_cuda_conv.py --out $d/conv --sections bench > $d/conv.log 2>&1; echo "conv rc=$?"
 timeout ${SSD_S:-160} python3 benchmarks/gpu.py --ops ssd --out $d/ssd > $d/ssd.log 2>&1; echo "ssd rc=$?"
 timeout ${LAYERS_S:-110} python3 benchmarks/gpu_layers.py --precision bf16 --no-compile --out $d > $d/layers.log 2>&1; echo "layers rc=$?"

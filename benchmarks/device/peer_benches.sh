@@ -14,8 +14,6 @@ timeout ${SCAN_S:-200} python3 benchmarks/issue16_cuda_scan.py --out $d/scan --s
 timeout ${CONV_S:-100} python3 benchmarks/issue16_cuda_conv.py --out $d/conv --sections bench > $d/conv.log 2>&1; echo "conv rc=$?"
 timeout ${SSD_S:-160} python3 benchmarks/gpu.py --ops ssd --out $d/ssd > $d/ssd.log 2>&1; echo "ssd rc=$?"
 timeout ${LAYERS_S:-110} python3 benchmarks/gpu_layers.py --precision bf16 --no-compile --out $d > $d/layers.log 2>&1; echo "layers rc=$?"
-mkdir -p $d/ssd_dc   # the SSD dC kernel prototype against the current one (no peers needed)
-timeout ${SSD_DC_S:-90} python3 benchmarks/ssd_dc_prototype.py --out $d/ssd_dc > $d/ssd_dc.log 2>&1; echo "ssd_dc rc=$?"
 tar -C /tmp -czf $OUT/bench.tar.gz bench
 for f in scan/issue16_cuda_scan.md conv/issue16_cuda_conv.md; do tail -30 $d/$f 2>/dev/null; done
-tail -n 15 $d/ssd.log $d/layers.log $d/ssd_dc.log
+tail -n 15 $d/ssd.log $d/layers.log

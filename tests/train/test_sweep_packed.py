@@ -137,3 +137,10 @@ def test_cpu_pack_capacity_of_a_grid_point_stays_within_the_group(tmp_path):
     cfg = load_sweep(write_toml(tmp_path / "g.toml", GRID))
     point = cfg.points()[0]
     assert 1 <= pack_capacity(cfg, point, "cpu", most=3) <= 3
+
+
+def test_pack_capacity_of_a_group_of_one_builds_nothing(tmp_path, monkeypatch):
+    """A group of one member is a pack of one: no model is built and no step probed."""
+    cfg = load_sweep(write_toml(tmp_path / "g.toml", GRID))
+    monkeypatch.setattr("mimetic.train.sweep.packed.MambaLM", None)   # calling it would fail
+    assert pack_capacity(cfg, cfg.points()[0], "cpu", most=1) == 1

@@ -137,6 +137,8 @@ def pack_capacity(cfg: SweepConfig, point: GridPoint, device: str | None = None,
     divided among ``concurrent`` packs (at most ``MAX_PACK``). On the CPU, the fastest per
     member: :func:`cpu_pack_capacity`. 1 for a model an ensemble cannot hold."""
     most = MAX_PACK if most is None else max(1, min(most, MAX_PACK))
+    if most == 1:  # nothing to decide: no model build, no probe step
+        return 1
     dev = _device(device)
     task = cfg.task_for(point)
     tcfg = TrainConfig(**cfg.train_for(point))

@@ -317,6 +317,16 @@ def section_bench(records, tables, quick):
                     "MUFU floor/ours"), rows))
 
 
+def print_resources(direction: str, name: str, layout) -> None:
+    """ptxas' registers / spills of an extra layout (float32 and bfloat16), compiled for this
+    GPU (or sm_90 without one)."""
+    arch = _cuda_rtc.device_arch(torch.device("cuda")) if torch.cuda.is_available() else "sm_90"
+    for code in (0, 1):
+        spec = cuda.Spec(direction, code, code, layout, cuda.state_group(direction, 16))
+        res = _cuda_rtc.ptxas_resources(cuda.compiled(spec, arch).log)
+        print(f"extra layout {direction} {name} {layout} dtype code {code}: {res}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -324,9 +334,24 @@ def main():
     ap.add_argument("--quick", action="store_true", help="first shapes only")
     ap.add_argument("--layouts", default=None,
                     help="comma-separated layout names the check and bench sections run (default: all)")
+    ap.add_argument("--extra-layout", action="append", default=[], metavar="DIR:NAME=CL,TL,KX,W,MB[,SI]",
+                    help="a layout to try that the package does not ship (DIR fwd or bwd; the fields of "
+                         "cuda.Layout), added for this run only; repeatable. Its ptxas report is printed "
+                         "(spills show there); time it with --layouts / --pairs")
     ap.add_argument("--pairs", default=None,
                     help="comma-separated FWD/BWD layout pairs the bench section adds, e.g. A/A2k8")
     args = ap.parse_args()
+    for spec in args.extra_layout:
+        try:
+            direction, rest = spec.split(":", 1)
+            name, fields = rest.split("=", 1)
+            layout = cuda.Layout(*(int(v) for v in fields.split(",")))
+        except (ValueError, TypeError) as e:
+            ap.error(f"--extra-layout {spec!r}: {e}")
+        if direction not in ("fwd", "bwd"):
+            ap.error(f"--extra-layout {spec!r}: DIR must be fwd or bwd")
+        (cuda.FWD_LAYOUTS if direction == "fwd" else cuda.BWD_LAYOUTS)[name] = layout
+        print_resources(direction, name, layout)
     if args.pairs:
         global PAIRS
         PAIRS = [tuple(p.split("/")) for p in args.pairs.split(",")]

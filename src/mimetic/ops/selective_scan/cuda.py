@@ -152,7 +152,12 @@ def default_config(u: torch.Tensor, d_state: int) -> CudaScanConfig:
     states a pass: 10-15% faster than A there; at 40960 rows its forward is slower than A's).
     At 3072 rows A's forward + backward beat B's by 13%; at 40960 C and A were within 10%."""
     rows = u.shape[0] * u.shape[1]
-    name = "B" if rows <= 2048 else "C" if rows >= 32768 and d_state <= 64 else "A2" if rows < 32768 else "A"
+    if rows <= 2048:
+        name = "B"
+    elif rows < 32768:
+        name = "A2"
+    else:
+        name = "C" if d_state <= 64 else "A"
     return CudaScanConfig(name, name)
 
 

@@ -277,6 +277,19 @@ def test_plots_draw_one_series_per_axis_value(tmp_path, monkeypatch):
     assert sorted(figs[0].axes[0].get_legend_handles_labels()[1]) == ["attention", "default", "mimetic"]
 
 
+def test_the_legend_names_the_series_of_every_panel(tmp_path, monkeypatch):
+    """A baseline panel with one init (LinearAttention) drawn last: the legend, in that
+    panel, still names the Mamba panel's mimetic series."""
+    figs = record_figures(monkeypatch)
+    rows = [{"task": "copy", "init": init, "layer": layer, "d_state": 4, "length": n, "seed": 0,
+             "final_token_acc": 0.5}
+            for layer, inits in (("Mamba1", ("default", "mimetic")), ("LinearAttention", ("default",)))
+            for init in inits for n in (8, 16)]
+    plots.plot_sweep(rows, tmp_path)
+    legend = figs[0].axes[-1].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["default", "mimetic"]
+
+
 def test_split_plot_has_a_panel_per_layer_and_d_state_with_every_seed(tmp_path, monkeypatch):
     figs = record_figures(monkeypatch)
     rows = [{"task": "copy", "init": init, "layer": layer, "d_state": d, "length": n, "seed": s,

@@ -157,10 +157,19 @@ def _plot_axis(
         ax.grid(alpha=0.3)
     for row_axes in axes:
         row_axes[0].set_ylabel(metric.replace("_", " ") + " (mean +- std; dots: seeds)")
-    handles, labels = axes[0][-1].get_legend_handles_labels()
-    if handles:
-        axes[0][-1].legend(fontsize=7, loc="best")
+    _legend_of_all_panels(axes)
     return _save(fig, path, f"{title}: {task}")
+
+
+def _legend_of_all_panels(axes) -> None:
+    """One legend, in the last panel of the first row, of every series drawn in any panel
+    (each label once): panels need not share their series (a baseline with one init)."""
+    entries: dict[str, Any] = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        axes[0][-1].legend(list(entries.values()), list(entries), fontsize=7, loc="best")
 
 
 def plot_sweep(

@@ -755,9 +755,9 @@ def print_tables(data: dict[str, Any]) -> None:
             print(f"| {key.rsplit('/', 1)[0]} ({r['seq_len']}) | {r['K']} | {fmt(r['steady_ms_per_step'])} | "
                   f"{fmt(r['steady_ms_per_model_step'])} | {fmt(r.get('kernel_ms_per_model_step'))} | "
                   f"{fmt(r.get('kernel_fraction'))} |")
-        largest = max(scaling, key=lambda k: scaling[k]["K"])
+        largest = max(r["K"] for r in scaling.values())
         for key, r in scaling.items():
-            if r["K"] == scaling[largest]["K"] and r.get("top_kernels"):
+            if r["K"] == largest and r.get("top_kernels"):
                 print(f"\n{key}, heaviest kernels of a steady step (ms, launches):")
                 for k in r["top_kernels"][:6]:
                     print(f"  {k['ms_per_step']:8.3f} {k['launches_per_step']:6.1f}  {k['kernel']}")

@@ -229,7 +229,7 @@ def _strided_and_graph_checks(records):
 def _real_size_check(records, tables, quick):
     theirs = mamba_scan()
     rows = []
-    for (b, d, L, n) in SHAPES[:1] if quick else SHAPES:
+    for (b, d, L, n) in (SHAPES[:1] if quick else SHAPES):
         for dtype in (torch.bfloat16, torch.float32):
             t = inputs(b, d, L, n, dtype)
             t.pop("initial_state")
@@ -267,7 +267,7 @@ def _floors(b, d, L, n, dtype):
 def section_bench(records, tables, quick):
     theirs = mamba_scan()
     rows = []
-    for (b, d, L, n), dtype in itertools.product(SHAPES[:1] if quick else SHAPES, (torch.bfloat16, torch.float32)):
+    for (b, d, L, n), dtype in itertools.product((SHAPES[:1] if quick else SHAPES), (torch.bfloat16, torch.float32)):
         t = inputs(b, d, L, n, dtype)
         t.pop("initial_state")
         dout = torch.randn(b, d, L, device="cuda").to(dtype)
@@ -332,6 +332,9 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--sections", default="compile,check,bench")
     ap.add_argument("--quick", action="store_true", help="first shapes only")
+    ap.add_argument("--shapes", default=None, metavar="I,J,...",
+                    help="1-based indices into SHAPES the check and bench sections run (default: all), "
+                         "e.g. 3,4 for the very-many-row and few-row shapes")
     ap.add_argument("--layouts", default=None,
                     help="comma-separated layout names the check and bench sections run (default: all)")
     ap.add_argument("--extra-layout", action="append", default=[], metavar="DIR:NAME=CL,TL,KX,W,MB[,SI]",
@@ -362,6 +365,13 @@ def main():
                 cuda.CudaScanConfig(*p).check(need_grad=True)
             except ValueError as e:
                 ap.error(str(e))
+    if args.shapes:
+        global SHAPES
+        try:
+            picked = [SHAPES[int(i) - 1] for i in args.shapes.split(",")]
+        except (ValueError, IndexError):
+            ap.error(f"--shapes {args.shapes!r}: 1-based indices into {SHAPES}")
+        SHAPES = picked
     if args.layouts:
         global LAYOUTS
         LAYOUTS = args.layouts.split(",")

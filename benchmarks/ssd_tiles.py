@@ -1,8 +1,9 @@
 """Tile sizes of the Triton SSD kernels: the forward + backward of ``ssd_scan_triton`` at the
 Mamba-2 layer's shape, once per (row block, warps) pair, with each kernel's GPU time.
 
-The SSD kernels run at one fixed tiling (``ssd.triton.BLOCK_M`` rows a block, ``BLOCK_WARPS``
-warps a program), chosen early and never tuned on Hopper, while mamba_ssm autotunes its
+The SSD kernels run at one fixed tiling per matmul precision (``ssd.triton.BLOCK_M`` rows a
+block for half operands, ``BLOCK_M_F32`` for exact float32 ones, ``BLOCK_WARPS`` warps a
+program), chosen early and never tuned on Hopper, while mamba_ssm autotunes its
 chunk kernels and is ahead in kernel time (benchmarks/RESULTS.md, issue 16). This measures
 what other tilings give before anything is changed: per configuration the wall time
 (``do_bench`` median), the kernel time (torch.profiler) and its heaviest kernels, and the
@@ -27,7 +28,16 @@ from mimetic.ops.ssd import triton as ssd
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import cuda_ms, env_info, profile_totals  # noqa: E402
 
-CONFIGS = [(64, 4), (32, 4), (64, 8), (128, 8), (32, 2), (128, 4)]   # (BLOCK_M, BLOCK_WARPS); the first is today's
+CONFIGS = [(64, 4), (32, 4), (64, 8), (128, 8), (32, 2), (128, 4), (32, 8), (16, 4)]   # (rows, warps)
+
+
+def tilings(dtype, configs):
+    """(rows, warps) pairs to time for ``dtype``, its default first (the baseline of the diffs)."""
+    default = (ssd.BLOCK_M_F32 if dtype == torch.float32 else ssd.BLOCK_M, ssd.BLOCK_WARPS)
+    rest = [c for c in configs if c != default]
+    if dtype == torch.float32:   # 64 rows and more spill there (460 ms at 64 x 4 on an H100)
+        rest = [c for c in rest if c[0] <= 32]
+    return [default] + rest
 
 
 def problem(batch, L, H, P, N, G, dtype, device, seed=0):
@@ -53,6 +63,20 @@ def fwd_bwd(leaves, dout, chunk):
     return y.detach(), {k: v.grad for k, v in leaves.items()}
 
 
+def peer_fwd_bwd(leaves, dout, chunk):
+    """The same step through mamba_ssm's ``mamba_chunk_scan_combined`` (None if not installed)."""
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception:  # noqa: BLE001 -- the peer is optional
+        return None
+    for v in leaves.values():
+        v.grad = None
+    y = mamba_chunk_scan_combined(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], chunk,
+                                  D=leaves["D"], z=leaves["z"], dt_bias=leaves["dt_bias"], dt_softplus=True)
+    y.backward(dout)
+    return y.detach(), {k: v.grad for k, v in leaves.items()}
+
+
 def max_rel(a, b) -> float:
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
 
@@ -64,17 +88,18 @@ def main() -> int:
     args = ap.parse_args()
     device = "cpu" if args.smoke else "cuda"
     if args.smoke:
-        shape, chunk, dtypes, configs = (1, 150, 4, 16, 16, 1), 64, (torch.float32,), [(64, 4), (32, 4)]
+        shape, chunk, dtypes, configs = (1, 150, 4, 16, 16, 1), 64, (torch.float32,), [(32, 4), (16, 4)]
     else:
         shape, chunk, dtypes, configs = (8, 2048, 24, 64, 128, 1), 256, (torch.bfloat16, torch.float32), CONFIGS
-    default = (ssd.BLOCK_M, ssd.BLOCK_WARPS)
+    default = (ssd.BLOCK_M, ssd.BLOCK_M_F32, ssd.BLOCK_WARPS)
     records = []
     try:
         for dtype in dtypes:
             leaves, dout = problem(*shape, dtype=dtype, device=device)
             base = None
-            for bm, warps in configs:
-                ssd.BLOCK_M, ssd.BLOCK_WARPS = bm, warps
+            for bm, warps in tilings(dtype, configs):
+                ssd.BLOCK_M = ssd.BLOCK_M_F32 = bm
+                ssd.BLOCK_WARPS = warps
                 rec = {"shape": shape, "chunk": chunk, "dtype": str(dtype), "block_m": bm, "warps": warps}
                 try:
                     y, grads = fwd_bwd(leaves, dout, chunk)
@@ -92,8 +117,17 @@ def main() -> int:
                     rec["error"] = repr(e)[:300]
                 records.append(rec)
                 print(json.dumps({k: v for k, v in rec.items() if k != "top"}), flush=True)
+            if not args.smoke and (peer := peer_fwd_bwd(leaves, dout, chunk)) is not None:
+                rec = {"shape": shape, "chunk": chunk, "dtype": str(dtype), "block_m": "mamba_ssm", "warps": "-",
+                       "max_rel_diff": max(max_rel(peer[0], base[0]),
+                                           *(max_rel(g, base[1][k]) for k, g in peer[1].items()))}
+                fn = lambda: peer_fwd_bwd(leaves, dout, chunk)  # noqa: E731
+                rec["wall_ms"] = cuda_ms(fn, warmup=5, rep=40)
+                rec["kernel_ms"] = profile_totals(fn, iters=5, top=10)["kernel_ms"] / 5
+                records.append(rec)
+                print(json.dumps(rec), flush=True)
     finally:
-        ssd.BLOCK_M, ssd.BLOCK_WARPS = default
+        ssd.BLOCK_M, ssd.BLOCK_M_F32, ssd.BLOCK_WARPS = default
     Path(args.out).mkdir(parents=True, exist_ok=True)
     info = env_info(device)
     Path(args.out, "ssd_tiles.json").write_text(json.dumps({"info": info, "records": records}, indent=1))

@@ -405,11 +405,14 @@ def test_triton_time_step_transform(backend, transform, nan_empty):
 
 @pytest.mark.parametrize("backend", backend_params("triton"))
 def test_triton_other_block_config(backend, monkeypatch, nan_empty):
-    """The row-block size and warps (module knobs a GPU run may retune) change only the
-    tiling: 32-row blocks, 8 warps, several row blocks per chunk, same results (and no
-    kernel reads an element of the unfilled buffers that none wrote: nan_empty)."""
+    """The row-block sizes and warps (module knobs a GPU run may retune) change only the
+    tiling: each dot path's other row block (32 rows for half operands, 64 for float32
+    ones, which the CPU runs), 8 warps, same results (and no kernel reads an element of
+    the unfilled buffers that none wrote: nan_empty)."""
     mod = nan_empty
+    assert (mod.BLOCK_M, mod.BLOCK_M_F32) == (64, 32)   # the defaults this test steps away from
     monkeypatch.setattr(mod, "BLOCK_M", 32)
+    monkeypatch.setattr(mod, "BLOCK_M_F32", 64)
     monkeypatch.setattr(mod, "BLOCK_WARPS", 8)
     t = kernel_inputs(1, 150, 2, 16, 32, 1, torch.float32, D_per_p=True, seed=3, device=device_of(backend))
     limit = (1e-3, 0.5)

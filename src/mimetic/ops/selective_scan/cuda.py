@@ -145,19 +145,21 @@ class CudaScanConfig:
 
 
 def default_config(u: torch.Tensor, d_state: int) -> CudaScanConfig:
-    """Layouts by the number of (batch, channel) rows, as measured on an H200
-    (benchmarks/RESULTS.md, "CUDA selective scan" and "A2 beside mamba_ssm"): few rows (long
-    sequences) take B, very many take C (A above d_state 64: C's 128 channels per block would
-    need more shared memory for their carries than a block has), others A2 (A with two
-    states a pass: 10-15% faster than A there; at 40960 rows its forward is slower than A's).
-    At 3072 rows A's forward + backward beat B's by 13%; at 40960 C and A were within 10%."""
+    """Layouts by the number of (batch, channel) rows, as measured on an H200 and an H100
+    (benchmarks/RESULTS.md, "CUDA selective scan", "A2 beside mamba_ssm" and "B2 and C2"):
+    few rows (long sequences) take B2, very many take C2 (A above d_state 64: C's 128
+    channels per block would need more shared memory for their carries than a block has;
+    A2's forward is slower than A's there), others A2. Two states a pass beat one in each
+    range: A2 over A by 10-15%, B2 over B by 9-10% in bfloat16 (5% in float32's forward +
+    backward), C2 over C by 3-11%. At 3072 rows A's forward + backward beat B's by 13%; at 40960 C2's beat
+    A2's by 7% in bfloat16."""
     rows = u.shape[0] * u.shape[1]
     if rows <= 2048:
-        name = "B"
+        name = "B2"
     elif rows < 32768:
         name = "A2"
     else:
-        name = "C" if d_state <= 64 else "A"
+        name = "C2" if d_state <= 64 else "A"
     return CudaScanConfig(name, name)
 
 

@@ -514,8 +514,11 @@ def _ssd_bwd_dt_kernel(pairs_ptr, sterm_ptr, term_ptr, dcl_ptr, dw_ptr, w_ptr, A
 
 # Row block of the output and backward block kernels, and their warps per program: the
 # configuration measured fastest (benchmarks/RESULTS.md); the result does not depend on
-# them. (Offline, ptxas reports spills at this size: docs/kernels.md.)
+# them. (Offline, ptxas reports spills at this size: docs/kernels.md.) Exact float32
+# matmuls ("ieee": FMA units, float32 operand tiles) take half the rows: at 64 rows and
+# d_state 128 the Mamba-2 layer's float32 forward + backward ran 20x slower than at 32.
 BLOCK_M = 64
+BLOCK_M_F32 = 32
 BLOCK_WARPS = 4
 
 
@@ -535,7 +538,6 @@ class _Launch:
         self.Q = chunk_size
         self.nc = triton.cdiv(self.L, self.Q)
         self.BP, self.BN = _p2(self.P), _p2(self.N)
-        self.BM = min(BLOCK_M, _p2(self.Q))
         self.clamp = tuple(dt_limit) != (0.0, math.inf)
         self.lo, self.hi = ((float(dt_limit[0]), float(min(dt_limit[1], 3.0e38)))
                             if self.clamp else (0.0, 0.0))
@@ -543,6 +545,7 @@ class _Launch:
         # (CPU testing) computes half-precision tl.dot wrongly (seen with triton 3.9:
         # values ~1e9 off), so there the float32 path runs; the GPU tests cover it.
         self.dot_f32 = x.dtype in (torch.float32, torch.float64) or not x.is_cuda
+        self.BM = min(BLOCK_M_F32 if self.dot_f32 else BLOCK_M, _p2(self.Q))
         self.dims = (self.L, self.H, self.P, self.N, self.Q, self.H // self.G, self.nc)
         self.x_strides = (x.stride(0), x.stride(1))
         self.y_strides = (self.L * self.H * self.P, self.H * self.P)

@@ -32,12 +32,15 @@ CONFIGS = [(64, 4), (32, 4), (64, 8), (128, 8), (32, 2), (128, 4), (32, 8), (16,
 
 
 def tilings(dtype, configs):
-    """(rows, warps) pairs to time for ``dtype``, its default first (the baseline of the diffs)."""
+    """(rows, warps, float32 matmul precision) to time for ``dtype``, its default first (the
+    baseline of the diffs); float32 also at its default tiling with tf32x3 matmuls."""
     default = (ssd.BLOCK_M_F32 if dtype == torch.float32 else ssd.BLOCK_M, ssd.BLOCK_WARPS)
     rest = [c for c in configs if c != default]
-    if dtype == torch.float32:   # 64 rows and more spill there (460 ms at 64 x 4 on an H100)
-        rest = [c for c in rest if c[0] <= 32]
-    return [default] + rest
+    if dtype != torch.float32:
+        return [(*c, ssd.F32_PRECISION) for c in [default] + rest]
+    rest = [c for c in rest if c[0] <= 32]   # 64 rows and more spill (460 ms at 64 x 4 on an H100)
+    other = "tf32x3" if ssd.F32_PRECISION == "ieee" else "ieee"
+    return [(*c, ssd.F32_PRECISION) for c in [default] + rest] + [(*default, other), (64, 4, other)]
 
 
 def problem(batch, L, H, P, N, G, dtype, device, seed=0):
@@ -91,16 +94,17 @@ def main() -> int:
         shape, chunk, dtypes, configs = (1, 150, 4, 16, 16, 1), 64, (torch.float32,), [(32, 4), (16, 4)]
     else:
         shape, chunk, dtypes, configs = (8, 2048, 24, 64, 128, 1), 256, (torch.bfloat16, torch.float32), CONFIGS
-    default = (ssd.BLOCK_M, ssd.BLOCK_M_F32, ssd.BLOCK_WARPS)
+    default = (ssd.BLOCK_M, ssd.BLOCK_M_F32, ssd.BLOCK_WARPS, ssd.F32_PRECISION)
     records = []
     try:
         for dtype in dtypes:
             leaves, dout = problem(*shape, dtype=dtype, device=device)
             base = None
-            for bm, warps in tilings(dtype, configs):
+            for bm, warps, precision in tilings(dtype, configs):
                 ssd.BLOCK_M = ssd.BLOCK_M_F32 = bm
-                ssd.BLOCK_WARPS = warps
-                rec = {"shape": shape, "chunk": chunk, "dtype": str(dtype), "block_m": bm, "warps": warps}
+                ssd.BLOCK_WARPS, ssd.F32_PRECISION = warps, precision
+                rec = {"shape": shape, "chunk": chunk, "dtype": str(dtype), "block_m": bm, "warps": warps,
+                       "f32_precision": precision if dtype == torch.float32 else "-"}
                 try:
                     y, grads = fwd_bwd(leaves, dout, chunk)
                     if base is None:
@@ -119,6 +123,7 @@ def main() -> int:
                 print(json.dumps({k: v for k, v in rec.items() if k != "top"}), flush=True)
             if not args.smoke and (peer := peer_fwd_bwd(leaves, dout, chunk)) is not None:
                 rec = {"shape": shape, "chunk": chunk, "dtype": str(dtype), "block_m": "mamba_ssm", "warps": "-",
+                       "f32_precision": "-",
                        "max_rel_diff": max(max_rel(peer[0], base[0]),
                                            *(max_rel(g, base[1][k]) for k, g in peer[1].items()))}
                 fn = lambda: peer_fwd_bwd(leaves, dout, chunk)  # noqa: E731
@@ -127,13 +132,14 @@ def main() -> int:
                 records.append(rec)
                 print(json.dumps(rec), flush=True)
     finally:
-        ssd.BLOCK_M, ssd.BLOCK_M_F32, ssd.BLOCK_WARPS = default
+        ssd.BLOCK_M, ssd.BLOCK_M_F32, ssd.BLOCK_WARPS, ssd.F32_PRECISION = default
     Path(args.out).mkdir(parents=True, exist_ok=True)
     info = env_info(device)
     Path(args.out, "ssd_tiles.json").write_text(json.dumps({"info": info, "records": records}, indent=1))
-    print("\n| dtype | BLOCK_M | warps | wall ms | kernel ms | max rel diff |\n|---|---|---|---|---|---|")
+    print("\n| dtype | BLOCK_M | warps | f32 matmuls | wall ms | kernel ms | max rel diff |\n|---|---|---|---|---|---|---|")
     for r in records:
-        print(f"| {r['dtype'].split('.')[-1]} | {r['block_m']} | {r['warps']} | {r.get('wall_ms', float('nan')):.3f} | "
+        print(f"| {r['dtype'].split('.')[-1]} | {r['block_m']} | {r['warps']} | {r['f32_precision']} | "
+              f"{r.get('wall_ms', float('nan')):.3f} | "
               f"{r.get('kernel_ms', float('nan')):.3f} | {r.get('max_rel_diff', float('nan')):.1e} |"
               + (f" {r['error'][:60]}" if "error" in r else ""))
     return 0

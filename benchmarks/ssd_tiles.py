@@ -136,7 +136,8 @@ def main() -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     info = env_info(device)
     Path(args.out, "ssd_tiles.json").write_text(json.dumps({"info": info, "records": records}, indent=1))
-    print("\n| dtype | BLOCK_M | warps | f32 matmuls | wall ms | kernel ms | max rel diff |\n|---|---|---|---|---|---|---|")
+    print("\n| dtype | BLOCK_M | warps | f32 matmuls | wall ms | kernel ms | max rel diff |")
+    print("|---|---|---|---|---|---|---|")
     for r in records:
         print(f"| {r['dtype'].split('.')[-1]} | {r['block_m']} | {r['warps']} | {r['f32_precision']} | "
               f"{r.get('wall_ms', float('nan')):.3f} | "

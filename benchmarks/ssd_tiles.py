@@ -40,7 +40,8 @@ def tilings(dtype, configs):
         return [(*c, ssd.F32_PRECISION) for c in [default] + rest]
     rest = [c for c in rest if c[0] <= 32]   # 64 rows and more spill (460 ms at 64 x 4 on an H100)
     other = "tf32x3" if ssd.F32_PRECISION == "ieee" else "ieee"
-    return [(*c, ssd.F32_PRECISION) for c in [default] + rest] + [(*default, other), (64, 4, other)]
+    return ([(*default, ssd.F32_PRECISION), (*default, other), (64, 4, other)]
+            + [(*c, ssd.F32_PRECISION) for c in rest])
 
 
 def problem(batch, L, H, P, N, G, dtype, device, seed=0):
@@ -88,16 +89,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (CPU, TRITON_INTERPRET=1)")
+    ap.add_argument("--dtypes", default="bfloat16,float32", help="GPU dtypes to time, in order")
     args = ap.parse_args()
     device = "cpu" if args.smoke else "cuda"
     if args.smoke:
         shape, chunk, dtypes, configs = (1, 150, 4, 16, 16, 1), 64, (torch.float32,), [(32, 4), (16, 4)]
     else:
-        shape, chunk, dtypes, configs = (8, 2048, 24, 64, 128, 1), 256, (torch.bfloat16, torch.float32), CONFIGS
+        shape, chunk, configs = (8, 2048, 24, 64, 128, 1), 256, CONFIGS
+        dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     default = (ssd.BLOCK_M, ssd.BLOCK_M_F32, ssd.BLOCK_WARPS, ssd.F32_PRECISION)
     records = []
     try:
         for dtype in dtypes:
+            ssd.BLOCK_M, ssd.BLOCK_M_F32, ssd.BLOCK_WARPS, ssd.F32_PRECISION = default   # tilings() reads them
             leaves, dout = problem(*shape, dtype=dtype, device=device)
             base = None
             for bm, warps, precision in tilings(dtype, configs):

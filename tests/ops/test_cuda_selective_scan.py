@@ -351,6 +351,16 @@ def test_gpu_matches_reference(shape, layout, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU of compute capability 8.0+")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(2, 24, 200, 16, None), (2, 16, 129, 33, 4)],
+                         ids=lambda s: "x".join(map(str, s[:4])) + f"g{s[4]}")
+def test_gpu_mixed_pair_matches_reference(shape, dtype):
+    """The C2 forward with the A2 backward (the fastest pair at very many rows, measured)."""
+    _gpu_case(*shape, dtype, config=cuda.CudaScanConfig("C2", "A2"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU of compute capability 8.0+")
 @pytest.mark.parametrize("opts", [dict(z=False), dict(D=False, bias=False), dict(h0=False, last=False)],
                          ids=["no_z", "no_D_bias", "no_states"])
 def test_gpu_optional_arguments(opts):

@@ -147,20 +147,20 @@ class CudaScanConfig:
 def default_config(u: torch.Tensor, d_state: int) -> CudaScanConfig:
     """Layouts by the number of (batch, channel) rows, as measured on an H200 and an H100
     (benchmarks/RESULTS.md, "CUDA selective scan", "A2 beside mamba_ssm" and "B2 and C2"):
-    few rows (long sequences) take B2, very many take C2 (A above d_state 64: C's 128
-    channels per block would need more shared memory for their carries than a block has;
-    A2's forward is slower than A's there), others A2. Two states a pass beat one in each
-    range: A2 over A by 10-15%, B2 over B by 9-10% in bfloat16 (5% in float32's forward +
-    backward), C2 over C by 3-11%. At 3072 rows A's forward + backward beat B's by 13%; at 40960 C2's beat
-    A2's by 7% in bfloat16."""
+    few rows (long sequences) take B2; very many take C2 (A above d_state 64: C's 128
+    channels per block would need more shared memory for their carries than a block has,
+    and A2's forward is slower than A's there); others A2. Two states a pass beat one in
+    each range: A2 over A by 10-15%, B2 over B by 9-10% in bfloat16 (5% in float32's
+    forward + backward), C2 over C by 3-11%. At 3072 rows A's forward + backward beat B's
+    by 13%. At 40960 the C2 forward with the A2 backward was the fastest pair in bfloat16
+    and float32, 1-4% ahead of C2 / C2 and of A2 / A2; it becomes the default once its GPU
+    parity test (test_gpu_mixed_pair_matches_reference) has run."""
     rows = u.shape[0] * u.shape[1]
     if rows <= 2048:
-        name = "B2"
-    elif rows < 32768:
-        name = "A2"
-    else:
-        name = "C2" if d_state <= 64 else "A"
-    return CudaScanConfig(name, name)
+        return CudaScanConfig("B2", "B2")
+    if rows < 32768:
+        return CudaScanConfig("A2", "A2")
+    return CudaScanConfig("C2", "C2") if d_state <= 64 else CudaScanConfig("A", "A")
 
 
 def state_group(direction: str, d_state: int) -> int:

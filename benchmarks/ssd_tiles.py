@@ -59,26 +59,34 @@ def problem(batch, L, H, P, N, G, dtype, device, seed=0):
     return leaves, rnd(batch, L, H, P)
 
 
-def fwd_bwd(leaves, dout, chunk):
-    for v in leaves.values():
-        v.grad = None
-    y = ssd.ssd_scan_triton(**leaves, chunk_size=chunk, dt_softplus=True)
-    y.backward(dout)
-    return y.detach(), {k: v.grad for k, v in leaves.items()}
+def ours(leaves, chunk):
+    return ssd.ssd_scan_triton(**leaves, chunk_size=chunk, dt_softplus=True)
 
 
-def peer_fwd_bwd(leaves, dout, chunk):
-    """The same step through mamba_ssm's ``mamba_chunk_scan_combined`` (None if not installed)."""
+def peer():
+    """mamba_ssm's scan as ``ours`` is called (None if mamba_ssm is not installed)."""
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
     except Exception:  # noqa: BLE001 -- the peer is optional
         return None
+    return lambda t, chunk: mamba_chunk_scan_combined(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk, D=t["D"],
+                                                      z=t["z"], dt_bias=t["dt_bias"], dt_softplus=True)
+
+
+def fwd_bwd(leaves, dout, chunk, scan=ours):
     for v in leaves.values():
         v.grad = None
-    y = mamba_chunk_scan_combined(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], chunk,
-                                  D=leaves["D"], z=leaves["z"], dt_bias=leaves["dt_bias"], dt_softplus=True)
+    y = scan(leaves, chunk)
     y.backward(dout)
     return y.detach(), {k: v.grad for k, v in leaves.items()}
+
+
+def time_step(rec, fn):
+    """Wall ms (do_bench median), kernel ms and the heaviest kernels of one step, into ``rec``."""
+    rec["wall_ms"] = cuda_ms(fn, warmup=5, rep=40)
+    totals = profile_totals(fn, iters=5, top=10)
+    rec["kernel_ms"] = totals["kernel_ms"] / 5
+    rec["top"] = [{**k, "ms": k["ms"] / 5} for k in totals["top"]]
 
 
 def max_rel(a, b) -> float:
@@ -116,25 +124,19 @@ def main() -> int:
                     rec["max_rel_diff"] = max(max_rel(y, base[0]),
                                               *(max_rel(g, base[1][k]) for k, g in grads.items()))
                     if not args.smoke:
-                        fn = lambda: fwd_bwd(leaves, dout, chunk)  # noqa: E731
-                        rec["wall_ms"] = cuda_ms(fn, warmup=5, rep=40)
-                        totals = profile_totals(fn, iters=5, top=10)
-                        rec["kernel_ms"] = totals["kernel_ms"] / 5
-                        rec["top"] = [{**k, "ms": k["ms"] / 5} for k in totals["top"]]
+                        time_step(rec, lambda: fwd_bwd(leaves, dout, chunk))
                 except Exception as e:  # noqa: BLE001 -- a tiling that does not compile or run is a result
                     rec["error"] = repr(e)[:300]
                 records.append(rec)
                 print(json.dumps({k: v for k, v in rec.items() if k != "top"}), flush=True)
-            if not args.smoke and (peer := peer_fwd_bwd(leaves, dout, chunk)) is not None:
+            if not args.smoke and (theirs := peer()) is not None:
+                y, grads = fwd_bwd(leaves, dout, chunk, theirs)
                 rec = {"shape": shape, "chunk": chunk, "dtype": str(dtype), "block_m": "mamba_ssm", "warps": "-",
                        "f32_precision": "-",
-                       "max_rel_diff": max(max_rel(peer[0], base[0]),
-                                           *(max_rel(g, base[1][k]) for k, g in peer[1].items()))}
-                fn = lambda: peer_fwd_bwd(leaves, dout, chunk)  # noqa: E731
-                rec["wall_ms"] = cuda_ms(fn, warmup=5, rep=40)
-                rec["kernel_ms"] = profile_totals(fn, iters=5, top=10)["kernel_ms"] / 5
+                       "max_rel_diff": max(max_rel(y, base[0]), *(max_rel(g, base[1][k]) for k, g in grads.items()))}
+                time_step(rec, lambda: fwd_bwd(leaves, dout, chunk, theirs))
                 records.append(rec)
-                print(json.dumps(rec), flush=True)
+                print(json.dumps({k: v for k, v in rec.items() if k != "top"}), flush=True)
     finally:
         ssd.BLOCK_M, ssd.BLOCK_M_F32, ssd.BLOCK_WARPS, ssd.F32_PRECISION = default
     Path(args.out).mkdir(parents=True, exist_ok=True)

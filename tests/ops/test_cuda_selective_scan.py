@@ -220,7 +220,7 @@ def test_default_config():
     assert cuda.default_config(torch.empty(1, 1536, 1), 16) == cuda.CudaScanConfig("B2", "B2")
     assert cuda.default_config(torch.empty(2, 1536, 1), 16) == cuda.CudaScanConfig("A2", "A2")
     assert cuda.default_config(torch.empty(2, 1536, 1), 128) == cuda.CudaScanConfig("A2", "A2")
-    assert cuda.default_config(torch.empty(8, 5120, 1), 16) == cuda.CudaScanConfig("C2", "C2")
+    assert cuda.default_config(torch.empty(8, 5120, 1), 16) == cuda.CudaScanConfig("C2", "A2")
     assert cuda.default_config(torch.empty(8, 5120, 1), 128) == cuda.CudaScanConfig("A", "A")
 
 

@@ -69,11 +69,12 @@ def main() -> None:
         tiles = dict(BM=bm, BP=64, BN=128)
         kernels = [
             ("_ssd_scan_kernel", ssd._ssd_scan_kernel,
-             dict(HAS_D=True, D_PER_P=False, HAS_Z=False, GATE_BWD=False, DOT_F32=False, F32_DOT="ieee", **tiles)),
+             dict(HAS_D=True, D_PER_P=False, HAS_Z=False, GATE_BWD=False, DOT_F32=False,
+                  F32_PRECISION="ieee", **tiles)),
             ("_ssd_bwd_dx_kernel", ssd._ssd_bwd_dx_kernel,
-             dict(HAS_D=True, DOT_F32=False, F32_DOT="ieee", HEADS=args.heads, **tiles)),
+             dict(HAS_D=True, DOT_F32=False, F32_PRECISION="ieee", HEADS=args.heads, **tiles)),
             ("_ssd_bwd_dc_kernel", ssd._ssd_bwd_dc_kernel,
-             dict(DOT_F32=False, F32_DOT="ieee", HEADS=args.heads, **tiles)),
+             dict(DOT_F32=False, F32_PRECISION="ieee", HEADS=args.heads, **tiles)),
         ]
         for name, fn, consts in kernels:
             regs, spills = registers_and_spills(fn, consts, warps)

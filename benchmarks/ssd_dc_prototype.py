@@ -155,7 +155,7 @@ def outputs(problem):
 def launchers(problem):
     """{name: a launch of that kernel into its own preallocated outputs}, and those outputs."""
     args, grid, heads, splits, n_rows, k = problem
-    kernels = {"current": (ssd._ssd_bwd_dc_kernel, dict(F32_DOT=k.f32_dot)),
+    kernels = {"current": (ssd._ssd_bwd_dc_kernel, dict(F32_PRECISION=k.f32_precision)),
                "merged": (_ssd_bwd_dc_merged_kernel, dict(HP2=triton.next_power_of_2(heads)))}
     outs = {name: outputs(problem) for name in kernels}
 

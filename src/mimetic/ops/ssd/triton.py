@@ -95,7 +95,7 @@ def _ssd_dt_kernel(dt_ptr, A_ptr, bias_ptr, w_ptr, cs_ptr, cslast_ptr, L, H, Q, 
 def _ssd_chunk_state_kernel(X_ptr, Y_ptr, w_ptr, cs_ptr, cslast_ptr, out_ptr,
                             L, H, P, N, Q, heads_per_group, n_chunks,
                             s_x_b, s_x_l, s_y_b, s_y_l,
-                            FORWARD: tl.constexpr, DOT_F32: tl.constexpr, F32_DOT: tl.constexpr,
+                            FORWARD: tl.constexpr, DOT_F32: tl.constexpr, F32_PRECISION: tl.constexpr,
                             BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     """out[b, c, h] = sum_t weight_t X_t^T Y_t over chunk c, (P, N) per head, where X is
     (b, L, H, P)-strided and Y (b, L, G, N)-strided. Forward: X = x, Y = B and
@@ -127,7 +127,7 @@ def _ssd_chunk_state_kernel(X_ptr, Y_ptr, w_ptr, cs_ptr, cslast_ptr, out_ptr,
                      mask=m[:, None] & (offs_n[None, :] < N), other=0.0)
         xw = xb.to(tl.float32) * wt[:, None]
         if DOT_F32:
-            acc += tl.dot(tl.trans(xw), yb.to(tl.float32), input_precision=F32_DOT)
+            acc += tl.dot(tl.trans(xw), yb.to(tl.float32), input_precision=F32_PRECISION)
         else:
             acc += tl.dot(tl.trans(xw.to(yb.dtype)), yb)
     tl.store(out_ptr + ((b * n_chunks + c) * H + h) * P * N + offs_p[:, None] * N + offs_n[None, :],
@@ -189,7 +189,7 @@ def _ssd_scan_kernel(x_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, D_ptr, z_ptr, sin_ptr, 
                      L, H, P, N, Q, heads_per_group, n_chunks,
                      s_x_b, s_x_l, s_y_b, s_y_l, s_b_b, s_b_l,
                      HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr,
-                     GATE_BWD: tl.constexpr, DOT_F32: tl.constexpr, F32_DOT: tl.constexpr,
+                     GATE_BWD: tl.constexpr, DOT_F32: tl.constexpr, F32_PRECISION: tl.constexpr,
                      BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     """Outputs of a row block of chunk c. With GATE_BWD (backward, z given) it writes,
     instead of the gated output, dy = dout * silu(z) into out and the gate's gradient
@@ -217,7 +217,7 @@ def _ssd_scan_kernel(x_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, D_ptr, z_ptr, sin_ptr, 
     S = tl.load(sin_ptr + ((b * n_chunks + c) * H + h) * P * N + offs_p[:, None] * N
                 + offs_n[None, :], mask=(offs_p[:, None] < P) & mn, other=0.0)   # (BP, BN)
     if DOT_F32:
-        acc = tl.dot(C_i.to(tl.float32), tl.trans(S), input_precision=F32_DOT)
+        acc = tl.dot(C_i.to(tl.float32), tl.trans(S), input_precision=F32_PRECISION)
     else:
         acc = tl.dot(C_i, tl.trans(S.to(C_i.dtype)))
     acc = acc * tl.exp(cs_i)[:, None]
@@ -235,7 +235,7 @@ def _ssd_scan_kernel(x_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, D_ptr, z_ptr, sin_ptr, 
         x_j = tl.load(x_ptr + b * s_x_b + tj[:, None] * s_x_l + h * P + offs_p[None, :],
                       mask=mj[:, None] & mp, other=0.0)
         if DOT_F32:
-            cb = tl.dot(C_i.to(tl.float32), tl.trans(B_j.to(tl.float32)), input_precision=F32_DOT)
+            cb = tl.dot(C_i.to(tl.float32), tl.trans(B_j.to(tl.float32)), input_precision=F32_PRECISION)
         else:
             cb = tl.dot(C_i, tl.trans(B_j))
         causal = (ti[:, None] >= tj[None, :]) & mi[:, None] & mj[None, :]
@@ -246,7 +246,7 @@ def _ssd_scan_kernel(x_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, D_ptr, z_ptr, sin_ptr, 
         bad_j = tl.sum(tl.where(fin_x, 0, 1), axis=1) > 0
         n_bad += tl.sum(tl.where(causal & bad_j[None, :], 1, 0), axis=1)
         if DOT_F32:
-            acc += tl.dot(mt, x_j.to(tl.float32), input_precision=F32_DOT)
+            acc += tl.dot(mt, x_j.to(tl.float32), input_precision=F32_PRECISION)
         else:
             acc += tl.dot(mt.to(x_j.dtype), x_j)
     acc = tl.where(n_bad[:, None] > 0, float("nan"), acc)
@@ -278,7 +278,7 @@ def _ssd_bwd_dx_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, cslast_ptr, B_ptr, C_ptr, D
                        dx_ptr, dB_ptr, dw_ptr, term_ptr, dD_ptr, s_d_h, s_d_p,
                        L, H, P, N, Q, heads_per_group, n_chunks, G, n_splits,
                        s_x_b, s_x_l, s_y_b, s_y_l, s_b_b, s_b_l,
-                       HAS_D: tl.constexpr, DOT_F32: tl.constexpr, F32_DOT: tl.constexpr, HEADS: tl.constexpr,
+                       HAS_D: tl.constexpr, DOT_F32: tl.constexpr, F32_PRECISION: tl.constexpr, HEADS: tl.constexpr,
                        BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     """Gradients reaching the inputs of step j, for a column block of chunk c and HEADS
     heads of one group: dx, dw and the state term's weight per head; dB summed over
@@ -314,8 +314,8 @@ def _ssd_bwd_dx_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, cslast_ptr, B_ptr, C_ptr, D
         Gc = tl.load(gend_ptr + ((b * n_chunks + c) * H + h) * P * N + offs_p[:, None] * N
                      + offs_n[None, :], mask=(offs_p[:, None] < P) & mn, other=0.0)  # (BP, BN)
         if DOT_F32:
-            BG = tl.dot(B_j.to(tl.float32), tl.trans(Gc), input_precision=F32_DOT)  # (BM, BP)
-            XG = tl.dot(x_j.to(tl.float32), Gc, input_precision=F32_DOT)            # (BM, BN)
+            BG = tl.dot(B_j.to(tl.float32), tl.trans(Gc), input_precision=F32_PRECISION)  # (BM, BP)
+            XG = tl.dot(x_j.to(tl.float32), Gc, input_precision=F32_PRECISION)            # (BM, BN)
         else:
             BG = tl.dot(B_j, tl.trans(Gc.to(B_j.dtype)))
             XG = tl.dot(x_j, Gc.to(x_j.dtype))
@@ -336,9 +336,9 @@ def _ssd_bwd_dx_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, cslast_ptr, B_ptr, C_ptr, D
                            mask=mi[:, None] & mp, other=0.0)
             if DOT_F32:
                 CB = tl.dot(B_j.to(tl.float32), tl.trans(C_i.to(tl.float32)),
-                            input_precision=F32_DOT)
+                            input_precision=F32_PRECISION)
                 XD = tl.dot(x_j.to(tl.float32), tl.trans(dy_i.to(tl.float32)),
-                            input_precision=F32_DOT)
+                            input_precision=F32_PRECISION)
             else:
                 CB = tl.dot(B_j, tl.trans(C_i))      # (BM_j, BM_i): C_i . B_j
                 XD = tl.dot(x_j, tl.trans(dy_i))     # (BM_j, BM_i): dy_i . x_j
@@ -347,9 +347,9 @@ def _ssd_bwd_dx_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, cslast_ptr, B_ptr, C_ptr, D
             CBd = CB * decay
             dw += tl.sum(CBd * XD, axis=1)
             if DOT_F32:
-                dx_acc += tl.dot(CBd * w_j[:, None], dy_i.to(tl.float32), input_precision=F32_DOT)
+                dx_acc += tl.dot(CBd * w_j[:, None], dy_i.to(tl.float32), input_precision=F32_PRECISION)
                 dB_sum += tl.dot(XD * decay * w_j[:, None], C_i.to(tl.float32),
-                                 input_precision=F32_DOT)
+                                 input_precision=F32_PRECISION)
             else:
                 dx_acc += tl.dot((CBd * w_j[:, None]).to(dy_i.dtype), dy_i)
                 dB_sum += tl.dot((XD * decay * w_j[:, None]).to(C_i.dtype), C_i)
@@ -371,7 +371,7 @@ def _ssd_bwd_dc_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, sin_ptr, dC_p
                        sterm_ptr, da_ptr,
                        L, H, P, N, Q, heads_per_group, n_chunks, G, n_splits,
                        s_x_b, s_x_l, s_y_b, s_y_l, s_b_b, s_b_l,
-                       DOT_F32: tl.constexpr, F32_DOT: tl.constexpr, HEADS: tl.constexpr,
+                       DOT_F32: tl.constexpr, F32_PRECISION: tl.constexpr, HEADS: tl.constexpr,
                        BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     """dC for a row block i of chunk c summed over HEADS heads of one group (float32, one
     slice per head split). Per head also the log-decay gradients of the outputs of these
@@ -404,7 +404,7 @@ def _ssd_bwd_dc_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, sin_ptr, dC_p
         S = tl.load(sin_ptr + ((b * n_chunks + c) * H + h) * P * N + offs_p[:, None] * N
                     + offs_n[None, :], mask=(offs_p[:, None] < P) & mn, other=0.0)  # (BP, BN)
         if DOT_F32:
-            acc = tl.dot(dy_i.to(tl.float32), S, input_precision=F32_DOT)
+            acc = tl.dot(dy_i.to(tl.float32), S, input_precision=F32_PRECISION)
         else:
             acc = tl.dot(dy_i, S.to(dy_i.dtype))
         acc = acc * tl.where(mi, tl.exp(cs_i), 0.0)[:, None]
@@ -423,9 +423,9 @@ def _ssd_bwd_dc_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, sin_ptr, dC_p
                           mask=mj[:, None] & mp, other=0.0)
             if DOT_F32:
                 DX = tl.dot(dy_i.to(tl.float32), tl.trans(x_j.to(tl.float32)),
-                            input_precision=F32_DOT)
+                            input_precision=F32_PRECISION)
                 CB = tl.dot(C_i.to(tl.float32), tl.trans(B_j.to(tl.float32)),
-                            input_precision=F32_DOT)
+                            input_precision=F32_PRECISION)
             else:
                 DX = tl.dot(dy_i, tl.trans(x_j))     # (BM_i, BM_j): dy_i . x_j
                 CB = tl.dot(C_i, tl.trans(B_j))      # (BM_i, BM_j): C_i . B_j
@@ -433,7 +433,7 @@ def _ssd_bwd_dc_kernel(x_ptr, dy_ptr, w_ptr, cs_ptr, B_ptr, C_ptr, sin_ptr, dC_p
             decay = tl.exp(tl.where(causal, cs_i[:, None] - cs_j[None, :], float("-inf")))
             mt = DX * decay * w_j[None, :]
             if DOT_F32:
-                acc += tl.dot(mt, B_j.to(tl.float32), input_precision=F32_DOT)
+                acc += tl.dot(mt, B_j.to(tl.float32), input_precision=F32_PRECISION)
             else:
                 acc += tl.dot(mt.to(B_j.dtype), B_j)
             M = mt * CB
@@ -522,8 +522,10 @@ BLOCK_M = 64
 BLOCK_M_F32 = 32
 BLOCK_WARPS = 4
 # tl.dot's input_precision for float32 operands on the GPU: "ieee" (exact: FMA units) or
-# "tf32x3" (three tensor-core tf32 products, about float32's accuracy). The CPU
-# interpreter always takes "ieee".
+# "tf32x3" (three tensor-core tf32 products, about float32's accuracy, faster on an H100).
+# "ieee" stays the default: with "tf32x3", 64-row float32 blocks at 8 warps made an illegal
+# memory access on an H100 (test_triton_other_block_config). The CPU interpreter always
+# takes "ieee".
 F32_PRECISION = "ieee"
 
 
@@ -551,7 +553,7 @@ class _Launch:
         # values ~1e9 off), so there the float32 path runs; the GPU tests cover it.
         self.dot_f32 = x.dtype in (torch.float32, torch.float64) or not x.is_cuda
         self.BM = min(BLOCK_M_F32 if self.dot_f32 else BLOCK_M, _p2(self.Q))
-        self.f32_dot = F32_PRECISION if x.is_cuda else "ieee"
+        self.f32_precision = F32_PRECISION if x.is_cuda else "ieee"
         self.dims = (self.L, self.H, self.P, self.N, self.Q, self.H // self.G, self.nc)
         self.x_strides = (x.stride(0), x.stride(1))
         self.y_strides = (self.L * self.H * self.P, self.H * self.P)
@@ -585,7 +587,7 @@ def _chunk_states(k: _Launch, X, Y, w, cs, cslast, forward: bool):
     _ssd_chunk_state_kernel[(k.batch * k.H, k.nc)](
         X, Y, w, cs, cslast, out, *k.dims, *(k.x_strides if forward else k.y_strides),
         *k.b_strides,
-        FORWARD=forward, DOT_F32=k.dot_f32, F32_DOT=k.f32_dot, BQ=k.BM, BP=k.BP, BN=k.BN, num_warps=4)
+        FORWARD=forward, DOT_F32=k.dot_f32, F32_PRECISION=k.f32_precision, BQ=k.BM, BP=k.BP, BN=k.BN, num_warps=4)
     return out
 
 
@@ -613,7 +615,7 @@ def _outputs(k: _Launch, x, w, cs, B, C, D, z, sin, dout=None):
         dout if dout is not None else x, dz if dz is not None else x,
         *k.dims, *k.x_strides, *k.y_strides, *k.b_strides,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        GATE_BWD=dout is not None, DOT_F32=k.dot_f32, F32_DOT=k.f32_dot, BM=k.BM, BP=k.BP, BN=k.BN,
+        GATE_BWD=dout is not None, DOT_F32=k.dot_f32, F32_PRECISION=k.f32_precision, BM=k.BM, BP=k.BP, BN=k.BN,
         num_warps=BLOCK_WARPS)
     return (out, dz) if dout is not None else out
 
@@ -719,7 +721,7 @@ def _backward(k: _Launch, saved, dt_softplus, dt_limit, dout, dfinal, packed=Fal
         d_strides = D_hp.stride()
         dD_parts = torch.empty(k.batch, k.nc, n_rows, k.H, k.P, device=x.device,
                                dtype=torch.float32)
-    common = dict(DOT_F32=k.dot_f32, F32_DOT=k.f32_dot, HEADS=heads, BM=k.BM, BP=k.BP, BN=k.BN,
+    common = dict(DOT_F32=k.dot_f32, F32_PRECISION=k.f32_precision, HEADS=heads, BM=k.BM, BP=k.BP, BN=k.BN,
                   num_warps=BLOCK_WARPS)
     _ssd_bwd_dx_kernel[grid](
         x, dy, w, cs, cslast, B, C, D_hp if D is not None else w, gend,

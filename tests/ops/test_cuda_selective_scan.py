@@ -355,7 +355,7 @@ def test_gpu_matches_reference(shape, layout, dtype):
 @pytest.mark.parametrize("shape", [(2, 24, 200, 16, None), (2, 16, 129, 33, 4)],
                          ids=lambda s: "x".join(map(str, s[:4])) + f"g{s[4]}")
 def test_gpu_mixed_pair_matches_reference(shape, dtype):
-    """The C2 forward with the A2 backward (the fastest pair at very many rows, measured)."""
+    """The C2 forward with the A2 backward (the default at very many rows: the fastest pair measured there)."""
     _gpu_case(*shape, dtype, config=cuda.CudaScanConfig("C2", "A2"))
 
 

@@ -149,11 +149,11 @@ def default_config(u: torch.Tensor, d_state: int) -> CudaScanConfig:
     (benchmarks/RESULTS.md, "CUDA selective scan", "A2 beside mamba_ssm" and "B2 and C2"):
     few rows (long sequences) take B2; very many take the C2 forward with the A2 backward
     (A / A above d_state 64: C's 128 channels per block would need more shared memory for
-    their carries than a block has, and A2's forward is slower than A's there); others A2. Two states a pass beat one in
-    each range: A2 over A by 10-15%, B2 over B by 9-10% in bfloat16 (5% in float32's
-    forward + backward), C2 over C by 3-11%. At 3072 rows A's forward + backward beat B's
-    by 13%. At 40960 the C2 forward with the A2 backward was the fastest pair in bfloat16
-    and float32, 1-4% ahead of C2 / C2 and of A2 / A2."""
+    their carries than a block has, and A2's forward is slower than A's there); others A2.
+    Two states a pass beat one in each range: A2 over A by 10-15%, B2 over B by 9-10% in
+    bfloat16 (5% in float32's forward + backward), C2 over C by 3-11%. At 3072 rows A's
+    forward + backward beat B's by 13%. At 40960 the C2 forward with the A2 backward was the
+    fastest pair in bfloat16 and float32, 1-4% ahead of C2 / C2 and of A2 / A2."""
     rows = u.shape[0] * u.shape[1]
     if rows <= 2048:
         return CudaScanConfig("B2", "B2")

@@ -512,3 +512,31 @@ def test_triton_refuses_sequences_past_32_bit_offsets():
     assert launch(1 << 20).L == 1 << 20            # 2^20 x 1536 < 2^31
     with pytest.raises(ValueError, match="past 2\\^31 elements"):
         launch(3 << 20)
+
+
+def test_float32_matmul_precision_follows_torch_and_the_tested_tiling(monkeypatch):
+    """Left unset, the kernels' float32 matmul precision follows torch's setting ("highest"
+    -> exact "ieee", "high"/"medium" -> "tf32x3"); tf32x3 runs only at the tiling it passed
+    the GPU tests at (32 rows, 4 warps), and never in the CPU interpreter."""
+    pytest.importorskip("triton")
+    from mimetic.ops.ssd import triton as mod
+
+    monkeypatch.setattr(mod, "F32_PRECISION", None)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert mod._f32_precision(True, 32, 4) == "ieee"
+        for setting in ("high", "medium"):
+            torch.set_float32_matmul_precision(setting)
+            assert mod._f32_precision(True, 32, 4) == "tf32x3"
+            assert mod._f32_precision(True, 16, 4) == "tf32x3"
+            assert mod._f32_precision(True, 64, 4) == "ieee"
+            assert mod._f32_precision(True, 32, 8) == "ieee"
+            assert mod._f32_precision(False, 32, 4) == "ieee"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    monkeypatch.setattr(mod, "F32_PRECISION", "tf32x3")
+    assert mod._f32_precision(True, 32, 4) == "tf32x3"
+    monkeypatch.setattr(mod, "F32_PRECISION", "tf32")
+    with pytest.raises(ValueError, match="F32_PRECISION must be"):
+        mod._f32_precision(True, 32, 4)

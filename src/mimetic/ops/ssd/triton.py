@@ -521,12 +521,26 @@ def _ssd_bwd_dt_kernel(pairs_ptr, sterm_ptr, term_ptr, dcl_ptr, dw_ptr, w_ptr, A
 BLOCK_M = 64
 BLOCK_M_F32 = 32
 BLOCK_WARPS = 4
-# tl.dot's input_precision for float32 operands on the GPU: "ieee" (exact: FMA units) or
-# "tf32x3" (three tensor-core tf32 products, about float32's accuracy, faster on an H100).
-# "ieee" stays the default: with "tf32x3", 64-row float32 blocks at 8 warps made an illegal
-# memory access on an H100 (test_triton_other_block_config). The CPU interpreter always
-# takes "ieee".
-F32_PRECISION = "ieee"
+# tl.dot's input_precision for float32 operands on the GPU: "ieee" (exact: FMA units),
+# "tf32x3" (three tensor-core tf32 products, about float32's accuracy, faster on an H100),
+# or None: follow torch's setting, as torch's own float32 matmuls do ("highest", the
+# default, takes "ieee"; "high" or "medium", from torch.set_float32_matmul_precision,
+# take "tf32x3"). The CPU interpreter always takes "ieee".
+F32_PRECISION = None
+
+
+def _f32_precision(is_cuda: bool, block_m: int, warps: int) -> str:
+    """The input_precision of the float32 matmuls for one launch. tf32x3 only at the tiling
+    it passed the GPU tests at (32-row blocks, 4 warps): 64-row float32 blocks at 8 warps
+    made an illegal memory access with it on an H100; elsewhere "ieee"."""
+    wanted = F32_PRECISION
+    if wanted is None:
+        wanted = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32x3"
+    if wanted not in ("ieee", "tf32x3"):
+        raise ValueError(f"ssd_scan (Triton): F32_PRECISION must be 'ieee', 'tf32x3' or None, not {wanted!r}")
+    if not is_cuda or (wanted == "tf32x3" and (block_m > 32 or warps != 4)):
+        return "ieee"
+    return wanted
 
 
 def _p2(n: int) -> int:
@@ -553,7 +567,7 @@ class _Launch:
         # values ~1e9 off), so there the float32 path runs; the GPU tests cover it.
         self.dot_f32 = x.dtype in (torch.float32, torch.float64) or not x.is_cuda
         self.BM = min(BLOCK_M_F32 if self.dot_f32 else BLOCK_M, _p2(self.Q))
-        self.f32_precision = F32_PRECISION if x.is_cuda else "ieee"
+        self.f32_precision = _f32_precision(x.is_cuda, self.BM, BLOCK_WARPS)
         self.dims = (self.L, self.H, self.P, self.N, self.Q, self.H // self.G, self.nc)
         self.x_strides = (x.stride(0), x.stride(1))
         self.y_strides = (self.L * self.H * self.P, self.H * self.P)

@@ -135,14 +135,16 @@ def cmd_sweep(args) -> None:
 
     result = run_sweep(args.config, args.out, workers=args.workers, device=args.device,
                        progress=not args.no_progress, dry_run=args.dry_run, pack=_pack_arg(args.pack),
-                       ray=args.ray, only=parse_only(args.only) if args.only else None)
+                       ray=args.ray, only=parse_only(args.only) if args.only else None,
+                       report_only=args.report)
     if args.dry_run:  # the points, one a line
         for row in result.rows:
             print(" ".join(f"{k}={v}" for k, v in row.items() if v is not None))
         print(f"{len(result.rows)} runs")
         return
-    print(f"{len(result.rows)} runs ({result.skipped} already done)")
-    for path in (result.csv_path, result.summary_path, *result.plots):
+    if not args.report:
+        print(f"{len(result.rows)} runs ({result.skipped} already done)")
+    for path in (result.csv_path, result.summary_path, result.history_path, *result.plots):
         if path is not None:
             print(f"  {path}")
 
@@ -230,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "path, e.g. layer=Mamba1, seed=0,1, model.d_model=64; repeat for more keys); "
                         "the CSV keeps every finished point of the folder")
     s.add_argument("--dry-run", action="store_true", help="list the grid points and stop")
+    s.add_argument("--report", action="store_true",
+                   help="train nothing: write the CSVs, history.csv and the plots of the runs already in "
+                        "the folder (e.g. of a sweep cut off by a time limit)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_sweep)
 

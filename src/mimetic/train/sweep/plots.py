@@ -297,3 +297,67 @@ def _plot_generalization(rows: list[dict[str, Any]], path: Path, title: str) -> 
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="best")
     return _save(fig, path, title)
+
+
+#: panels above which ``plot_history`` leaves a task's curve to ``history.csv``
+MAX_HISTORY_PANELS = 12
+
+
+def plot_history(records: list[dict[str, Any]], out_dir: str | Path, metric: str = "token_acc",
+                 title: str = "sweep") -> list[Path]:
+    """Draw ``<task>_acc_vs_steps.png`` into ``out_dir`` from the eval ``records`` of
+    ``history.collect_history``: ``metric`` against training steps, one panel per layer type
+    and shape (length, d_state and extra axes other than those an ensemble may vary: init,
+    seed, ``train.*``), one line per init (and ``train.*`` value) with the mean over seeds
+    and a band of one std, each seed a faint line. Steps where only some seeds have a value
+    (runs cut off, or stopped early) average those present. A task whose grid gives more
+    than ``MAX_HISTORY_PANELS`` panels is not drawn (its ``history.csv`` has the records).
+    Returns the files."""
+    out = Path(out_dir)
+    paths = []
+    for task in sorted({r["task"] for r in records}):
+        recs = [r for r in records if r["task"] == task and r.get(metric) is not None]
+        extra = axis_columns(recs)
+        series_axes = [p for p in extra if p.startswith("train.")]
+        shape_axes = [p for p in extra if p not in series_axes]
+        panel_key = lambda r: (r["layer"], r["length"], r["d_state"], _combo(r, shape_axes))  # noqa: E731
+        panels = sorted({panel_key(r) for r in recs},
+                        key=lambda k: (k[0] not in SSM_LAYERS, k[0], k[1], k[2] or 0, str(k[3])))
+        if not panels or len(panels) > MAX_HISTORY_PANELS:
+            continue
+        n_cols = min(len(panels), 3)
+        n_rows = -(-len(panels) // n_cols)
+        fig = Figure(figsize=(4.6 * n_cols, 3.5 * n_rows))
+        axes = fig.subplots(n_rows, n_cols, squeeze=False, sharey=True)
+        colors = _init_colors(recs)
+        knob = TASKS[task].length_knob
+        for ax, key in zip(axes.flat, panels):
+            layer, length, d_state, shape = key
+            sel = [r for r in recs if panel_key(r) == key]
+            lines = list(dict.fromkeys((r["init"], _combo(r, series_axes)) for r in sel))
+            for li, (init, combo) in enumerate(lines):
+                runs = [r for r in sel if (r["init"], _combo(r, series_axes)) == (init, combo)]
+                color = "black" if layer == ATTENTION else colors[init]
+                _, ls = STYLES[li % len(STYLES)] if len(series_axes) else ("", "-")
+                for run in dict.fromkeys(r["run"] for r in runs):
+                    own = [r for r in runs if r["run"] == run]
+                    ax.plot([r["step"] for r in own], [float(r[metric]) for r in own], color=color, lw=0.6,
+                            alpha=0.3)
+                steps, means, stds = _series(runs, "step", metric)
+                label = _label(init, _combo_label(series_axes, combo, [c for _, c in lines]))
+                ax.plot(steps, means, color=color, ls=ls, lw=1.6, label=label)
+                ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                                color=color, alpha=0.15, linewidth=0)
+            shape_part = ", ".join(f"{p}={v}" for p, v in zip(shape_axes, shape) if v is not None)
+            ax.set_title(_label(layer, f"{knob}={length}", "" if d_state is None else f"d_state={d_state}",
+                                shape_part), fontsize=9)
+            ax.set_xlabel("training step")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_visible(False)
+        for row_axes in axes:
+            row_axes[0].set_ylabel(metric.replace("_", " ") + " (mean +- std; lines: seeds)")
+        _legend_of_all_panels(axes)
+        paths.append(_save(fig, out / f"{task}_acc_vs_steps.png", f"{title}: {task}"))
+    return paths

@@ -35,7 +35,8 @@ from .config import (
 )
 from .events import SweepLog, job_label, rows_summary
 from .packed import StreamLease, _resume_step, by_cost, pack_points, run_pack
-from .plots import plot_sweep
+from .history import HISTORY_CSV, collect_history
+from .plots import plot_history, plot_sweep
 from .record import check_and_record
 from .rows import ROW_FILE, length_evals, result_row, write_row
 from .select import select_points
@@ -72,6 +73,7 @@ class SweepResult:
     summary_path: Path | None
     plots: list[Path] = field(default_factory=list)
     skipped: int = 0
+    history_path: Path | None = None
 
 
 def run_point(
@@ -162,6 +164,7 @@ def run_sweep(
     pack: str | int = "auto",
     ray: str | bool | None = None,
     only: Mapping[str, Sequence[Any]] | None = None,
+    report_only: bool = False,
 ) -> SweepResult:
     """Run every point of the sweep in ``config_path`` (TOML; format in ``sweep/config.py``).
 
@@ -172,7 +175,9 @@ def run_sweep(
             per run: grid keys, seq_len, final/best metrics, steps_to_target, steps, time,
             n_params, gen_*@<length> for [eval] lengths), ``summary.csv`` (mean/std over
             seeds; with ``[sweep] best_over`` also ``summary_best.csv``, of each seed's best run
-            over those axes), ``plots/*.png``, ``sweep.json`` (the parsed config).
+            over those axes), ``history.csv`` (every evaluation of every run, finished or
+            not: ``history.collect_history``), ``plots/*.png`` (``<task>_acc_vs_steps.png``
+            among them, from the history), ``sweep.json`` (the parsed config).
         workers: jobs at once (packs, or points with ``pack="off"``). Packs on one GPU run
             in threads of this process, each on its own CUDA stream; otherwise jobs run in
             spawned processes, spread over the visible GPUs round-robin when ``device`` is
@@ -200,6 +205,8 @@ def run_sweep(
             strings as on the command line also match numbers: ``"1e-3"``; ``sweep/select.py``).
             ``results.csv`` and the plots still hold every point of ``out_dir`` that has a row;
             the returned rows are the selected points'.
+        report_only: train nothing: write the CSVs, the history and the plots of the runs
+            already in ``out_dir`` (a sweep cut off by a time limit, read where it stopped).
     Points already finished in ``out_dir`` (``row.json`` present) are skipped and partially
     trained ones resume from their checkpoints, so re-running a sweep continues it. Results
     CSV and summary are rewritten after every finished point. Jobs start cheapest first by an
@@ -226,17 +233,19 @@ def run_sweep(
         raise ValueError(f"--out {str(out)!r} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     with run_lock(out, what="sweep"):  # one sweep per folder (each point's run locks its own)
-        if model_factory is None:  # MambaLM's shape checks of every point before the first trains
+        if model_factory is None and not report_only:  # MambaLM's shape checks, before the first trains
             check_default_models(cfg, points, str(config_path))
         return _run_locked(cfg, out, points, selected, workers=workers, device=device, progress=progress,
-                           plot=plot, model_factory=model_factory, pack=pack, ray=ray)
+                           plot=plot, model_factory=model_factory, pack=pack, ray=ray,
+                           report_only=report_only)
 
 
 def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], selected: list[GridPoint], *,
                 workers: int, device: str | None, progress: bool, plot: bool,
-                model_factory: ModelFactory | None, pack: str | int, ray: str | bool | None) -> SweepResult:
+                model_factory: ModelFactory | None, pack: str | int, ray: str | bool | None,
+                report_only: bool = False) -> SweepResult:
     """``run_sweep`` once it holds the folder's lock: trains the ``selected`` of ``points``
-    that have no row yet."""
+    that have no row yet (none with ``report_only``)."""
     check_and_record(cfg, points, out / "runs", out)  # never mix rows of two configs (record.py)
     (out / "sweep.json").write_text(json.dumps(_cfg_dict(cfg), indent=1))
 
@@ -248,9 +257,9 @@ def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], selected: 
         row = _read_row(row_file) if row_file.exists() else None
         if row is not None:
             rows[p] = row
-        elif p in chosen:
+        elif p in chosen and not report_only:
             todo.append(p)
-    skipped = len(selected) - len(todo)
+    skipped = sum(p in rows for p in selected)   # finished before: not trained again
 
     def finished(point: GridPoint, row: dict[str, Any]) -> None:
         rows[point] = row
@@ -328,6 +337,10 @@ def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], selected: 
             f"points have rows; {rows_summary([rows[p] for p in todo], cfg.metric)}")
     ordered = [rows[p] for p in points if p in rows]  # every point with a row, selected or not
     csv_path, summary_path = write_results(out, ordered, cfg.best_over, cfg.metric)
+    history = collect_history(points, runs)
+    history_path = out / HISTORY_CSV if history else None
+    if history_path is not None:
+        _write_csv(history_path, history)
     plots: list[Path] = []
     if plot and cfg.best_over:  # drawn from each seed's best run, as the best summary
         best = [{k: v for k, v in r.items() if k not in cfg.best_over}  # the winners' values vary by seed
@@ -336,8 +349,11 @@ def _run_locked(cfg: SweepConfig, out: Path, points: list[GridPoint], selected: 
                            title=f"{cfg.name} (each seed's best {', '.join(cfg.best_over)})")
     elif plot:
         plots = plot_sweep(ordered, out / "plots", metric=cfg.metric, title=cfg.name)
-    return SweepResult(rows=[rows[p] for p in selected], csv_path=csv_path, summary_path=summary_path,
-                       plots=plots, skipped=skipped)
+    if plot and history:
+        per_eval = cfg.metric.removeprefix("final_").removeprefix("best_")  # its name in an eval record
+        plots += plot_history(history, out / "plots", metric=per_eval, title=cfg.name)
+    return SweepResult(rows=[rows[p] for p in selected if p in rows], csv_path=csv_path,  # (report_only: some unrun)
+                       summary_path=summary_path, plots=plots, skipped=skipped, history_path=history_path)
 
 
 def _read_row(row_file: Path) -> dict[str, Any] | None:

@@ -34,8 +34,8 @@ from .config import (
     mamba_config,
 )
 from .events import SweepLog, job_label, rows_summary
-from .packed import StreamLease, _resume_step, by_cost, pack_points, run_pack
 from .history import HISTORY_CSV, collect_history
+from .packed import StreamLease, _resume_step, by_cost, pack_points, run_pack
 from .plots import plot_history, plot_sweep
 from .record import check_and_record
 from .rows import ROW_FILE, length_evals, result_row, write_row

@@ -203,7 +203,12 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 def git_commit() -> str | None:
     """The checkout's commit (short hash, ``-dirty`` with uncommitted changes to tracked
-    files), or None outside a git checkout (e.g. a copied tree on the device)."""
+    files), or None outside a git checkout. ``MIMETIC_COMMIT`` in the environment wins: git
+    on the device machine has reported a commit other than the tree that ran (an earlier
+    session's), so a device command names its commit itself (``MIMETIC_COMMIT=<hash>``,
+    the hash taken here when the command is written)."""
+    if os.environ.get("MIMETIC_COMMIT"):
+        return os.environ["MIMETIC_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
                               text=True, check=True).stdout.strip()

@@ -198,8 +198,7 @@ def test_end_to_end_axes_reach_the_runs(tmp_path):
     summary = list(csv.DictReader(res.summary_path.open()))
     assert len(summary) == n // 2 and all(s["n_seeds"] == "2" for s in summary)
     assert {"model.d_model", "train.lr"} <= set(summary[0]) and "model.d_model_mean" not in summary[0]
-    assert {p.name for p in res.plots} == {"copy_acc_vs_length.png", "copy_acc_vs_d_model.png", "copy_acc_vs_lr.png",
-                                           "copy_acc_vs_steps.png"}
+    assert {p.name for p in res.plots} == {"copy_acc_vs_length.png", "copy_acc_vs_d_model.png", "copy_acc_vs_lr.png"}
 
     again = run_sweep(path, out, progress=False, plot=False, model_factory=tiny_factory)
     assert again.skipped == n and again.rows == res.rows

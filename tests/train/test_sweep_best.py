@@ -68,4 +68,4 @@ def test_sweep_writes_the_best_summary_and_plots_from_it(tmp_path):
             sum(float(w["final_token_acc"]) for w in winners) / 2)
         assert s["train.lr_values"].split() == [w["train.lr"] for w in winners]
     # drawn from the best rows: accuracy vs length, and no plot over the tuned axis
-    assert {p.name for p in res.plots} == {"copy_acc_vs_length.png", "copy_acc_vs_steps.png"}
+    assert {p.name for p in res.plots} == {"copy_acc_vs_length.png"}

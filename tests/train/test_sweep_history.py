@@ -12,6 +12,8 @@ from mimetic.train.sweep.plots import MAX_HISTORY_PANELS, plot_history
 from .test_sweep import TINY, tiny_factory, write_toml
 
 PNG = b"\x89PNG\r\n\x1a\n"
+#: TINY with three evaluations a run (steps 3, 6, 9): enough for a curve
+CURVES = {**TINY, "train": {**TINY["train"], "steps": 9}}
 
 
 def read_csv(path):
@@ -19,7 +21,7 @@ def read_csv(path):
 
 
 def test_history_holds_every_evaluation_of_every_run(tmp_path):
-    path = write_toml(tmp_path / "tiny.toml", TINY)
+    path = write_toml(tmp_path / "tiny.toml", CURVES)
     out = tmp_path / "out"
     res = run_sweep(path, out, progress=False, model_factory=tiny_factory)
     points = load_sweep(path).points()
@@ -44,7 +46,7 @@ def test_history_holds_every_evaluation_of_every_run(tmp_path):
 
 
 def test_report_trains_nothing_and_keeps_the_history_of_unfinished_runs(tmp_path, capsys):
-    path = write_toml(tmp_path / "tiny.toml", TINY)
+    path = write_toml(tmp_path / "tiny.toml", CURVES)
     out = tmp_path / "out"
     run_sweep(path, out, progress=False, model_factory=tiny_factory)
     cut = load_sweep(path).points()[2]
@@ -87,5 +89,7 @@ def test_plot_history_leaves_large_grids_to_the_csv(tmp_path):
 
     small = [rec("Mamba1", 32, s, t, 0.1 * t + 0.01 * s) for s in range(3) for t in (1, 2, 3)]
     assert [p.name for p in plot_history(small, tmp_path)] == ["copy_acc_vs_steps.png"]
-    large = [rec("Mamba1", 8 * n, 0, 1, 0.5) for n in range(1, MAX_HISTORY_PANELS + 2)]
+    large = [rec("Mamba1", 8 * n, 0, t, 0.5) for n in range(1, MAX_HISTORY_PANELS + 2) for t in (1, 2, 3)]
     assert plot_history(large, tmp_path / "large") == []
+    two_evals = [r for r in small if r["step"] < 3]   # two points a run: no curve
+    assert plot_history(two_evals, tmp_path / "short") == []

@@ -301,6 +301,9 @@ def _plot_generalization(rows: list[dict[str, Any]], path: Path, title: str) -> 
 
 #: panels above which ``plot_history`` leaves a task's curve to ``history.csv``
 MAX_HISTORY_PANELS = 12
+#: evaluations a run needs for its history to be a curve worth drawing (a smoke sweep's two
+#: are not, and the figure would be most of such a sweep's time)
+MIN_HISTORY_EVALS = 3
 
 
 def plot_history(records: list[dict[str, Any]], out_dir: str | Path, metric: str = "token_acc",
@@ -311,8 +314,8 @@ def plot_history(records: list[dict[str, Any]], out_dir: str | Path, metric: str
     seed, ``train.*``), one line per init (and ``train.*`` value) with the mean over seeds
     and a band of one std, each seed a faint line. Steps where only some seeds have a value
     (runs cut off, or stopped early) average those present. A task whose grid gives more
-    than ``MAX_HISTORY_PANELS`` panels is not drawn (its ``history.csv`` has the records).
-    Returns the files."""
+    than ``MAX_HISTORY_PANELS`` panels, or whose runs have fewer than ``MIN_HISTORY_EVALS``
+    evaluations each, is not drawn (its ``history.csv`` has the records). Returns the files."""
     out = Path(out_dir)
     paths = []
     for task in sorted({r["task"] for r in records}):
@@ -323,7 +326,10 @@ def plot_history(records: list[dict[str, Any]], out_dir: str | Path, metric: str
         panel_key = lambda r: (r["layer"], r["length"], r["d_state"], _combo(r, shape_axes))  # noqa: E731
         panels = sorted({panel_key(r) for r in recs},
                         key=lambda k: (k[0] not in SSM_LAYERS, k[0], k[1], k[2] or 0, str(k[3])))
-        if not panels or len(panels) > MAX_HISTORY_PANELS:
+        evals_per_run: dict[str, int] = {}
+        for r in recs:
+            evals_per_run[r["run"]] = evals_per_run.get(r["run"], 0) + 1
+        if not panels or len(panels) > MAX_HISTORY_PANELS or max(evals_per_run.values()) < MIN_HISTORY_EVALS:
             continue
         n_cols = min(len(panels), 3)
         n_rows = -(-len(panels) // n_cols)

@@ -15,6 +15,7 @@ there, and no display is needed on servers or in CI.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -326,9 +327,7 @@ def plot_history(records: list[dict[str, Any]], out_dir: str | Path, metric: str
         panel_key = lambda r: (r["layer"], r["length"], r["d_state"], _combo(r, shape_axes))  # noqa: E731
         panels = sorted({panel_key(r) for r in recs},
                         key=lambda k: (k[0] not in SSM_LAYERS, k[0], k[1], k[2] or 0, str(k[3])))
-        evals_per_run: dict[str, int] = {}
-        for r in recs:
-            evals_per_run[r["run"]] = evals_per_run.get(r["run"], 0) + 1
+        evals_per_run = Counter(r["run"] for r in recs)
         if not panels or len(panels) > MAX_HISTORY_PANELS or max(evals_per_run.values()) < MIN_HISTORY_EVALS:
             continue
         n_cols = min(len(panels), 3)
@@ -345,8 +344,10 @@ def plot_history(records: list[dict[str, Any]], out_dir: str | Path, metric: str
                 runs = [r for r in sel if (r["init"], _combo(r, series_axes)) == (init, combo)]
                 color = "black" if layer == ATTENTION else colors[init]
                 _, ls = STYLES[li % len(STYLES)] if len(series_axes) else ("", "-")
-                for run in dict.fromkeys(r["run"] for r in runs):
-                    own = [r for r in runs if r["run"] == run]
+                by_run: dict[str, list[dict[str, Any]]] = {}
+                for r in runs:
+                    by_run.setdefault(r["run"], []).append(r)
+                for own in by_run.values():
                     ax.plot([r["step"] for r in own], [float(r[metric]) for r in own], color=color, lw=0.6,
                             alpha=0.3)
                 steps, means, stds = _series(runs, "step", metric)

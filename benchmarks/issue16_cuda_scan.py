@@ -16,6 +16,9 @@ Sections (``--sections``, comma-separated; all by default):
   fp32, in wall time (``triton.testing.do_bench`` median) and GPU kernel time
   (``torch.profiler``): ours with every layout, Triton, mamba_ssm; the design note's MUFU
   and memory floors beside them.
+* ``compiled`` (not in the default list): forward+backward under ``torch.compile``
+  (inductor): the compiled op on the CUDA kernels and on Triton, the eager CUDA call and
+  mamba_ssm, wall and kernel time.
 
 Writes ``OUT/issue16_cuda_scan.json`` (every number) and ``OUT/issue16_cuda_scan.md`` (the
 tables); prints one JSON line per case as it goes.
@@ -317,6 +320,53 @@ def section_bench(records, tables, quick):
                     "MUFU floor/ours"), rows))
 
 
+def section_compiled(records, tables, quick):
+    """The scan under ``torch.compile`` (inductor, fullgraph), forward + backward: the public
+    op with ``backend="cuda"`` (the compiled op's CUDA entry) and ``"triton"`` (what the
+    compiled op ran before it had one), beside the eager CUDA call and mamba_ssm."""
+    from mimetic.ops import selective_scan
+
+    theirs = mamba_scan()
+    rows = []
+    for (b, d, L, n), dtype in itertools.product((SHAPES[:1] if quick else SHAPES), (torch.bfloat16, torch.float32)):
+        t = inputs(b, d, L, n, dtype)
+        t.pop("initial_state")
+        dout = torch.randn(b, d, L, device="cuda").to(dtype)
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
+        grads = list(leaves.values())
+        fns = {"eager_cuda": lambda *a, **kw: selective_scan(*a, **kw, backend="cuda")}
+        for backend in ("cuda", "triton"):
+            fns[f"compiled_{backend}"] = torch.compile(
+                lambda *a, _b=backend, **kw: selective_scan(*a, **kw, backend=_b), fullgraph=True)
+        if theirs is not None:
+            fns["mamba"] = theirs
+        rec = dict(section="compiled", shape=(b, d, L, n), dtype=str(dtype))
+        for name, fn in fns.items():
+            try:
+                def step(fn=fn):
+                    call(fn, leaves).backward(dout)
+
+                rec[f"fwdbwd_ms_{name}"] = harness.cuda_ms(step, grad_to_none=grads)
+                rec[f"fwdbwd_kernel_ms_{name}"] = harness.kernel_ms(step)
+            except Exception as e:  # noqa: BLE001
+                rec[f"error_{name}"] = repr(e)[:300]
+                traceback.print_exc()
+        harness.print_record(rec)
+        records.append(rec)
+        for timer in ("ms", "kernel_ms"):
+            got = {k: rec.get(f"fwdbwd_{timer}_{k}") for k in fns}
+            c, tr, e, m = (got.get(k) for k in ("compiled_cuda", "compiled_triton", "eager_cuda", "mamba"))
+            rows.append((f"{b}x{d}x{L}x{n} {str(dtype)[6:]}", "wall" if timer == "ms" else "kernel",
+                         *(f"{v:.3f}" if v else "-" for v in (c, tr, e, m)),
+                         f"{tr / c:.2f}x" if tr and c else "-", f"{m / c:.2f}x" if m and c else "-"))
+        t = leaves = grads = dout = fns = None
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
+    tables.append(("Under torch.compile, forward + backward, ms",
+                   ("shape", "time", "compiled cuda", "compiled triton", "eager cuda", "mamba_ssm",
+                    "triton/cuda", "mamba/compiled cuda"), rows))
+
+
 def print_resources(direction: str, name: str, layout) -> None:
     """ptxas' registers / spills of an extra layout (float32 and bfloat16), compiled for this
     GPU (or sm_90 without one)."""
@@ -389,6 +439,8 @@ def main():
             section_check(records, tables, args.quick)
         elif section == "bench":
             section_bench(records, tables, args.quick)
+        elif section == "compiled":
+            section_compiled(records, tables, args.quick)
         else:
             raise SystemExit(f"unknown section {section!r}")
         print(f"section {section}: {time.perf_counter() - t0:.1f} s", flush=True)

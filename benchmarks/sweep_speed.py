@@ -57,6 +57,11 @@ packed
     step time over its members. Reported as not available when ``run_sweep`` has no
     ``pack`` parameter.
 
+mqar
+    The same steady step for one MQAR pack as the runner packs the slice left to run
+    (``mqar_zoology_small.toml`` at seq_len 512, d_model 64, 12 members; Mamba1 and Mamba2):
+    where its time goes (it trains at a few steps a second, GPU-bound).
+
 scaling
     Pack size K (1, 4, 16, 64) against the steady cost of a step (``scaling_one``): one
     ``train_ensemble`` of K seeds of the quick models at copy_len 128 and the wide ones at
@@ -106,11 +111,13 @@ from mimetic.train import TrainConfig, batch_for_step, build_optimizer, lr_at, r
 from mimetic.train.checkpoint import rng_state, save_checkpoint
 from mimetic.train.loop import masked_loss_and_acc
 from mimetic.train.sweep import GridPoint, build_model, load_sweep, parse_sweep, run_sweep
+from mimetic.train.sweep.select import select_points
 
 REPO = Path(__file__).resolve().parents[1]
 COPY_QUICK = REPO / "experiments" / "copy_quick.toml"
 COPY_LENGTH = REPO / "experiments" / "copy_length.toml"
-SECTIONS = ("anatomy", "runner", "packed", "scaling")
+MQAR_SMALL = REPO / "experiments" / "mqar_zoology_small.toml"
+SECTIONS = ("anatomy", "runner", "packed", "scaling", "mqar")
 PHASES = ("batch", "h2d", "forward", "loss", "sync_loss", "backward", "clip", "sync_gnorm", "optimizer", "sync_acc")
 #: The run count of copy_length.toml's grid before attention collapses over init and d_state.
 GRID_PRODUCT_RUNS = 360
@@ -137,17 +144,22 @@ class Sizes:
     scaling_packs: tuple[int, ...]  # pack sizes K of the scaling section
     scaling_steps: tuple[int, int]  # (short, long) run lengths whose difference is timed
     scaling_quick_len: int  # copy_len of the quick models in the scaling section
+    mqar_only: tuple[tuple[str, tuple[str, ...]], ...]  # the mqar section's points (--only)
+    mqar_pack: int  # members of the mqar section's pack
+    mqar_steps: tuple[int, int]  # (short, long) run lengths of the mqar section
 
 
 FULL = Sizes(warmup=10, wall_steps=50, synced_steps=30, profile_steps=10, train_steps=60,
              quick_len=64, wide_len=256, batch=None, runner_steps=150, profile_sweep_steps=16,
              grid_lengths=(32, 64, 128), sample_steps=60, sample_lengths=(128, 512),
              sample_d_states=(16, 128), scaling_packs=(1, 4, 16, 64), scaling_steps=(30, 130),
-             scaling_quick_len=128)
+             scaling_quick_len=128, mqar_only=(("length", ("512",)), ("model.d_model", ("64",))), mqar_pack=12,
+             mqar_steps=(10, 40))
 SMOKE = Sizes(warmup=2, wall_steps=6, synced_steps=3, profile_steps=2, train_steps=4,
               quick_len=16, wide_len=16, batch=8, runner_steps=20, profile_sweep_steps=4,
               grid_lengths=(8, 16), sample_steps=10, sample_lengths=(8, 16), sample_d_states=(16,),
-              scaling_packs=(1, 2), scaling_steps=(2, 5), scaling_quick_len=16)
+              scaling_packs=(1, 2), scaling_steps=(2, 5), scaling_quick_len=16,
+              mqar_only=(("length", ("64",)), ("model.d_model", ("64",))), mqar_pack=2, mqar_steps=(2, 4))
 
 
 class Clock:
@@ -651,14 +663,15 @@ def pack_run(cfg, point: GridPoint, K: int, steps: int, sizes: Sizes, device: to
     return wall, (device_time_totals(prof, top=40) if prof is not None else None)
 
 
-def scaling_one(cfg, point: GridPoint, K: int, sizes: Sizes, device: torch.device) -> dict[str, Any]:
+def scaling_one(cfg, point: GridPoint, K: int, sizes: Sizes, device: torch.device,
+                steps: tuple[int, int] | None = None) -> dict[str, Any]:
     """The steady cost of a training step of a K-member pack, without the fixed costs of a
     run (model build, Triton compilation, graph capture, the final eval): a short and a long
     run of ``sizes.scaling_steps`` steps, and their difference divided by the extra steps;
     on CUDA the same difference of kernel time under the profiler (separate runs) gives the
     kernel fraction of a steady step, and the kernels that take the most of it (by name, the
     same difference per step: where a steady step's GPU time goes)."""
-    short, long = sizes.scaling_steps
+    short, long = steps or sizes.scaling_steps
     pack_run(cfg, point, K, short, sizes, device, profile=False)  # compile and warm up
     walls = [pack_run(cfg, point, K, n, sizes, device, profile=False)[0] for n in (short, long)]
     step_s = (walls[1] - walls[0]) / (long - short)
@@ -695,6 +708,18 @@ def run_scaling(report: Report, sizes: Sizes, device: torch.device) -> None:
             point = GridPoint("copy", "mimetic", layer, 16, length[name], 0)
             for K in sizes.scaling_packs:
                 report.measure("scaling", f"{name}/{layer}/K{K}", lambda: scaling_one(cfg, point, K, sizes, device))
+
+
+def run_mqar(report: Report, sizes: Sizes, device: torch.device) -> None:
+    """The steady step of one MQAR pack as the runner packs it (``mqar_zoology_small.toml`` at
+    its longest sequence and narrowest width: ``sizes.mqar_only``), Mamba1 and Mamba2."""
+    cfg = load_sweep(MQAR_SMALL)
+    only = {key: list(values) for key, values in sizes.mqar_only}
+    points = select_points(cfg, cfg.points(), only)
+    for layer in ("Mamba1", "Mamba2"):
+        point = next(p for p in points if p.layer == layer)
+        report.measure("mqar", f"{layer}/L{point.length}/K{sizes.mqar_pack}",
+                       lambda: scaling_one(cfg, point, sizes.mqar_pack, sizes, device, steps=sizes.mqar_steps))
 
 
 def run_info(device: torch.device, sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
@@ -746,7 +771,8 @@ def print_tables(data: dict[str, Any]) -> None:
                   f"({GRID_PRODUCT_RUNS} runs: {est['gpu_hours_360_runs']:.2f} GPU-h); {est['note']}")
         if isinstance(recs.get("status"), str):
             print(f"\n{section}: {recs['status']}")
-    scaling = {k: v for k, v in data["scaling"].items() if isinstance(v, dict) and "K" in v}
+    scaling = {f"{s}/{k}": v for s in ("scaling", "mqar") for k, v in data[s].items()
+               if isinstance(v, dict) and "K" in v}
     if scaling:
         print("\n## Pack size vs the steady step (train_ensemble, fixed costs subtracted)\n")
         print("| model (seq) | K | ms/step | ms/model-step | kernel ms/model-step | kernel fraction |")
@@ -755,9 +781,11 @@ def print_tables(data: dict[str, Any]) -> None:
             print(f"| {key.rsplit('/', 1)[0]} ({r['seq_len']}) | {r['K']} | {fmt(r['steady_ms_per_step'])} | "
                   f"{fmt(r['steady_ms_per_model_step'])} | {fmt(r.get('kernel_ms_per_model_step'))} | "
                   f"{fmt(r.get('kernel_fraction'))} |")
-        largest = max(r["K"] for r in scaling.values())
+        largest: dict[str, int] = {}
         for key, r in scaling.items():
-            if r["K"] == largest and r.get("top_kernels"):
+            largest[key.rsplit("/", 1)[0]] = max(r["K"], largest.get(key.rsplit("/", 1)[0], 0))
+        for key, r in scaling.items():
+            if r["K"] == largest[key.rsplit("/", 1)[0]] and r.get("top_kernels"):
                 print(f"\n{key}, heaviest kernels of a steady step (ms, launches):")
                 for k in r["top_kernels"][:6]:
                     print(f"  {k['ms_per_step']:8.3f} {k['launches_per_step']:6.1f}  {k['kernel']}")
@@ -803,6 +831,8 @@ def main() -> int:
             measure_packed(report, sizes, workers, scratch, device)
         if "scaling" in sections:
             run_scaling(report, sizes, device)
+        if "mqar" in sections:
+            run_mqar(report, sizes, device)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         report.save()

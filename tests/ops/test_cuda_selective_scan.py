@@ -424,3 +424,33 @@ def test_gpu_real_sizes_match_triton(shape):
 
     for name, a, b_ in zip(["out", "last"] + sorted(t), run(cuda.selective_scan_cuda), run(selective_scan_triton)):
         assert rel_err(a, b_) < 1e-4, name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU of compute capability 8.0+")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gpu_compiled_scan_runs_the_kernels(monkeypatch, dtype):
+    """Under torch.compile (inductor) ``backend="auto"`` with a gradient launches the CUDA
+    kernels, forward and backward, and gives the eager call's outputs and gradients (dB and
+    dC are summed with atomics, so to float32 round-off, not bit for bit)."""
+    calls = []
+    for name in ("selective_scan_cuda_fwd", "selective_scan_cuda_bwd"):
+        fn = getattr(cuda, name)
+        monkeypatch.setattr(cuda, name, lambda *a, _fn=fn, _n=name, **kw: (calls.append(_n), _fn(*a, **kw))[1])
+    torch._dynamo.reset()
+    t = {k: v.cuda() for k, v in _inputs(8, 1536, 512, 16, None, dtype).items()}
+    dout = torch.randn(8, 1536, 512, device="cuda").to(dtype)
+
+    def run(fn):
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
+        out, last = fn(leaves)
+        torch.autograd.backward([out, last], [dout, torch.zeros_like(last)])
+        return [out, last] + [leaves[k].grad for k in sorted(leaves)]
+
+    eager = lambda leaves: _call(selective_scan, leaves, backend="auto")  # noqa: E731
+    want = run(eager)
+    got = run(torch.compile(eager, fullgraph=True))
+    torch._dynamo.reset()
+    assert "selective_scan_cuda_fwd" in calls and "selective_scan_cuda_bwd" in calls
+    for name, a, b in zip(["out", "last"] + sorted(t), got, want):
+        assert a.dtype == b.dtype and rel_err(a, b) < 1e-5, name

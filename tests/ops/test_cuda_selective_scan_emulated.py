@@ -319,3 +319,64 @@ def test_models_through_the_kernels(emu, monkeypatch, packed):
     for k, g in ref_g.items():
         torch.testing.assert_close(got_g[k], g, rtol=1e-4, atol=1e-6 * float(g.abs().max()),
                                    msg=lambda s, k=k: f"{k}: {s}")
+
+
+# ----------------------------------------------------------------------------- under torch.compile
+
+
+def _launched(emu) -> set[str]:
+    return {spec.direction for spec, k in emu._kernels.items() if k.last_params is not None}
+
+
+def _eager_and_compiled():
+    """``selective_scan(..., backend="cuda")`` as :func:`_run` calls it, eager and compiled."""
+    from mimetic.ops import selective_scan
+
+    def eager(u, delta, A, B, C, **kw):
+        return selective_scan(u, delta, A, B, C, **kw, backend="cuda")
+    return eager, torch.compile(eager, backend="aot_eager", fullgraph=True)
+
+
+@pytest.mark.parametrize("case", [Case(2, 24, 200, 16, 2), Case(1, 8, 37, 5, dtype=torch.bfloat16),
+                                  Case(2, 8, 40, 8, z=False, h0=False, strided=True)], ids=str)
+def test_compiled_op_runs_the_kernels(emu, case):
+    """Under torch.compile, ``backend="cuda"`` is one ``mimetic::selective_scan`` node that
+    launches the kernels, forward and backward (the fake kernel promised the checkpoint shape
+    they return: the op checks), with the eager kernels' outputs and gradients bit for bit
+    (the same launches on the same inputs, one thread order)."""
+    torch._dynamo.reset()
+    eager, compiled = _eager_and_compiled()
+    data = _inputs(case)
+    ref, ref_g = _run(eager, case, data, double=False)
+    emu.reset()
+    got, got_g = _run(compiled, case, data, double=False)
+    assert _launched(emu) == {"fwd", "bwd"}
+    for a, b in zip(got, ref):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert got_g.keys() == ref_g.keys()
+    for k in ref_g:
+        assert torch.equal(got_g[k], ref_g[k]), k
+    torch._dynamo.reset()
+
+
+def test_compiled_op_falls_back_where_the_kernels_cannot_run(emu, monkeypatch):
+    """d_state above ``cuda.MAX_STATE``: the compiled op decides at trace time (the kernels'
+    one warning) and runs the chunked scan on the CPU (Triton on a GPU), its checkpoint as
+    that backend's; the results equal the eager call's, which falls back too."""
+    from mimetic.ops.selective_scan.chunked import selective_scan_torch
+
+    # eager's fallback is Triton where it imports, which the CPU runs only through its interpreter
+    monkeypatch.setattr(cuda, "_fallback", selective_scan_torch)
+    torch._dynamo.reset()
+    eager, compiled = _eager_and_compiled()
+    case = Case(1, 4, 9, cuda.MAX_STATE + 1, z=False, h0=False)
+    data = _inputs(case)
+    ref, ref_g = _run(eager, case, data, double=False)
+    got, got_g = _run(compiled, case, data, double=False)
+    assert not _launched(emu)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert got_g.keys() == ref_g.keys()
+    for k in ref_g:
+        torch.testing.assert_close(got_g[k], ref_g[k], rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()

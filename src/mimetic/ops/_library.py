@@ -55,6 +55,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ._dispatch import resolve_backend
+
 # --------------------------------------------------------------------------------------
 # Helpers shared by the ops
 
@@ -163,14 +165,37 @@ def _autograd_grads(forward: Callable, inputs: Sequence[Tensor | None], needs: S
 
 def _ss_backend(backend: str, dtype: torch.dtype):
     """(fwd, bwd) of a selective-scan backend (float64 runs on the chunked path whatever
-    the backend: the kernels compute in float32)."""
+    the backend: the kernels compute in float32). "cuda": resolved by :func:`_ss_runs` first."""
     if backend == "triton" and dtype != torch.float64:
         from .selective_scan import triton
         return triton.selective_scan_fwd, triton.selective_scan_bwd
-    if backend in ("torch", "triton"):
+    if backend == "cuda" and dtype != torch.float64:
+        from .selective_scan import cuda
+        return cuda.selective_scan_cuda_fwd, cuda.selective_scan_cuda_bwd
+    if backend in ("torch", "triton", "cuda"):
         from .selective_scan import chunked
         return chunked.selective_scan_fwd, chunked.selective_scan_bwd
     return _ss_ref_fwd, _ss_ref_bwd
+
+
+def _ss_runs(backend: str, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+             z: Tensor | None, need_grad: bool) -> str:
+    """The backend that runs a call given ``backend``: "cuda" where its kernels can run these
+    inputs (float64 and empty inputs take the chunked scan, as in eager), else the Triton
+    scan on CUDA (the chunked one on the CPU) with the kernels' one warning. The fake kernel,
+    the forward and the backward all ask, and get the same answer for the same inputs: what
+    the fake promises (the checkpoint's shape) is what the forward returns and the backward
+    reads."""
+    if backend != "cuda":
+        return backend
+    if u.dtype == torch.float64 or not u.numel():
+        return "torch"
+    from .selective_scan import cuda
+    problem = cuda.unavailable(u, delta, A, B, C, z, need_grad)
+    if problem is None:
+        return "cuda"
+    cuda.warn_fallback(problem)
+    return resolve_backend("auto", u)
 
 
 def _ss_ref_run(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
@@ -199,7 +224,14 @@ def _ss_fake(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
              need_grad: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     batch, dim, L = u.shape
     ckpt = u.new_empty(0)
-    if backend == "triton" and u.dtype != torch.float64:
+    backend = _ss_runs(backend, u, delta, A, B, C, z, need_grad)
+    if backend == "cuda":
+        from .selective_scan import cuda
+        out = cuda.output_like(u, z)
+        if need_grad:
+            config = cuda.default_config(u, A.shape[1])
+            ckpt = u.new_empty(cuda.checkpoint_shape(u, A, config), dtype=torch.float32)
+    elif backend == "triton" and u.dtype != torch.float64:
         from .selective_scan import triton
         out = triton.output_like(u, z)
         if need_grad:  # the forward's default configuration, as the backward recomputes it
@@ -224,7 +256,7 @@ def _selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     args = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     out_like, last_like, ckpt_like = _ss_fake(*args, delta_softplus, return_last_state,
                                               backend, need_grad)
-    fwd, _ = _ss_backend(backend, u.dtype)
+    fwd, _ = _ss_backend(_ss_runs(backend, u, delta, A, B, C, z, need_grad), u.dtype)
     with _no_autocast(u.device.type):
         out, last, ckpt = fwd(*args, delta_softplus, return_last_state, need_grad)
     if ckpt is not None and tuple(ckpt.shape) != tuple(ckpt_like.shape):
@@ -245,7 +277,7 @@ def _selective_scan_backward_op(grad_out: Tensor, grad_last: Tensor | None, u: T
                                 delta_softplus: bool, backend: str, needs: list[bool],
                                 ckpt: Tensor | None = None) -> list[Tensor]:
     inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    _, bwd = _ss_backend(backend, u.dtype)
+    _, bwd = _ss_backend(_ss_runs(backend, u, delta, A, B, C, z, True), u.dtype)
     if ckpt is not None and not ckpt.numel():
         ckpt = None
     with _no_autocast(u.device.type):

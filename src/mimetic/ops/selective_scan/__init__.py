@@ -43,10 +43,9 @@ AUTO_CUDA_MIN_ROWS = 4096
 def auto_backend(u: torch.Tensor, tensors: tuple) -> str:
     """What ``backend="auto"`` runs for these inputs: on CUDA tensors "cuda" when a
     gradient is wanted or ``batch * dim >= AUTO_CUDA_MIN_ROWS``, else "triton"; "torch" on
-    the CPU, without Triton (as :func:`resolve_backend`) or while torch.compile traces."""
+    the CPU or without Triton (as :func:`resolve_backend`); the same under torch.compile."""
     fallback = resolve_backend("auto", u)
-    # under torch.compile the op runs Triton whatever this says: no guard on the row count
-    if compiling() or not u.is_cuda or u.dtype == torch.float64:
+    if not u.is_cuda or u.dtype == torch.float64:
         return fallback
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if need_grad or u.shape[0] * u.shape[1] >= AUTO_CUDA_MIN_ROWS:
@@ -109,8 +108,8 @@ def selective_scan(
         delta_bias: (d,) added to delta before the softplus.
         initial_state: (b, d, n) state before step 0 (zeros if None).
         backend: "auto", "reference", "torch", "triton" or "cuda" (run-time compiled
-            CUDA kernels, ``cuda.py``; Triton where they cannot run, with one warning; the
-            Triton op under torch.compile). "auto" on CUDA tensors: "cuda" when a gradient
+            CUDA kernels, ``cuda.py``, under torch.compile as well; Triton where they
+            cannot run, with one warning). "auto" on CUDA tensors: "cuda" when a gradient
             is wanted or the scan has more than ``AUTO_CUDA_MIN_ROWS`` (batch x dim) rows,
             else Triton (see :func:`auto_backend`); on the CPU "torch".
 
@@ -127,10 +126,9 @@ def selective_scan(
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     choice = "cuda" if backend == "cuda" else auto_backend(u, tensors) if backend == "auto" \
         else resolve_backend(backend, u)
-    if compiling():  # one opaque op in the graph (no CUDA-kernel entry in _library.py yet)
+    if compiling():  # one opaque op in the graph
         return _library.selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state,
-                                       delta_softplus, return_last_state,
-                                       "triton" if choice == "cuda" else choice)
+                                       delta_softplus, return_last_state, choice)
     fn = BACKENDS[choice]
 
     def run(u, delta, A, B, C, D, z, delta_bias, initial_state):

@@ -1,5 +1,6 @@
 """Mamba-1 selective scan as CUDA C++ kernels compiled at run time (``backend="cuda"``, and
-what ``"auto"`` runs on CUDA for training: ``selective_scan.auto_backend``).
+what ``"auto"`` runs on CUDA for training, eager or under ``torch.compile``:
+``selective_scan.auto_backend``; the compiled op's entry is in ``ops/_library.py``).
 
 Same math as ``reference.py``; the kernels are ``cuda_src/scan_fwd.cu`` and
 ``cuda_src/scan_bwd.cu`` (after ``ops/cuda_src/common.cuh`` and ``cuda_src/common.cuh``),
@@ -294,8 +295,27 @@ _Unavailable = _cuda_rtc.KernelUnavailable
 _WARNED: set[str] = set()
 
 
-def _warn_fallback(reason: str) -> None:
+def warn_fallback(reason: str) -> None:
+    """The one warning that the kernels cannot run here and the Triton scan runs instead."""
     _cuda_rtc.warn_fallback(_WARNED, "CUDA selective scan", "Triton scan", reason)
+
+
+def unavailable(u, delta, A, B, C, z, need_grad: bool, config: CudaScanConfig | None = None) -> str | None:
+    """Why the kernels cannot run a call on these inputs (d_state, batch, GPU, compiler),
+    or None; compiles them now where needed. Reads only devices, dtypes and shapes, so the
+    ``torch.compile`` op's fake kernel asks it too and promises what the real call returns."""
+    config = config or default_config(u, A.shape[1])
+    config.check(need_grad)
+    try:
+        _kernels(u.device, u.shape[0], *_kernel_dtypes(u, delta, z, B, C), A.shape[1], config, need_grad)
+    except _Unavailable as e:
+        return str(e)
+    return None
+
+
+def output_like(u, z):
+    """An empty ``out`` as the forward makes it: u's dtype, z's layout where there is a z."""
+    return torch.empty_like(z if z is not None else u, dtype=u.dtype)
 
 
 def _environment_problem(device: torch.device) -> str | None:
@@ -422,7 +442,7 @@ def _grid(u, B, layout: Layout):
 def _forward(kernel, spec, u, delta, A, B, C, D, z, bias, h0, softplus, last, need_grad, config):
     batch, dim, L = u.shape
     N = A.shape[1]
-    out = torch.empty_like(z if z is not None else u, dtype=u.dtype)   # z's layout, as Triton's
+    out = output_like(u, z)   # z's layout, as Triton's
     ck_steps = BWD_LAYOUTS[config.backward].chunk if need_grad else 1
     n_ck = math.ceil(L / ck_steps)
     ckpt = (torch.empty(batch, n_ck + 1, dim, N, device=u.device, dtype=torch.float32)
@@ -567,11 +587,9 @@ def selective_scan_cuda(
     config = config or default_config(u, A.shape[1])
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
-    config.check(need_grad)
-    try:  # compile (or fall back) before autograd sees the call
-        _kernels(u.device, u.shape[0], *_kernel_dtypes(u, delta, z, B, C), A.shape[1], config, need_grad)
-    except _Unavailable as e:
-        _warn_fallback(str(e))
+    problem = unavailable(u, delta, A, B, C, z, need_grad, config)  # compiles before autograd sees the call
+    if problem is not None:
+        warn_fallback(problem)
         return _fallback(u, delta, A, B, C, **kwargs)
     return _SelectiveScanCuda.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
                                     return_last_state, config)

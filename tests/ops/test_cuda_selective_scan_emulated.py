@@ -380,3 +380,21 @@ def test_compiled_op_falls_back_where_the_kernels_cannot_run(emu, monkeypatch):
     for k in ref_g:
         torch.testing.assert_close(got_g[k], ref_g[k], rtol=1e-5, atol=1e-6)
     torch._dynamo.reset()
+
+
+def test_compiled_op_with_dynamic_lengths(emu):
+    """``dynamic=True``: one graph for several lengths, whose fake kernel sizes the
+    checkpoint from the symbolic length; bit for bit the eager kernels' results."""
+    torch._dynamo.reset()
+    eager, _ = _eager_and_compiled()
+    compiled = torch.compile(eager, backend="aot_eager", fullgraph=True, dynamic=True)
+    for L in (40, 57, 90):
+        case = Case(2, 8, L, 8)
+        data = _inputs(case)
+        ref, ref_g = _run(eager, case, data, double=False)
+        got, got_g = _run(compiled, case, data, double=False)
+        for a, b in zip(got, ref):
+            assert torch.equal(a, b), L
+        for k in ref_g:
+            assert torch.equal(got_g[k], ref_g[k]), (L, k)
+    torch._dynamo.reset()

@@ -431,8 +431,10 @@ def test_gpu_real_sizes_match_triton(shape):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_gpu_compiled_scan_runs_the_kernels(monkeypatch, dtype):
     """Under torch.compile (inductor) ``backend="auto"`` with a gradient launches the CUDA
-    kernels, forward and backward, and gives the eager call's outputs and gradients (dB and
-    dC are summed with atomics, so to float32 round-off, not bit for bit)."""
+    kernels, forward and backward, and gives the eager call's outputs and gradients. dB and
+    dC are float32 sums of atomic adds, whose order differs between runs: float32 round-off,
+    and where B is bfloat16 the rounding of two such sums may differ by one bfloat16 ulp
+    (at most 2^-7 of the value), so those are compared elementwise to that bound."""
     calls = []
     for name in ("selective_scan_cuda_fwd", "selective_scan_cuda_bwd"):
         fn = getattr(cuda, name)
@@ -453,4 +455,10 @@ def test_gpu_compiled_scan_runs_the_kernels(monkeypatch, dtype):
     torch._dynamo.reset()
     assert "selective_scan_cuda_fwd" in calls and "selective_scan_cuda_bwd" in calls
     for name, a, b in zip(["out", "last"] + sorted(t), got, want):
-        assert a.dtype == b.dtype and rel_err(a, b) < 1e-5, name
+        assert a.dtype == b.dtype, name
+        if name in ("B", "C") and dtype == torch.bfloat16:
+            a, b = a.float(), b.float()
+            bound = 2.0 ** -7 * b.abs() + 1e-5 * (b.abs() + b.pow(2).mean().sqrt())
+            assert bool(((a - b).abs() <= bound).all()), name
+        else:
+            assert rel_err(a, b) < 1e-5, name

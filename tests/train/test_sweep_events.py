@@ -114,3 +114,35 @@ def test_job_label_and_rows_summary():
     assert rows_summary(rows[2:], "final_token_acc") == f"no final_token_acc, {error}"
     assert rows_summary(rows[:1], "best_token_acc") == "no best_token_acc"   # the sweep's own metric
 
+
+
+def test_a_long_job_says_how_far_it_got(tmp_path, monkeypatch):
+    """While a job trains, an ``at step`` line each ``progress_every`` seconds where a newer
+    checkpoint is on disk: the step and the rate so far (a log cut off mid-pack still says
+    how fast it went); one line per step reached, none after the job's end line."""
+    import time
+
+    from mimetic.train.checkpoint import checkpoint_root
+    from mimetic.train.sweep.events import SweepLog
+
+    lines: list[str] = []
+    monkeypatch.setattr(SweepLog, "__call__", lambda self, message: lines.append(message))
+    path = write_toml(tmp_path / "ev.toml", {**PACKED, "train": {**PACKED["train"], "steps": 30}})
+    cfg = load_sweep(path)
+    points = [p for p in cfg.points() if p.length == 3]
+    runs = tmp_path / "runs"
+
+    def train():  # stands in for a pack: saves its checkpoints, slower than the log's period
+        for step in (10, 20):
+            (checkpoint_root(runs / points[0].run_id) / f"step_{step}").mkdir(parents=True)
+            deadline = time.monotonic() + 10
+            while not any(f"at step {step} " in m for m in lines) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return []
+
+    SweepLog("ev", enabled=True, metric=cfg.metric, progress_every=0.02).job(cfg, points, runs, 1, 2, True, train)
+    assert lines[0] == "pack 1/2 start: copy-*-Mamba1-d4-L3-* x4, 30 steps"
+    progress = lines[1:-1]
+    assert [m.split(":")[0] for m in progress] == ["pack 1/2 at step 10 of 30", "pack 1/2 at step 20 of 30"]
+    assert all(re.fullmatch(r"pack 1/2 at step \d+ of 30: \d+\.\d steps/s, \d+ model-steps/s", m) for m in progress)
+    assert lines[-1].startswith("pack 1/2 done in ")

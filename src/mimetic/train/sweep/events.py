@@ -4,10 +4,13 @@ a log cut off by a time limit still says what ran, what was in flight and how lo
 
     sweep copy_seeds [    0.4 s] start: 440 points, 120 done, 320 to run as 16 packs, 3 at once (threads on one GPU)
     sweep copy_seeds [    0.4 s] pack 1/16 start: copy-*-Mamba2-d16-L32-* x20, 1500 steps
+    sweep copy_seeds [   30.4 s] pack 1/16 at step 1000 of 1500: 33.3 steps/s, 666 model-steps/s
     sweep copy_seeds [   41.6 s] pack 1/16 done in 41.2 s: 728 model-steps/s, mean final_token_acc 0.873
     sweep copy_seeds [  555.0 s] done: 320 runs in 16 packs, 440 of 440 points have rows; mean final_token_acc 0.712
 
-(numbers made up). A job that started and has no ``done`` line was in flight when the log ends.
+(numbers made up). A job that started and has no ``done`` line was in flight when the log ends;
+its last ``at step`` line (at most one per :data:`PROGRESS_EVERY_S`, when a newer checkpoint
+is on disk) says how far it got and how fast it went, so a cut-off call still measures a rate.
 ``t0`` is wall-clock time, so lines written by worker processes (which print their own
 pack's start and end) share the sweep's clock. Each line is one ``write`` under a lock:
 threads of one process never interleave within a line; processes write lines shorter than
@@ -28,6 +31,9 @@ from .config import GridPoint, SweepConfig
 from .packed import _resume_step
 
 _WRITE = threading.Lock()
+
+#: Seconds between a job's ``at step`` lines (read when a SweepLog is made).
+PROGRESS_EVERY_S = 60.0
 
 Rows = list[dict[str, Any]]
 
@@ -71,6 +77,7 @@ class SweepLog:
     enabled: bool
     metric: str
     t0: float = field(default_factory=time.time)
+    progress_every: float = field(default_factory=lambda: PROGRESS_EVERY_S)
 
     def __call__(self, message: str) -> None:
         if not self.enabled:
@@ -92,9 +99,29 @@ class SweepLog:
         at = " (done, collecting its rows)" if start == "done" else (f" from step {start}" if start else "")
         self(f"{what} start: {job_label(points)}, {steps} steps{at}")
         began = time.perf_counter()
-        rows = train()
+        stop = threading.Event()
+        watcher = threading.Thread(target=self._progress, daemon=True, name="mimetic-sweep-progress",
+                                   args=(what, runs / points[0].run_id, start, steps, len(points), began, stop))
+        watcher.start()
+        try:
+            rows = train()
+        finally:
+            stop.set()
+            watcher.join()
         self.finished(what, rows, start, time.perf_counter() - began)
         return rows
+
+    def _progress(self, what: str, run_dir: Path, start: int | str, steps: int, members: int,
+                  began: float, stop: threading.Event) -> None:
+        """Until ``stop``: every ``progress_every`` seconds, the job's newest checkpoint step on
+        disk (its members all stand at one step) and its rate since it started, when newer."""
+        base = last = start if isinstance(start, int) else steps  # "done": nothing to train
+        while not stop.wait(self.progress_every):
+            step = _resume_step(run_dir)
+            if isinstance(step, int) and step > last:
+                rate = (step - base) / max(time.perf_counter() - began, 1e-9)
+                self(f"{what} at step {step} of {steps}: {rate:.1f} steps/s, {rate * members:.0f} model-steps/s")
+                last = step
 
     def finished(self, what: str, rows: Rows, start: int | str, seconds: float) -> None:
         """The line of a finished job: seconds, model-steps a second, the rows' mean metric."""

@@ -222,9 +222,15 @@ def _ss_fake(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
              z: Tensor | None, delta_bias: Tensor | None, initial_state: Tensor | None,
              delta_softplus: bool, return_last_state: bool, backend: str,
              need_grad: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    runs = _ss_runs(backend, u, delta, A, B, C, z, need_grad)
+    return _ss_empty(u, A, B, z, return_last_state, runs, need_grad)
+
+
+def _ss_empty(u: Tensor, A: Tensor, B: Tensor, z: Tensor | None, return_last_state: bool, backend: str,
+              need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(out, last, ckpt) as ``backend`` (an answer of :func:`_ss_runs`) returns them, empty."""
     batch, dim, L = u.shape
     ckpt = u.new_empty(0)
-    backend = _ss_runs(backend, u, delta, A, B, C, z, need_grad)
     if backend == "cuda":
         from .selective_scan import cuda
         out = cuda.output_like(u, z)
@@ -254,9 +260,9 @@ def _selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
                        return_last_state: bool, backend: str,
                        need_grad: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     args = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    out_like, last_like, ckpt_like = _ss_fake(*args, delta_softplus, return_last_state,
-                                              backend, need_grad)
-    fwd, _ = _ss_backend(_ss_runs(backend, u, delta, A, B, C, z, need_grad), u.dtype)
+    runs = _ss_runs(backend, u, delta, A, B, C, z, need_grad)
+    out_like, last_like, ckpt_like = _ss_empty(u, A, B, z, return_last_state, runs, need_grad)
+    fwd, _ = _ss_backend(runs, u.dtype)
     with _no_autocast(u.device.type):
         out, last, ckpt = fwd(*args, delta_softplus, return_last_state, need_grad)
     if ckpt is not None and tuple(ckpt.shape) != tuple(ckpt_like.shape):

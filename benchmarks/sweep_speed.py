@@ -7,7 +7,7 @@ Two models, both d_state 16 and taken from the experiment files (model, task and
 * "wide": ``experiments/copy_length.toml`` at copy_len 256 (2 layers, d_model 256, Mamba-2
   headdim 64, attention 4 heads with rotary 64, batch 64) -- Mamba1 and Mamba2.
 
-Sections (``--sections``, all by default):
+Sections (``--sections``; all but ``mqar`` by default):
 
 anatomy
     The body of ``mimetic.train.train``'s loop, rebuilt from the loop's own functions
@@ -118,6 +118,7 @@ COPY_QUICK = REPO / "experiments" / "copy_quick.toml"
 COPY_LENGTH = REPO / "experiments" / "copy_length.toml"
 MQAR_SMALL = REPO / "experiments" / "mqar_zoology_small.toml"
 SECTIONS = ("anatomy", "runner", "packed", "scaling", "mqar")
+DEFAULT_SECTIONS = SECTIONS[:4]  # mqar on request
 PHASES = ("batch", "h2d", "forward", "loss", "sync_loss", "backward", "clip", "sync_gnorm", "optimizer", "sync_acc")
 #: The run count of copy_length.toml's grid before attention collapses over init and d_state.
 GRID_PRODUCT_RUNS = 360
@@ -800,7 +801,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="folder for sweep_speed.json")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and step counts (a CPU check)")
-    ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
+    ap.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
+                    help="comma-separated subset of " + ",".join(SECTIONS) + " (default: all but mqar)")
     ap.add_argument("--workers", default=None, help="worker counts of the runner (default 1,4,8; smoke 1,2)")
     ap.add_argument("--packs", default=None,
                     help="pack sizes K of the scaling section (default 1,4,16,64; smoke 1,2)")

@@ -267,15 +267,39 @@ def _floors(b, d, L, n, dtype):
     return mufu, mem
 
 
+def _timing_case(b, d, L, n, dtype):
+    """Inputs of a timed shape (no initial state: mamba_ssm takes none), the output gradient,
+    and leaf copies of the inputs for the forward + backward timings."""
+    t = inputs(b, d, L, n, dtype)
+    t.pop("initial_state")
+    dout = torch.randn(b, d, L, device="cuda").to(dtype)
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
+    return t, dout, leaves
+
+
+def _record_error(rec, name, e):
+    rec[f"error_{name}"] = repr(e)[:300]
+    traceback.print_exc()
+
+
+def _time_fwd_bwd(rec, name, fn, leaves, dout, **kw):
+    """``rec["fwdbwd_ms_<name>"]`` (do_bench median) and ``rec["fwdbwd_kernel_ms_<name>"]``
+    (torch.profiler) of fn's forward + backward on ``leaves``; an error is recorded instead."""
+    def step():
+        call(fn, leaves, **kw).backward(dout)
+
+    try:
+        rec[f"fwdbwd_ms_{name}"] = harness.cuda_ms(step, grad_to_none=list(leaves.values()))
+        rec[f"fwdbwd_kernel_ms_{name}"] = harness.kernel_ms(step)
+    except Exception as e:  # noqa: BLE001
+        _record_error(rec, name, e)
+
+
 def section_bench(records, tables, quick):
     theirs = mamba_scan()
     rows = []
     for (b, d, L, n), dtype in itertools.product((SHAPES[:1] if quick else SHAPES), (torch.bfloat16, torch.float32)):
-        t = inputs(b, d, L, n, dtype)
-        t.pop("initial_state")
-        dout = torch.randn(b, d, L, device="cuda").to(dtype)
-        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
-        grads = list(leaves.values())
+        t, dout, leaves = _timing_case(b, d, L, n, dtype)
         fns = {f"cuda_{fl}{bl}": (cuda.selective_scan_cuda, dict(config=cuda.CudaScanConfig(fl, bl)))
                for fl, bl in dict.fromkeys([(x, x) for x in LAYOUTS] + PAIRS)}
         fns["triton"] = (triton_scan(), {})
@@ -289,15 +313,10 @@ def section_bench(records, tables, quick):
                     fwd = lambda: call(fn, t, **kw)  # noqa: E731
                     rec[f"fwd_ms_{name}"] = harness.cuda_ms(fwd)
                     rec[f"fwd_kernel_ms_{name}"] = harness.kernel_ms(fwd)
-
-                def step():
-                    call(fn, leaves, **kw).backward(dout)
-
-                rec[f"fwdbwd_ms_{name}"] = harness.cuda_ms(step, grad_to_none=grads)
-                rec[f"fwdbwd_kernel_ms_{name}"] = harness.kernel_ms(step)
             except Exception as e:  # noqa: BLE001
-                rec[f"error_{name}"] = repr(e)[:300]
-                traceback.print_exc()
+                _record_error(rec, name, e)
+                continue
+            _time_fwd_bwd(rec, name, fn, leaves, dout, **kw)
         harness.print_record(rec)
         records.append(rec)
         ours = [k for k in fns if k.startswith("cuda_")]
@@ -313,7 +332,7 @@ def section_bench(records, tables, quick):
                              f"{m:.3f}" if m else "-", f"{m / bo:.2f}x" if m and bo else "-",
                              f"{tr / bo:.2f}x" if tr and bo else "-",
                              f"{floor / bo:.0%}" if floor and bo else "-"))
-        t = leaves = grads = dout = None  # free before the next shape (the timers' closures hold the names)
+        t = leaves = dout = None  # free before the next shape (the timers' closures hold the names)
         torch.cuda.empty_cache()
     tables.append(("Timing, ms (ours: the best layout pair, named)",
                    ("shape", "pass", "time", "ours", "triton", "mamba_ssm", "mamba/ours", "triton/ours",
@@ -329,11 +348,7 @@ def section_compiled(records, tables, quick):
     theirs = mamba_scan()
     rows = []
     for (b, d, L, n), dtype in itertools.product((SHAPES[:1] if quick else SHAPES), (torch.bfloat16, torch.float32)):
-        t = inputs(b, d, L, n, dtype)
-        t.pop("initial_state")
-        dout = torch.randn(b, d, L, device="cuda").to(dtype)
-        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
-        grads = list(leaves.values())
+        _, dout, leaves = _timing_case(b, d, L, n, dtype)
         fns = {"eager_cuda": lambda *a, **kw: selective_scan(*a, **kw, backend="cuda")}
         for backend in ("cuda", "triton"):
             fns[f"compiled_{backend}"] = torch.compile(
@@ -342,15 +357,7 @@ def section_compiled(records, tables, quick):
             fns["mamba"] = theirs
         rec = dict(section="compiled", shape=(b, d, L, n), dtype=str(dtype))
         for name, fn in fns.items():
-            try:
-                def step(fn=fn):
-                    call(fn, leaves).backward(dout)
-
-                rec[f"fwdbwd_ms_{name}"] = harness.cuda_ms(step, grad_to_none=grads)
-                rec[f"fwdbwd_kernel_ms_{name}"] = harness.kernel_ms(step)
-            except Exception as e:  # noqa: BLE001
-                rec[f"error_{name}"] = repr(e)[:300]
-                traceback.print_exc()
+            _time_fwd_bwd(rec, name, fn, leaves, dout)
         harness.print_record(rec)
         records.append(rec)
         for timer in ("ms", "kernel_ms"):
@@ -359,7 +366,7 @@ def section_compiled(records, tables, quick):
             rows.append((f"{b}x{d}x{L}x{n} {str(dtype)[6:]}", "wall" if timer == "ms" else "kernel",
                          *(f"{v:.3f}" if v else "-" for v in (c, tr, e, m)),
                          f"{tr / c:.2f}x" if tr and c else "-", f"{m / c:.2f}x" if m and c else "-"))
-        t = leaves = grads = dout = fns = None
+        leaves = dout = fns = None
         torch._dynamo.reset()
         torch.cuda.empty_cache()
     tables.append(("Under torch.compile, forward + backward, ms",

@@ -782,11 +782,10 @@ def print_tables(data: dict[str, Any]) -> None:
             print(f"| {key.rsplit('/', 1)[0]} ({r['seq_len']}) | {r['K']} | {fmt(r['steady_ms_per_step'])} | "
                   f"{fmt(r['steady_ms_per_model_step'])} | {fmt(r.get('kernel_ms_per_model_step'))} | "
                   f"{fmt(r.get('kernel_fraction'))} |")
-        largest: dict[str, int] = {}
+        model = {key: key.rsplit("/", 1)[0] for key in scaling}  # the key less its K
+        largest = {m: max(r["K"] for k, r in scaling.items() if model[k] == m) for m in set(model.values())}
         for key, r in scaling.items():
-            largest[key.rsplit("/", 1)[0]] = max(r["K"], largest.get(key.rsplit("/", 1)[0], 0))
-        for key, r in scaling.items():
-            if r["K"] == largest[key.rsplit("/", 1)[0]] and r.get("top_kernels"):
+            if r["K"] == largest[model[key]] and r.get("top_kernels"):
                 print(f"\n{key}, heaviest kernels of a steady step (ms, launches):")
                 for k in r["top_kernels"][:6]:
                     print(f"  {k['ms_per_step']:8.3f} {k['launches_per_step']:6.1f}  {k['kernel']}")

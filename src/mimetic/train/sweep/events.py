@@ -32,7 +32,7 @@ from .packed import _resume_step
 
 _WRITE = threading.Lock()
 
-#: Seconds between a job's ``at step`` lines (read when a SweepLog is made).
+#: Seconds between a job's ``at step`` lines.
 PROGRESS_EVERY_S = 60.0
 
 Rows = list[dict[str, Any]]
@@ -77,7 +77,7 @@ class SweepLog:
     enabled: bool
     metric: str
     t0: float = field(default_factory=time.time)
-    progress_every: float = field(default_factory=lambda: PROGRESS_EVERY_S)
+    progress_every: float = PROGRESS_EVERY_S
 
     def __call__(self, message: str) -> None:
         if not self.enabled:
@@ -100,26 +100,29 @@ class SweepLog:
         self(f"{what} start: {job_label(points)}, {steps} steps{at}")
         began = time.perf_counter()
         stop = threading.Event()
-        watcher = threading.Thread(target=self._progress, daemon=True, name="mimetic-sweep-progress",
-                                   args=(what, runs / points[0].run_id, start, steps, len(points), began, stop))
-        watcher.start()
+        watcher = None
+        if start != "done":  # else nothing trains
+            watcher = threading.Thread(target=self._progress, daemon=True, name="mimetic-sweep-progress",
+                                       args=(what, runs / points[0].run_id, start, steps, len(points), began, stop))
+            watcher.start()
         try:
             rows = train()
         finally:
             stop.set()
-            watcher.join()
+            if watcher is not None:
+                watcher.join()
         self.finished(what, rows, start, time.perf_counter() - began)
         return rows
 
-    def _progress(self, what: str, run_dir: Path, start: int | str, steps: int, members: int,
+    def _progress(self, what: str, run_dir: Path, start: int, steps: int, members: int,
                   began: float, stop: threading.Event) -> None:
         """Until ``stop``: every ``progress_every`` seconds, the job's newest checkpoint step on
         disk (its members all stand at one step) and its rate since it started, when newer."""
-        base = last = start if isinstance(start, int) else steps  # "done": nothing to train
+        last = start
         while not stop.wait(self.progress_every):
             step = _resume_step(run_dir)
             if isinstance(step, int) and step > last:
-                rate = (step - base) / max(time.perf_counter() - began, 1e-9)
+                rate = (step - start) / max(time.perf_counter() - began, 1e-9)
                 self(f"{what} at step {step} of {steps}: {rate:.1f} steps/s, {rate * members:.0f} model-steps/s")
                 last = step
 

@@ -285,6 +285,11 @@ def test_thread_orders_agree_bit_for_bit(emu, case):
 # ----------------------------------------------------------------------------- in the models
 
 
+def _launched(emu) -> set[str]:
+    """The directions ("fwd", "bwd") whose emulated kernels ran since ``emu.reset()``."""
+    return {spec.direction for spec, k in emu._kernels.items() if k.last_params is not None}
+
+
 @pytest.mark.parametrize("packed", [False, True], ids=["lm", "ensemble"])
 def test_models_through_the_kernels(emu, monkeypatch, packed):
     """A Mamba-1 LM and a 3-member packed ensemble of it (B / C per member: one group per
@@ -312,8 +317,7 @@ def test_models_through_the_kernels(emu, monkeypatch, packed):
         logits.float().pow(2).mean().backward()
         results.append((logits.detach(), {k: p.grad for k, p in model.named_parameters()}))
     (ref, ref_g), (got, got_g) = results
-    launched = {spec.direction for spec, k in emu._kernels.items() if k.last_params is not None}
-    assert launched == {"fwd", "bwd"}, launched
+    assert _launched(emu) == {"fwd", "bwd"}, _launched(emu)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
     assert got_g.keys() == ref_g.keys()
     for k, g in ref_g.items():
@@ -322,10 +326,6 @@ def test_models_through_the_kernels(emu, monkeypatch, packed):
 
 
 # ----------------------------------------------------------------------------- under torch.compile
-
-
-def _launched(emu) -> set[str]:
-    return {spec.direction for spec, k in emu._kernels.items() if k.last_params is not None}
 
 
 def _eager_and_compiled():

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ctypes
 import platform
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,8 +23,7 @@ class ProbeParams(ctypes.Structure):
 
 @pytest.fixture(scope="module")
 def probes(request, tmp_path_factory):
-    cache = getattr(request.config, "cache", None)
-    folder = Path(cache.mkdir("cuda_emu")) if cache is not None else tmp_path_factory.mktemp("cuda_emu")
+    folder = cuda_emu.build_folder(request, tmp_path_factory)
     return ctypes.CDLL(str(cuda_emu.build(folder, ("probes",))["probes"]))
 
 

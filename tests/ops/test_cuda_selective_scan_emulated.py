@@ -25,7 +25,6 @@ from __future__ import annotations
 import importlib
 import platform
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -42,8 +41,7 @@ pytestmark = pytest.mark.skipif(cuda_emu.GXX is None or platform.system() != "Li
 
 @pytest.fixture(scope="module")
 def emulation(request, tmp_path_factory):
-    cache = getattr(request.config, "cache", None)
-    folder = Path(cache.mkdir("cuda_emu")) if cache is not None else tmp_path_factory.mktemp("cuda_emu")
+    folder = cuda_emu.build_folder(request, tmp_path_factory)
     return cuda_emu.Emulation(cuda_emu.build(folder))
 
 

@@ -147,6 +147,13 @@ def _unit(name: str) -> tuple[str, str]:
     return kernel_source(name, cuda.shipped_specs(name)), cuda.source(name)
 
 
+def build_folder(request, tmp_path_factory) -> Path:
+    """Where a test session keeps the built libraries: pytest's cache (kept between runs, so
+    unchanged kernels are not rebuilt), or a fresh temporary folder without one."""
+    cache = getattr(request.config, "cache", None)
+    return Path(cache.mkdir("cuda_emu")) if cache is not None else tmp_path_factory.mktemp("cuda_emu")
+
+
 def build(cache: Path, names: tuple[str, ...] = ("fwd", "bwd")) -> dict[str, Path]:
     """{name: path of its library}, built where ``cache`` lacks them (in parallel). Names:
     "fwd" / "bwd", the emulated kernels of a direction (every shipped spec), "probes"
